@@ -1,0 +1,415 @@
+"""Sign binarization, bit packing and the binary matrix product.
+
+This module validates input and dispatches to a backend: the Cython kernels in
+``xnorcore._cpu`` for numpy arrays and the CUDA kernels in ``xnorcore._gpu`` for
+cupy arrays.
+
+Bit layout
+----------
+Every packed array in xnorcore has this layout, on the CPU and on the GPU:
+
+* Values are binarized with :func:`sign`: ``x >= 0`` (including ``-0.0`` and
+  ``+inf``) is +1, ``x < 0`` (including ``-inf``) is -1.  NaN is an error.
+* One axis of the input (``axis``) is packed into little-endian 64-bit words
+  (``uint64``).  Element ``j`` of that axis is bit ``j % 64`` of word ``j // 64``
+  (bit 0 is the least significant bit).
+* A set bit (1) stands for +1, a clear bit (0) for -1.
+* The packed axis becomes the **last** axis of the word array, so an input of
+  shape ``(..., L, ...)`` packed along ``L`` gives words of shape
+  ``(..., ceil(L / 64))`` with the other axes in their original order.
+* Padding bits (bit positions ``>= L`` in the last word) are always 0.  Both
+  operands of a product have zero padding, so ``a XOR b`` is 0 there and the
+  padding never changes a result: ``dot = L - 2 * popcount(a XOR b)``.
+
+The original shape and the packed axis travel with the words in
+:class:`PackedBits`.  For ``binary_matmul(a, b)``, ``a`` of shape ``(M, K)`` is
+packed along K (``axis=1``, words of shape ``(M, ceil(K / 64))``) and ``b`` of
+shape ``(K, N)`` is packed along K as well (``axis=0``, words of shape
+``(N, ceil(K / 64))``: one row of words per column of ``b``).
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = [
+    "WORD_BITS",
+    "PackedBits",
+    "sign",
+    "pack_bits",
+    "unpack_bits",
+    "binary_matmul",
+    "get_array_module",
+]
+
+#: Number of bits in one packed word.
+WORD_BITS = 64
+
+_BACKENDS = ("auto", "cpu", "gpu")
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any of ``arrays`` is a cupy array, else ``numpy``."""
+    for x in arrays:
+        if isinstance(x, PackedBits):
+            x = x.words
+        if type(x).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            return cupy
+    return np
+
+
+def _is_cupy(x):
+    return get_array_module(x) is not np
+
+
+def n_words(length):
+    """Number of 64-bit words that hold ``length`` bits."""
+    return (length + WORD_BITS - 1) // WORD_BITS
+
+
+class PackedBits:
+    """Sign bits of an array packed along one axis into 64-bit words.
+
+    Made by :func:`pack_bits`; the layout is described in :mod:`xnorcore.ops`.
+
+    Parameters
+    ----------
+    words : ndarray of dtype uint64
+        The packed words (numpy or cupy).  The packed axis is the last axis.
+    shape : tuple of int
+        Shape of the array that was packed.
+    axis : int
+        Axis of ``shape`` that was packed, in ``range(len(shape))``.
+
+    Attributes
+    ----------
+    length : int
+        Number of elements along the packed axis, ``shape[axis]``.
+    """
+
+    __slots__ = ("words", "shape", "axis")
+
+    def __init__(self, words, shape, axis):
+        shape = tuple(operator.index(s) for s in shape)
+        axis = operator.index(axis)
+        if not 0 <= axis < len(shape):
+            raise ValueError(f"axis must be in range({len(shape)}), got axis={axis}")
+        expected = shape[:axis] + shape[axis + 1 :] + (n_words(shape[axis]),)
+        if getattr(words, "dtype", None) != np.uint64:
+            raise TypeError(
+                f"words must be a uint64 array, got {getattr(words, 'dtype', type(words))}"
+            )
+        if tuple(words.shape) != expected:
+            raise ValueError(
+                f"words.shape={tuple(words.shape)} disagrees with the recorded "
+                f"shape={shape} packed along axis={axis}: expected words of shape "
+                f"{expected}"
+            )
+        self.words = words
+        self.shape = shape
+        self.axis = axis
+
+    @property
+    def length(self):
+        return self.shape[self.axis]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def nbytes(self):
+        return self.words.nbytes
+
+    def __getstate__(self):
+        return {"words": self.words, "shape": self.shape, "axis": self.axis}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def __repr__(self):
+        xp = get_array_module(self.words).__name__
+        return f"PackedBits(shape={self.shape}, axis={self.axis}, words={xp}.uint64{tuple(self.words.shape)})"
+
+
+def _check_array(x, name):
+    """Return ``x`` as a numpy or cupy array of a real numeric dtype."""
+    if not _is_cupy(x):
+        x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must have a boolean, integer or real floating dtype, got dtype={x.dtype}"
+        )
+    return x
+
+
+def _backend_module(backend, *operands, names):
+    """Pick the backend module for ``operands`` and check that they agree."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    kinds = {name: _is_cupy(x) for name, x in zip(names, operands)}
+    if len(set(kinds.values())) > 1:
+        desc = " and ".join(
+            f"{name} is a {'cupy' if on_gpu else 'numpy'} array" for name, on_gpu in kinds.items()
+        )
+        raise TypeError(f"{' and '.join(names)} must both be numpy or both be cupy arrays: {desc}")
+    on_gpu = any(kinds.values())
+    if backend == "cpu" and on_gpu:
+        raise TypeError(
+            f"backend='cpu' needs numpy arrays, got cupy arrays for {', '.join(names)}; "
+            "copy them with cupy.asnumpy or use backend='gpu'"
+        )
+    if backend == "gpu" or on_gpu:
+        from . import _gpu
+
+        _gpu.require()
+        return _gpu
+    from . import _cpu
+
+    return _cpu
+
+
+def sign(x):
+    """Binarize ``x`` to +1/-1, with ``sign(0) = sign(-0.0) = +1``.
+
+    Unlike :func:`numpy.sign`, zero maps to +1, so every element has a sign.
+
+    Parameters
+    ----------
+    x : array_like or cupy.ndarray
+        Boolean, integer or real floating input.
+
+    Returns
+    -------
+    s : ndarray of the same shape
+        +1 where ``x >= 0`` and -1 where ``x < 0``.  Floating inputs keep their
+        dtype (so ``sign`` can be used inside float computations); boolean and
+        integer inputs give int8.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` contains NaN.
+    TypeError
+        If ``x`` has a complex, object or string dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import sign
+    >>> sign(np.array([-2.0, -0.0, 0.0, 3.0]))
+    array([-1.,  1.,  1.,  1.])
+    """
+    x = _check_array(x, "x")
+    xp = get_array_module(x)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.int8)
+    if x.dtype.kind == "f" and bool(xp.isnan(x).any()):
+        raise ValueError("x must not contain NaN")
+    return xp.where(x >= 0, dtype.type(1), dtype.type(-1))
+
+
+def _normalize_axis(axis, ndim, name="axis"):
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {name}={axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of bounds for an array of ndim={ndim}")
+    return axis % ndim
+
+
+def _check_n_threads(n_threads):
+    if n_threads is None:
+        return None
+    if not isinstance(n_threads, numbers.Integral) or isinstance(n_threads, bool) or n_threads < 1:
+        raise ValueError(f"n_threads must be None or a positive integer, got n_threads={n_threads!r}")
+    return int(n_threads)
+
+
+def pack_bits(x, axis=-1, *, n_threads=None):
+    """Sign-binarize ``x`` and pack it along ``axis`` into 64-bit words.
+
+    Parameters
+    ----------
+    x : array_like or cupy.ndarray, at least 1-D
+        Boolean, integer or real floating input, any memory order.  Numpy input
+        is packed on the CPU, cupy input on the GPU.
+    axis : int, default=-1
+        Axis to pack.  It becomes the last axis of the words.
+    n_threads : int, optional
+        CPU threads to use; by default OpenMP's limit (``OMP_NUM_THREADS`` or a
+        threadpoolctl limit).  Ignored on the GPU.
+
+    Returns
+    -------
+    packed : PackedBits
+        Words of shape ``x.shape`` without ``axis``, plus ``(ceil(L / 64),)``,
+        with the layout described in :mod:`xnorcore.ops`.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` contains NaN, is 0-D, or ``axis`` is out of bounds.
+    TypeError
+        If ``x`` has a complex, object or string dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import pack_bits
+    >>> p = pack_bits(np.array([[1.0, -1.0, 0.0]]))
+    >>> p.words
+    array([[5]], dtype=uint64)
+    """
+    x = _check_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    axis = _normalize_axis(axis, x.ndim)
+    n_threads = _check_n_threads(n_threads)
+    backend = _backend_module("auto", x, names=("x",))
+    return _pack(backend, x, axis, n_threads, "x")
+
+
+def _pack(backend, x, axis, n_threads, name):
+    """Pack a validated array ``x`` along ``axis`` with ``backend``."""
+    xp = get_array_module(x)
+    shape = tuple(x.shape)
+    moved = xp.moveaxis(x, axis, -1)
+    rows_shape = (int(np.prod(moved.shape[:-1])), shape[axis])
+    if x.dtype.kind in "bu":
+        # Booleans and unsigned integers are never negative: every bit is +1.
+        rows = xp.zeros(rows_shape, dtype=np.int8)
+    elif x.dtype == np.float16:
+        rows = xp.ascontiguousarray(moved, dtype=np.float32).reshape(rows_shape)
+    else:
+        rows = xp.ascontiguousarray(moved).reshape(rows_shape)
+    words, has_nan = backend.pack_rows(rows, n_threads)
+    if has_nan:
+        raise ValueError(f"{name} must not contain NaN")
+    out_shape = shape[:axis] + shape[axis + 1 :] + (n_words(shape[axis]),)
+    return PackedBits(words.reshape(out_shape), shape, axis)
+
+
+def unpack_bits(packed, dtype=np.int8):
+    """Unpack :class:`PackedBits` back to a +1/-1 array of the original shape.
+
+    Parameters
+    ----------
+    packed : PackedBits
+        Output of :func:`pack_bits`.
+    dtype : dtype, default=int8
+        Dtype of the result.
+
+    Returns
+    -------
+    x : ndarray of shape ``packed.shape``
+        ``sign`` of the array that was packed (numpy or cupy, as the words).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import pack_bits, unpack_bits
+    >>> unpack_bits(pack_bits(np.array([0.5, -2.0, 0.0])))
+    array([ 1, -1,  1], dtype=int8)
+    """
+    if not isinstance(packed, PackedBits):
+        raise TypeError(f"packed must be a PackedBits, got {type(packed).__name__}")
+    xp = get_array_module(packed.words)
+    length = packed.length
+    words = xp.ascontiguousarray(packed.words)
+    bytes_ = words.view(np.uint8).reshape(words.shape[:-1] + (-1,))
+    bits = xp.unpackbits(bytes_, axis=-1, bitorder="little")[..., :length]
+    values = (bits.astype(dtype) * 2 - 1).astype(dtype, copy=False)
+    return xp.moveaxis(values, -1, packed.axis)
+
+
+def _matmul_operand(x, name, axis, backend, n_threads):
+    """Validate one operand of binary_matmul and return its PackedBits."""
+    if isinstance(x, PackedBits):
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got a PackedBits of shape {x.shape}")
+        if x.axis != axis:
+            raise ValueError(
+                f"{name} must be packed along axis={axis} (the inner dimension), "
+                f"got a PackedBits packed along axis={x.axis}"
+            )
+        if x.words.shape[-1] != n_words(x.length):
+            raise ValueError(
+                f"{name} has {x.words.shape[-1]} words per row but its recorded length "
+                f"{x.length} needs {n_words(x.length)}"
+            )
+        return x
+    x = _check_array(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {name}.ndim={x.ndim} ({name}.shape={tuple(x.shape)})")
+    return x
+
+
+def binary_matmul(a, b, *, backend="auto", n_threads=None):
+    """Exact product ``sign(a) @ sign(b)`` through XNOR and popcount.
+
+    Parameters
+    ----------
+    a : array_like of shape (M, K), or PackedBits packed along axis=1
+        Left operand.  Pack it once with ``pack_bits(a, axis=1)`` to reuse it.
+    b : array_like of shape (K, N), or PackedBits packed along axis=0
+        Right operand.  Pack it once with ``pack_bits(b, axis=0)`` to reuse it.
+    backend : {"auto", "cpu", "gpu"}, default="auto"
+        "auto" uses the GPU for cupy operands and the CPU for numpy operands.
+        "gpu" copies numpy operands to the GPU.
+    n_threads : int, optional
+        CPU threads to use; by default OpenMP's limit.  Ignored on the GPU.
+
+    Returns
+    -------
+    c : ndarray of shape (M, N) and dtype int32
+        ``sign(a) @ sign(b)``, exactly (numpy or cupy, as the operands).
+
+    Raises
+    ------
+    ValueError
+        If an operand is not 2-D, the inner dimensions differ, an operand
+        contains NaN, a packed operand is inconsistent, or ``backend`` is unknown.
+    TypeError
+        If an operand has a complex, object or string dtype, or numpy and cupy
+        operands are mixed.
+    RuntimeError
+        If ``backend="gpu"`` and CuPy or a CUDA device is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import binary_matmul
+    >>> a = np.array([[1.0, -2.0], [0.0, 3.0]])
+    >>> b = np.array([[1.0], [-1.0]])
+    >>> binary_matmul(a, b)
+    array([[2],
+           [0]], dtype=int32)
+    """
+    n_threads = _check_n_threads(n_threads)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    a = _matmul_operand(a, "a", 1, backend, n_threads)
+    b = _matmul_operand(b, "b", 0, backend, n_threads)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            "a and b must have matching inner dimensions, got "
+            f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
+        )
+    module = _backend_module(backend, a, b, names=("a", "b"))
+    if module.__name__.endswith("_gpu"):
+        a, b = module.to_device(a), module.to_device(b)
+    if not isinstance(a, PackedBits):
+        a = _pack(module, a, 1, n_threads, "a")
+    if not isinstance(b, PackedBits):
+        b = _pack(module, b, 0, n_threads, "b")
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        xp = get_array_module(a.words)
+        return xp.zeros((m, n), dtype=np.int32)
+    return module.xnor_gemm(a.words, b.words, k, n_threads)
