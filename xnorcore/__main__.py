@@ -1,0 +1,8 @@
+"""``python -m xnorcore``: the same command line as ``xnorcore``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run directories, TensorBoard event files and a CSV of scalars for ``xnorcore train``.
+
+The run directory is named from the training arguments as the 2017
+``mnist_fc_bnn.py`` named it, so old log trees and new runs sit side by side::
+
+    LOG_DIR/bin/xnor/hid_512/batch_norm/bs_100/0.0001/3
+    LOG_DIR/fp/hid_1024/bs_1024/0.0/1
+
+The last component is a run counter: 1 for a new path, else one more than the
+largest integer-named subfolder already there.
+"""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RunLogError", "run_subdir", "next_run_dir", "RunLogger", "DEFAULT_N_LAYERS"]
+
+#: Hidden layers of the old script's network (fc1, fc2, fc3 before the output).
+DEFAULT_N_LAYERS = 3
+
+CSV_NAME = "scalars.csv"
+
+
+class RunLogError(RuntimeError):
+    """The run directory or its files cannot be created or written."""
+
+
+def _hidden_name(hidden_layer_sizes):
+    sizes = [int(s) for s in hidden_layer_sizes]
+    if len(sizes) == DEFAULT_N_LAYERS and len(set(sizes)) == 1:
+        return f"hid_{sizes[0]}"
+    # Any other architecture spells out every width so that different
+    # networks never share a run folder.
+    return "hid_" + "-".join(str(s) for s in sizes)
+
+
+def run_subdir(*, binary, xnor, hidden_layer_sizes, batch_norm, batch_size, reg):
+    """Relative run path (without the counter) for these training arguments.
+
+    Parameters
+    ----------
+    binary, xnor, batch_norm : bool
+        The training flags.  ``xnor`` only matters when ``binary`` is set.
+    hidden_layer_sizes : sequence of int
+        Hidden widths.  Three equal widths ``N`` (the old network) give
+        ``hid_N``; anything else gives ``hid_`` followed by the widths joined
+        with ``-``.
+    batch_size : int
+    reg : float
+        Written as Python prints a float (``0.0``, ``0.0001``), as the old
+        script did.
+
+    Returns
+    -------
+    path : pathlib.PurePath
+    """
+    parts = ["bin", "xnor" if xnor else "matmul"] if binary else ["fp"]
+    parts.append(_hidden_name(hidden_layer_sizes))
+    if batch_norm:
+        parts.append("batch_norm")
+    parts += [f"bs_{int(batch_size)}", str(float(reg))]
+    return Path(*parts)
+
+
+def next_run_dir(base):
+    """``base / str(k)`` where ``k`` is 1 + the largest integer subfolder of ``base`` (1 if none)."""
+    base = Path(base)
+    existing = []
+    if base.is_dir():
+        for child in base.iterdir():
+            if child.is_dir() and child.name.isdigit():
+                existing.append(int(child.name))
+    return base / str(max(existing, default=0) + 1)
+
+
+def make_run_dir(log_dir, **args):
+    """Create and return a new, numbered run directory under ``log_dir``.
+
+    Raises
+    ------
+    RunLogError
+        If the directory cannot be created (for example because part of the
+        path is a regular file, or permission is denied).
+    """
+    base = Path(log_dir) / run_subdir(**args)
+    # A concurrent run may take the same number between the listing and mkdir;
+    # retry with the next one rather than share a folder.
+    for _ in range(100):
+        run_dir = next_run_dir(base)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            if not run_dir.is_dir():
+                raise RunLogError(f"--log_dir: cannot create {run_dir}: a file of that name exists") from None
+        except OSError as exc:
+            raise RunLogError(
+                f"--log_dir: cannot create run directory {run_dir}: {exc.strerror or exc}"
+            ) from None
+    raise RunLogError(f"--log_dir: cannot find a free run number under {base}")
+
+
+def require_tensorboardx():
+    """Import tensorboardX's SummaryWriter or raise a RunLogError saying how to install it."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise RunLogError(
+            "--log_dir writes TensorBoard event files and needs tensorboardX; "
+            "install it with: pip install 'xnorcore[tensorboard]'"
+        ) from None
+    return SummaryWriter
+
+
+class RunLogger:
+    """Write scalars to TensorBoard event files and ``scalars.csv``, histograms to TensorBoard.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Existing run directory (from :func:`make_run_dir`).
+
+    Notes
+    -----
+    ``scalars.csv`` has one row per value, ``step,tag,value``, with the same
+    tags as the event files ("train loss", "test acc.", "ex/s"), so either can
+    be read back and compared.
+    """
+
+    def __init__(self, run_dir):
+        SummaryWriter = require_tensorboardx()
+        self.run_dir = Path(run_dir)
+        try:
+            self._csv_file = open(self.run_dir / CSV_NAME, "w", newline="")
+            self._writer = SummaryWriter(logdir=os.fspath(self.run_dir))
+        except OSError as exc:
+            raise RunLogError(f"--log_dir: cannot write in {self.run_dir}: {exc.strerror or exc}") from None
+        self._csv = csv.writer(self._csv_file)
+        self._csv.writerow(["step", "tag", "value"])
+
+    def scalar(self, tag, value, step):
+        value = float(value)
+        self._writer.add_scalar(tag, value, step)
+        # repr keeps every digit, so the CSV is exact where the event file
+        # stores float32.
+        self._csv.writerow([int(step), tag, repr(value)])
+
+    def histograms(self, arrays, step):
+        """Add one histogram per named array; empty or non-finite arrays are skipped."""
+        for name, values in arrays.items():
+            values = np.asarray(_to_numpy(values), dtype=np.float64).ravel()
+            if values.size == 0 or not np.all(np.isfinite(values)):
+                continue
+            self._writer.add_histogram(name, values, step)
+
+    def close(self):
+        self._writer.close()
+        self._csv_file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _to_numpy(x):
+    get = getattr(x, "get", None)
+    # cupy arrays copy to the host with .get(); numpy arrays have no .get.
+    if callable(get) and type(x).__module__.split(".")[0] == "cupy":
+        return get()
+    return x
+
+
+def read_csv(path):
+    """Read ``scalars.csv`` into ``{tag: [(step, value), ...]}``."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return out

@@ -1,0 +1,509 @@
+"""The ``xnorcore`` command line: ``train``, ``bench`` and ``info``.
+
+``xnorcore train`` accepts the flags of the 2017 ``mnist_fc_bnn.py`` under
+their old names (``--n_hidden``) and dashed (``--n-hidden``), prints the same
+progress lines, and names ``--log_dir`` run folders the same way.  Errors a
+user can fix (missing or corrupt data, an unwritable path, a bad flag value)
+print one line on stderr and exit with status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage block)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- argument types: each names what was expected and what was given ----------
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _float_checked(text, low_ok):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not np.isfinite(value) or not low_ok(value):
+        return None
+    return value
+
+
+def _positive_float(text):
+    value = _float_checked(text, lambda v: v > 0)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text):
+    value = _float_checked(text, lambda v: v >= 0)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _layers(text):
+    """``3`` (three hidden layers of --n_hidden units) or ``512,256`` (the widths)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of hidden layers (e.g. 3) or comma-separated widths "
+            f"(e.g. 512,256), all positive, got {text!r}"
+        )
+    if len(values) == 1:
+        return ("count", values[0])
+    return ("sizes", tuple(values))
+
+
+def _sizes(text):
+    try:
+        values = [int(p) for p in text.replace(",", " ").split()]
+    except ValueError:
+        values = None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integer sizes such as 512,1024, got {text!r}")
+    return values
+
+
+def _add(parser, name, *more, **kwargs):
+    """Add an option under its old underscore name and a dashed alias."""
+    names = [name]
+    dashed = name.replace("_", "-")
+    if dashed != name:
+        names.append(dashed)
+    parser.add_argument(*names, *more, **kwargs)
+
+
+def build_parser():
+    """Return the argparse parser of the ``xnorcore`` command."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="xnorcore",
+        description="Binary neural networks with exact XNOR-popcount matrix products.",
+    )
+    parser.add_argument("--version", action="version", version=f"xnorcore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # -- train ----------------------------------------------------------------
+    tr = sub.add_parser(
+        "train",
+        help="train a fully connected (binary) network on MNIST-format data or digits",
+        description=(
+            "Train a fully connected network with BNNClassifier and report test accuracy "
+            "and speed. Flags of the old mnist_fc_bnn.py work under their old names."
+        ),
+        epilog=(
+            "Without DATA_DIR it trains on scikit-learn's bundled 8x8 digits (1437 train, "
+            "360 test images), so it needs no download. With --log_dir each run gets a folder "
+            "LOG_DIR/{bin/xnor,bin/matmul,fp}/hid_N/[batch_norm/]bs_B/REG/RUN holding "
+            "TensorBoard event files and scalars.csv."
+        ),
+    )
+    tr.add_argument(
+        "data_dir", nargs="?", metavar="DATA_DIR",
+        help="directory of MNIST-format IDX files (train-images-idx3-ubyte[.gz], "
+        "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); "
+        "default: scikit-learn's digits",
+    )
+    _add(tr, "--log_dir", metavar="LOG_DIR", help="root folder for TensorBoard event files and scalars.csv (needs tensorboardX)")
+    _add(tr, "--n_hidden", type=_positive_int, default=None, metavar="N", help="units per hidden layer (default 512)")
+    _add(tr, "--layers", type=_layers, default=None, metavar="L",
+         help="number of hidden layers of --n_hidden units (default 3, as the old network), "
+         "or comma-separated widths such as 1024,512,256")
+    _add(tr, "--reg", type=_nonnegative_float, default=1e-4, help="L1 penalty on the weights (default 1e-4)")
+    _add(tr, "--lr", type=_positive_float, default=1e-3,
+         help="Adam learning rate (default 1e-3; the old script parsed 1e-5 but trained with 1e-3)")
+    _add(tr, "--batch_size", type=_positive_int, default=100, metavar="B", help="examples per step (default 100)")
+    _add(tr, "--max_steps", type=_nonnegative_int, default=1000, metavar="STEPS",
+         help="training steps (default 1000; 0 with --restore only evaluates)")
+    _add(tr, "--eval_every_n", type=_positive_int, default=100, metavar="N",
+         help="evaluate and print every N steps (default 100)")
+    _add(tr, "--binary", action="store_true", help="binary (+1/-1) hidden weights and activations")
+    _add(tr, "--xnor", action="store_true", help="with --binary, use the XNOR-popcount product (otherwise float matmul)")
+    _add(tr, "--batch_norm", action="store_true", help="batch-normalize activations")
+    _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
+    _add(tr, "--seed", type=_nonnegative_int, default=0, help="seed for weights and batch order (default 0)")
+    _add(tr, "--save", metavar="PATH", help="pickle the trained estimator to PATH")
+    _add(tr, "--restore", metavar="PATH",
+         help="continue from an estimator saved with --save (its architecture replaces the "
+         "architecture flags)")
+    _add(tr, "--quiet", "-q", action="store_true", help="print only the final lines")
+    _add(tr, "--debug", action="store_true", help="show a traceback on errors")
+    tr.set_defaults(func=cmd_train, subparser=tr)
+
+    # -- bench ----------------------------------------------------------------
+    be = sub.add_parser(
+        "bench",
+        help="time binary_matmul against the float32 product (old matmul_bench.py)",
+        description=(
+            "Time binary_matmul of two N x N +1/-1 matrices against the float32 product "
+            "(numpy on cpu, cuBLAS on gpu). Each size is checked for an exact match first; "
+            "one warm-up call is dropped. Speedup = float time / binary time."
+        ),
+    )
+    _add(be, "--device", choices=("cpu", "gpu"), default="cpu", help="cpu (numpy float32) or gpu (CuPy/cuBLAS float32)")
+    _add(be, "--sizes", type=_sizes, default=None, metavar="N,N,...",
+         help="matrix sizes (default 256,512,1024,2048 on cpu; 1024,2048,4096,8192 on gpu)")
+    _add(be, "--runs", type=_positive_int, default=10, help="timed calls per size and method (default 10)")
+    _add(be, "--threads", type=_positive_int, default=None,
+         help="CPU threads for both products (default: the libraries' defaults)")
+    _add(be, "--prepacked", action="store_true", help="pack operands once outside the timed calls")
+    _add(be, "--plot", metavar="FILE.png", help="draw speedup against N (needs matplotlib)")
+    _add(be, "--debug", action="store_true", help="show a traceback on errors")
+    be.set_defaults(func=cmd_bench, subparser=be)
+
+    # -- info -----------------------------------------------------------------
+    inf = sub.add_parser("info", help="versions, CPU features, popcount path, threads, GPU status",
+                         description="Print versions, CPU features, the popcount path, threads and GPU status.")
+    _add(inf, "--debug", action="store_true", help="show a traceback on errors")
+    inf.set_defaults(func=cmd_info, subparser=inf)
+    return parser
+
+
+# -- train --------------------------------------------------------------------
+
+
+def _hidden_layer_sizes(args):
+    from ._runlog import DEFAULT_N_LAYERS
+
+    n_hidden = args.n_hidden if args.n_hidden is not None else 512
+    if args.layers is None:
+        return (n_hidden,) * DEFAULT_N_LAYERS
+    kind, value = args.layers
+    if kind == "count":
+        return (n_hidden,) * value
+    if args.n_hidden is not None:
+        raise CLIError("give either --n_hidden or --layers with widths, not both")
+    return value
+
+
+def _load_data(args):
+    from .datasets import load_digits_split, load_mnist
+
+    if args.data_dir is None:
+        return load_digits_split(random_state=args.seed), "digits"
+    return load_mnist(args.data_dir), str(args.data_dir)
+
+
+def _check_writable_file(path, flag):
+    """Fail before training, not after, if ``path`` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{flag}: {path} is a directory, expected a file path")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag}: cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{flag}: cannot write {path}: permission denied on {parent}")
+
+
+def _restore(path, n_features):
+    try:
+        with open(path, "rb") as f:
+            clf = pickle.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"--restore: {path}: file not found") from None
+    except OSError as exc:
+        raise CLIError(f"--restore: {path}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # unpickling raises many types for a bad file
+        raise CLIError(f"--restore: {path}: not a saved estimator ({type(exc).__name__}: {exc})") from None
+    from .estimator import BNNClassifier
+
+    if not isinstance(clf, BNNClassifier):
+        raise CLIError(f"--restore: {path}: holds a {type(clf).__name__}, expected a BNNClassifier saved with --save")
+    fitted = getattr(clf, "n_features_in_", None)
+    if fitted is not None and fitted != n_features:
+        raise CLIError(
+            f"--restore: {path}: model was trained on {fitted} features but the data has {n_features}"
+        )
+    return clf
+
+
+def _batches(n_samples, batch_size, rng):
+    """Endless batches of exactly ``batch_size`` indices from shuffled epochs."""
+    order = np.empty(0, dtype=np.intp)
+    while True:
+        while order.size < batch_size:
+            order = np.concatenate([order, rng.permutation(n_samples)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def _histograms(clf):
+    network = getattr(clf, "network_", None)
+    get = getattr(network, "histograms", None)
+    return get() if callable(get) else {}
+
+
+class _Output:
+    """Progress lines to stdout; a tqdm bar on stderr when it is a terminal."""
+
+    def __init__(self, total, quiet):
+        self.quiet = quiet
+        self.bar = None
+        if not quiet and total > 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def line(self, text, always=False):
+        if self.quiet and not always:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def step(self, loss):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args):
+    hidden = _hidden_layer_sizes(args)
+    if args.restore is None and args.max_steps == 0:
+        raise CLIError("--max_steps must be at least 1 unless --restore gives a trained model")
+    if args.save is not None:
+        _check_writable_file(args.save, "--save")
+    if args.log_dir is not None:
+        from ._runlog import require_tensorboardx
+
+        require_tensorboardx()
+
+    (X_train, y_train, X_test, y_test), source = _load_data(args)
+    classes = np.unique(np.concatenate([y_train, y_test]))
+
+    if args.restore is not None:
+        clf = _restore(args.restore, X_train.shape[1])
+        hidden = tuple(getattr(clf, "hidden_layer_sizes", hidden))
+    else:
+        from .estimator import BNNClassifier
+
+        clf = BNNClassifier(
+            hidden_layer_sizes=hidden,
+            binary=args.binary,
+            xnor=args.xnor,
+            batch_norm=args.batch_norm,
+            learning_rate_init=args.lr,
+            batch_size=args.batch_size,
+            reg=args.reg,
+            random_state=args.seed,
+            device=args.device,
+            verbose=False,
+        )
+
+    logger = None
+    if args.log_dir is not None:
+        from ._runlog import RunLogger, make_run_dir
+
+        run_dir = make_run_dir(
+            args.log_dir,
+            binary=getattr(clf, "binary", args.binary),
+            xnor=getattr(clf, "xnor", args.xnor),
+            hidden_layer_sizes=hidden,
+            batch_norm=getattr(clf, "batch_norm", args.batch_norm),
+            batch_size=args.batch_size,
+            reg=getattr(clf, "reg", args.reg),
+        )
+        logger = RunLogger(run_dir)
+        settings = {k: v for k, v in vars(args).items() if k not in ("func", "subparser")}
+        settings.update(hidden_layer_sizes=list(hidden), data=source)
+        (run_dir / "args.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        if not args.quiet:
+            print(f"logging to {run_dir}", file=sys.stderr, flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    batches = _batches(X_train.shape[0], args.batch_size, rng)
+    out = _Output(args.max_steps, args.quiet)
+    rates = []
+    status = 0
+    try:
+        for step in range(args.max_steps):
+            idx = next(batches)
+            t0 = time.perf_counter()
+            clf.partial_fit(X_train[idx], y_train[idx], classes=classes)
+            rate = args.batch_size / max(time.perf_counter() - t0, 1e-12)
+            rates.append(rate)
+            loss = float(clf.loss_curve_[-1])
+            out.step(loss)
+            if logger is not None:
+                logger.scalar("train loss", loss, step)
+                logger.scalar("ex/s", rate, step)
+            if step % args.eval_every_n == 0:
+                acc = float(clf.score(X_test, y_test))
+                out.line(f"step {step}, loss = {loss:.4f}, test accuracy {acc:.4f} ({rate:.1f} ex/s)")
+                if logger is not None:
+                    logger.scalar("test acc.", acc, step)
+                    logger.histograms(_histograms(clf), step)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+        out.close()
+        print(f"interrupted after {len(rates)} steps", file=sys.stderr, flush=True)
+    finally:
+        out.close()
+
+    acc = float(clf.score(X_test, y_test))
+    if logger is not None:
+        logger.scalar("test acc.", acc, max(len(rates) - 1, 0))
+        logger.close()
+    out.line(f"Final test accuracy {acc:.4f}", always=True)
+    if rates:
+        out.line(f"Avg ex/s = {statistics.fmean(rates):.1f}", always=True)
+        out.line(f"Med ex/s = {statistics.median(rates):.1f}", always=True)
+    if args.save is not None:
+        try:
+            with open(args.save, "wb") as f:
+                pickle.dump(clf, f, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            raise CLIError(f"--save: cannot write {args.save}: {exc.strerror or exc}") from None
+        if not args.quiet:
+            print(f"saved model to {args.save}", file=sys.stderr, flush=True)
+    return status
+
+
+# -- bench --------------------------------------------------------------------
+
+
+def cmd_bench(args):
+    from .bench import DEFAULT_SIZES, format_row, plot_speedup, run_bench, table_header
+
+    if args.plot is not None:
+        _check_writable_file(args.plot, "--plot")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError("--plot needs matplotlib; install it with: pip install 'xnorcore[plot]'") from None
+    sizes = args.sizes or list(DEFAULT_SIZES[args.device])
+    header_printed = []
+
+    def progress(row):
+        if not header_printed:
+            print("\n".join(table_header(args.device)), flush=True)
+            header_printed.append(True)
+        print(format_row(row), flush=True)
+
+    rows = run_bench(sizes, args.runs, device=args.device, n_threads=args.threads,
+                     prepacked=args.prepacked, progress=progress)
+    if args.plot is not None:
+        plot_speedup(rows, args.plot, device=args.device)
+        print(f"saved plot to {args.plot}", file=sys.stderr)
+    return 0
+
+
+# -- info ---------------------------------------------------------------------
+
+
+def _version(module):
+    try:
+        mod = __import__(module)
+    except Exception:
+        return "not installed"
+    return getattr(mod, "__version__", "installed")
+
+
+def cmd_info(args):
+    import xnorcore
+
+    show = getattr(xnorcore, "show_config", None)
+    if callable(show):
+        show()
+    else:
+        import platform
+
+        print(f"xnorcore {xnorcore.__version__}")
+        print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
+        for name in ("numpy", "sklearn", "cupy"):
+            print(f"{name} {_version(name)}")
+        print("(detailed build and CPU information needs xnorcore.show_config, not available in this build)")
+    print("command line extras:")
+    for name, extra in (("tensorboardX", "tensorboard"), ("matplotlib", "plot"), ("tqdm", None)):
+        hint = f" (pip install 'xnorcore[{extra}]')" if extra and _version(name) == "not installed" else ""
+        print(f"  {name}: {_version(name)}{hint}")
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------
+
+
+def main(argv=None):
+    """Run the ``xnorcore`` command; return its exit status."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error("a command is required: train, bench or info")
+    if unknown:
+        # Blame the subcommand, whose --help lists the flags it does take.
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from ._runlog import RunLogError
+    from .bench import BenchError
+    from .datasets import DatasetError
+
+    prog = f"xnorcore {args.command}"
+    try:
+        return args.func(args)
+    except (CLIError, DatasetError, RunLogError, BenchError) as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError, RuntimeError) as exc:
+        # Invalid estimator parameters and an unavailable GPU surface here.
+        if args.debug:
+            raise
+        print(f"{prog}: error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
