@@ -142,11 +142,16 @@ def table_header(device):
     ]
 
 
+def _seconds(t):
+    # Five decimals as the old table, unless that would round small sizes to 0.
+    return f"{t:.5f}" if t >= 1e-3 or t == 0 else f"{t:.3g}"
+
+
 def format_row(row):
-    return (
-        f"| {row['n']} | {row['runs']} | {row['binary_avg']:.5f} | {row['binary_std']:.5f} "
-        f"| {row['float_avg']:.5f} | {row['float_std']:.5f} | {row['speedup']:.2f} |"
-    )
+    cells = [row["n"], row["runs"]] + [
+        _seconds(row[k]) for k in ("binary_avg", "binary_std", "float_avg", "float_std")
+    ] + [f"{row['speedup']:.2f}"]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def format_table(rows, device="cpu"):
