@@ -1,10 +1,42 @@
-"""Build script: the package, its CUDA sources as package data, and (from the
-foundation work) the Cython extensions."""
+"""Build script: the package, its CUDA sources as package data, and the Cython
+CPU kernels (xnorcore._bitpack), compiled with OpenMP.
 
-from setuptools import setup
+No -march flag: the SIMD variants carry their own target attributes and are
+chosen at run time, so a wheel built here runs on any x86-64.
+"""
+
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+if sys.platform == "win32":
+    compile_args, link_args = ["/O2", "/openmp"], []
+elif sys.platform == "darwin":
+    # Apple clang needs libomp from Homebrew; -Xpreprocessor passes -fopenmp to cpp only.
+    compile_args, link_args = ["-O3", "-Xpreprocessor", "-fopenmp"], ["-lomp"]
+else:
+    compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
+
+extensions = [
+    Extension(
+        "xnorcore._bitpack",
+        ["xnorcore/_bitpack.pyx"],
+        include_dirs=[np.get_include(), "xnorcore"],
+        depends=["xnorcore/_xnor_simd.h", "xnorcore/_xnor_portable.h"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+]
 
 setup(
     packages=["xnorcore", "xnorcore.kernels"],
     package_dir={"xnorcore": "xnorcore", "xnorcore.kernels": "kernels"},
     package_data={"xnorcore.kernels": ["*.cu"]},
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    ),
 )

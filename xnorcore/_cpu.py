@@ -1,4 +1,4 @@
-"""CPU backend: sign packing and XNOR GEMM (numpy reference implementation).
+"""CPU backend: sign packing and XNOR GEMM through the Cython kernels.
 
 Contract shared with ``xnorcore._gpu``:
 
@@ -9,32 +9,85 @@ Contract shared with ``xnorcore._gpu``:
 ``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
     ``a_words`` (M, W) and ``b_words`` (N, W) are C-contiguous uint64 with
     ``W = ceil(k / 64)`` and zero padding; the result is ``k - 2 popcount(a ^ b)``.
+``config() -> dict``
+    What the backend runs on; never raises.
+
+Optional (``ops`` uses it when present):
+
+``pack_cols(x, n_threads) -> (words, has_nan)``
+    ``x`` is a C-contiguous 2-D array (L, R) packed along its first axis;
+    ``words`` is uint64 of shape (R, ceil(L / 64)).  Saves the transposed copy
+    that packing ``b`` of ``binary_matmul`` would otherwise need.
+
+The popcount variant (``"avx512"``, ``"avx2"``, ``"scalar"`` or ``"generic"``)
+is the fastest that the CPU supports, unless the environment variable
+``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means OpenMP's limit,
+which follows ``OMP_NUM_THREADS`` and threadpoolctl.
 """
+
+import os
 
 import numpy as np
 
-from .ops import n_words
+from . import _bitpack
+
+__all__ = ["pack_rows", "pack_cols", "xnor_gemm", "config", "set_variant", "get_variant"]
+
+#: Environment variable that forces a popcount variant.
+VARIANT_ENV = "XNORCORE_POPCOUNT"
+
+
+def _initial_variant():
+    name = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if not name:
+        return _bitpack.best_variant()
+    if name not in _bitpack.VARIANTS:
+        raise ValueError(
+            f"{VARIANT_ENV} must be one of {', '.join(_bitpack.VARIANTS)}, got {VARIANT_ENV}={name!r}"
+        )
+    if name not in _bitpack.available_variants():
+        raise RuntimeError(
+            f"{VARIANT_ENV}={name!r} asks for a popcount variant that this CPU does not "
+            f"support; available: {', '.join(_bitpack.available_variants())}"
+        )
+    return name
+
+
+_bitpack.set_variant(_initial_variant())
+
+
+def set_variant(name):
+    """Use popcount variant ``name`` from now on (for tests and benchmarks).
+
+    Returns the previous variant's name, so callers can restore it.
+    """
+    previous = _bitpack.get_variant()
+    _bitpack.set_variant(name)
+    return previous
+
+
+def get_variant():
+    """Name of the popcount variant in use."""
+    return _bitpack.get_variant()
 
 
 def pack_rows(x, n_threads=None):
-    rows, length = x.shape
-    has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
-    bits = np.zeros((rows, n_words(length) * 64), dtype=bool)
-    bits[:, :length] = x >= 0
-    words = np.packbits(bits, axis=1, bitorder="little").view(np.uint64)
-    return np.ascontiguousarray(words), has_nan
+    return _bitpack.pack_rows(x, n_threads)
 
 
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+def pack_cols(x, n_threads=None):
+    return _bitpack.pack_cols(x, n_threads)
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
-    out = np.empty((a_words.shape[0], b_words.shape[0]), dtype=np.int32)
-    for i in range(a_words.shape[0]):
-        x = np.bitwise_xor(a_words[i], b_words).view(np.uint8)
-        out[i] = k - 2 * _POPCOUNT8[x].sum(axis=1)
-    return out
+    return _bitpack.xnor_gemm(
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), n_threads
+    )
 
 
 def config():
-    return {"popcount": "numpy", "variants": ["numpy"], "threads": 1}
+    return {
+        "popcount": _bitpack.get_variant(),
+        "variants": _bitpack.available_variants(),
+        "threads": _bitpack.max_threads(),
+    }

@@ -278,19 +278,31 @@ def _pack(backend, x, axis, n_threads, name):
     """Pack a validated array ``x`` along ``axis`` with ``backend``."""
     xp = get_array_module(x)
     shape = tuple(x.shape)
-    moved = xp.moveaxis(x, axis, -1)
-    rows_shape = (int(np.prod(moved.shape[:-1])), shape[axis])
+    length = shape[axis]
+    out_shape = shape[:axis] + shape[axis + 1 :] + (n_words(length),)
     if x.dtype.kind in "bu":
         # Booleans and unsigned integers are never negative: every bit is +1.
-        rows = xp.zeros(rows_shape, dtype=np.int8)
+        x = xp.zeros(shape, dtype=np.int8)
     elif x.dtype == np.float16:
-        rows = xp.ascontiguousarray(moved, dtype=np.float32).reshape(rows_shape)
+        x = x.astype(np.float32)
+    moved = xp.moveaxis(x, axis, -1)
+    pack_cols = getattr(backend, "pack_cols", None)
+    if pack_cols is not None and not moved.flags.c_contiguous:
+        # Pack along a leading axis in place rather than copying a transpose:
+        # for b of binary_matmul that copy would cost more than the packing.
+        pre = int(np.prod(shape[:axis], dtype=np.int64))
+        post = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        blocks = xp.ascontiguousarray(x).reshape(pre, length, post)
+        words = xp.empty((pre, post, n_words(length)), dtype=np.uint64)
+        has_nan = False
+        for i in range(pre):
+            words[i], nan_here = pack_cols(blocks[i], n_threads)
+            has_nan = has_nan or nan_here
     else:
-        rows = xp.ascontiguousarray(moved).reshape(rows_shape)
-    words, has_nan = backend.pack_rows(rows, n_threads)
+        rows = xp.ascontiguousarray(moved).reshape(int(np.prod(moved.shape[:-1])), length)
+        words, has_nan = backend.pack_rows(rows, n_threads)
     if has_nan:
         raise ValueError(f"{name} must not contain NaN")
-    out_shape = shape[:axis] + shape[axis + 1 :] + (n_words(shape[axis]),)
     return PackedBits(words.reshape(out_shape), shape, axis)
 
 
@@ -321,7 +333,7 @@ def unpack_bits(packed, dtype=np.int8):
     xp = get_array_module(packed.words)
     length = packed.length
     words = xp.ascontiguousarray(packed.words)
-    bytes_ = words.view(np.uint8).reshape(words.shape[:-1] + (-1,))
+    bytes_ = words.view(np.uint8).reshape(words.shape[:-1] + (8 * words.shape[-1],))
     bits = xp.unpackbits(bytes_, axis=-1, bitorder="little")[..., :length]
     values = (bits.astype(dtype) * 2 - 1).astype(dtype, copy=False)
     return xp.moveaxis(values, -1, packed.axis)

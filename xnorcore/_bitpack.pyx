@@ -1,0 +1,203 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""CPU kernels: sign packing and the XNOR-popcount GEMM (private).
+
+The SIMD code lives in ``_xnor_simd.h``; this module runs it over OpenMP
+threads and holds the popcount variant in use.  Validation is the caller's job
+(``xnorcore.ops``); the functions here trust shapes and dtypes.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t, int64_t, uint64_t
+cimport openmp
+
+cnp.import_array()
+
+
+cdef extern from "_xnor_simd.h" nogil:
+    enum:
+        XNOR_I8
+        XNOR_I16
+        XNOR_I32
+        XNOR_I64
+        XNOR_F32
+        XNOR_F64
+        XNOR_N_VARIANTS
+
+    ctypedef struct xnor_kernels:
+        const char *name
+        int mr
+        int nr
+        int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out) noexcept nogil
+        int (*pack_cols_block)(int dtype, const void *x, int64_t length, int64_t rows,
+                               uint64_t *out, int64_t kw, int64_t c0) noexcept nogil
+
+    const xnor_kernels xnor_variants[]
+    int xnor_cpu_has(int v)
+    void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int nr, int64_t p,
+                         uint64_t *panels)
+    void xnor_gemm_block(const xnor_kernels *kern, const uint64_t *a, int64_t n_words,
+                         const uint64_t *panels, int32_t *c, int64_t n, int64_t k,
+                         int64_t i0, int64_t i1, int64_t p0, int64_t p1)
+
+
+#: Variant names, from the most portable to the fastest.
+VARIANTS = tuple(xnor_variants[v].name.decode() for v in range(XNOR_N_VARIANTS))
+
+cdef const xnor_kernels *_active = &xnor_variants[0]
+cdef int _active_index = 0
+
+_DTYPE_CODES = {
+    np.dtype(np.int8): XNOR_I8,
+    np.dtype(np.int16): XNOR_I16,
+    np.dtype(np.int32): XNOR_I32,
+    np.dtype(np.int64): XNOR_I64,
+    np.dtype(np.float32): XNOR_F32,
+    np.dtype(np.float64): XNOR_F64,
+}
+
+
+def available_variants():
+    """Names of the popcount variants that this CPU and OS can run."""
+    return [VARIANTS[v] for v in range(XNOR_N_VARIANTS) if xnor_cpu_has(v)]
+
+
+def best_variant():
+    """Name of the fastest variant that this CPU can run."""
+    names = available_variants()
+    return names[len(names) - 1]
+
+
+def get_variant():
+    """Name of the variant in use."""
+    return VARIANTS[_active_index]
+
+
+def set_variant(name):
+    """Use the popcount variant ``name`` for every later call.
+
+    Raises ValueError for an unknown name and RuntimeError for a variant that
+    this CPU (or OS) cannot run.
+    """
+    global _active, _active_index
+    if name not in VARIANTS:
+        raise ValueError(f"popcount variant must be one of {VARIANTS}, got {name!r}")
+    cdef int v = VARIANTS.index(name)
+    if not xnor_cpu_has(v):
+        raise RuntimeError(
+            f"popcount variant {name!r} is not supported by this CPU; "
+            f"available: {', '.join(available_variants())}"
+        )
+    _active = &xnor_variants[v]
+    _active_index = v
+
+
+def max_threads():
+    """OpenMP's current thread limit (OMP_NUM_THREADS, threadpoolctl)."""
+    return openmp.omp_get_max_threads()
+
+
+cdef inline int _threads(n_threads):
+    if n_threads is None:
+        return openmp.omp_get_max_threads()
+    return max(1, <int>n_threads)
+
+
+def pack_rows(cnp.ndarray x not None, n_threads=None):
+    """Pack each row of a C-contiguous 2-D array: ``(words (R, W), has_nan)``."""
+    cdef int dtype = _DTYPE_CODES[x.dtype]
+    cdef int64_t rows = x.shape[0], length = x.shape[1]
+    cdef int64_t n_words = (length + 63) // 64
+    words = np.empty((rows, n_words), dtype=np.uint64)
+    if rows == 0 or n_words == 0:
+        return words, False
+    cdef uint64_t[:, ::1] out = words
+    cdef const char *src = <const char *>cnp.PyArray_DATA(x)
+    cdef int64_t row_bytes = length * x.dtype.itemsize
+    cdef const xnor_kernels *kern = _active
+    cdef int nt = _threads(n_threads)
+    cdef int64_t r
+    cdef int nan = 0
+    # Small inputs are not worth waking the thread team.
+    if rows * length < 65536:
+        nt = 1
+    for r in prange(rows, nogil=True, schedule="static", num_threads=nt):
+        nan += kern.pack_row(dtype, src + r * row_bytes, length, &out[r, 0])
+    return words, nan != 0
+
+
+def pack_cols(cnp.ndarray x not None, n_threads=None):
+    """Pack each column of a C-contiguous 2-D array (L, R): ``(words (R, W), has_nan)``.
+
+    Packing along the first axis directly avoids a transposed copy of ``x``.
+    """
+    cdef int dtype = _DTYPE_CODES[x.dtype]
+    cdef int64_t length = x.shape[0], rows = x.shape[1]
+    cdef int64_t n_words = (length + 63) // 64
+    words = np.empty((rows, n_words), dtype=np.uint64)
+    if rows == 0 or n_words == 0:
+        return words, False
+    cdef uint64_t *out = <uint64_t *>cnp.PyArray_DATA(<cnp.ndarray>words)
+    cdef const void *src = cnp.PyArray_DATA(x)
+    cdef int64_t strips = (rows + 63) // 64
+    cdef int64_t n_blocks = n_words * strips
+    cdef const xnor_kernels *kern = _active
+    cdef int nt = _threads(n_threads)
+    cdef int64_t blk
+    cdef int nan = 0
+    if rows * length < 65536:
+        nt = 1
+    # Blocks of 64 x 64 elements, column strips inner: consecutive blocks read
+    # the same 64 rows of x.
+    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=nt):
+        nan += kern.pack_cols_block(dtype, src, length, rows, out,
+                                    blk // strips, (blk % strips) * 64)
+    return words, nan != 0
+
+
+def xnor_gemm(a_words, b_words, int64_t k, n_threads=None):
+    """``k - 2 popcount(a ^ b)`` for words (M, W) and (N, W): int32 (M, N)."""
+    cdef const uint64_t[:, ::1] a = a_words
+    cdef const uint64_t[:, ::1] b = b_words
+    cdef int64_t m = a.shape[0], n = b.shape[0], n_words = a.shape[1]
+    result = np.empty((m, n), dtype=np.int32)
+    if m == 0 or n == 0:
+        return result
+    if n_words == 0:
+        result.fill(k)
+        return result
+    cdef int32_t[:, ::1] c = result
+    cdef const xnor_kernels *kern = _active
+    cdef int mr = kern.mr, nr = kern.nr
+    cdef int64_t n_panels = (n + nr - 1) // nr
+    cdef int nt = _threads(n_threads)
+    if m * n * n_words < 200000:
+        nt = 1
+
+    panels_arr = np.empty(n_panels * n_words * nr, dtype=np.uint64)
+    cdef uint64_t[::1] panels = panels_arr
+    cdef int64_t p
+    for p in prange(n_panels, nogil=True, schedule="static", num_threads=nt):
+        xnor_pack_panel(&b[0, 0], n, n_words, nr, p, &panels[0])
+
+    # Work items: blocks of up to 256 rows x 8 panels, shrunk for small
+    # products so that every thread gets several items.
+    cdef int64_t rows_per = 256, panels_per = 8
+    while rows_per > mr and ((m + rows_per - 1) // rows_per) * ((n_panels + panels_per - 1) // panels_per) < 4 * nt:
+        if panels_per > 1:
+            panels_per //= 2
+        else:
+            rows_per //= 2
+    rows_per = max(mr, (rows_per // mr) * mr)
+    cdef int64_t row_blocks = (m + rows_per - 1) // rows_per
+    cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
+    cdef int64_t item, i0, p0
+    for item in prange(row_blocks * col_blocks, nogil=True, schedule="static", num_threads=nt):
+        i0 = (item // col_blocks) * rows_per
+        p0 = (item % col_blocks) * panels_per
+        xnor_gemm_block(kern, &a[0, 0], n_words, &panels[0], &c[0, 0], n, k,
+                        i0, min(i0 + rows_per, m), p0, min(p0 + panels_per, n_panels))
+    return result
