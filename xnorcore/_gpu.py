@@ -1,13 +1,286 @@
-"""GPU backend (CuPy); see xnorcore._cpu for the backend contract."""
+"""GPU backend (CuPy): sign packing and XNOR GEMM with the CUDA kernels in ``kernels/``.
+
+The backend contract is documented in :mod:`xnorcore._cpu`.  The CUDA sources
+ship as package data of ``xnorcore.kernels``; :func:`_module` reads one, compiles
+it with NVRTC through ``cupy.RawModule`` and keeps it per device, so each file
+is compiled once per device and process (CuPy also caches the binary on disk).
+
+Two GEMM kernels exist:
+
+``mma``
+    Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
+    capability 8.0 and newer.  It needs the row popcounts of both operands,
+    which a small kernel computes first.
+``popc``
+    CUDA cores with ``__popc``, for older GPUs.
+
+The environment variable ``XNORCORE_GPU_KERNEL`` (``mma`` or ``popc``) forces
+one, for testing and benchmarking; it is read at each call.
+"""
+
+import importlib.resources
+import math
+import os
+import re
+
+import numpy as np
+
+from .ops import PackedBits, n_words
+
+#: Environment variable that forces a GEMM kernel.
+KERNEL_ENV = "XNORCORE_GPU_KERNEL"
+_KERNELS = ("mma", "popc")
+#: Oldest compute capability (major * 10 + minor) with b1 mma.sync m16n8k256.
+_MMA_MIN_CC = 80
+
+#: Benchmarks set this to "large" or "small" to time one tile shape of the mma kernel.
+_FORCE_MMA_VARIANT = None
+
+_INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
+
+_modules = {}  # (device id, file stem) -> cupy.RawModule
+_functions = {}  # (device id, kernel name) -> cupy.RawKernel, launch attributes set
+_devices = {}  # device id -> (compute capability as major * 10 + minor, multiprocessors)
+_constants = {}  # file stem -> {NAME: int} of its "static constexpr int NAME = value;"
+
+_PACK_DTYPES = {  # dtype -> kernel name suffix in kernels/pack.cu
+    np.dtype(np.int8): "int8",
+    np.dtype(np.int16): "int16",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
+}
+
+
+def _cupy():
+    """Import CuPy, or raise the RuntimeError that says how to get it."""
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError(f"backend='gpu' needs CuPy, which is not installed; {_INSTALL_HINT}") from None
+    return cupy
+
+
+def _device_count(cupy):
+    try:
+        return cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        raise RuntimeError(f"backend='gpu' found no usable CUDA device: {exc}") from None
 
 
 def require():
     """Raise a clear RuntimeError if the GPU backend cannot run here."""
+    cupy = _cupy()
+    if _devices:
+        return  # a device was found and used before: the calls above are per process
+    if _device_count(cupy) < 1:
+        raise RuntimeError("backend='gpu' found no CUDA device (CuPy is installed, the machine has no GPU)")
+
+
+def _source(stem):
+    return importlib.resources.files("xnorcore.kernels").joinpath(f"{stem}.cu").read_text(encoding="utf-8")
+
+
+def _constant(stem, name):
+    """A tile size or block size declared in ``kernels/<stem>.cu``, so it is stated once."""
+    if stem not in _constants:
+        pattern = r"static\s+constexpr\s+int\s+(\w+)\s*=\s*(\d+)\s*;"
+        _constants[stem] = {k: int(v) for k, v in re.findall(pattern, _source(stem))}
+    return _constants[stem][name]
+
+
+def _module(stem):
+    """The compiled ``kernels/<stem>.cu`` for the current device."""
+    cupy = _cupy()
+    key = (cupy.cuda.Device().id, stem)
+    module = _modules.get(key)
+    if module is None:
+        module = cupy.RawModule(code=_source(stem), options=("-std=c++17",))
+        module.compile()
+        _modules[key] = module
+    return module
+
+
+def _device():
+    """(compute capability, multiprocessor count) of the current device, cached."""
+    cupy = _cupy()
+    dev = cupy.cuda.Device()
+    info = _devices.get(dev.id)
+    if info is None:
+        info = _devices[dev.id] = (int(dev.compute_capability), dev.attributes["MultiProcessorCount"])
+    return info
+
+
+def _function(stem, name, dynamic_smem=0):
+    """Kernel ``name`` of ``kernels/<stem>.cu`` on the current device."""
+    cupy = _cupy()
+    key = (cupy.cuda.Device().id, name)
+    function = _functions.get(key)
+    if function is None:
+        function = _module(stem).get_function(name)
+        if dynamic_smem > 48 * 1024:  # the default limit; larger needs an opt-in
+            function.max_dynamic_shared_size_bytes = dynamic_smem
+        _functions[key] = function
+    return function
+
+
+def _kernel_choice():
+    """Which GEMM kernel runs on the current device: 'mma' or 'popc'."""
+    forced = os.environ.get(KERNEL_ENV, "").strip().lower()
+    cc = _device()[0]
+    if forced:
+        if forced not in _KERNELS:
+            raise ValueError(f"{KERNEL_ENV} must be one of {_KERNELS} or unset, got {KERNEL_ENV}={forced!r}")
+        if forced == "mma" and cc < _MMA_MIN_CC:
+            raise RuntimeError(
+                f"{KERNEL_ENV}=mma needs compute capability >= 8.0, this device has {cc // 10}.{cc % 10}"
+            )
+        return forced
+    return "mma" if cc >= _MMA_MIN_CC else "popc"
+
+
+def to_device(x):
+    """Copy a numpy array or a PackedBits with numpy words to the current GPU."""
+    cupy = _cupy()
+    if isinstance(x, PackedBits):
+        if isinstance(x.words, cupy.ndarray):
+            return x
+        return PackedBits(_alloc(lambda: cupy.asarray(x.words), x.words.nbytes, "copy packed words"), x.shape, x.axis)
+    if isinstance(x, cupy.ndarray):
+        return x
+    return _alloc(lambda: cupy.asarray(x), x.nbytes, f"copy an array of shape {x.shape}")
+
+
+def _alloc(make, nbytes, what):
+    """Run an allocation; out of device memory becomes a MemoryError with the sizes."""
+    cupy = _cupy()
     try:
-        import cupy  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            "backend='gpu' needs CuPy, which is not installed; install it with "
-            "pip install 'xnorcore[gpu]'"
+        return make()
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        raise MemoryError(
+            f"out of GPU memory: {nbytes} bytes ({nbytes / 2**30:.2f} GiB) requested to {what}; {exc}"
         ) from None
-    raise RuntimeError("the GPU backend is not available yet")
+
+
+def _grid_1d(items, per_block, cap=65535):
+    return (max(1, min(cap, math.ceil(items / per_block))),)
+
+
+def _pack(kind, x, rows, length, grid):
+    """Run pack_<kind>_<dtype> on ``x``; return (words (rows, n_words), has_nan)."""
+    cupy = _cupy()
+    width = n_words(length)
+    words = _alloc(
+        lambda: cupy.empty((rows, width), dtype=np.uint64), rows * width * 8, f"pack {rows} rows of {length} elements"
+    )
+    if words.size == 0:
+        return words, False
+    flag = cupy.zeros(1, dtype=np.int32)
+    kernel = _function("pack", f"pack_{kind}_{_PACK_DTYPES[x.dtype]}")
+    sizes = (np.int64(rows), np.int64(length)) if kind == "rows" else (np.int64(length), np.int64(rows))
+    kernel(grid(width), (_constant("pack", "PACK_THREADS"),), (x,) + sizes + (np.int64(width), words, flag))
+    return words, bool(int(flag.get()[0]))
+
+
+def pack_rows(x, n_threads=None):
+    """Pack the rows of a C-contiguous 2-D cupy array; see :mod:`xnorcore._cpu`."""
+    rows, length = x.shape
+    warps_per_block = _constant("pack", "PACK_THREADS") // 32
+    return _pack("rows", x, rows, length, lambda width: _grid_1d(rows * width, warps_per_block))
+
+
+def pack_cols(x, n_threads=None):
+    """Pack a C-contiguous (L, R) cupy array along its first axis; see :mod:`xnorcore._cpu`."""
+    length, cols = x.shape
+    threads = _constant("pack", "PACK_THREADS")
+    return _pack("cols", x, cols, length, lambda width: (math.ceil(cols / threads), min(width, 65535)))
+
+
+def _row_popcounts(a_words, b_words):
+    cupy = _cupy()
+    (m, width), n = a_words.shape, b_words.shape[0]
+    counts = cupy.empty(m + n, dtype=np.int32)
+    pa, pb = counts[:m], counts[m:]
+    threads = _constant("pack", "POPCOUNT_THREADS")
+    _function("pack", "row_popcounts")(
+        _grid_1d(m + n, threads // 32),
+        (threads,),
+        (a_words, np.int64(m), b_words, np.int64(n), np.int64(width), pa, pb),
+    )
+    return pa, pb
+
+
+def _even_width(words):
+    """C-contiguous words with an even number of words per row (16-byte aligned rows)."""
+    cupy = _cupy()
+    words = cupy.ascontiguousarray(words)
+    if words.shape[1] % 2 == 0:
+        return words
+    padded = cupy.zeros((words.shape[0], words.shape[1] + 1), dtype=np.uint64)
+    padded[:, :-1] = words
+    return padded
+
+
+def _mma_variant(m, n):
+    """'large' tiles unless they would leave multiprocessors idle."""
+    if _FORCE_MMA_VARIANT:
+        return _FORCE_MMA_VARIANT
+    blocks = math.ceil(m / _constant("xnor_gemm_mma", "LARGE_BM")) * math.ceil(
+        n / _constant("xnor_gemm_mma", "LARGE_BN")
+    )
+    return "large" if blocks >= _device()[1] else "small"
+
+
+def xnor_gemm(a_words, b_words, k, n_threads=None):
+    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._cpu`."""
+    cupy = _cupy()
+    m, n = a_words.shape[0], b_words.shape[0]
+    out = _alloc(lambda: cupy.empty((m, n), dtype=np.int32), m * n * 4, f"hold the ({m}, {n}) int32 product")
+    a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
+    b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
+    width = a_words.shape[1]
+    sizes = (np.int64(m), np.int64(n), np.int64(width), np.int64(k))
+    if _kernel_choice() == "mma":
+        pa, pb = _row_popcounts(a_words, b_words)
+        variant = _mma_variant(m, n)
+        consts = lambda name: _constant("xnor_gemm_mma", f"{variant.upper()}_{name}")  # noqa: E731
+        bm, bn, stages = consts("BM"), consts("BN"), consts("STAGES")
+        threads = consts("WARPS_M") * consts("WARPS_N") * 32
+        smem = stages * (bm + bn) * 64
+        kernel = _function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
+        kernel((math.ceil(m / bm), math.ceil(n / bn)), (threads,), (a_words, b_words, pa, pb, out) + sizes,
+               shared_mem=smem)
+    else:
+        bm, bn = _constant("xnor_gemm_popc", "BM"), _constant("xnor_gemm_popc", "BN")
+        kernel = _function("xnor_gemm_popc", "xnor_gemm_popc")
+        kernel((math.ceil(m / bm), math.ceil(n / bn)), (_constant("xnor_gemm_popc", "THREADS"),),
+               (a_words, b_words, out) + sizes)
+    return out
+
+
+def config():
+    """Describe the GPU backend; never raises.
+
+    Returns
+    -------
+    info : dict
+        ``cupy`` (version or None), ``device``, ``compute_capability``,
+        ``kernel`` ("mma", "popc") and, where the GPU cannot be used,
+        ``unavailable`` with the reason.
+    """
+    info = {"cupy": None, "device": None, "compute_capability": None, "kernel": None}
+    try:
+        cupy = _cupy()
+        info["cupy"] = cupy.__version__
+        require()
+        device = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+        name = props["name"]
+        info["device"] = name.decode() if isinstance(name, bytes) else str(name)
+        cc = int(device.compute_capability)
+        info["compute_capability"] = f"{cc // 10}.{cc % 10}"
+        info["kernel"] = _kernel_choice()
+    except Exception as exc:  # config() reports problems, it never raises them
+        info["unavailable"] = str(exc)
+    return info

@@ -1,0 +1,168 @@
+"""GPU benchmark: xnorcore.binary_matmul against cuBLAS through CuPy, same run.
+
+Run on a machine with a CUDA GPU and CuPy::
+
+    python benchmarks/gpu_bench.py [--sizes 1024 2048 4096 8192] [--json out.json]
+
+Every figure is the median of CUDA-event timings after warm-up.  "API" rows time
+one Python call (validation, allocation, launches; the events bracket the call,
+so host overhead shows where it exceeds the GPU time).  "kernel" rows time the
+GEMM kernel alone, launched back to back on preallocated buffers.  TOPS counts
+2 operations per multiply-accumulate: 2 M N K / time.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+def median_ms(fn, *, min_repeat=5, max_repeat=100, budget_s=1.0, warmup=3):
+    """Median of per-call event timings of ``fn`` in milliseconds."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.Device().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    t0 = time.perf_counter()
+    while len(times) < max_repeat and (len(times) < min_repeat or time.perf_counter() - t0 < budget_s):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def back_to_back_ms(fn, *, repeat=20, warmup=3):
+    """Mean time of ``repeat`` calls of ``fn`` queued back to back (launch gaps hidden)."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / repeat
+
+
+def gemm_kernel_launcher(a_words, b_words, k, kernel, variant=None):
+    """A closure that launches only the GEMM kernel of xnorcore on fixed buffers."""
+    import cupy
+
+    from xnorcore import _gpu
+
+    m, n = a_words.shape[0], b_words.shape[0]
+    a_words, b_words = _gpu._even_width(a_words), _gpu._even_width(b_words)
+    width = a_words.shape[1]
+    out = cupy.empty((m, n), dtype=np.int32)
+    sizes = (np.int64(m), np.int64(n), np.int64(width), np.int64(k))
+    if kernel == "mma":
+        pa, pb = _gpu._row_popcounts(a_words, b_words)
+        c = lambda name: _gpu._constant("xnor_gemm_mma", f"{variant.upper()}_{name}")  # noqa: E731
+        bm, bn, smem = c("BM"), c("BN"), c("STAGES") * (c("BM") + c("BN")) * 64
+        fn = _gpu._function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
+        grid, block = (math.ceil(m / bm), math.ceil(n / bn)), (c("WARPS_M") * c("WARPS_N") * 32,)
+        args = (a_words, b_words, pa, pb, out) + sizes
+        return lambda: fn(grid, block, args, shared_mem=smem)
+    bm, bn = _gpu._constant("xnor_gemm_popc", "BM"), _gpu._constant("xnor_gemm_popc", "BN")
+    fn = _gpu._function("xnor_gemm_popc", "xnor_gemm_popc")
+    grid, block = (math.ceil(m / bm), math.ceil(n / bn)), (_gpu._constant("xnor_gemm_popc", "THREADS"),)
+    args = (a_words, b_words, out) + sizes
+    return lambda: fn(grid, block, args)
+
+
+def bench_shape(m, k, n, *, popc=True, check=True):
+    """All rows of the table for one (M, K, N)."""
+    import cupy
+
+    from xnorcore import _gpu, binary_matmul, pack_bits
+
+    ops = 2.0 * m * n * k
+    rows = []
+
+    def add(name, ms, mode):
+        rows.append({"M": m, "K": k, "N": n, "what": name, "mode": mode, "ms": ms, "TOPS": ops / ms / 1e9})
+
+    rs = cupy.random.RandomState(1)
+    a32 = rs.standard_normal((m, k), dtype=np.float32)
+    b32 = rs.standard_normal((k, n), dtype=np.float32)
+    add("cuBLAS float32 (cupy @)", median_ms(lambda: a32 @ b32), "API")
+    a16, b16 = a32.astype(np.float16), b32.astype(np.float16)
+    add("cuBLAS float16 (cupy @)", median_ms(lambda: a16 @ b16), "API")
+    del a16, b16
+
+    pa, pb = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
+    os.environ[_gpu.KERNEL_ENV] = "mma"
+    got = binary_matmul(pa, pb)
+    add("xnor mma, packed operands", median_ms(lambda: binary_matmul(pa, pb)), "API")
+    add("xnor mma, packing included", median_ms(lambda: binary_matmul(a32, b32)), "API")
+    for variant in ("large", "small"):
+        launch = gemm_kernel_launcher(pa.words, pb.words, k, "mma", variant)
+        add(f"xnor mma GEMM kernel, {variant} tiles", back_to_back_ms(launch), "kernel")
+    if popc:
+        os.environ[_gpu.KERNEL_ENV] = "popc"
+        got_popc = binary_matmul(pa, pb)
+        add("xnor popc, packed operands", median_ms(lambda: binary_matmul(pa, pb), max_repeat=20), "API")
+        if check:
+            assert bool((got_popc == got).all()), f"mma and popc kernels disagree at {(m, k, n)}"
+        del got_popc
+    os.environ.pop(_gpu.KERNEL_ENV, None)
+    if check:
+        # Exact reference on sampled rows: float64 sums of +-1 are exact.
+        idx = cupy.arange(0, m, max(1, m // 64))
+        ref = cupy.where(a32[idx] >= 0, 1.0, -1.0) @ cupy.where(b32 >= 0, 1.0, -1.0)
+        assert bool((got[idx] == ref.astype(np.int32)).all()), f"wrong product at {(m, k, n)}"
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--layer", type=int, nargs=3, default=[1024, 4096, 4096], metavar=("M", "K", "N"),
+                        help="a BNN-layer shape: batch M, K inputs, N outputs")
+    parser.add_argument("--json", help="write all rows to this JSON file")
+    args = parser.parse_args(argv)
+
+    import cupy
+
+    from xnorcore import _gpu
+
+    info = _gpu.config()
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {info['device']}, cc {info['compute_capability']}, "
+          f"{props['multiProcessorCount']} SMs, CuPy {cupy.__version__}, CUDA runtime "
+          f"{cupy.cuda.runtime.runtimeGetVersion()}, Python {platform.python_version()}")
+    shapes = [(s, s, s) for s in args.sizes] + [tuple(args.layer)]
+    rows = []
+    for m, k, n in shapes:
+        rows += bench_shape(m, k, n)
+        print(f"done {m}x{k}x{n}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": info, "rows": rows}, f, indent=1)
+
+    print("\n| M x K x N | what | timed | ms | TOPS | vs fp32 | vs fp16 |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for m, k, n in shapes:
+        mine = [r for r in rows if (r["M"], r["K"], r["N"]) == (m, k, n)]
+        f32 = next(r["ms"] for r in mine if "float32" in r["what"])
+        f16 = next(r["ms"] for r in mine if "float16" in r["what"])
+        for r in mine:
+            print(f"| {m}x{k}x{n} | {r['what']} | {r['mode']} | {r['ms']:.4f} | {r['TOPS']:.1f} | "
+                  f"{f32 / r['ms']:.2f}x | {f16 / r['ms']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+// Sign packing and row popcounts.
+//
+// pack_rows_<dtype>: x (rows, length) C-contiguous -> words (rows, n_words) uint64
+// in the layout of xnorcore.ops: element j is bit j % 64 of word j // 64, a set
+// bit means x >= 0 (so -0.0 is +1), padding bits are 0.  One warp builds one
+// word from two ballots over 32 consecutive elements each, so loads are
+// coalesced.  A NaN sets *has_nan (its bit is 0, but the caller raises).
+//
+// pack_cols_<dtype>: the same for x packed along its first axis (no transposed copy).
+//
+// row_popcounts: counts[r] = popcount(words[r, :]) for two word arrays, one warp per row.
+
+typedef unsigned long long u64;
+
+static constexpr int PACK_THREADS = 256;
+static constexpr int POPCOUNT_THREADS = 256;
+
+template <typename T>
+__device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long rows, long long length,
+                                          long long n_words, u64* __restrict__ words,
+                                          int* __restrict__ has_nan)
+{
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    bool nan_seen = false;
+    for (long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < rows * n_words;
+         w += warps) {
+        const long long r = w / n_words;
+        const long long j = (w - r * n_words) * 64 + lane;
+        const T* row = x + r * length;
+        bool lo = false, hi = false;
+        if (j < length) {
+            const T v = row[j];
+            lo = v >= T(0);
+            nan_seen |= v != v;
+        }
+        if (j + 32 < length) {
+            const T v = row[j + 32];
+            hi = v >= T(0);
+            nan_seen |= v != v;
+        }
+        const unsigned lo_bits = __ballot_sync(0xffffffffu, lo);
+        const unsigned hi_bits = __ballot_sync(0xffffffffu, hi);
+        if (lane == 0) words[w] = (u64)lo_bits | ((u64)hi_bits << 32);
+    }
+    if (__any_sync(0xffffffffu, nan_seen) && lane == 0) atomicOr(has_nan, 1);
+}
+
+// Launch: block PACK_THREADS threads, any grid (the loop strides over words).
+#define XNORCORE_PACK_ROWS(NAME, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(PACK_THREADS)                                       \
+    NAME(const T* __restrict__ x, long long rows, long long length, long long n_words,               \
+         u64* __restrict__ words, int* __restrict__ has_nan)                                         \
+    {                                                                                                \
+        pack_rows<T>(x, rows, length, n_words, words, has_nan);                                      \
+    }
+
+XNORCORE_PACK_ROWS(pack_rows_int8, signed char)
+XNORCORE_PACK_ROWS(pack_rows_int16, short)
+XNORCORE_PACK_ROWS(pack_rows_int32, int)
+XNORCORE_PACK_ROWS(pack_rows_int64, long long)
+XNORCORE_PACK_ROWS(pack_rows_float32, float)
+XNORCORE_PACK_ROWS(pack_rows_float64, double)
+
+// pack_cols_<dtype>: x (length, cols) C-contiguous packed along its first axis
+// -> words (cols, n_words), the layout of pack_rows applied to x.T without
+// copying the transpose.  A thread builds word w of column c; the threads of a
+// warp take consecutive columns, so each row read is coalesced.
+template <typename T>
+__device__ __forceinline__ void pack_cols(const T* __restrict__ x, long long length, long long cols,
+                                          long long n_words, u64* __restrict__ words,
+                                          int* __restrict__ has_nan)
+{
+    const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    bool nan_seen = false;
+    for (long long w = blockIdx.y; w < n_words; w += gridDim.y) {
+        const long long j0 = w * 64;
+        const int count = length - j0 < 64 ? (int)(length - j0) : 64;
+        const T* p = x + j0 * cols + c;
+        u64 bits = 0;
+#pragma unroll 8
+        for (int i = 0; i < count; ++i) {
+            const T v = p[i * cols];
+            bits |= (u64)(v >= T(0)) << i;
+            nan_seen |= v != v;
+        }
+        words[c * n_words + w] = bits;
+    }
+    if (nan_seen) atomicOr(has_nan, 1);
+}
+
+// Launch: block PACK_THREADS threads, grid (ceil(cols / PACK_THREADS), any y <= n_words).
+#define XNORCORE_PACK_COLS(NAME, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(PACK_THREADS)                                       \
+    NAME(const T* __restrict__ x, long long length, long long cols, long long n_words,               \
+         u64* __restrict__ words, int* __restrict__ has_nan)                                         \
+    {                                                                                                \
+        pack_cols<T>(x, length, cols, n_words, words, has_nan);                                      \
+    }
+
+XNORCORE_PACK_COLS(pack_cols_int8, signed char)
+XNORCORE_PACK_COLS(pack_cols_int16, short)
+XNORCORE_PACK_COLS(pack_cols_int32, int)
+XNORCORE_PACK_COLS(pack_cols_int64, long long)
+XNORCORE_PACK_COLS(pack_cols_float32, float)
+XNORCORE_PACK_COLS(pack_cols_float64, double)
+
+// Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over rows).
+// Both operands of a product in one launch: rows [0, a_rows) of a, then those of b.
+extern "C" __global__ void __launch_bounds__(POPCOUNT_THREADS)
+row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict__ b, long long b_rows,
+              long long n_words, int* __restrict__ a_counts, int* __restrict__ b_counts)
+{
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < a_rows + b_rows;
+         r += warps) {
+        const bool in_a = r < a_rows;
+        const u64* row = in_a ? a + r * n_words : b + (r - a_rows) * n_words;
+        int c = 0;
+        for (long long w = lane; w < n_words; w += 32) c += __popcll(row[w]);
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) c += __shfl_xor_sync(0xffffffffu, c, off);
+        if (lane == 0) {
+            if (in_a) a_counts[r] = c;
+            else b_counts[r - a_rows] = c;
+        }
+    }
+}

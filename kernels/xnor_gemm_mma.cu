@@ -1,0 +1,230 @@
+// XNOR GEMM on the bit tensor cores (compute capability >= 8.0).
+//
+// C[i, j] = sum_k sign(a[i, k]) * sign(b[k, j]) from packed operands:
+//   a_words (M, W) and b_words (N, W) uint64, W even, zero padding bits,
+//   pa[i] = popcount(a_words[i]), pb[j] = popcount(b_words[j]).
+// With +1 stored as a set bit, x.y = K - 2 (pa + pb) + 4 popcount(a AND b),
+// and popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND
+// form is used because the XOR form is emulated (several times slower) on
+// Hopper.
+//
+// Tiling: a block computes BM x BN outputs with WARPS_M x WARPS_N warps; each
+// warp owns a WM x WN sub-tile made of (WM / 16) x (WN / 8) m16n8k256 tiles.
+// K advances STAGE_WORDS uint64 words (512 bits) per pipeline stage, loaded
+// with cp.async into STAGES shared-memory buffers.
+//
+// Fragment layout.  In m16n8k256.b1 a thread (group g = lane / 4, t = lane % 4)
+// holds A rows g and g + 8 at 32-bit k-chunks t and t + 4, and B column g at
+// the same k-chunks.  The product does not depend on the order in which k is
+// visited as long as A and B agree, so instead of chunks t and t + 4 the
+// thread takes the 16 contiguous bytes (4 words w0..w3) at chunk position t of
+// a 512-bit row slice: w0, w1 feed the first k256 step and w2, w3 the second.
+// One 128-bit shared load then serves two mma steps, and the eight threads of
+// each load phase read 128 contiguous bytes: no bank conflicts without padding.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+static constexpr int STAGE_WORDS = 8;               // uint64 words of K per stage (512 bits)
+static constexpr int ROW_CHUNKS = STAGE_WORDS / 2;  // 16-byte chunks per row per stage
+
+__device__ __forceinline__ u32 smem_addr(const void* p)
+{
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// Copy 16 bytes global -> shared; src_bytes = 0 writes zeros (out-of-range rows or K).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+__device__ __forceinline__ void mma_and_popc(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1)
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Load rows [row0, row0 + ROWS) x words [k0, k0 + STAGE_WORDS) of `words` into
+// `tile` (ROWS * ROW_CHUNKS uint4, row-major), zero-filling outside the matrix.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile(uint4* tile, const u64* __restrict__ words,
+                                          long long n_rows, long long n_words,
+                                          long long row0, long long k0)
+{
+    static_assert((ROWS * ROW_CHUNKS) % THREADS == 0, "tile chunks must divide among threads");
+#pragma unroll
+    for (int i = 0; i < ROWS * ROW_CHUNKS / THREADS; ++i) {
+        const int idx = threadIdx.x + i * THREADS;
+        const int r = idx / ROW_CHUNKS;
+        const int c = idx % ROW_CHUNKS;
+        const long long row = row0 + r;
+        const long long w = k0 + 2 * c;
+        const bool ok = row < n_rows && w < n_words;
+        const u64* src = ok ? words + row * n_words + w : words;
+        cp_async16(tile + idx, src, ok ? 16 : 0);
+    }
+}
+
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+__device__ __forceinline__ void xnor_gemm_mma_body(
+    const u64* __restrict__ a_words, const u64* __restrict__ b_words,
+    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
+    long long m, long long n, long long n_words, long long k)
+{
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WM = BM / WARPS_M;
+    constexpr int WN = BN / WARPS_N;
+    constexpr int MT = WM / 16;
+    constexpr int NT = WN / 8;
+    static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
+
+    extern __shared__ uint4 smem[];
+    uint4* a_tiles = smem;                                // STAGES x BM x ROW_CHUNKS
+    uint4* b_tiles = smem + STAGES * BM * ROW_CHUNKS;     // STAGES x BN x ROW_CHUNKS
+
+    const long long row0 = (long long)blockIdx.x * BM;
+    const long long col0 = (long long)blockIdx.y * BN;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = warp / WARPS_N;
+    const int wn = warp % WARPS_N;
+
+    int acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+
+    const int k_tiles = (int)((n_words + STAGE_WORDS - 1) / STAGE_WORDS);
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < k_tiles) {
+            load_tile<BM, THREADS>(a_tiles + s * BM * ROW_CHUNKS, a_words, m, n_words, row0,
+                                   (long long)s * STAGE_WORDS);
+            load_tile<BN, THREADS>(b_tiles + s * BN * ROW_CHUNKS, b_words, n, n_words, col0,
+                                   (long long)s * STAGE_WORDS);
+        }
+        cp_async_commit();
+    }
+
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        // The slot refilled here was read in iteration kt - 1, which every
+        // thread has finished: it passed the barrier above.
+        const int next = kt + STAGES - 1;
+        if (next < k_tiles) {
+            const int slot = next % STAGES;
+            load_tile<BM, THREADS>(a_tiles + slot * BM * ROW_CHUNKS, a_words, m, n_words, row0,
+                                   (long long)next * STAGE_WORDS);
+            load_tile<BN, THREADS>(b_tiles + slot * BN * ROW_CHUNKS, b_words, n, n_words, col0,
+                                   (long long)next * STAGE_WORDS);
+        }
+        cp_async_commit();
+
+        const uint4* a_tile = a_tiles + (kt % STAGES) * BM * ROW_CHUNKS;
+        const uint4* b_tile = b_tiles + (kt % STAGES) * BN * ROW_CHUNKS;
+        uint4 bf[NT];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) bf[j] = b_tile[(wn * WN + j * 8 + g) * ROW_CHUNKS + t];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            const uint4 lo = a_tile[(wm * WM + i * 16 + g) * ROW_CHUNKS + t];
+            const uint4 hi = a_tile[(wm * WM + i * 16 + g + 8) * ROW_CHUNKS + t];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) mma_and_popc(acc[i][j], lo.x, hi.x, lo.y, hi.y, bf[j].x, bf[j].y);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) mma_and_popc(acc[i][j], lo.z, hi.z, lo.w, hi.w, bf[j].z, bf[j].w);
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: accumulator r of tile (i, j) is row g (+8 for r >= 2), column 2t + r % 2.
+    const bool pairs = (n % 2) == 0;  // then (row * n + even col) is 8-byte aligned
+    int pbv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const long long col = col0 + wn * WN + j * 8 + 2 * t;
+        pbv[j][0] = col < n ? pb[col] : 0;
+        pbv[j][1] = col + 1 < n ? pb[col + 1] : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+            if (row >= m) continue;
+            const int base = (int)k - 2 * pa[row];
+            int* out_row = out + row * n;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const long long col = col0 + wn * WN + j * 8 + 2 * t;
+                const int v0 = base - 2 * pbv[j][0] + 4 * acc[i][j][2 * h];
+                const int v1 = base - 2 * pbv[j][1] + 4 * acc[i][j][2 * h + 1];
+                if (pairs && col + 1 < n) {
+                    *reinterpret_cast<int2*>(out_row + col) = make_int2(v0, v1);
+                } else {
+                    if (col < n) out_row[col] = v0;
+                    if (col + 1 < n) out_row[col + 1] = v1;
+                }
+            }
+        }
+    }
+}
+
+// Large tiles for big products: 8 warps of 64 x 64 outputs.
+static constexpr int LARGE_BM = 128;
+static constexpr int LARGE_BN = 256;
+static constexpr int LARGE_WARPS_M = 2;
+static constexpr int LARGE_WARPS_N = 4;
+static constexpr int LARGE_STAGES = 4;
+
+// Small tiles, so that small products still spread over every multiprocessor.
+static constexpr int SMALL_BM = 64;
+static constexpr int SMALL_BN = 128;
+static constexpr int SMALL_WARPS_M = 2;
+static constexpr int SMALL_WARPS_N = 2;
+static constexpr int SMALL_STAGES = 3;
+
+// Launch: grid (ceil(m / BM), ceil(n / BN)), block WARPS_M * WARPS_N * 32 threads,
+// dynamic shared memory STAGES * (BM + BN) * 64 bytes.
+extern "C" __global__ void __launch_bounds__(LARGE_WARPS_M * LARGE_WARPS_N * 32, 1)
+xnor_gemm_mma_large(const u64* __restrict__ a_words, const u64* __restrict__ b_words,
+                    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
+                    long long m, long long n, long long n_words, long long k)
+{
+    xnor_gemm_mma_body<LARGE_BM, LARGE_BN, LARGE_WARPS_M, LARGE_WARPS_N, LARGE_STAGES>(
+        a_words, b_words, pa, pb, out, m, n, n_words, k);
+}
+
+extern "C" __global__ void __launch_bounds__(SMALL_WARPS_M * SMALL_WARPS_N * 32)
+xnor_gemm_mma_small(const u64* __restrict__ a_words, const u64* __restrict__ b_words,
+                    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
+                    long long m, long long n, long long n_words, long long k)
+{
+    xnor_gemm_mma_body<SMALL_BM, SMALL_BN, SMALL_WARPS_M, SMALL_WARPS_N, SMALL_STAGES>(
+        a_words, b_words, pa, pb, out, m, n, n_words, k);
+}

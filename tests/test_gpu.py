@@ -1,0 +1,296 @@
+"""GPU backend: packing and XNOR GEMM on cupy arrays, exact against integer references.
+
+Tests marked ``gpu`` skip where CuPy or a CUDA device is missing (CI has neither).
+The tests at the top check the error messages of a machine without CuPy and run
+everywhere.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+from xnorcore import PackedBits, binary_matmul, pack_bits, unpack_bits
+from xnorcore import _gpu
+
+
+def _gpu_missing():
+    """Why the GPU tests cannot run here, or None if they can."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:
+        return f"no usable CUDA device ({exc})"
+    return None
+
+
+REASON = _gpu_missing()
+needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {REASON}")
+
+
+# --- without CuPy (every machine) -------------------------------------------------
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
+
+
+def test_require_names_the_gpu_extra_without_cupy(no_cupy):
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
+        _gpu.require()
+
+
+def test_backend_gpu_without_cupy_is_a_clear_error(no_cupy):
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*xnorcore\[gpu\]"):
+        binary_matmul(np.ones((2, 3)), np.ones((3, 4)), backend="gpu")
+
+
+def test_config_never_raises_without_cupy(no_cupy):
+    info = _gpu.config()
+    assert info["cupy"] is None and info["kernel"] is None
+    assert "needs CuPy" in info["unavailable"]
+
+
+# --- on the GPU ---------------------------------------------------------------------
+
+SHAPES = [  # (M, K, N): not multiples of 64, single rows and columns, odd word counts
+    (1, 1, 1),
+    (1, 63, 1),
+    (2, 64, 3),
+    (63, 65, 64),
+    (64, 127, 65),
+    (65, 128, 127),
+    (127, 129, 128),
+    (128, 1000, 129),
+    (129, 511, 257),
+    (3, 1000, 1000),
+    (1000, 64, 3),
+    (257, 513, 255),
+    (200, 2049, 300),
+]
+
+
+@pytest.fixture(params=["mma", "popc"])
+def kernel(request, monkeypatch):
+    """Run the test once per GEMM kernel (mma only where the device has it)."""
+    import cupy
+
+    cc = int(cupy.cuda.Device().compute_capability)
+    if request.param == "mma" and cc < 80:
+        pytest.skip(f"the mma kernel needs compute capability >= 8.0, this device has {cc}")
+    monkeypatch.setenv(_gpu.KERNEL_ENV, request.param)
+    return request.param
+
+
+def _signs(x):
+    return np.where(np.asarray(x) >= 0, 1, -1).astype(np.int64)
+
+
+def _reference(a, b):
+    """Exact sign(a) @ sign(b) with numpy integers."""
+    return (_signs(a) @ _signs(b)).astype(np.int32)
+
+
+def _poison_pool(shape):
+    """Leave a freed block full of a sentinel where the next result will likely land,
+    so that an output element the kernel never writes cannot pass as right."""
+    import cupy
+
+    cupy.full(shape, -(2**31), dtype=np.int32)
+
+
+@pytest.mark.gpu
+@needs_gpu
+class TestGPU:
+    @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+    def test_matmul_exact(self, shape, kernel):
+        import cupy
+
+        m, k, n = shape
+        rng = np.random.default_rng(hash(shape) % 2**32)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        _poison_pool((m, n))
+        got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
+        assert isinstance(got, cupy.ndarray) and got.dtype == np.int32 and got.shape == (m, n)
+        want = _reference(a, b)
+        np.testing.assert_array_equal(cupy.asnumpy(got), want)
+        np.testing.assert_array_equal(cupy.asnumpy(got), binary_matmul(a, b, backend="cpu"))
+
+    @pytest.mark.parametrize("shape", SHAPES[::3], ids=lambda s: "x".join(map(str, s)))
+    def test_matmul_packed_operands(self, shape, kernel):
+        import cupy
+
+        m, k, n = shape
+        rng = np.random.default_rng(k)
+        a = cupy.asarray(rng.integers(-3, 3, size=(m, k), dtype=np.int32))
+        b = cupy.asarray(rng.standard_normal((k, n)))
+        pa, pb = pack_bits(a, axis=1), pack_bits(b, axis=0)
+        assert isinstance(pa.words, cupy.ndarray)
+        want = binary_matmul(a, b)
+        np.testing.assert_array_equal(cupy.asnumpy(binary_matmul(pa, pb)), cupy.asnumpy(want))
+        np.testing.assert_array_equal(cupy.asnumpy(binary_matmul(pa, b)), cupy.asnumpy(want))
+        np.testing.assert_array_equal(cupy.asnumpy(want), _reference(cupy.asnumpy(a), cupy.asnumpy(b)))
+
+    def test_matmul_large_against_cupy_integers(self, kernel):
+        """Several large tiles in every direction, odd K words, ragged edges."""
+        import cupy
+
+        m, k, n = 1100, 4161, 2309
+        rs = cupy.random.RandomState(7)
+        a = rs.standard_normal((m, k), dtype=np.float32)
+        b = rs.standard_normal((k, n), dtype=np.float32)
+        _poison_pool((m, n))
+        got = binary_matmul(a, b)
+        sa = cupy.where(a >= 0, 1, -1).astype(np.float64)
+        sb = cupy.where(b >= 0, 1, -1).astype(np.float64)
+        want = (sa @ sb).astype(np.int32)  # sums of +-1 below 2**53 are exact in float64
+        assert bool((got == want).all())
+        rows = np.arange(0, m, 97)
+        np.testing.assert_array_equal(cupy.asnumpy(got[rows]), _reference(cupy.asnumpy(a[rows]), cupy.asnumpy(b)))
+
+    def test_kernels_agree_on_integer_reference(self, monkeypatch):
+        """A cupy integer matmul, both kernels, the small and the large mma tiles."""
+        import cupy
+
+        rng = np.random.default_rng(3)
+        for m, k, n in [(700, 777, 900), (33, 300, 17)]:
+            a = rng.integers(-5, 5, size=(m, k), dtype=np.int8)
+            b = rng.integers(-5, 5, size=(k, n), dtype=np.int8)
+            ia = cupy.asarray(_signs(a).astype(np.int32))
+            ib = cupy.asarray(_signs(b).astype(np.int32))
+            want = cupy.asnumpy(ia @ ib)
+            for name in ("popc", "mma"):
+                if name == "mma" and int(cupy.cuda.Device().compute_capability) < 80:
+                    continue
+                monkeypatch.setenv(_gpu.KERNEL_ENV, name)
+                got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
+                np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"kernel={name} shape={(m, k, n)}")
+
+    @pytest.mark.parametrize(
+        "dtype", [np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.uint8, bool]
+    )
+    @pytest.mark.parametrize("shape", [(1, 1), (3, 63), (5, 64), (2, 65), (7, 1000), (130, 129)])
+    def test_pack_matches_cpu(self, dtype, shape):
+        import cupy
+
+        rng = np.random.default_rng(shape[1])
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+        for axis in (0, 1):
+            got = pack_bits(cupy.asarray(x), axis=axis)
+            want = pack_bits(x, axis=axis)
+            assert got.shape == want.shape and got.axis == want.axis
+            np.testing.assert_array_equal(cupy.asnumpy(got.words), want.words)
+            np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(got)), unpack_bits(want))
+
+    @pytest.mark.parametrize("axis", [0, 1, 2])
+    def test_pack_3d_matches_cpu(self, axis):
+        import cupy
+
+        x = np.random.default_rng(axis).standard_normal((3, 70, 129))
+        got, want = pack_bits(cupy.asarray(x), axis=axis), pack_bits(x, axis=axis)
+        np.testing.assert_array_equal(cupy.asnumpy(got.words), want.words)
+
+    def test_pack_bit_layout(self):
+        import cupy
+
+        x = cupy.asarray([[-0.0, -1.0, np.inf, -np.inf] + [-1.0] * 60 + [0.0]])
+        words = pack_bits(x).words
+        assert words.dtype == np.uint64 and words.shape == (1, 2)
+        assert int(words[0, 0]) == 0b0101  # -0.0 and +inf are +1 (set), padding bits 0
+        assert int(words[0, 1]) == 1
+
+    def test_nan_is_an_error(self):
+        import cupy
+
+        a = cupy.ones((3, 70), dtype=np.float32)
+        a[2, 69] = np.nan
+        with pytest.raises(ValueError, match="a must not contain NaN"):
+            binary_matmul(a, cupy.ones((70, 2), dtype=np.float32))
+        with pytest.raises(ValueError, match="x must not contain NaN"):
+            pack_bits(a)
+
+    def test_mixed_numpy_and_cupy_is_a_type_error(self):
+        import cupy
+
+        with pytest.raises(TypeError, match="a is a numpy array and b is a cupy array"):
+            binary_matmul(np.ones((2, 3)), cupy.ones((3, 2)))
+        with pytest.raises(TypeError, match="a is a cupy array and b is a numpy array"):
+            binary_matmul(pack_bits(cupy.ones((2, 3)), axis=1), np.ones((3, 2)))
+
+    def test_backend_cpu_rejects_cupy(self):
+        import cupy
+
+        with pytest.raises(TypeError, match="backend='cpu' needs numpy arrays"):
+            binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)), backend="cpu")
+
+    def test_backend_gpu_moves_numpy_operands(self):
+        import cupy
+
+        rng = np.random.default_rng(5)
+        a, b = rng.standard_normal((9, 130)), rng.standard_normal((130, 11))
+        got = binary_matmul(a, b, backend="gpu")
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b))
+        got = binary_matmul(pack_bits(a, axis=1), pack_bits(b, axis=0), backend="gpu")
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b))
+
+    def test_bad_shapes_on_gpu(self):
+        import cupy
+
+        with pytest.raises(ValueError, match=r"matching inner dimensions, got a.shape=\(2, 3\) and b.shape=\(4, 2\)"):
+            binary_matmul(cupy.ones((2, 3)), cupy.ones((4, 2)))
+        with pytest.raises(ValueError, match="a must be 2-D"):
+            binary_matmul(cupy.ones(3), cupy.ones((3, 2)))
+        with pytest.raises(ValueError, match="b must be packed along axis=0"):
+            binary_matmul(cupy.ones((2, 3)), pack_bits(cupy.ones((3, 2)), axis=1))
+
+    def test_empty_operands(self):
+        import cupy
+
+        got = binary_matmul(cupy.ones((0, 5)), cupy.ones((5, 3)))
+        assert isinstance(got, cupy.ndarray) and got.shape == (0, 3)
+
+    def test_out_of_memory_names_the_sizes(self):
+        import cupy
+
+        m = n = 2**21  # the (m, n) int32 result needs 16 TiB
+        a = PackedBits(cupy.zeros((m, 1), dtype=np.uint64), (m, 64), 1)
+        b = PackedBits(cupy.zeros((n, 1), dtype=np.uint64), (64, n), 0)
+        with pytest.raises(MemoryError, match=r"out of GPU memory: 17592186044416 bytes .*\(2097152, 2097152\)"):
+            binary_matmul(a, b)
+
+    def test_bad_kernel_env(self, monkeypatch):
+        import cupy
+
+        monkeypatch.setenv(_gpu.KERNEL_ENV, "fast")
+        with pytest.raises(ValueError, match=r"XNORCORE_GPU_KERNEL must be one of \('mma', 'popc'\)"):
+            binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)))
+
+    def test_config_reports_the_device(self, monkeypatch):
+        import cupy
+
+        monkeypatch.delenv(_gpu.KERNEL_ENV, raising=False)
+        info = _gpu.config()
+        assert "unavailable" not in info, info
+        assert info["cupy"] == cupy.__version__ and info["device"]
+        cc = int(cupy.cuda.Device().compute_capability)
+        assert info["compute_capability"] == f"{cc // 10}.{cc % 10}"
+        assert info["kernel"] == ("mma" if cc >= 80 else "popc")
+        monkeypatch.setenv(_gpu.KERNEL_ENV, "bogus")
+        assert "XNORCORE_GPU_KERNEL" in _gpu.config()["unavailable"]  # reported, not raised
+
+    def test_module_is_compiled_once_per_device(self):
+        import cupy
+
+        binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)))
+        key = (cupy.cuda.Device().id, "pack")
+        module = _gpu._modules[key]
+        binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)))
+        assert _gpu._modules[key] is module
