@@ -12,6 +12,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport free, malloc
 cimport openmp
 
 cnp.import_array()
@@ -26,14 +27,16 @@ cdef extern from "_xnor_simd.h" nogil:
         XNOR_F32
         XNOR_F64
         XNOR_N_VARIANTS
+        XNOR_STRIP_PAD
 
     ctypedef struct xnor_kernels:
         const char *name
         int mr
         int nr
         int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out) noexcept nogil
-        int (*pack_cols_block)(int dtype, const void *x, int64_t length, int64_t rows,
-                               uint64_t *out, int64_t kw, int64_t c0) noexcept nogil
+        int (*pack_cols_band)(int dtype, const void *x, int64_t length, int64_t rows,
+                              uint64_t *out, int64_t kw, int64_t c0, int64_t c1,
+                              uint64_t *buffer) noexcept nogil
 
     const xnor_kernels xnor_variants[]
     int xnor_cpu_has(int v)
@@ -142,19 +145,34 @@ def pack_cols(cnp.ndarray x not None, n_threads=None):
         return words, False
     cdef uint64_t *out = <uint64_t *>cnp.PyArray_DATA(<cnp.ndarray>words)
     cdef const void *src = cnp.PyArray_DATA(x)
-    cdef int64_t strips = (rows + 63) // 64
-    cdef int64_t n_blocks = n_words * strips
     cdef const xnor_kernels *kern = _active
     cdef int nt = _threads(n_threads)
-    cdef int64_t blk
-    cdef int nan = 0
     if rows * length < 65536:
         nt = 1
-    # Blocks of 64 x 64 elements, column strips inner: consecutive blocks read
-    # the same 64 rows of x.
-    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=nt):
-        nan += kern.pack_cols_block(dtype, src, length, rows, out,
-                                    blk // strips, (blk % strips) * 64)
+    # An item is a band of 64 rows of x across all columns (one contiguous
+    # sweep); only when there are too few bands for the threads are the
+    # columns split as well.
+    cdef int64_t chunks = 1
+    if n_words < 4 * nt:
+        chunks = min((rows + 4095) // 4096, (4 * nt + n_words - 1) // n_words)
+    cdef int64_t cols_per = ((rows + chunks - 1) // chunks + 63) // 64 * 64
+    chunks = (rows + cols_per - 1) // cols_per
+    cdef size_t buffer_words = (cols_per // 64) * XNOR_STRIP_PAD
+    cdef int64_t item, c0
+    cdef int nan = 0
+    cdef int failed = 0
+    cdef uint64_t *buffer
+    for item in prange(n_words * chunks, nogil=True, schedule="static", num_threads=nt):
+        c0 = (item % chunks) * cols_per
+        buffer = <uint64_t *>malloc(buffer_words * sizeof(uint64_t))
+        if buffer == NULL:
+            failed += 1
+        else:
+            nan += kern.pack_cols_band(dtype, src, length, rows, out, item // chunks,
+                                       c0, min(c0 + cols_per, rows), buffer)
+            free(buffer)
+    if failed:
+        raise MemoryError("pack_cols could not allocate its strip buffer")
     return words, nan != 0
 
 

@@ -32,11 +32,12 @@ XNOR_ATTR static int XNOR_FN(pack_row)(int dtype, const void *x, int64_t length,
     return nan;
 }
 
-XNOR_ATTR static int XNOR_FN(pack_cols_block)(int dtype, const void *x, int64_t length,
-                                              int64_t rows, uint64_t *out, int64_t kw,
-                                              int64_t c0)
+XNOR_ATTR static int XNOR_FN(pack_cols_band)(int dtype, const void *x, int64_t length,
+                                             int64_t rows, uint64_t *out, int64_t kw,
+                                             int64_t c0, int64_t c1, uint64_t *buffer)
 {
-    return xnor_pack_cols_block_with(XNOR_FN(mask64), dtype, x, length, rows, out, kw, c0);
+    return xnor_pack_cols_band_with(XNOR_FN(mask64), dtype, x, length, rows, out, kw, c0, c1,
+                                    buffer);
 }
 
 /* C[i:i+mr, j:j+ncols] (row stride ldc) from rows a[0..1] and a panel of

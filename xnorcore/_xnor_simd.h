@@ -49,8 +49,8 @@ typedef struct {
     int nr; /* columns of B per panel */
     xnor_ukernel_fn ukernel;
     int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out);
-    int (*pack_cols_block)(int dtype, const void *x, int64_t length, int64_t rows,
-                           uint64_t *out, int64_t kw, int64_t c0);
+    int (*pack_cols_band)(int dtype, const void *x, int64_t length, int64_t rows,
+                          uint64_t *out, int64_t kw, int64_t c0, int64_t c1, uint64_t *buffer);
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)
@@ -79,28 +79,45 @@ __attribute__((always_inline)) static inline void xnor_transpose64(uint64_t a[64
     }
 }
 
-/* Pack a block of 64 rows (rows 64 kw ...) x 64 columns (c0 ...) of the
- * C-contiguous (length, rows) array x along its first axis: words out[c, kw]
- * of the (rows, W) output.  Rows past `length` give zero padding bits. */
-__attribute__((always_inline)) static inline int xnor_pack_cols_block_with(
+/* Pack rows [64 kw, 64 kw + 64) x columns [c0, c1) of the C-contiguous
+ * (length, rows) array x along its first axis into words out[c, kw] of the
+ * (rows, W) output; rows past `length` give zero padding bits.
+ *
+ * The rows are read in one sweep (contiguous when [c0, c1) spans all columns),
+ * which the prefetchers follow: reading 64 x 64 blocks instead was three
+ * times slower.  The masks wait in a buffer of 64-row strips until each strip
+ * is transposed; its rows are padded to 72 words so that the strips do not
+ * fall into the same L1 sets. */
+#define XNOR_STRIP_PAD 72
+
+__attribute__((always_inline)) static inline int xnor_pack_cols_band_with(
     xnor_mask64_fn mask64, int dtype, const void *x, int64_t length, int64_t rows,
-    uint64_t *out, int64_t kw, int64_t c0)
+    uint64_t *out, int64_t kw, int64_t c0, int64_t c1, uint64_t *buffer)
 {
-    uint64_t m[64];
     int nan = 0;
     size_t size = xnor_itemsize(dtype);
     int64_t r0 = 64 * kw;
     int nrows = length - r0 < 64 ? (int)(length - r0) : 64;
-    int ncols = rows - c0 < 64 ? (int)(rows - c0) : 64;
+    int64_t strips = (c1 - c0 + 63) / 64;
     int64_t n_words = (length + 63) / 64;
     const char *p = (const char *)x + ((size_t)r0 * (size_t)rows + (size_t)c0) * size;
-    for (int r = 0; r < nrows; r++, p += (size_t)rows * size)
-        m[r] = mask64(dtype, p, ncols, &nan);
-    for (int r = nrows; r < 64; r++)
-        m[r] = 0;
-    xnor_transpose64(m);
-    for (int c = 0; c < ncols; c++)
-        out[(c0 + c) * n_words + kw] = m[c];
+    for (int r = 0; r < nrows; r++, p += (size_t)rows * size) {
+        for (int64_t s = 0; s < strips; s++) {
+            int64_t left = c1 - c0 - 64 * s;
+            buffer[s * XNOR_STRIP_PAD + r] =
+                mask64(dtype, p + (size_t)(64 * s) * size, left < 64 ? (int)left : 64, &nan);
+        }
+    }
+    for (int64_t s = 0; s < strips; s++) {
+        uint64_t *m = buffer + s * XNOR_STRIP_PAD;
+        for (int r = nrows; r < 64; r++)
+            m[r] = 0;
+        xnor_transpose64(m);
+        int64_t cs = c0 + 64 * s;
+        int ncols = c1 - cs < 64 ? (int)(c1 - cs) : 64;
+        for (int c = 0; c < ncols; c++)
+            out[(cs + c) * n_words + kw] = m[c];
+    }
     return nan;
 }
 
@@ -217,11 +234,12 @@ XNOR_AVX2_ATTR static int xnor_pack_row_avx2(int dtype, const void *x, int64_t l
     return nan;
 }
 
-XNOR_AVX2_ATTR static int xnor_pack_cols_block_avx2(int dtype, const void *x, int64_t length,
-                                                    int64_t rows, uint64_t *out, int64_t kw,
-                                                    int64_t c0)
+XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int64_t length,
+                                                   int64_t rows, uint64_t *out, int64_t kw,
+                                                   int64_t c0, int64_t c1, uint64_t *buffer)
 {
-    return xnor_pack_cols_block_with(xnor_mask64_avx2, dtype, x, length, rows, out, kw, c0);
+    return xnor_pack_cols_band_with(xnor_mask64_avx2, dtype, x, length, rows, out, kw, c0, c1,
+                                    buffer);
 }
 
 /* 4 rows x 8 columns (two ymm of 4 words).  AVX2 has no vector popcount:
@@ -416,11 +434,13 @@ XNOR_AVX512_ATTR static int xnor_pack_row_avx512(int dtype, const void *x, int64
 }
 #undef XNOR_PACK_ROW_512
 
-XNOR_AVX512_ATTR static int xnor_pack_cols_block_avx512(int dtype, const void *x,
+XNOR_AVX512_ATTR static int xnor_pack_cols_band_avx512(int dtype, const void *x,
                                                         int64_t length, int64_t rows,
-                                                        uint64_t *out, int64_t kw, int64_t c0)
+                                                       uint64_t *out, int64_t kw, int64_t c0,
+                                                       int64_t c1, uint64_t *buffer)
 {
-    return xnor_pack_cols_block_with(xnor_mask64_avx512, dtype, x, length, rows, out, kw, c0);
+    return xnor_pack_cols_band_with(xnor_mask64_avx512, dtype, x, length, rows, out, kw, c0,
+                                    c1, buffer);
 }
 
 /* 8 rows x 24 columns: 24 zmm accumulators of 64-bit counts, 3 zmm of B and
@@ -531,13 +551,13 @@ static int xnor_cpu_has(int v)
 }
 
 static const xnor_kernels xnor_variants[XNOR_N_VARIANTS] = {
-    {"generic", 2, 4, xnor_ukernel_generic, xnor_pack_row_generic, xnor_pack_cols_block_generic},
+    {"generic", 2, 4, xnor_ukernel_generic, xnor_pack_row_generic, xnor_pack_cols_band_generic},
 #if XNOR_X86
-    {"scalar", 2, 4, xnor_ukernel_scalar, xnor_pack_row_scalar, xnor_pack_cols_block_scalar},
+    {"scalar", 2, 4, xnor_ukernel_scalar, xnor_pack_row_scalar, xnor_pack_cols_band_scalar},
     {"avx2", XNOR_AVX2_MR, XNOR_AVX2_NR, xnor_ukernel_avx2, xnor_pack_row_avx2,
-     xnor_pack_cols_block_avx2},
+     xnor_pack_cols_band_avx2},
     {"avx512", XNOR_AVX512_MR, XNOR_AVX512_NR, xnor_ukernel_avx512, xnor_pack_row_avx512,
-     xnor_pack_cols_block_avx512},
+     xnor_pack_cols_band_avx512},
 #else
     {"scalar", 0, 0, NULL, NULL, NULL},
     {"avx2", 0, 0, NULL, NULL, NULL},
