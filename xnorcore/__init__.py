@@ -9,15 +9,20 @@ from .ops import (
     sign,
     unpack_bits,
 )
+from .estimator import BNNClassifier
+from ._config import get_config, show_config
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNNClassifier",
     "WORD_BITS",
     "PackedBits",
     "binary_matmul",
     "get_array_module",
+    "get_config",
     "pack_bits",
+    "show_config",
     "sign",
     "unpack_bits",
     "__version__",
