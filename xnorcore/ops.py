@@ -334,7 +334,9 @@ def unpack_bits(packed, dtype=np.int8):
     length = packed.length
     words = xp.ascontiguousarray(packed.words)
     bytes_ = words.view(np.uint8).reshape(words.shape[:-1] + (8 * words.shape[-1],))
-    bits = xp.unpackbits(bytes_, axis=-1, bitorder="little")[..., :length]
+    # Flat unpack then reshape: cupy.unpackbits has no axis argument.
+    flat = xp.unpackbits(bytes_.reshape(-1), bitorder="little")
+    bits = flat.reshape(bytes_.shape[:-1] + (8 * bytes_.shape[-1],))[..., :length]
     values = (bits.astype(dtype) * 2 - 1).astype(dtype, copy=False)
     return xp.moveaxis(values, -1, packed.axis)
 
