@@ -1,0 +1,259 @@
+"""Layers of a binary (or real-valued) multilayer perceptron.
+
+Every layer works on numpy and cupy arrays alike: the array module is taken
+from the layer's parameters (``xp = get_array_module(self.weight)``), so there
+is one code path for the CPU and the GPU.
+
+Binarization follows BinaryNet (Courbariaux et al., 2016): the forward pass
+uses ``sign`` with ``sign(0) = +1``; the backward pass uses the
+straight-through estimator, passing the gradient through where ``|x| <= 1``
+and cancelling it elsewhere.
+"""
+
+import numpy as np
+
+from ..ops import binary_matmul, get_array_module, pack_bits, unpack_bits
+
+_F32 = np.float32
+
+
+def binarize(x):
+    """``+1`` where ``x >= 0``, ``-1`` elsewhere, in the dtype of ``x``.
+
+    Unlike :func:`xnorcore.sign` this does not check for NaN: inside training
+    the check would cost a device synchronisation per call, and the inputs
+    were validated when they entered the network.
+    """
+    # Several times faster than xp.where(x >= 0, 1, -1) in numpy.
+    out = (x >= 0).astype(x.dtype)
+    out *= 2
+    out -= 1
+    return out
+
+
+def ste_mask(x):
+    """Where the straight-through estimator lets the gradient of sign through."""
+    xp = get_array_module(x)
+    return (xp.abs(x) <= 1).astype(x.dtype)
+
+
+class Dense:
+    """Fully connected layer ``z = dropout(x) @ W (+ b)``.
+
+    Parameters
+    ----------
+    name : str
+        Name used in histograms and summaries ("dense1", ...).
+    weight : ndarray of shape (n_in, n_out)
+        Initial latent weights (numpy or cupy, float32).
+    binary_weights : bool
+        Use ``sign(W)`` in the forward pass (latent weights are clipped to
+        [-1, 1] by the optimizer and trained through the straight-through
+        estimator).
+    binary_input : bool
+        The input is known to hold only -1 and +1 (the output of a sign
+        activation), so the product can be computed with XNOR-popcount.
+    bias : bool
+        Add a trainable bias.
+    dropout : float
+        Probability of zeroing each input element during training.
+    xnor : bool
+        Compute ``sign(x) @ sign(W)`` with :func:`xnorcore.binary_matmul`
+        when both the input and the weights are binary.  The result is exactly
+        the float product, so ``xnor`` never changes what the layer computes.
+    need_input_grad : bool
+        Compute the gradient with respect to the input (not needed for the
+        first layer).
+    """
+
+    def __init__(self, name, weight, *, binary_weights, binary_input, bias, dropout,
+                 xnor, need_input_grad=True):
+        xp = get_array_module(weight)
+        self.name = name
+        self.weight = weight
+        self.bias = xp.zeros(weight.shape[1], dtype=_F32) if bias else None
+        self.binary_weights = binary_weights
+        self.binary_input = binary_input
+        self.dropout = float(dropout)
+        self.xnor = bool(xnor)
+        self.need_input_grad = need_input_grad
+        self.weight_grad = None
+        self.bias_grad = None
+        # Bit-packed sign(W) of a binary layer, set for inference; once the
+        # latent weights are dropped it is the only copy of the weights.
+        self.weight_packed = None
+        self._cache = None
+
+    @property
+    def uses_xnor(self):
+        return self.xnor and self.binary_input and self.binary_weights
+
+    @property
+    def shape(self):
+        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
+
+    def effective_weight(self):
+        """The weights the forward pass multiplies by (``sign(W)`` if binary)."""
+        if self.weight is None:
+            return unpack_bits(self.weight_packed, dtype=_F32)
+        return binarize(self.weight) if self.binary_weights else self.weight
+
+    def params(self):
+        out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
+        if self.bias is not None:
+            out.append((f"{self.name}/bias", self.bias, self.bias_grad, False))
+        return out
+
+    def forward(self, x, training, rng=None):
+        xp = get_array_module(self.weight)
+        mask = None
+        scale = None
+        if training and self.dropout > 0:
+            # The input is masked with 0/1 and the product rescaled afterwards,
+            # so that a masked +-1 input still gives an integer product that the
+            # XNOR path reproduces exactly.
+            mask = (rng.random_sample(x.shape) >= self.dropout).astype(_F32)
+            x = x * mask
+            scale = _F32(1.0 / (1.0 - self.dropout))
+        w = None
+        if self.uses_xnor:
+            wp = self.weight_packed if self.weight is None else pack_bits(self.weight, axis=0)
+            z = binary_matmul(x, wp)
+            if mask is not None:
+                # x holds -1, 0, +1.  With s = sign(x) (0 -> +1) and
+                # t = -sign(-x) (0 -> -1), x = (s + t) / 2, and both s and t
+                # are +-1 vectors.
+                z = (z - binary_matmul(-x, wp)) // 2
+            z = z.astype(_F32)
+        else:
+            w = self.effective_weight()
+            z = x @ w
+        if scale is not None:
+            z *= scale
+        if self.bias is not None:
+            z += self.bias
+        if training:
+            self._cache = (x, w, mask, scale)
+        return z
+
+    def backward(self, dz):
+        x, w, mask, scale = self._cache
+        if self.bias is not None:
+            self.bias_grad = dz.sum(axis=0)
+        if scale is not None:
+            dz = dz * scale
+        # For binary weights the straight-through estimator would cancel the
+        # gradient where |W| > 1, but the optimizer clips latent weights to
+        # [-1, 1] after every step, so that mask is identically one.
+        self.weight_grad = x.T @ dz
+        if not self.need_input_grad:
+            return None
+        if w is None:
+            w = self.effective_weight()
+        dx = dz @ w.T
+        if mask is not None:
+            dx *= mask
+        return dx
+
+
+class BatchNorm:
+    """Batch normalization over the sample axis, with running statistics.
+
+    Parameters
+    ----------
+    name : str
+        Layer name ("bn1", ...).
+    n_units : int
+        Number of features.
+    xp : module
+        numpy or cupy.
+    momentum : float, default=0.9
+        Running statistics are ``momentum * running + (1 - momentum) * batch``.
+    eps : float, default=1e-4
+        Added to the variance; larger than the usual 1e-5 because everything
+        is float32.
+    """
+
+    def __init__(self, name, n_units, xp, momentum=0.9, eps=1e-4):
+        self.name = name
+        self.gamma = xp.ones(n_units, dtype=_F32)
+        self.beta = xp.zeros(n_units, dtype=_F32)
+        self.running_mean = xp.zeros(n_units, dtype=_F32)
+        self.running_var = xp.ones(n_units, dtype=_F32)
+        self.momentum = momentum
+        self.eps = eps
+        self.gamma_grad = None
+        self.beta_grad = None
+        self._cache = None
+
+    def params(self):
+        return [
+            (f"{self.name}/gamma", self.gamma, self.gamma_grad, False),
+            (f"{self.name}/beta", self.beta, self.beta_grad, False),
+        ]
+
+    def forward(self, z, training, rng=None):
+        if training:
+            mean = z.mean(axis=0)
+            var = z.var(axis=0)
+            m = _F32(self.momentum)
+            self.running_mean *= m
+            self.running_mean += (1 - m) * mean
+            # Unbiased variance for inference, as in the original batch norm paper.
+            n = z.shape[0]
+            self.running_var *= m
+            self.running_var += (1 - m) * var * _F32(n / max(n - 1, 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = 1 / (var + _F32(self.eps)) ** _F32(0.5)
+        xhat = (z - mean) * inv_std
+        if training:
+            self._cache = (xhat, inv_std)
+        return xhat * self.gamma + self.beta
+
+    def backward(self, dy):
+        xhat, inv_std = self._cache
+        self.beta_grad = dy.sum(axis=0)
+        self.gamma_grad = (dy * xhat).sum(axis=0)
+        dxhat = dy * self.gamma
+        n = _F32(dy.shape[0])
+        return (inv_std / n) * (n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
+
+
+class Sign:
+    """Sign activation with the straight-through estimator."""
+
+    def __init__(self, name):
+        self.name = name
+        self._x = None
+
+    def params(self):
+        return []
+
+    def forward(self, x, training, rng=None):
+        if training:
+            self._x = x
+        return binarize(x)
+
+    def backward(self, dy):
+        return dy * ste_mask(self._x)
+
+
+class ReLU:
+    """Rectified linear activation (for the real-valued network)."""
+
+    def __init__(self, name):
+        self.name = name
+        self._x = None
+
+    def params(self):
+        return []
+
+    def forward(self, x, training, rng=None):
+        if training:
+            self._x = x
+        xp = get_array_module(x)
+        return xp.maximum(x, _F32(0))
+
+    def backward(self, dy):
+        return dy * (self._x > 0)

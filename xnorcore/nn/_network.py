@@ -1,0 +1,411 @@
+"""A multilayer perceptron with binary weights and activations.
+
+Layout of a binary network with ``hidden_layer_sizes=(h1, ..., hL)``::
+
+    x (real) -> dense1 -> bn1 -> sign -> dense2 -> bn2 -> sign -> ... -> dense{L+1} -> logits
+                real W                 sign(W), XNOR                    real W (+ bias)
+
+The first layer sees the real-valued input and the last layer gives real
+logits, as in BinaryNet; ``binarize_first`` / ``binarize_last`` binarize their
+weights too (the last one then gets a batch norm as its scale).  The real-valued
+network (``binary=False``) is ``dense -> bn -> relu`` per hidden layer.
+
+After training, :meth:`Network.pack` builds the inference form: each binary
+layer keeps its weights as :class:`~xnorcore.PackedBits`, and batch norm
+followed by sign becomes one integer threshold per unit, so a binary layer maps
+packed bits to packed bits with one :func:`~xnorcore.binary_matmul`.
+"""
+
+import copy
+import math
+
+import numpy as np
+
+from ..ops import PackedBits, binary_matmul, get_array_module, n_words, pack_bits, unpack_bits
+from ._layers import BatchNorm, Dense, ReLU, Sign, binarize
+from ._loss import softmax_cross_entropy
+
+_F32 = np.float32
+
+
+def _to_numpy(a):
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, PackedBits):
+        return PackedBits(_to_numpy(a.words), a.shape, a.axis)
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return a
+
+
+def _to_module(a, xp):
+    if isinstance(a, PackedBits):
+        return PackedBits(_to_module(a.words, xp), a.shape, a.axis)
+    if isinstance(a, np.ndarray) and xp is not np:
+        return xp.asarray(a)
+    return a
+
+
+class _Block:
+    """One dense layer with what follows it (batch norm, activation)."""
+
+    def __init__(self, dense, bn, act):
+        self.dense = dense
+        self.bn = bn
+        self.act = act
+        self.activation = None  # output of the last forward, for histograms
+        # Inference form of a binary layer (filled by Network.pack).
+        self.threshold = None
+        self.direction = None
+        self.constant = None
+
+    @property
+    def name(self):
+        return self.dense.name
+
+    def layers(self):
+        return [layer for layer in (self.dense, self.bn, self.act) if layer is not None]
+
+
+class Network:
+    """Multilayer perceptron with optional binary weights and activations.
+
+    Parameters
+    ----------
+    n_features : int
+        Input width.
+    n_outputs : int
+        Number of logits.
+    hidden_layer_sizes : tuple of int
+        Width of each hidden layer.
+    binary : bool
+        Binarize hidden weights and activations (else a real-valued ReLU net).
+    batch_norm : bool
+        Batch norm after each hidden dense layer (without it, hidden layers get
+        a bias).
+    dropout : float
+        Dropout probability on the input of every layer after the first.
+    binarize_first, binarize_last : bool
+        Binarize the weights of the first / the output layer as well.
+    xnor : bool
+        Compute binary x binary products with :func:`~xnorcore.binary_matmul`.
+    random_state : numpy.random.RandomState
+        Source of the initial weights (drawn on the CPU, so a network starts
+        the same on any device).
+    xp : module
+        numpy or cupy: where the arrays live.
+    """
+
+    def __init__(self, n_features, n_outputs, hidden_layer_sizes, *, binary=True,
+                 batch_norm=True, dropout=0.0, binarize_first=False, binarize_last=False,
+                 xnor=False, random_state=None, xp=np):
+        rng = random_state if random_state is not None else np.random.RandomState(0)
+        self.binary = bool(binary)
+        self.batch_norm = bool(batch_norm)
+        self.n_features = int(n_features)
+        self.n_outputs = int(n_outputs)
+        self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
+        self.binarize_first = bool(binarize_first) and self.binary
+        self.binarize_last = bool(binarize_last) and self.binary
+        self.blocks = []
+        sizes = (self.n_features,) + self.hidden_layer_sizes + (self.n_outputs,)
+        n_layers = len(sizes) - 1
+        for i in range(n_layers):
+            n_in, n_out = sizes[i], sizes[i + 1]
+            first, last = i == 0, i == n_layers - 1
+            limit = math.sqrt(6.0 / (n_in + n_out))
+            weight = xp.asarray(rng.uniform(-limit, limit, (n_in, n_out)).astype(_F32))
+            if self.binary:
+                binary_weights = (not first or self.binarize_first) and (not last or self.binarize_last)
+            else:
+                binary_weights = False
+            binary_input = self.binary and not first
+            has_bn = (self.batch_norm and not last) or (last and self.binarize_last)
+            name = f"dense{i + 1}"
+            dense = Dense(
+                name, weight, binary_weights=binary_weights, binary_input=binary_input,
+                bias=not has_bn, dropout=0.0 if first else dropout, xnor=xnor,
+                need_input_grad=not first,
+            )
+            bn = BatchNorm(f"bn{i + 1}", n_out, xp) if has_bn else None
+            if last:
+                act = None
+            else:
+                act = Sign(f"sign{i + 1}") if self.binary else ReLU(f"relu{i + 1}")
+            self.blocks.append(_Block(dense, bn, act))
+        self._packed = False
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def xp(self):
+        d = self.blocks[-1].dense
+        return get_array_module(d.weight if d.weight is not None else d.weight_packed)
+
+    @property
+    def xnor(self):
+        return self.blocks[-1].dense.xnor
+
+    def set_xnor(self, xnor):
+        for block in self.blocks:
+            block.dense.xnor = bool(xnor)
+
+    @property
+    def has_training_state(self):
+        return all(b.dense.weight is not None for b in self.blocks)
+
+    def layers(self):
+        return [layer for block in self.blocks for layer in block.layers()]
+
+    def params(self):
+        return [p for layer in self.layers() for p in layer.params()]
+
+    # ---------------------------------------------------------------- training
+    def forward(self, x, training=False, rng=None):
+        """Logits of ``x`` through the (unpacked) float path."""
+        h = x
+        for block in self.blocks:
+            for layer in block.layers():
+                h = layer.forward(h, training, rng)
+            block.activation = h
+        return h
+
+    def backward(self, grad):
+        for layer in reversed(self.layers()):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+
+    def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None):
+        """One optimizer step on a minibatch; returns the loss (on the device)."""
+        if not self.has_training_state:
+            raise RuntimeError(
+                "this network's training state was dropped (drop_training_state); "
+                "it can predict but not train"
+            )
+        self._packed = False
+        logits = self.forward(x, training=True, rng=rng)
+        loss, grad = softmax_cross_entropy(logits, y)
+        self.backward(grad)
+        params = self.params()
+        if reg:
+            xp = self.xp
+            reg32 = _F32(reg)
+            for name, p, g, _ in params:
+                if name.endswith("/weight"):
+                    g += reg32 * xp.sign(p)
+                    loss = loss + reg32 * xp.abs(p).sum()
+        optimizer.step(params, lr)
+        return loss
+
+    # -------------------------------------------------------------- inference
+    def pack(self):
+        """Build the packed inference form of every binary layer.
+
+        Batch norm then sign, ``bn(c) >= 0`` for an integer product ``c``,
+        becomes ``c >= t`` (positive batch-norm scale) or ``c <= t`` (negative
+        scale) for an integer ``t``, or a constant when the scale is zero.
+        """
+        if self._packed:
+            return self
+        for block in self.blocks:
+            d = block.dense
+            if not d.binary_weights:
+                continue
+            if d.weight is not None:
+                d.weight_packed = pack_bits(d.weight, axis=0)
+            if not (d.binary_input and isinstance(block.act, Sign)):
+                continue
+            block.threshold, block.direction, block.constant = self._thresholds(block)
+        self._packed = True
+        return self
+
+    def _thresholds(self, block):
+        xp = self.xp
+        d, bn = block.dense, block.bn
+        k, n_out = d.shape
+        bias = _to_numpy(d.bias).astype(np.float64) if d.bias is not None else np.zeros(n_out)
+        if bn is not None:
+            inv_std = 1.0 / np.sqrt(_to_numpy(bn.running_var).astype(np.float64) + bn.eps)
+            alpha = _to_numpy(bn.gamma).astype(np.float64) * inv_std
+            offset = alpha * (bias - _to_numpy(bn.running_mean)) + _to_numpy(bn.beta)
+        else:
+            alpha = np.ones(n_out)
+            offset = bias
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = np.where(alpha != 0, -offset / np.where(alpha != 0, alpha, 1), 0.0)
+        # |c| <= k, so thresholds beyond +-(k + 1) all act alike; clipping keeps int32 safe.
+        tau = np.clip(tau, -k - 1, k + 1)
+        direction = np.sign(alpha).astype(np.int32)
+        threshold = np.where(direction > 0, np.ceil(tau), np.floor(tau)).astype(np.int32)
+        threshold[direction == 0] = 0
+        constant = np.where(direction == 0, np.where(offset >= 0, 1, -1), 0).astype(np.int32)
+        return xp.asarray(threshold), xp.asarray(direction), xp.asarray(constant)
+
+    def forward_packed(self, x):
+        """Logits of ``x`` through the packed path (binary networks only)."""
+        if not self.binary:
+            raise ValueError("the packed path exists only for binary networks")
+        self.pack()
+        h = x
+        for block in self.blocks:
+            d = block.dense
+            if isinstance(h, PackedBits):
+                if d.binary_weights:
+                    c = binary_matmul(h, d.weight_packed)
+                    if block.threshold is not None:
+                        # Sign of the folded batch norm, as an integer: >= 0 is +1.
+                        s = block.direction * (c - block.threshold) + block.constant
+                        h = pack_bits(s, axis=1)
+                        block.activation = h
+                        continue
+                    z = c.astype(_F32)
+                else:
+                    z = unpack_bits(h, dtype=_F32) @ d.weight
+            else:
+                z = h @ d.effective_weight()
+            if d.bias is not None:
+                z = z + d.bias
+            if block.bn is not None:
+                z = block.bn.forward(z, False)
+            if isinstance(block.act, Sign):
+                h = pack_bits(z, axis=1)
+            else:
+                h = z
+            block.activation = h
+        return h
+
+    def drop_training_state(self):
+        """Keep only what inference needs: packed binary weights, no latent ones."""
+        self.pack()
+        for block in self.blocks:
+            d = block.dense
+            if d.binary_weights:
+                d.weight = None
+            d.weight_grad = d.bias_grad = None
+            d._cache = None
+            for layer in block.layers():
+                if hasattr(layer, "_cache"):
+                    layer._cache = None
+                if hasattr(layer, "_x"):
+                    layer._x = None
+            block.activation = None
+        return self
+
+    # -------------------------------------------------------------- reporting
+    def histograms(self):
+        """Per-layer arrays for TensorBoard-style histograms (numpy copies).
+
+        Returns
+        -------
+        hist : dict of str to ndarray
+            ``"dense{i}/weight"`` (latent real weights),
+            ``"dense{i}/weight_binary"`` (binarized weights of binary layers),
+            ``"dense{i}/activation"`` (output of the layer's block in the last
+            forward pass, after batch norm and activation; unpacked to +-1 if
+            it came from the packed path), ``"dense{i}/weight_grad"`` (gradient
+            of the last training step), and ``"bn{i}/gamma"``, ``"bn{i}/beta"``.
+        """
+        out = {}
+        for block in self.blocks:
+            d, name = block.dense, block.name
+            if d.weight is not None:
+                out[f"{name}/weight"] = _to_numpy(d.weight).copy()
+            if d.binary_weights:
+                out[f"{name}/weight_binary"] = _to_numpy(d.effective_weight())
+            if d.bias is not None:
+                out[f"{name}/bias"] = _to_numpy(d.bias).copy()
+            if block.activation is not None:
+                act = block.activation
+                if isinstance(act, PackedBits):
+                    act = unpack_bits(act, dtype=_F32)
+                out[f"{name}/activation"] = _to_numpy(act).copy()
+            if d.weight_grad is not None:
+                out[f"{name}/weight_grad"] = _to_numpy(d.weight_grad).copy()
+            if block.bn is not None:
+                out[f"{block.bn.name}/gamma"] = _to_numpy(block.bn.gamma).copy()
+                out[f"{block.bn.name}/beta"] = _to_numpy(block.bn.beta).copy()
+        return out
+
+    def memory_rows(self):
+        """Per-layer parameter memory of the inference model, packed vs float32.
+
+        Returns
+        -------
+        rows : list of dict
+            Keys ``layer``, ``shape``, ``binary``, ``n_params``, ``float32_bytes``
+            (every parameter as float32) and ``packed_bytes`` (binary weights as
+            bits, thresholds as int32 plus two int8 per unit, the rest float32).
+        """
+        self.pack()
+        rows = []
+        for block in self.blocks:
+            d = block.dense
+            n_in, n_out = d.shape
+            n_params = n_in * n_out
+            extra = 0  # per-unit float parameters kept in both forms
+            if d.bias is not None:
+                extra += n_out
+            if block.bn is not None:
+                extra += 4 * n_out  # gamma, beta, running mean, running variance
+            float_bytes = 4 * (n_params + extra)
+            if d.binary_weights:
+                packed = 8 * n_out * n_words(n_in)
+                if block.threshold is not None:
+                    packed += n_out * (4 + 4 + 4)  # threshold, direction, constant (int32)
+                else:
+                    packed += 4 * extra
+            else:
+                packed = float_bytes
+            rows.append({
+                "layer": d.name, "shape": (n_in, n_out), "binary": d.binary_weights,
+                "n_params": n_params + extra, "float32_bytes": float_bytes,
+                "packed_bytes": packed,
+            })
+        return rows
+
+    def training_state_nbytes(self):
+        """Bytes of latent float32 weights of binary layers (dropped by drop_training_state)."""
+        return sum(b.dense.weight.nbytes for b in self.blocks
+                   if b.dense.binary_weights and b.dense.weight is not None)
+
+    # ------------------------------------------------------------ persistence
+    def to(self, xp):
+        """Move every array to ``xp`` (numpy or cupy), in place."""
+        conv = (lambda a: _to_numpy(a)) if xp is np else (lambda a: _to_module(a, xp))
+        for block in self.blocks:
+            for obj in (block, *block.layers()):
+                for key, value in vars(obj).items():
+                    if isinstance(value, (np.ndarray, PackedBits)) or (
+                        type(value).__module__.split(".")[0] == "cupy"
+                    ):
+                        setattr(obj, key, conv(value))
+        return self
+
+    def __getstate__(self):
+        # Caches of the last step are not part of the model; arrays are stored
+        # as numpy so that a network trained on a GPU loads anywhere.
+        state = dict(self.__dict__)
+        blocks = []
+        for block in self.blocks:
+            b = copy.copy(block)
+            b.dense = copy.copy(block.dense)
+            b.dense._cache = None
+            b.dense.weight_grad = None
+            b.dense.bias_grad = None
+            b.bn = copy.copy(block.bn) if block.bn is not None else None
+            if b.bn is not None:
+                b.bn._cache = None
+                b.bn.gamma_grad = b.bn.beta_grad = None
+            b.act = copy.copy(block.act) if block.act is not None else None
+            if b.act is not None:
+                b.act._x = None
+            b.activation = None
+            for obj in (b, *b.layers()):
+                for key, value in list(vars(obj).items()):
+                    setattr(obj, key, _to_numpy(value))
+            blocks.append(b)
+        state["blocks"] = blocks
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)

@@ -1,0 +1,87 @@
+"""Adam optimizer working in place on numpy or cupy parameters."""
+
+import numpy as np
+
+from ..ops import get_array_module
+
+
+class Adam:
+    """Adam (Kingma and Ba, 2015) with in-place updates.
+
+    Parameters
+    ----------
+    beta1, beta2, eps : float
+        The usual Adam constants.
+
+    Notes
+    -----
+    The moments are kept per parameter name, so the state survives as long as
+    the network's layer names do (``partial_fit`` calls share one optimizer).
+    Latent binary weights are clipped to [-1, 1] after each step: beyond that
+    range the straight-through estimator would cancel their gradient for good.
+    """
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.t = 0
+        self.m = {}
+        self.v = {}
+
+    def step(self, params, lr):
+        """Apply one update.
+
+        Parameters
+        ----------
+        params : list of (name, param, grad, clip)
+            ``clip`` tells whether ``param`` is a latent binary weight.
+        lr : float
+            Learning rate of this step.
+        """
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        # Bias correction folded into the step size.
+        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        for name, p, g, clip in params:
+            xp = get_array_module(p)
+            if name not in self.m:
+                self.m[name] = xp.zeros_like(p)
+                self.v[name] = xp.zeros_like(p)
+            m, v = self.m[name], self.v[name]
+            # In place with one scratch array: the update is memory bound.
+            buf = xp.multiply(g, np.float32(1 - b1))
+            m *= np.float32(b1)
+            m += buf
+            xp.multiply(g, g, out=buf)
+            buf *= np.float32(1 - b2)
+            v *= np.float32(b2)
+            v += buf
+            xp.sqrt(v, out=buf)
+            buf += np.float32(self.eps)
+            xp.divide(m, buf, out=buf)
+            buf *= np.float32(step)
+            p -= buf
+            if clip:
+                xp.clip(p, -1, 1, out=p)
+
+    def to(self, xp):
+        """Move the moments to ``xp`` (numpy or cupy), in place; returns self."""
+        from ._network import _to_module, _to_numpy
+
+        conv = _to_numpy if xp is np else (lambda a: _to_module(a, xp))
+        self.m = {k: conv(a) for k, a in self.m.items()}
+        self.v = {k: conv(a) for k, a in self.v.items()}
+        return self
+
+    def __getstate__(self):
+        # Stored as numpy so that a model trained on a GPU loads anywhere.
+        from ._network import _to_numpy
+
+        state = dict(self.__dict__)
+        state["m"] = {k: _to_numpy(a) for k, a in self.m.items()}
+        state["v"] = {k: _to_numpy(a) for k, a in self.v.items()}
+        return state
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self.m.values()) + sum(a.nbytes for a in self.v.values())
