@@ -69,12 +69,9 @@ def gemm_kernel_launcher(a_words, b_words, k, kernel, variant=None):
     out = cupy.empty((m, n), dtype=np.int32)
     sizes = (np.int64(m), np.int64(n), np.int64(width), np.int64(k))
     if kernel == "mma":
-        pa, pb = _gpu._row_popcounts(a_words, b_words)
-        c = lambda name: _gpu._constant("xnor_gemm_mma", f"{variant.upper()}_{name}")  # noqa: E731
-        bm, bn, smem = c("BM"), c("BN"), c("STAGES") * (c("BM") + c("BN")) * 64
-        fn = _gpu._function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
-        grid, block = (math.ceil(m / bm), math.ceil(n / bn)), (c("WARPS_M") * c("WARPS_N") * 32,)
-        args = (a_words, b_words, pa, pb, out) + sizes
+        counts = _gpu._row_popcounts(a_words, b_words)
+        fn, grid, block, smem = _gpu._mma_launch(variant, m, n)
+        args = (a_words, b_words, counts, out) + sizes
         return lambda: fn(grid, block, args, shared_mem=smem)
     bm, bn = _gpu._constant("xnor_gemm_popc", "BM"), _gpu._constant("xnor_gemm_popc", "BN")
     fn = _gpu._function("xnor_gemm_popc", "xnor_gemm_popc")
@@ -107,8 +104,9 @@ def bench_shape(m, k, n, *, popc=True, check=True):
     os.environ[_gpu.KERNEL_ENV] = "mma"
     got = binary_matmul(pa, pb)
     add("xnor mma, packed operands", median_ms(lambda: binary_matmul(pa, pb)), "API")
+    add("xnor mma, packed operands", back_to_back_ms(lambda: binary_matmul(pa, pb)), "API queued")
     add("xnor mma, packing included", median_ms(lambda: binary_matmul(a32, b32)), "API")
-    for variant in ("large", "small"):
+    for variant in ("large", "medium", "small"):
         launch = gemm_kernel_launcher(pa.words, pb.words, k, "mma", variant)
         add(f"xnor mma GEMM kernel, {variant} tiles", back_to_back_ms(launch), "kernel")
     if popc:
@@ -127,12 +125,40 @@ def bench_shape(m, k, n, *, popc=True, check=True):
     return rows
 
 
+def profile_host(size=1024, calls=2000):
+    """Where the host time of binary_matmul goes for packed operands (cProfile)."""
+    import cProfile
+    import pstats
+
+    import cupy
+
+    from xnorcore import binary_matmul, pack_bits
+
+    a = pack_bits(cupy.ones((size, size), dtype=np.float32), axis=1)
+    b = pack_bits(cupy.ones((size, size), dtype=np.float32), axis=0)
+    binary_matmul(a, b)
+    cupy.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        binary_matmul(a, b)
+    cupy.cuda.Device().synchronize()
+    print(f"host+device time per packed call at N={size}: {(time.perf_counter() - t0) / calls * 1e6:.1f} us")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        binary_matmul(a, b)
+    prof.disable()
+    cupy.cuda.Device().synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--layer", type=int, nargs=3, default=[1024, 4096, 4096], metavar=("M", "K", "N"),
                         help="a BNN-layer shape: batch M, K inputs, N outputs")
     parser.add_argument("--json", help="write all rows to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="profile the host side of one small call")
     args = parser.parse_args(argv)
 
     import cupy
@@ -144,6 +170,8 @@ def main(argv=None):
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {info['device']}, cc {info['compute_capability']}, "
           f"{props['multiProcessorCount']} SMs, CuPy {cupy.__version__}, CUDA runtime "
           f"{cupy.cuda.runtime.runtimeGetVersion()}, Python {platform.python_version()}")
+    if args.profile:
+        profile_host()
     shapes = [(s, s, s) for s in args.sizes] + [tuple(args.layer)]
     rows = []
     for m, k, n in shapes:

@@ -8,7 +8,7 @@
 //
 // pack_cols_<dtype>: the same for x packed along its first axis (no transposed copy).
 //
-// row_popcounts: counts[r] = popcount(words[r, :]) for two word arrays, one warp per row.
+// row_popcounts: popcount of every row of two word arrays, one warp per row.
 
 typedef unsigned long long u64;
 
@@ -107,10 +107,11 @@ XNORCORE_PACK_COLS(pack_cols_float32, float)
 XNORCORE_PACK_COLS(pack_cols_float64, double)
 
 // Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over rows).
-// Both operands of a product in one launch: rows [0, a_rows) of a, then those of b.
+// Both operands of a product in one launch: counts holds the a_rows counts of a,
+// then the b_rows counts of b.
 extern "C" __global__ void __launch_bounds__(POPCOUNT_THREADS)
 row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict__ b, long long b_rows,
-              long long n_words, int* __restrict__ a_counts, int* __restrict__ b_counts)
+              long long n_words, int* __restrict__ counts)
 {
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
@@ -122,9 +123,6 @@ row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict
         for (long long w = lane; w < n_words; w += 32) c += __popcll(row[w]);
 #pragma unroll
         for (int off = 16; off > 0; off /= 2) c += __shfl_xor_sync(0xffffffffu, c, off);
-        if (lane == 0) {
-            if (in_a) a_counts[r] = c;
-            else b_counts[r - a_rows] = c;
-        }
+        if (lane == 0) counts[r] = c;
     }
 }

@@ -2,7 +2,8 @@
 //
 // C[i, j] = sum_k sign(a[i, k]) * sign(b[k, j]) from packed operands:
 //   a_words (M, W) and b_words (N, W) uint64, W even, zero padding bits,
-//   pa[i] = popcount(a_words[i]), pb[j] = popcount(b_words[j]).
+//   counts (M + N) int32: pa[i] = counts[i] = popcount(a_words[i]) and
+//   pb[j] = counts[M + j] = popcount(b_words[j]).
 // With +1 stored as a set bit, x.y = K - 2 (pa + pb) + 4 popcount(a AND b),
 // and popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND
 // form is used because the XOR form is emulated (several times slower) on
@@ -86,9 +87,11 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u64* __restrict__ w
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
 __device__ __forceinline__ void xnor_gemm_mma_body(
     const u64* __restrict__ a_words, const u64* __restrict__ b_words,
-    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
+    const int* __restrict__ counts, int* __restrict__ out,
     long long m, long long n, long long n_words, long long k)
 {
+    const int* pa = counts;
+    const int* pb = counts + m;
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
@@ -195,36 +198,41 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
     }
 }
 
-// Large tiles for big products: 8 warps of 64 x 64 outputs.
+// Launch: grid (ceil(m / BM), ceil(n / BN)), block WARPS_M * WARPS_N * 32 threads,
+// dynamic shared memory STAGES * (BM + BN) * 64 bytes.  Three tile shapes; the
+// loader picks one from the product's size.
+#define XNORCORE_GEMM_MMA(NAME, P, MIN_BLOCKS)                                                     \
+    extern "C" __global__ void __launch_bounds__(P##_WARPS_M * P##_WARPS_N * 32, MIN_BLOCKS)        \
+    NAME(const u64* __restrict__ a_words, const u64* __restrict__ b_words,                          \
+         const int* __restrict__ counts, int* __restrict__ out,                                     \
+         long long m, long long n, long long n_words, long long k)                                  \
+    {                                                                                               \
+        xnor_gemm_mma_body<P##_BM, P##_BN, P##_WARPS_M, P##_WARPS_N, P##_STAGES>(                   \
+            a_words, b_words, counts, out, m, n, n_words, k);                                       \
+    }
+
+// 8 warps of 64 x 64 outputs; one block per multiprocessor (214 registers a thread).
 static constexpr int LARGE_BM = 128;
 static constexpr int LARGE_BN = 256;
 static constexpr int LARGE_WARPS_M = 2;
 static constexpr int LARGE_WARPS_N = 4;
 static constexpr int LARGE_STAGES = 4;
+XNORCORE_GEMM_MMA(xnor_gemm_mma_large, LARGE, 1)
 
-// Small tiles, so that small products still spread over every multiprocessor.
+// 4 warps of 64 x 64; two blocks per multiprocessor, so that one block's
+// epilogue (writing its int32 outputs) overlaps the other's tensor-core work.
+static constexpr int MEDIUM_BM = 128;
+static constexpr int MEDIUM_BN = 128;
+static constexpr int MEDIUM_WARPS_M = 2;
+static constexpr int MEDIUM_WARPS_N = 2;
+static constexpr int MEDIUM_STAGES = 4;
+XNORCORE_GEMM_MMA(xnor_gemm_mma_medium, MEDIUM, 2)
+
+// 4 warps of 32 x 64; three blocks per multiprocessor, and enough blocks
+// to fill every multiprocessor for small products.
 static constexpr int SMALL_BM = 64;
 static constexpr int SMALL_BN = 128;
 static constexpr int SMALL_WARPS_M = 2;
 static constexpr int SMALL_WARPS_N = 2;
 static constexpr int SMALL_STAGES = 3;
-
-// Launch: grid (ceil(m / BM), ceil(n / BN)), block WARPS_M * WARPS_N * 32 threads,
-// dynamic shared memory STAGES * (BM + BN) * 64 bytes.
-extern "C" __global__ void __launch_bounds__(LARGE_WARPS_M * LARGE_WARPS_N * 32, 1)
-xnor_gemm_mma_large(const u64* __restrict__ a_words, const u64* __restrict__ b_words,
-                    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
-                    long long m, long long n, long long n_words, long long k)
-{
-    xnor_gemm_mma_body<LARGE_BM, LARGE_BN, LARGE_WARPS_M, LARGE_WARPS_N, LARGE_STAGES>(
-        a_words, b_words, pa, pb, out, m, n, n_words, k);
-}
-
-extern "C" __global__ void __launch_bounds__(SMALL_WARPS_M * SMALL_WARPS_N * 32)
-xnor_gemm_mma_small(const u64* __restrict__ a_words, const u64* __restrict__ b_words,
-                    const int* __restrict__ pa, const int* __restrict__ pb, int* __restrict__ out,
-                    long long m, long long n, long long n_words, long long k)
-{
-    xnor_gemm_mma_body<SMALL_BM, SMALL_BN, SMALL_WARPS_M, SMALL_WARPS_N, SMALL_STAGES>(
-        a_words, b_words, pa, pb, out, m, n, n_words, k);
-}
+XNORCORE_GEMM_MMA(xnor_gemm_mma_small, SMALL, 3)

@@ -172,6 +172,23 @@ class TestGPU:
                 got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
                 np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"kernel={name} shape={(m, k, n)}")
 
+    @pytest.mark.parametrize("variant", ["large", "medium", "small"])
+    def test_every_mma_tile_shape(self, variant, monkeypatch):
+        """Each tile shape of the mma kernel, whatever size would pick it, with ragged edges."""
+        import cupy
+
+        if int(cupy.cuda.Device().compute_capability) < 80:
+            pytest.skip("the mma kernel needs compute capability >= 8.0")
+        monkeypatch.setenv(_gpu.KERNEL_ENV, "mma")
+        monkeypatch.setattr(_gpu, "_FORCE_MMA_VARIANT", variant)
+        rng = np.random.default_rng(11)
+        for m, k, n in [(1, 1, 1), (129, 1025, 257), (300, 2100, 530), (17, 64, 1000)]:
+            a = rng.standard_normal((m, k))
+            b = rng.standard_normal((k, n))
+            _poison_pool((m, n))
+            got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
+            np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b), err_msg=f"{variant} {(m, k, n)}")
+
     @pytest.mark.parametrize(
         "dtype", [np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.uint8, bool]
     )

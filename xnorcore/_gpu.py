@@ -33,7 +33,7 @@ _KERNELS = ("mma", "popc")
 #: Oldest compute capability (major * 10 + minor) with b1 mma.sync m16n8k256.
 _MMA_MIN_CC = 80
 
-#: Benchmarks set this to "large" or "small" to time one tile shape of the mma kernel.
+#: Benchmarks set this to "large", "medium" or "small" to time one tile shape of the mma kernel.
 _FORCE_MMA_VARIANT = None
 
 _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
@@ -93,7 +93,7 @@ def _constant(stem, name):
 def _module(stem):
     """The compiled ``kernels/<stem>.cu`` for the current device."""
     cupy = _cupy()
-    key = (cupy.cuda.Device().id, stem)
+    key = (cupy.cuda.runtime.getDevice(), stem)
     module = _modules.get(key)
     if module is None:
         module = cupy.RawModule(code=_source(stem), options=("-std=c++17",))
@@ -105,17 +105,18 @@ def _module(stem):
 def _device():
     """(compute capability, multiprocessor count) of the current device, cached."""
     cupy = _cupy()
-    dev = cupy.cuda.Device()
-    info = _devices.get(dev.id)
+    dev = cupy.cuda.runtime.getDevice()
+    info = _devices.get(dev)
     if info is None:
-        info = _devices[dev.id] = (int(dev.compute_capability), dev.attributes["MultiProcessorCount"])
+        device = cupy.cuda.Device(dev)
+        info = _devices[dev] = (int(device.compute_capability), device.attributes["MultiProcessorCount"])
     return info
 
 
 def _function(stem, name, dynamic_smem=0):
     """Kernel ``name`` of ``kernels/<stem>.cu`` on the current device."""
     cupy = _cupy()
-    key = (cupy.cuda.Device().id, name)
+    key = (cupy.cuda.runtime.getDevice(), name)
     function = _functions.get(key)
     if function is None:
         function = _module(stem).get_function(name)
@@ -198,38 +199,50 @@ def pack_cols(x, n_threads=None):
 
 
 def _row_popcounts(a_words, b_words):
+    """Row popcounts of both operands in one int32 array: those of a, then those of b."""
     cupy = _cupy()
     (m, width), n = a_words.shape, b_words.shape[0]
     counts = cupy.empty(m + n, dtype=np.int32)
-    pa, pb = counts[:m], counts[m:]
     threads = _constant("pack", "POPCOUNT_THREADS")
     _function("pack", "row_popcounts")(
         _grid_1d(m + n, threads // 32),
         (threads,),
-        (a_words, np.int64(m), b_words, np.int64(n), np.int64(width), pa, pb),
+        (a_words, np.int64(m), b_words, np.int64(n), np.int64(width), counts),
     )
-    return pa, pb
+    return counts
 
 
 def _even_width(words):
     """C-contiguous words with an even number of words per row (16-byte aligned rows)."""
     cupy = _cupy()
-    words = cupy.ascontiguousarray(words)
     if words.shape[1] % 2 == 0:
-        return words
+        return words if words.flags.c_contiguous else cupy.ascontiguousarray(words)
     padded = cupy.zeros((words.shape[0], words.shape[1] + 1), dtype=np.uint64)
     padded[:, :-1] = words
     return padded
 
 
 def _mma_variant(m, n):
-    """'large' tiles unless they would leave multiprocessors idle."""
+    """Tile shape of the mma kernel for an (m, n) product."""
     if _FORCE_MMA_VARIANT:
         return _FORCE_MMA_VARIANT
-    blocks = math.ceil(m / _constant("xnor_gemm_mma", "LARGE_BM")) * math.ceil(
-        n / _constant("xnor_gemm_mma", "LARGE_BN")
+    blocks = math.ceil(m / _constant("xnor_gemm_mma", "MEDIUM_BM")) * math.ceil(
+        n / _constant("xnor_gemm_mma", "MEDIUM_BN")
     )
-    return "large" if blocks >= _device()[1] else "small"
+    # Medium tiles once they fill every multiprocessor twice; below that the
+    # small ones spread the work over more multiprocessors.
+    return "medium" if blocks >= 2 * _device()[1] else "small"
+
+
+def _mma_launch(variant, m, n):
+    """(kernel, grid, block, dynamic shared memory) of one mma tile shape."""
+    def const(name):
+        return _constant("xnor_gemm_mma", f"{variant.upper()}_{name}")
+
+    bm, bn = const("BM"), const("BN")
+    smem = const("STAGES") * (bm + bn) * 64
+    kernel = _function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
+    return kernel, (math.ceil(m / bm), math.ceil(n / bn)), (const("WARPS_M") * const("WARPS_N") * 32,), smem
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
@@ -239,23 +252,15 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
     out = _alloc(lambda: cupy.empty((m, n), dtype=np.int32), m * n * 4, f"hold the ({m}, {n}) int32 product")
     a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
     b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
-    width = a_words.shape[1]
-    sizes = (np.int64(m), np.int64(n), np.int64(width), np.int64(k))
+    sizes = (np.int64(m), np.int64(n), np.int64(a_words.shape[1]), np.int64(k))
     if _kernel_choice() == "mma":
-        pa, pb = _row_popcounts(a_words, b_words)
-        variant = _mma_variant(m, n)
-        consts = lambda name: _constant("xnor_gemm_mma", f"{variant.upper()}_{name}")  # noqa: E731
-        bm, bn, stages = consts("BM"), consts("BN"), consts("STAGES")
-        threads = consts("WARPS_M") * consts("WARPS_N") * 32
-        smem = stages * (bm + bn) * 64
-        kernel = _function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
-        kernel((math.ceil(m / bm), math.ceil(n / bn)), (threads,), (a_words, b_words, pa, pb, out) + sizes,
-               shared_mem=smem)
+        counts = _row_popcounts(a_words, b_words)
+        kernel, grid, block, smem = _mma_launch(_mma_variant(m, n), m, n)
+        kernel(grid, block, (a_words, b_words, counts, out) + sizes, shared_mem=smem)
     else:
-        bm, bn = _constant("xnor_gemm_popc", "BM"), _constant("xnor_gemm_popc", "BN")
         kernel = _function("xnor_gemm_popc", "xnor_gemm_popc")
-        kernel((math.ceil(m / bm), math.ceil(n / bn)), (_constant("xnor_gemm_popc", "THREADS"),),
-               (a_words, b_words, out) + sizes)
+        grid = (math.ceil(m / _constant("xnor_gemm_popc", "BM")), math.ceil(n / _constant("xnor_gemm_popc", "BN")))
+        kernel(grid, (_constant("xnor_gemm_popc", "THREADS"),), (a_words, b_words, out) + sizes)
     return out
 
 
