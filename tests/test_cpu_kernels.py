@@ -1,0 +1,230 @@
+"""CPU kernels: every popcount variant, forcing a variant, threads, packing paths."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
+
+import xnorcore
+from xnorcore import _bitpack, _cpu, binary_matmul, pack_bits, unpack_bits
+
+from conftest import matmul_ref, random_matrix, sign_ref
+
+VARIANTS = _bitpack.available_variants()
+INT_AND_FLOAT = [np.int8, np.int16, np.int32, np.int64, np.float32, np.float64]
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    """Run the test with each popcount variant this CPU supports."""
+    previous = _cpu.set_variant(request.param)
+    yield request.param
+    _cpu.set_variant(previous)
+
+
+def test_variants_are_known_and_ordered():
+    assert _bitpack.VARIANTS == ("generic", "scalar", "avx2", "avx512")
+    assert "generic" in VARIANTS  # runs anywhere
+    assert set(VARIANTS) <= set(_bitpack.VARIANTS)
+    # The default is the fastest the CPU supports (unless the environment forces one).
+    if not os.environ.get(_cpu.VARIANT_ENV):
+        assert _cpu.get_variant() == VARIANTS[-1]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (8, 64, 24), (9, 65, 25), (63, 127, 129), (129, 1000, 65), (1000, 63, 7)])
+def test_gemm_exact_every_variant(variant, rng, shape):
+    m, k, n = shape
+    a = random_matrix(rng, (m, k), special=0.05)
+    b = random_matrix(rng, (k, n), special=0.05)
+    np.testing.assert_array_equal(binary_matmul(a, b), matmul_ref(a, b))
+
+
+def test_gemm_several_k_blocks_every_variant(variant, rng):
+    # 300 words: three K blocks of 128 words, the last one partial.
+    a = random_matrix(rng, (13, 300 * 64 - 5))
+    b = random_matrix(rng, (300 * 64 - 5, 30))
+    np.testing.assert_array_equal(binary_matmul(a, b), matmul_ref(a, b))
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
+def test_gemm_random_shapes_agree_across_variants(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    a = random_matrix(rng, (m, k), special=0.1)
+    b = random_matrix(rng, (k, n), special=0.1)
+    expected = matmul_ref(a, b)
+    previous = _cpu.get_variant()
+    try:
+        for name in VARIANTS:
+            _cpu.set_variant(name)
+            np.testing.assert_array_equal(binary_matmul(a, b), expected, err_msg=name)
+    finally:
+        _cpu.set_variant(previous)
+
+
+@pytest.mark.parametrize("dtype", INT_AND_FLOAT)
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 200])
+def test_pack_rows_and_cols_every_variant(variant, rng, dtype, length):
+    x = random_matrix(rng, (length, 70), dtype, special=0.2)
+    expected = sign_ref(x)
+    for axis in (0, 1):
+        np.testing.assert_array_equal(unpack_bits(pack_bits(x, axis=axis)), expected)
+
+
+def test_pack_cols_matches_pack_rows_every_variant(variant, rng):
+    # The direct column packer (C-order x, axis 0) against the row packer on
+    # the transposed copy, over widths around the 64-column strips.
+    for rows in (1, 63, 64, 65, 200, 4097):
+        x = random_matrix(rng, (130, rows), special=0.1)
+        by_cols, nan_cols = _bitpack.pack_cols(x)
+        by_rows, nan_rows = _bitpack.pack_rows(np.ascontiguousarray(x.T))
+        np.testing.assert_array_equal(by_cols, by_rows)
+        assert not nan_cols and not nan_rows
+
+
+def test_pack_nan_detected_every_variant(variant):
+    for dtype in (np.float32, np.float64):
+        for index in [(0, 0), (63, 5), (64, 69), (99, 3)]:
+            x = np.ones((100, 70), dtype=dtype)
+            x[index] = np.nan
+            assert _bitpack.pack_rows(x)[1]
+            assert _bitpack.pack_cols(x)[1]
+        assert not _bitpack.pack_rows(np.ones((100, 70), dtype=dtype))[1]
+
+
+def test_pack_padding_is_zero_every_variant(variant):
+    for length in (1, 63, 65, 127, 129):
+        words, _ = _bitpack.pack_rows(np.ones((3, length), dtype=np.float32))
+        assert int(words[0, -1]) == (1 << (length % 64 or 64)) - 1
+        words, _ = _bitpack.pack_cols(np.ones((length, 3), dtype=np.int16))
+        assert int(words[0, -1]) == (1 << (length % 64 or 64)) - 1
+
+
+def test_large_product_every_variant(variant, rng):
+    # Large enough for several work items per thread and full micro-tiles.
+    a = random_matrix(rng, (300, 1000))
+    b = random_matrix(rng, (1000, 260))
+    np.testing.assert_array_equal(binary_matmul(a, b), matmul_ref(a, b))
+
+
+# ----------------------------------------------------------------- threads
+
+
+def test_one_and_several_threads_give_identical_results(variant, rng):
+    a = random_matrix(rng, (517, 1300), special=0.05)
+    b = random_matrix(rng, (1300, 389), special=0.05)
+    expected = matmul_ref(a, b)
+    results = [binary_matmul(a, b, n_threads=t) for t in (1, 2, 3)]
+    for c in results:
+        np.testing.assert_array_equal(c, expected)
+    for t in (1, 2, 3):
+        np.testing.assert_array_equal(pack_bits(b, axis=0, n_threads=t).words, pack_bits(b, axis=0).words)
+        np.testing.assert_array_equal(pack_bits(a, axis=1, n_threads=t).words, pack_bits(a, axis=1).words)
+
+
+def test_threadpoolctl_limit_is_honoured(rng):
+    a = random_matrix(rng, (300, 700))
+    b = random_matrix(rng, (700, 200))
+    unlimited = binary_matmul(a, b)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert _bitpack.max_threads() == 1
+        assert xnorcore.get_config()["cpu"]["threads"] == 1
+        limited = binary_matmul(a, b)
+    np.testing.assert_array_equal(limited, unlimited)
+    np.testing.assert_array_equal(limited, matmul_ref(a, b))
+
+
+def _run(code, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+    )
+
+
+def test_omp_num_threads_is_honoured():
+    out = _run("import xnorcore; print(xnorcore.get_config()['cpu']['threads'])", OMP_NUM_THREADS="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+# ---------------------------------------------------------- forcing a variant
+
+
+# Each case starts an interpreter; the kernels of every variant are tested in
+# process above, so two names suffice here: the most portable and the fastest.
+@pytest.mark.parametrize("name", sorted({VARIANTS[0], VARIANTS[-1]}))
+def test_environment_variable_forces_a_variant(name):
+    code = (
+        "import numpy as np, xnorcore\n"
+        "from xnorcore import _cpu\n"
+        "a = np.arange(-50, 50).reshape(10, 10)\n"
+        "assert (xnorcore.binary_matmul(a, a) == np.where(a >= 0, 1, -1) @ np.where(a >= 0, 1, -1)).all()\n"
+        "print(_cpu.get_variant())\n"
+    )
+    out = _run(code, XNORCORE_POPCOUNT=name.upper())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == name
+
+
+def test_environment_variable_unknown_name_is_a_clear_error():
+    code = "import numpy as np, xnorcore\nxnorcore.binary_matmul(np.ones((2, 2)), np.ones((2, 2)))\n"
+    out = _run(code, XNORCORE_POPCOUNT="sse9")
+    assert out.returncode != 0
+    assert "XNORCORE_POPCOUNT must be one of generic, scalar, avx2, avx512, got XNORCORE_POPCOUNT='sse9'" in out.stderr
+
+
+def test_forcing_a_variant_the_cpu_lacks_is_a_clear_error():
+    previous = _cpu.get_variant()
+    best = VARIANTS[-1]
+    _bitpack._hide_variants([best])  # pretend the CPU lacks the fastest one
+    try:
+        with pytest.raises(RuntimeError, match=f"popcount variant '{best}' is not supported by this CPU; available: "):
+            _cpu.set_variant(best)
+        assert _cpu.get_variant() == previous  # unchanged
+        assert best not in xnorcore.get_config()["cpu"]["variants"]
+    finally:
+        _bitpack._hide_variants([])
+    with pytest.raises(ValueError, match=r"popcount variant must be one of \('generic', 'scalar', 'avx2', 'avx512'\), got 'fast'"):
+        _cpu.set_variant("fast")
+
+
+@pytest.mark.skipif("avx512" in VARIANTS, reason="this CPU has AVX-512 VPOPCNTDQ")
+def test_environment_variable_unsupported_variant_is_a_clear_error():
+    missing = next(v for v in ("avx512", "avx2", "scalar") if v not in VARIANTS)
+    out = _run("import numpy as np, xnorcore\nxnorcore.binary_matmul(np.ones((2, 2)), np.ones((2, 2)))\n",
+               XNORCORE_POPCOUNT=missing)
+    assert out.returncode != 0
+    assert "does not support" in out.stderr
+
+
+# ---------------------------------------------------------------- show_config
+
+
+def test_show_config_reports_variant_threads_and_gpu(capsys):
+    xnorcore.show_config()
+    text = capsys.readouterr().out
+    config = xnorcore.get_config()
+    assert f"xnorcore {xnorcore.__version__}" in text
+    assert f"numpy {np.__version__}" in text
+    assert f"popcount {_cpu.get_variant()}" in text
+    assert f"{config['cpu']['threads']} OpenMP threads" in text
+    assert "GPU: " in text
+    assert config["cpu"]["popcount"] == _cpu.get_variant()
+    assert config["cpu"]["variants"] == VARIANTS
+    assert isinstance(config["gpu"], dict)
+
+
+def test_show_config_survives_a_broken_gpu_backend(monkeypatch, capsys):
+    from xnorcore import _gpu
+
+    def broken():
+        raise RuntimeError("driver exploded")
+
+    monkeypatch.setattr(_gpu, "config", broken)
+    xnorcore.show_config()
+    assert "GPU: unavailable (driver exploded)" in capsys.readouterr().out
