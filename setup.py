@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 if sys.platform == "win32":
     compile_args, link_args = ["/O2", "/openmp"], []
@@ -32,7 +32,7 @@ extensions = [
 ]
 
 setup(
-    packages=["xnorcore", "xnorcore.kernels"],
+    packages=find_packages(include=["xnorcore", "xnorcore.*"]) + ["xnorcore.kernels"],
     package_dir={"xnorcore": "xnorcore", "xnorcore.kernels": "kernels"},
     package_data={"xnorcore.kernels": ["*.cu"]},
     ext_modules=cythonize(
