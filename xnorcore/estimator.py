@@ -679,6 +679,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_samples,)
         """
+        check_is_fitted(self, "network_")
         return self.classes_[self._logits(X).argmax(axis=1)]
 
     # ------------------------------------------------------------ inspection

@@ -161,9 +161,20 @@ class Network:
 
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):
-        """Logits of ``x`` through the (unpacked) float path."""
+        """Logits of ``x`` through the (unpacked) float path.
+
+        Training runs in float32.  Inference computes real-valued products in
+        float64 (all layers of a real-valued network, the output layer of a
+        binary one): float32 sums vary in their last bit with the batch
+        composition, and a sample's scores should not depend on its batch.
+        """
         h = x
+        last = self.blocks[-1]
+        if not training and not self.binary:
+            h = h.astype(np.float64)
         for block in self.blocks:
+            if not training and block is last:
+                h = h.astype(np.float64)
             for layer in block.layers():
                 h = layer.forward(h, training, rng)
             block.activation = h
@@ -258,9 +269,9 @@ class Network:
                         h = pack_bits(s, axis=1)
                         block.activation = h
                         continue
-                    z = c.astype(_F32)
+                    z = c.astype(np.float64)
                 else:
-                    z = unpack_bits(h, dtype=_F32) @ d.weight
+                    z = unpack_bits(h, dtype=np.float64) @ d.weight
             else:
                 z = h @ d.effective_weight()
             if d.bias is not None:

@@ -1,0 +1,17 @@
+"""scikit-learn's own estimator checks on BNNClassifier."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from xnorcore import BNNClassifier
+
+# Small and quick: the checks fit dozens of times on tiny data sets.
+_ESTIMATOR = BNNClassifier(hidden_layer_sizes=(32,), max_iter=30, batch_size=32, random_state=0,
+                           device="cpu")
+
+# Checks that cannot pass, with the reason.
+EXPECTED_FAILED_CHECKS = {}
+
+
+@parametrize_with_checks([_ESTIMATOR], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
