@@ -1,13 +1,14 @@
 // XNOR GEMM on the bit tensor cores (compute capability >= 8.0).
 //
 // C[i, j] = sum_k sign(a[i, k]) * sign(b[k, j]) from packed operands:
-//   a_words (M, W) and b_words (N, W) uint64, W even, zero padding bits,
-//   counts (M + N) int32: pa[i] = counts[i] = popcount(a_words[i]) and
-//   pb[j] = counts[M + j] = popcount(b_words[j]).
+//   a_words (M, W) and b_words (N, W) uint64, W even, zero padding bits.
 // With +1 stored as a set bit, x.y = K - 2 (pa + pb) + 4 popcount(a AND b),
-// and popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND
-// form is used because the XOR form is emulated (several times slower) on
-// Hopper.
+// where pa = popcount(a_words[i]) and pb = popcount(b_words[j]), and
+// popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND form
+// is used because the XOR form is emulated (several times slower) on Hopper.
+// The row popcounts pa and pb are summed with __popc from the fragments the
+// warps load anyway, spread so that every warp does the same share; this
+// keeps them off the tensor cores and saves a separate launch.
 //
 // Tiling: a block computes BM x BN outputs with WARPS_M x WARPS_N warps; each
 // warp owns a WM x WN sub-tile made of (WM / 16) x (WN / 8) m16n8k256 tiles.
@@ -54,6 +55,11 @@ __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
 }
 
+__device__ __forceinline__ int popc4(uint4 v)
+{
+    return __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
+}
+
 __device__ __forceinline__ void mma_and_popc(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1)
 {
     asm volatile(
@@ -87,11 +93,8 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u64* __restrict__ w
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
 __device__ __forceinline__ void xnor_gemm_mma_body(
     const u64* __restrict__ a_words, const u64* __restrict__ b_words,
-    const int* __restrict__ counts, int* __restrict__ out,
-    long long m, long long n, long long n_words, long long k)
+    int* __restrict__ out, long long m, long long n, long long n_words, long long k)
 {
-    const int* pa = counts;
-    const int* pb = counts + m;
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
@@ -119,6 +122,15 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
         for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+    // Partial row popcounts: A rows g and g + 8 of m-tile i (counted by the
+    // warps with i % WARPS_N == wn) and B column g of n-tile j (counted by the
+    // warps with j % WARPS_M == wm), over this thread's 16-byte chunks.
+    int pop_a[MT][2];
+    int pop_b[NT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) pop_a[i][0] = pop_a[i][1] = 0;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) pop_b[j] = 0;
 
     const int k_tiles = (int)((n_words + STAGE_WORDS - 1) / STAGE_WORDS);
 
@@ -152,11 +164,18 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
         const uint4* b_tile = b_tiles + (kt % STAGES) * BN * ROW_CHUNKS;
         uint4 bf[NT];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) bf[j] = b_tile[(wn * WN + j * 8 + g) * ROW_CHUNKS + t];
+        for (int j = 0; j < NT; ++j) {
+            bf[j] = b_tile[(wn * WN + j * 8 + g) * ROW_CHUNKS + t];
+            if (j % WARPS_M == wm) pop_b[j] += popc4(bf[j]);
+        }
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
             const uint4 lo = a_tile[(wm * WM + i * 16 + g) * ROW_CHUNKS + t];
             const uint4 hi = a_tile[(wm * WM + i * 16 + g + 8) * ROW_CHUNKS + t];
+            if (i % WARPS_N == wn) {
+                pop_a[i][0] += popc4(lo);
+                pop_a[i][1] += popc4(hi);
+            }
 #pragma unroll
             for (int j = 0; j < NT; ++j) mma_and_popc(acc[i][j], lo.x, hi.x, lo.y, hi.y, bf[j].x, bf[j].y);
 #pragma unroll
@@ -165,14 +184,41 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
     }
     cp_async_wait<0>();
 
+    // Finish the row popcounts: sum over the four threads of a group (lanes
+    // 4g .. 4g + 3 hold the four chunks of a row), then share them through
+    // shared memory, whose stage buffers are free once every warp is here.
+    __syncthreads();
+    int* pop_rows = reinterpret_cast<int*>(smem);  // BM popcounts of A rows
+    int* pop_cols = pop_rows + BM;                 // BN popcounts of B rows
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+        if (i % WARPS_N != wn) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int c = pop_a[i][h];
+            c += __shfl_xor_sync(0xffffffffu, c, 1);
+            c += __shfl_xor_sync(0xffffffffu, c, 2);
+            if (t == 0) pop_rows[wm * WM + i * 16 + g + 8 * h] = c;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        if (j % WARPS_M != wm) continue;
+        int c = pop_b[j];
+        c += __shfl_xor_sync(0xffffffffu, c, 1);
+        c += __shfl_xor_sync(0xffffffffu, c, 2);
+        if (t == 0) pop_cols[wn * WN + j * 8 + g] = c;
+    }
+    __syncthreads();
+
     // Epilogue: accumulator r of tile (i, j) is row g (+8 for r >= 2), column 2t + r % 2.
     const bool pairs = (n % 2) == 0;  // then (row * n + even col) is 8-byte aligned
     int pbv[NT][2];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-        const long long col = col0 + wn * WN + j * 8 + 2 * t;
-        pbv[j][0] = col < n ? pb[col] : 0;
-        pbv[j][1] = col + 1 < n ? pb[col + 1] : 0;
+        const int c = wn * WN + j * 8 + 2 * t;
+        pbv[j][0] = pop_cols[c];
+        pbv[j][1] = pop_cols[c + 1];
     }
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
@@ -180,7 +226,7 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
         for (int h = 0; h < 2; ++h) {
             const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
             if (row >= m) continue;
-            const int base = (int)k - 2 * pa[row];
+            const int base = (int)k - 2 * pop_rows[wm * WM + i * 16 + g + 8 * h];
             int* out_row = out + row * n;
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
@@ -204,11 +250,10 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
 #define XNORCORE_GEMM_MMA(NAME, P, MIN_BLOCKS)                                                     \
     extern "C" __global__ void __launch_bounds__(P##_WARPS_M * P##_WARPS_N * 32, MIN_BLOCKS)        \
     NAME(const u64* __restrict__ a_words, const u64* __restrict__ b_words,                          \
-         const int* __restrict__ counts, int* __restrict__ out,                                     \
-         long long m, long long n, long long n_words, long long k)                                  \
+         int* __restrict__ out, long long m, long long n, long long n_words, long long k)           \
     {                                                                                               \
         xnor_gemm_mma_body<P##_BM, P##_BN, P##_WARPS_M, P##_WARPS_N, P##_STAGES>(                   \
-            a_words, b_words, counts, out, m, n, n_words, k);                                       \
+            a_words, b_words, out, m, n, n_words, k);                                               \
     }
 
 // 8 warps of 64 x 64 outputs; one block per multiprocessor (214 registers a thread).

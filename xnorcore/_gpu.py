@@ -40,6 +40,7 @@ _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 
 _modules = {}  # (device id, file stem) -> cupy.RawModule
 _functions = {}  # (device id, kernel name) -> cupy.RawKernel, launch attributes set
+_launches = {}  # (device id, kernel, tile shape) -> launch parameters, see _gemm_launch
 _devices = {}  # device id -> (compute capability as major * 10 + minor, multiprocessors)
 _constants = {}  # file stem -> {NAME: int} of its "static constexpr int NAME = value;"
 
@@ -198,20 +199,6 @@ def pack_cols(x, n_threads=None):
     return _pack("cols", x, cols, length, lambda width: (math.ceil(cols / threads), min(width, 65535)))
 
 
-def _row_popcounts(a_words, b_words):
-    """Row popcounts of both operands in one int32 array: those of a, then those of b."""
-    cupy = _cupy()
-    (m, width), n = a_words.shape, b_words.shape[0]
-    counts = cupy.empty(m + n, dtype=np.int32)
-    threads = _constant("pack", "POPCOUNT_THREADS")
-    _function("pack", "row_popcounts")(
-        _grid_1d(m + n, threads // 32),
-        (threads,),
-        (a_words, np.int64(m), b_words, np.int64(n), np.int64(width), counts),
-    )
-    return counts
-
-
 def _even_width(words):
     """C-contiguous words with an even number of words per row (16-byte aligned rows)."""
     cupy = _cupy()
@@ -226,23 +213,32 @@ def _mma_variant(m, n):
     """Tile shape of the mma kernel for an (m, n) product."""
     if _FORCE_MMA_VARIANT:
         return _FORCE_MMA_VARIANT
-    blocks = math.ceil(m / _constant("xnor_gemm_mma", "MEDIUM_BM")) * math.ceil(
-        n / _constant("xnor_gemm_mma", "MEDIUM_BN")
-    )
+    blocks = -(-m // _constant("xnor_gemm_mma", "MEDIUM_BM")) * -(-n // _constant("xnor_gemm_mma", "MEDIUM_BN"))
     # Medium tiles once they fill every multiprocessor twice; below that the
     # small ones spread the work over more multiprocessors.
     return "medium" if blocks >= 2 * _device()[1] else "small"
 
 
-def _mma_launch(variant, m, n):
-    """(kernel, grid, block, dynamic shared memory) of one mma tile shape."""
-    def const(name):
-        return _constant("xnor_gemm_mma", f"{variant.upper()}_{name}")
+def _gemm_launch(kernel, variant=None):
+    """(function, BM, BN, threads, dynamic shared memory) of a GEMM kernel, cached per device."""
+    cupy = _cupy()
+    key = (cupy.cuda.runtime.getDevice(), kernel, variant)
+    launch = _launches.get(key)
+    if launch is None:
+        if kernel == "mma":
+            def const(name):
+                return _constant("xnor_gemm_mma", f"{variant.upper()}_{name}")
 
-    bm, bn = const("BM"), const("BN")
-    smem = const("STAGES") * (bm + bn) * 64
-    kernel = _function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
-    return kernel, (math.ceil(m / bm), math.ceil(n / bn)), (const("WARPS_M") * const("WARPS_N") * 32,), smem
+            bm, bn = const("BM"), const("BN")
+            smem = const("STAGES") * (bm + bn) * 64
+            threads = const("WARPS_M") * const("WARPS_N") * 32
+            function = _function("xnor_gemm_mma", f"xnor_gemm_mma_{variant}", smem)
+        else:
+            bm, bn = _constant("xnor_gemm_popc", "BM"), _constant("xnor_gemm_popc", "BN")
+            smem, threads = 0, _constant("xnor_gemm_popc", "THREADS")
+            function = _function("xnor_gemm_popc", "xnor_gemm_popc")
+        launch = _launches[key] = (function, bm, bn, threads, smem)
+    return launch
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
@@ -250,17 +246,18 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
     cupy = _cupy()
     m, n = a_words.shape[0], b_words.shape[0]
     out = _alloc(lambda: cupy.empty((m, n), dtype=np.int32), m * n * 4, f"hold the ({m}, {n}) int32 product")
-    a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
-    b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
-    sizes = (np.int64(m), np.int64(n), np.int64(a_words.shape[1]), np.int64(k))
-    if _kernel_choice() == "mma":
-        counts = _row_popcounts(a_words, b_words)
-        kernel, grid, block, smem = _mma_launch(_mma_variant(m, n), m, n)
-        kernel(grid, block, (a_words, b_words, counts, out) + sizes, shared_mem=smem)
-    else:
-        kernel = _function("xnor_gemm_popc", "xnor_gemm_popc")
-        grid = (math.ceil(m / _constant("xnor_gemm_popc", "BM")), math.ceil(n / _constant("xnor_gemm_popc", "BN")))
-        kernel(grid, (_constant("xnor_gemm_popc", "THREADS"),), (a_words, b_words, out) + sizes)
+    if a_words.shape[1] % 2 or not a_words.flags.c_contiguous:
+        a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
+    if b_words.shape[1] % 2 or not b_words.flags.c_contiguous:
+        b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
+    kernel = _kernel_choice()
+    function, bm, bn, threads, smem = _gemm_launch(kernel, _mma_variant(m, n) if kernel == "mma" else None)
+    function(
+        (-(-m // bm), -(-n // bn)),
+        (threads,),
+        (a_words, b_words, out, np.int64(m), np.int64(n), np.int64(a_words.shape[1]), np.int64(k)),
+        shared_mem=smem,
+    )
     return out
 
 
