@@ -124,7 +124,7 @@ class Dense:
                 # t = -sign(-x) (0 -> -1), x = (s + t) / 2, and both s and t
                 # are +-1 vectors.
                 z = (z - binary_matmul(-x, wp)) // 2
-            z = z.astype(_F32)
+            z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
         else:
             w = self.effective_weight()
             z = x @ w

@@ -1,0 +1,301 @@
+"""Layers, optimizer and network of xnorcore.nn (numpy backend)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from xnorcore import binary_matmul
+from xnorcore.nn import (
+    Adam,
+    BatchNorm,
+    Dense,
+    Network,
+    Sign,
+    binarize,
+    log_softmax,
+    softmax,
+    softmax_cross_entropy,
+    ste_mask,
+)
+
+
+def _numeric_grad(f, x, eps=1e-3):
+    """Central differences of the scalar f() with respect to x (float64)."""
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def test_binarize_zero_is_plus_one():
+    x = np.array([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0], dtype=np.float32)
+    out = binarize(x)
+    np.testing.assert_array_equal(out, [-1, -1, 1, 1, 1, 1])
+    assert out.dtype == np.float32
+
+
+def test_sign_straight_through_estimator_cancels_beyond_one():
+    x = np.array([[-1.5, -1.0, -0.3, 0.0, 0.7, 1.0, 1.01]], dtype=np.float32)
+    sign = Sign("s")
+    y = sign.forward(x, training=True)
+    np.testing.assert_array_equal(y, [[-1, -1, -1, 1, 1, 1, 1]])
+    dy = np.arange(1, 8, dtype=np.float32)[None, :]
+    np.testing.assert_array_equal(sign.backward(dy), [[0, 2, 3, 4, 5, 6, 0]])
+    np.testing.assert_array_equal(ste_mask(x), [[0, 1, 1, 1, 1, 1, 0]])
+
+
+def test_softmax_cross_entropy_value_and_gradient():
+    rng = np.random.RandomState(0)
+    logits = rng.randn(5, 4)
+    y = np.array([0, 3, 1, 1, 2])
+    loss, grad = softmax_cross_entropy(logits, y)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert float(loss) == pytest.approx(-np.log(p[np.arange(5), y]).mean())
+    num = _numeric_grad(lambda: float(softmax_cross_entropy(logits, y)[0]), logits, eps=1e-6)
+    np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(softmax(logits), p)
+    # Stable for huge logits.
+    big = np.array([[1000.0, 0.0], [0.0, -1000.0]])
+    assert np.isfinite(log_softmax(big)).all()
+
+
+def test_dense_real_gradients_match_finite_differences():
+    rng = np.random.RandomState(1)
+    x = rng.randn(6, 5)
+    w = rng.randn(5, 3)
+    d = Dense("d", w, binary_weights=False, binary_input=False, bias=True, dropout=0.0, xnor=False)
+    d.bias = rng.randn(3)
+    up = rng.randn(6, 3)
+
+    def f():
+        return float((d.forward(x, training=False) * up).sum())
+
+    d.forward(x, training=True)
+    dx = d.backward(up)
+    np.testing.assert_allclose(d.weight_grad, _numeric_grad(f, d.weight), rtol=1e-6)
+    np.testing.assert_allclose(d.bias_grad, _numeric_grad(f, d.bias), rtol=1e-6)
+    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6)
+
+
+def test_dense_binary_weights_use_sign_and_straight_through_gradient():
+    rng = np.random.RandomState(2)
+    x = rng.randn(4, 7).astype(np.float32)
+    w = rng.uniform(-1, 1, (7, 3)).astype(np.float32)
+    d = Dense("d", w, binary_weights=True, binary_input=False, bias=False, dropout=0.0, xnor=False)
+    z = d.forward(x, training=True)
+    np.testing.assert_array_equal(z, x @ np.where(w >= 0, 1, -1).astype(np.float32))
+    up = rng.randn(4, 3).astype(np.float32)
+    dx = d.backward(up)
+    # Straight-through: the gradient reaches the latent weights as if sign were the identity.
+    np.testing.assert_allclose(d.weight_grad, x.T @ up, rtol=1e-6)
+    np.testing.assert_allclose(dx, up @ np.where(w >= 0, 1, -1).T, rtol=1e-6)
+
+
+def test_batch_norm_gradients_match_finite_differences():
+    rng = np.random.RandomState(3)
+    z = rng.randn(8, 4)
+    bn = BatchNorm("bn", 4, np)
+    bn.gamma = rng.randn(4)
+    bn.beta = rng.randn(4)
+    up = rng.randn(8, 4)
+
+    def f():
+        saved = bn.running_mean.copy(), bn.running_var.copy()
+        out = float((bn.forward(z, training=True) * up).sum())
+        bn.running_mean, bn.running_var = saved
+        return out
+
+    bn.forward(z, training=True)
+    dz = bn.backward(up)
+    np.testing.assert_allclose(dz, _numeric_grad(f, z, eps=1e-5), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(bn.gamma_grad, _numeric_grad(f, bn.gamma, eps=1e-5), rtol=1e-4)
+    np.testing.assert_allclose(bn.beta_grad, _numeric_grad(f, bn.beta, eps=1e-5), rtol=1e-4)
+
+
+def test_batch_norm_running_statistics():
+    rng = np.random.RandomState(4)
+    bn = BatchNorm("bn", 3, np, momentum=0.0)
+    z = (rng.randn(50, 3) * 2 + 5).astype(np.float32)
+    out = bn.forward(z, training=True)
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(bn.running_mean, z.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(bn.running_var, z.var(0, ddof=1), rtol=1e-5)
+
+
+def test_adam_matches_reference_and_clips_binary_weights():
+    rng = np.random.RandomState(5)
+    p = rng.uniform(-1, 1, 10).astype(np.float32)
+    q = p.copy()
+    ref = p.astype(np.float64)
+    m = np.zeros(10)
+    v = np.zeros(10)
+    opt = Adam()
+    for t in range(1, 4):
+        g = rng.randn(10).astype(np.float32)
+        opt.step([("w", p, g, False), ("b", q, g * 100, True)], lr=0.01)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+        ref -= 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-6)
+    assert opt.t == 3
+    assert np.abs(q).max() <= 1.0
+
+
+def _train(net, X, y, steps=20, seed=0, lr=1e-2):
+    opt = Adam()
+    rng = np.random.RandomState(seed)
+    losses = []
+    for _ in range(steps):
+        idx = rng.randint(0, len(X), 32)
+        losses.append(float(net.train_step(X[idx], y[idx], opt, lr, rng=rng)))
+    return losses
+
+
+def _data(n=200, d=37, k=3, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, d).astype(np.float32)
+    w = rng.randn(d, k)
+    return X, (X @ w).argmax(1)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("hidden", [(65,), (64, 127), (1, 63)])
+def test_xnor_and_float_products_train_identically(hidden, dropout):
+    X, y = _data()
+    nets = [
+        Network(37, 3, hidden, binary=True, dropout=dropout, binarize_last=True, xnor=xnor,
+                random_state=np.random.RandomState(7))
+        for xnor in (False, True)
+    ]
+    assert nets[1].blocks[-1].dense.uses_xnor and not nets[0].blocks[-1].dense.uses_xnor
+    curves = [_train(net, X, y) for net in nets]
+    assert curves[0] == curves[1]
+    for a, b in zip(nets[0].params(), nets[1].params()):
+        np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(nets[0].forward(X), nets[1].forward(X))
+
+
+def test_network_learns():
+    X, y = _data(n=400)
+    net = Network(37, 3, (128,), binary=True, random_state=np.random.RandomState(0))
+    losses = _train(net, X, y, steps=150)
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
+    assert (net.forward(X).argmax(1) == y).mean() > 0.8
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("binarize_first,binarize_last", [(False, False), (True, True)])
+def test_packed_path_equals_float_path(batch_norm, binarize_first, binarize_last):
+    X, y = _data(n=300, d=70)
+    net = Network(70, 3, (129, 64, 63), binary=True, batch_norm=batch_norm,
+                  binarize_first=binarize_first, binarize_last=binarize_last,
+                  random_state=np.random.RandomState(1))
+    _train(net, X, y, steps=30)
+    float_logits = net.forward(X)
+    float_acts = [np.asarray(b.activation) for b in net.blocks]
+    packed_logits = net.forward_packed(X)
+    np.testing.assert_array_equal(packed_logits, float_logits)
+    # Every hidden binary layer emits packed bits that unpack to the float path's signs.
+    from xnorcore import PackedBits, unpack_bits
+
+    for block, act in zip(net.blocks[:-1], float_acts[:-1]):
+        assert isinstance(block.activation, PackedBits)
+        np.testing.assert_array_equal(unpack_bits(block.activation, dtype=np.float32), act)
+
+
+def test_thresholds_handle_negative_and_zero_batch_norm_scale():
+    X, y = _data(n=300, d=20)
+    net = Network(20, 3, (96, 96), binary=True, random_state=np.random.RandomState(2))
+    _train(net, X, y, steps=10)
+    bn = net.blocks[1].bn
+    rng = np.random.RandomState(3)
+    bn.gamma[:] = rng.randn(96).astype(np.float32)
+    bn.gamma[:30] = -np.abs(bn.gamma[:30])
+    bn.gamma[30:35] = 0.0
+    bn.beta[:] = rng.randn(96).astype(np.float32) * 3
+    bn.beta[30:32] = -1.0
+    bn.beta[32:35] = 0.5
+    bn.running_mean[:] = rng.randn(96).astype(np.float32) * 5
+    net._packed = False
+    block = net.blocks[1]
+    net.pack()
+    assert (block.direction[:30] == -1).all() and (block.direction[30:35] == 0).all()
+    float_logits = net.forward(X)
+    float_act = np.asarray(block.activation)
+    np.testing.assert_array_equal(net.forward_packed(X), float_logits)
+    from xnorcore import unpack_bits
+
+    np.testing.assert_array_equal(unpack_bits(block.activation, dtype=np.float32), float_act)
+    # Zero scale: the unit is the sign of beta whatever the input.
+    np.testing.assert_array_equal(float_act[:, 30:32], -1)
+    np.testing.assert_array_equal(float_act[:, 32:35], 1)
+
+
+def test_real_valued_network_has_no_packed_path():
+    X, y = _data()
+    net = Network(37, 3, (16,), binary=False, random_state=np.random.RandomState(0))
+    _train(net, X, y, steps=5)
+    with pytest.raises(ValueError, match="only for binary networks"):
+        net.forward_packed(X)
+    assert not any(p[3] for p in net.params())
+
+
+def test_histograms_names_and_shapes():
+    X, y = _data()
+    net = Network(37, 3, (65, 64), binary=True, random_state=np.random.RandomState(0))
+    _train(net, X, y, steps=2)
+    h = net.histograms()
+    for name in ("dense1", "dense2", "dense3"):
+        assert h[f"{name}/weight"].shape == net.blocks[int(name[-1]) - 1].dense.weight.shape
+        assert h[f"{name}/weight_grad"].shape == h[f"{name}/weight"].shape
+        assert h[f"{name}/activation"].shape[0] == 32
+    np.testing.assert_array_equal(h["dense2/weight_binary"], np.where(h["dense2/weight"] >= 0, 1, -1))
+    assert "dense1/weight_binary" not in h  # the first layer stays real-valued
+    assert set(np.unique(h["dense1/activation"])) <= {-1.0, 1.0}
+    assert all(isinstance(v, np.ndarray) for v in h.values())
+
+
+def test_drop_training_state_keeps_predictions_and_pickles_small():
+    X, y = _data(n=100, d=200)
+    net = Network(200, 3, (512, 512), binary=True, random_state=np.random.RandomState(0))
+    _train(net, X, y, steps=3)
+    before = net.forward_packed(X)
+    before_float = net.forward(X)
+    big = len(pickle.dumps(net))
+    net.drop_training_state()
+    small = len(pickle.dumps(net))
+    packed = sum(row["packed_bytes"] for row in net.memory_rows())
+    assert packed < small < packed + 20_000 < big
+    np.testing.assert_array_equal(net.forward_packed(X), before)
+    np.testing.assert_array_equal(net.forward(X), before_float)
+    with pytest.raises(RuntimeError, match="training state was dropped"):
+        net.train_step(X, y, Adam(), 1e-3)
+
+
+def test_dense_with_dropout_xnor_product_matches_masked_float_product():
+    rng = np.random.RandomState(9)
+    x = np.where(rng.rand(33, 130) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = rng.uniform(-1, 1, (130, 65)).astype(np.float32)
+    outs = []
+    for xnor in (False, True):
+        d = Dense("d", w.copy(), binary_weights=True, binary_input=True, bias=False,
+                  dropout=0.5, xnor=xnor)
+        outs.append(d.forward(x, training=True, rng=np.random.RandomState(0)))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    mask = np.random.RandomState(0).random_sample(x.shape) >= 0.5
+    expected = ((x * mask) @ np.where(w >= 0, 1, -1)).astype(np.float32) * np.float32(2)
+    np.testing.assert_array_equal(outs[0], expected)
+    # The integer identity behind it: s.w + t.w = 2 (masked x).w
+    xm = x * mask
+    c = (binary_matmul(xm, w) - binary_matmul(-xm, w)) // 2
+    np.testing.assert_array_equal(c, (xm @ np.where(w >= 0, 1, -1)).astype(np.int32))
