@@ -52,6 +52,8 @@ VARIANTS = tuple(xnor_variants[v].name.decode() for v in range(XNOR_N_VARIANTS))
 
 cdef const xnor_kernels *_active = &xnor_variants[0]
 cdef int _active_index = 0
+# Variants that the tests pretend this CPU lacks, to exercise the error path.
+_hidden = frozenset()
 
 _DTYPE_CODES = {
     np.dtype(np.int8): XNOR_I8,
@@ -65,7 +67,10 @@ _DTYPE_CODES = {
 
 def available_variants():
     """Names of the popcount variants that this CPU and OS can run."""
-    return [VARIANTS[v] for v in range(XNOR_N_VARIANTS) if xnor_cpu_has(v)]
+    return [
+        VARIANTS[v] for v in range(XNOR_N_VARIANTS)
+        if xnor_cpu_has(v) and VARIANTS[v] not in _hidden
+    ]
 
 
 def best_variant():
@@ -89,13 +94,19 @@ def set_variant(name):
     if name not in VARIANTS:
         raise ValueError(f"popcount variant must be one of {VARIANTS}, got {name!r}")
     cdef int v = VARIANTS.index(name)
-    if not xnor_cpu_has(v):
+    if name not in available_variants():
         raise RuntimeError(
             f"popcount variant {name!r} is not supported by this CPU; "
             f"available: {', '.join(available_variants())}"
         )
     _active = &xnor_variants[v]
     _active_index = v
+
+
+def _hide_variants(names):
+    """Pretend that this CPU lacks the variants ``names`` (tests only)."""
+    global _hidden
+    _hidden = frozenset(names)
 
 
 def max_threads():

@@ -5,8 +5,8 @@
  * The includer defines XNOR_SFX (name suffix) and XNOR_ATTR (target attribute).
  */
 
-#define XNOR_P_MR 2 /* rows of A per micro-tile */
-#define XNOR_P_NR 4 /* columns of B per panel: 8 accumulators fit the 16 GPRs */
+#define XNOR_P_MR 1 /* rows of A per micro-tile */
+#define XNOR_P_NR 8 /* columns of B per panel */
 
 XNOR_ATTR static uint64_t XNOR_FN(mask64)(int dtype, const void *p, int n, int *nan)
 {
@@ -40,29 +40,31 @@ XNOR_ATTR static int XNOR_FN(pack_cols_band)(int dtype, const void *x, int64_t l
                                     buffer);
 }
 
-/* C[i:i+mr, j:j+ncols] (row stride ldc) from rows a[0..1] and a panel of
- * XNOR_P_NR interleaved columns, over nw words. */
+/* C[i, j:j+ncols] from one row of A and a panel of XNOR_P_NR interleaved
+ * columns, over nw words.  One row by eight columns keeps the accumulators,
+ * the word of A and the pointers in the 15 usable general registers (2 x 4
+ * spilled accumulators to the stack); the words of B are memory operands. */
 XNOR_ATTR static void XNOR_FN(ukernel)(const uint64_t *const *a, const uint64_t *panel,
                                        int64_t nw, int32_t *c, int64_t ldc, int mr,
                                        int ncols, int64_t k, int first)
 {
-    const uint64_t *a0 = a[0], *a1 = a[1];
-    uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-    for (int64_t w = 0; w < nw; w++) {
-        const uint64_t *b = panel + w * XNOR_P_NR;
-        uint64_t x0 = a0[w], x1 = a1[w];
-        uint64_t b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
-        s00 += (uint64_t)__builtin_popcountll(x0 ^ b0);
-        s01 += (uint64_t)__builtin_popcountll(x0 ^ b1);
-        s02 += (uint64_t)__builtin_popcountll(x0 ^ b2);
-        s03 += (uint64_t)__builtin_popcountll(x0 ^ b3);
-        s10 += (uint64_t)__builtin_popcountll(x1 ^ b0);
-        s11 += (uint64_t)__builtin_popcountll(x1 ^ b1);
-        s12 += (uint64_t)__builtin_popcountll(x1 ^ b2);
-        s13 += (uint64_t)__builtin_popcountll(x1 ^ b3);
+    const uint64_t *a0 = a[0];
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    const uint64_t *b = panel;
+    for (int64_t w = 0; w < nw; w++, b += XNOR_P_NR) {
+        uint64_t x = a0[w];
+        s0 += (uint64_t)__builtin_popcountll(x ^ b[0]);
+        s1 += (uint64_t)__builtin_popcountll(x ^ b[1]);
+        s2 += (uint64_t)__builtin_popcountll(x ^ b[2]);
+        s3 += (uint64_t)__builtin_popcountll(x ^ b[3]);
+        s4 += (uint64_t)__builtin_popcountll(x ^ b[4]);
+        s5 += (uint64_t)__builtin_popcountll(x ^ b[5]);
+        s6 += (uint64_t)__builtin_popcountll(x ^ b[6]);
+        s7 += (uint64_t)__builtin_popcountll(x ^ b[7]);
     }
-    uint64_t s[XNOR_P_MR][XNOR_P_NR] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}};
-    xnor_store_tile(&s[0][0], XNOR_P_NR, c, ldc, mr, ncols, k, first);
+    uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    (void)mr; /* always 1 */
+    xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, first);
 }
 
 #undef XNOR_P_MR

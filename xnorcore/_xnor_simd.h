@@ -551,9 +551,9 @@ static int xnor_cpu_has(int v)
 }
 
 static const xnor_kernels xnor_variants[XNOR_N_VARIANTS] = {
-    {"generic", 2, 4, xnor_ukernel_generic, xnor_pack_row_generic, xnor_pack_cols_band_generic},
+    {"generic", 1, 8, xnor_ukernel_generic, xnor_pack_row_generic, xnor_pack_cols_band_generic},
 #if XNOR_X86
-    {"scalar", 2, 4, xnor_ukernel_scalar, xnor_pack_row_scalar, xnor_pack_cols_band_scalar},
+    {"scalar", 1, 8, xnor_ukernel_scalar, xnor_pack_row_scalar, xnor_pack_cols_band_scalar},
     {"avx2", XNOR_AVX2_MR, XNOR_AVX2_NR, xnor_ukernel_avx2, xnor_pack_row_avx2,
      xnor_pack_cols_band_avx2},
     {"avx512", XNOR_AVX512_MR, XNOR_AVX512_NR, xnor_ukernel_avx512, xnor_pack_row_avx512,
