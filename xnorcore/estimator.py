@@ -325,7 +325,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     def _check_classes(classes, name):
         if len(classes) < 2:
             raise ValueError(
-                f"BNNClassifier needs at least 2 classes in {name}, got 1 class: {classes[0]!r}"
+                f"BNNClassifier needs at least 2 classes in {name}, got 1 class: {np.asarray(classes).tolist()[0]!r}"
                 if len(classes) == 1
                 else f"BNNClassifier needs at least 2 classes in {name}, got none"
             )
