@@ -20,7 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* XNOR_NO_X86 builds only the portable variant, as on other CPUs (for tests). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(XNOR_NO_X86)
 #define XNOR_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
