@@ -1,0 +1,243 @@
+"""Accuracy and speed of BNNClassifier: training, packed prediction, GPU throughput.
+
+Run from the repository root, for example::
+
+    python benchmarks/train_bench.py digits
+    python benchmarks/train_bench.py mnist-binary --data-dir ../shared/data/mnist
+    python benchmarks/train_bench.py mnist-float
+    python benchmarks/train_bench.py predict            # packed predict vs MLPClassifier.predict
+    python benchmarks/train_bench.py throughput --device gpu   # examples/s, batch 512..8192
+
+Each task prints one JSON line per measurement (machine, date, settings, figures)
+and never asserts anything: the figures go to benchmarks/RESULTS.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# On a small shared machine, OpenMP threads (XNOR kernels) that spin while
+# OpenBLAS threads (float GEMMs) work slow both down; let them sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numpy as np  # noqa: E402
+
+from xnorcore import BNNClassifier  # noqa: E402
+from xnorcore.datasets import load_digits_split, load_mnist  # noqa: E402
+
+DEFAULT_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+# Settings used for the MNIST figures (also the estimator's defaults).
+MNIST_BINARY = dict(hidden_layer_sizes=(1024, 1024, 1024), binary=True)
+MNIST_FLOAT = dict(hidden_layer_sizes=(1024, 1024, 1024), binary=False)
+DIGITS_BINARY = dict(hidden_layer_sizes=(512, 512), binary=True, max_iter=20)
+
+
+def _machine():
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "date": str(datetime.date.today())}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    except Exception:
+        pass
+    return info
+
+
+def _emit(record):
+    print(json.dumps(record, default=str), flush=True)
+
+
+def _fit_and_score(name, params, X_train, y_train, X_test, y_test, args):
+    clf = BNNClassifier(random_state=args.seed, device=args.device, verbose=args.verbose, **params)
+    t0 = time.perf_counter()
+    clf.fit(X_train, y_train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    acc = clf.score(X_test, y_test)
+    predict_s = time.perf_counter() - t0
+    _emit({
+        "task": name, "test_accuracy": round(acc, 4), "fit_seconds": round(fit_s, 1),
+        "train_examples_per_s": round(clf.t_ / fit_s), "predict_seconds": round(predict_s, 3),
+        "epochs": clf.n_iter_, "xnor": clf.xnor_, "device": clf.device_,
+        "params": {k: v for k, v in clf.get_params().items() if k not in ("verbose",)},
+        "summary": clf.summary(as_dict=True)["compression"] if clf.binary else None,
+        "machine": _machine(),
+    })
+    return clf
+
+
+def _mnist(args):
+    return load_mnist(args.data_dir)
+
+
+def task_digits(args):
+    X_train, y_train, X_test, y_test = load_digits_split(random_state=0)
+    _fit_and_score("digits-binary", DIGITS_BINARY, X_train, y_train, X_test, y_test, args)
+
+
+def task_mnist_binary(args):
+    X_train, y_train, X_test, y_test = _mnist(args)
+    params = dict(MNIST_BINARY, **_overrides(args))
+    clf = _fit_and_score("mnist-binary", params, X_train, y_train, X_test, y_test, args)
+    if args.save:
+        import pickle
+
+        with open(args.save, "wb") as f:
+            pickle.dump(clf, f)
+
+
+def task_mnist_float(args):
+    X_train, y_train, X_test, y_test = _mnist(args)
+    params = dict(MNIST_FLOAT, **_overrides(args))
+    _fit_and_score("mnist-float", params, X_train, y_train, X_test, y_test, args)
+
+
+def _overrides(args):
+    out = {}
+    for key in ("max_iter", "batch_size", "learning_rate_init", "dropout", "xnor"):
+        value = getattr(args, key)
+        if value is not None:
+            out[key] = value
+    if args.hidden:
+        out["hidden_layer_sizes"] = tuple(int(h) for h in args.hidden.split(","))
+    return out
+
+
+def _median_time(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def task_predict(args):
+    """Packed-binary predict vs MLPClassifier.predict (same layer sizes), side by side."""
+    from sklearn.neural_network import MLPClassifier
+
+    X_train, y_train, X_test, y_test = _mnist(args)
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else MNIST_BINARY["hidden_layer_sizes"]
+    if args.load:
+        import pickle
+
+        with open(args.load, "rb") as f:
+            clf = pickle.load(f)
+        hidden = clf.network_.hidden_layer_sizes
+    else:
+        # Prediction speed does not depend on how well the weights are trained.
+        clf = BNNClassifier(hidden_layer_sizes=hidden, max_iter=1, random_state=0, device="cpu")
+        clf.fit(X_train[:5000], y_train[:5000])
+    mlp = MLPClassifier(hidden_layer_sizes=hidden, max_iter=1, random_state=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp.fit(X_train[:2000], y_train[:2000])
+    X = X_test
+    clf.predict(X[:100])
+    mlp.predict(X[:100])
+    rounds = {"packed": [], "float_path": [], "mlp": []}
+    for _ in range(args.repeat):  # interleaved, so load changes hit all three alike
+        rounds["packed"].append(_median_time(lambda: clf.predict(X), 1))
+        rounds["float_path"].append(_median_time(lambda: clf._logits(X, packed=False), 1))
+        rounds["mlp"].append(_median_time(lambda: mlp.predict(X), 1))
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    _emit({
+        "task": "predict", "hidden_layer_sizes": hidden, "n_samples": len(X),
+        "packed_samples_per_s": round(len(X) / med["packed"]),
+        "float_path_samples_per_s": round(len(X) / med["float_path"]),
+        "mlp_samples_per_s": round(len(X) / med["mlp"]),
+        "speedup_vs_mlp": round(med["mlp"] / med["packed"], 2),
+        "repeat": args.repeat, "test_accuracy_packed": round(clf.score(X, y_test), 4),
+        "machine": _machine(),
+    })
+
+
+def task_throughput(args):
+    """Training examples/s for binary with and without xnor, and float, per batch size."""
+    X_train, y_train, _, _ = _mnist(args)
+    n = min(len(X_train), args.n_samples)
+    X, y = X_train[:n], y_train[:n]
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else MNIST_BINARY["hidden_layer_sizes"]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    modes = [("binary-xnor", dict(binary=True, xnor=True)),
+             ("binary-matmul", dict(binary=True, xnor=False)),
+             ("float", dict(binary=False))]
+    for batch in sizes:
+        rates = {}
+        for name, kw in modes:
+            clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0,
+                                device=args.device, **kw)
+            clf.fit(X[:2 * batch], y[:2 * batch])  # warm-up: compile kernels, allocate
+            net, opt = clf.network_, clf.optimizer_
+            xp = net.xp
+            # Time the training loop itself on device-resident data (no input
+            # validation or host-to-device copy inside the timing).
+            Xd = xp.asarray(clf._standardize(X, clf.input_mean_, clf.input_scale_))
+            yd = xp.asarray(np.searchsorted(clf.classes_, y))
+            perm_rng = np.random.RandomState(0)
+            drop_rng = xp.random.RandomState(0)
+            best = 0.0
+            for _ in range(args.repeat):
+                _, seconds = clf._run_epoch(net, opt, Xd, yd, batch, 1e-3, 0.0, perm_rng, drop_rng,
+                                            True, desc="")
+                best = max(best, n / seconds)
+            rates[name] = round(best)
+        _emit({
+            "task": "throughput", "batch_size": batch, "hidden_layer_sizes": hidden, "n_samples": n,
+            "examples_per_s": rates, "xnor_vs_matmul": round(rates["binary-xnor"] / rates["binary-matmul"], 3),
+            "device": args.device, "machine": _machine(),
+        })
+
+
+TASKS = {
+    "digits": task_digits,
+    "mnist-binary": task_mnist_binary,
+    "mnist-float": task_mnist_float,
+    "predict": task_predict,
+    "throughput": task_throughput,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="+", choices=sorted(TASKS))
+    parser.add_argument("--data-dir", default=str(DEFAULT_MNIST), help="MNIST IDX directory")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "gpu"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", help="hidden layer sizes, e.g. 1024,1024,1024")
+    parser.add_argument("--max-iter", dest="max_iter", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--lr", dest="learning_rate_init", type=float)
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--xnor", type=lambda s: {"true": True, "false": False, "auto": "auto"}[s.lower()])
+    parser.add_argument("--batch-sizes", default="512,1024,2048,4096,8192")
+    parser.add_argument("--n-samples", type=int, default=60000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--save", help="pickle the MNIST binary model here")
+    parser.add_argument("--load", help="use this pickled model for the predict task")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    for task in args.tasks:
+        TASKS[task](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
