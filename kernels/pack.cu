@@ -1,4 +1,4 @@
-// Sign packing.
+// Sign packing and row popcounts.
 //
 // pack_rows_<dtype>: x (rows, length) C-contiguous -> words (rows, n_words) uint64
 // in the layout of xnorcore.ops: element j is bit j % 64 of word j // 64, a set
@@ -7,10 +7,14 @@
 // coalesced.  A NaN sets *has_nan (its bit is 0, but the caller raises).
 //
 // pack_cols_<dtype>: the same for x packed along its first axis (no transposed copy).
+//
+// row_popcounts: popcount of every row of two word arrays, one warp per row
+// (the row popcounts that the mma GEMM kernel needs).
 
 typedef unsigned long long u64;
 
 static constexpr int PACK_THREADS = 256;
+static constexpr int POPCOUNT_THREADS = 256;
 
 template <typename T>
 __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long rows, long long length,
@@ -102,3 +106,23 @@ XNORCORE_PACK_COLS(pack_cols_int32, int)
 XNORCORE_PACK_COLS(pack_cols_int64, long long)
 XNORCORE_PACK_COLS(pack_cols_float32, float)
 XNORCORE_PACK_COLS(pack_cols_float64, double)
+
+// Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over rows).
+// Both operands of a product in one launch: counts holds the a_rows counts of a,
+// then the b_rows counts of b.
+extern "C" __global__ void __launch_bounds__(POPCOUNT_THREADS)
+row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict__ b, long long b_rows,
+              long long n_words, int* __restrict__ counts)
+{
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < a_rows + b_rows;
+         r += warps) {
+        const u64* row = r < a_rows ? a + r * n_words : b + (r - a_rows) * n_words;
+        int c = 0;
+        for (long long w = lane; w < n_words; w += 32) c += __popcll(row[w]);
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) c += __shfl_xor_sync(0xffffffffu, c, off);
+        if (lane == 0) counts[r] = c;
+    }
+}

@@ -6,9 +6,11 @@
 // where pa = popcount(a_words[i]) and pb = popcount(b_words[j]), and
 // popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND form
 // is used because the XOR form is emulated (several times slower) on Hopper.
-// The row popcounts pa and pb are summed with __popc from the fragments the
-// warps load anyway, spread so that every warp does the same share; this
-// keeps them off the tensor cores and saves a separate launch.
+// The row popcounts pa and pb come either from a separate kernel (counts, M + N
+// int32: those of a, then those of b) or, in the FUSED kernels, from __popc on
+// the fragments the warps load anyway, spread so that every warp does the same
+// share.  Fusing saves a launch (host time, which dominates small products)
+// but costs about a tenth of the kernel time on large ones.
 //
 // Tiling: a block computes BM x BN outputs with WARPS_M x WARPS_N warps; each
 // warp owns a WM x WN sub-tile made of (WM / 16) x (WN / 8) m16n8k256 tiles.
@@ -90,9 +92,9 @@ __device__ __forceinline__ void load_tile(uint4* tile, const u64* __restrict__ w
     }
 }
 
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, bool FUSED>
 __device__ __forceinline__ void xnor_gemm_mma_body(
-    const u64* __restrict__ a_words, const u64* __restrict__ b_words,
+    const u64* __restrict__ a_words, const u64* __restrict__ b_words, const int* __restrict__ counts,
     int* __restrict__ out, long long m, long long n, long long n_words, long long k)
 {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
@@ -166,13 +168,13 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
             bf[j] = b_tile[(wn * WN + j * 8 + g) * ROW_CHUNKS + t];
-            if (j % WARPS_M == wm) pop_b[j] += popc4(bf[j]);
+            if (FUSED && j % WARPS_M == wm) pop_b[j] += popc4(bf[j]);
         }
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
             const uint4 lo = a_tile[(wm * WM + i * 16 + g) * ROW_CHUNKS + t];
             const uint4 hi = a_tile[(wm * WM + i * 16 + g + 8) * ROW_CHUNKS + t];
-            if (i % WARPS_N == wn) {
+            if (FUSED && i % WARPS_N == wn) {
                 pop_a[i][0] += popc4(lo);
                 pop_a[i][1] += popc4(hi);
             }
@@ -184,30 +186,40 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
     }
     cp_async_wait<0>();
 
-    // Finish the row popcounts: sum over the four threads of a group (lanes
-    // 4g .. 4g + 3 hold the four chunks of a row), then share them through
-    // shared memory, whose stage buffers are free once every warp is here.
+    // The row popcounts of this tile go to shared memory, whose stage buffers
+    // are free once every warp is here.
     __syncthreads();
     int* pop_rows = reinterpret_cast<int*>(smem);  // BM popcounts of A rows
     int* pop_cols = pop_rows + BM;                 // BN popcounts of B rows
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-        if (i % WARPS_N != wn) continue;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int c = pop_a[i][h];
-            c += __shfl_xor_sync(0xffffffffu, c, 1);
-            c += __shfl_xor_sync(0xffffffffu, c, 2);
-            if (t == 0) pop_rows[wm * WM + i * 16 + g + 8 * h] = c;
+    if constexpr (!FUSED) {
+        for (int r = threadIdx.x; r < BM + BN; r += THREADS) {
+            const long long row = r < BM ? row0 + r : col0 + (r - BM);
+            const long long offset = r < BM ? 0 : m;
+            pop_rows[r] = row < (r < BM ? m : n) ? counts[offset + row] : 0;
         }
     }
+    if constexpr (FUSED) {
+        // Sum over the four threads of a group (lanes 4g .. 4g + 3 hold the
+        // four chunks of a row).
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        if (j % WARPS_M != wm) continue;
-        int c = pop_b[j];
-        c += __shfl_xor_sync(0xffffffffu, c, 1);
-        c += __shfl_xor_sync(0xffffffffu, c, 2);
-        if (t == 0) pop_cols[wn * WN + j * 8 + g] = c;
+        for (int i = 0; i < MT; ++i) {
+            if (i % WARPS_N != wn) continue;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                int c = pop_a[i][h];
+                c += __shfl_xor_sync(0xffffffffu, c, 1);
+                c += __shfl_xor_sync(0xffffffffu, c, 2);
+                if (t == 0) pop_rows[wm * WM + i * 16 + g + 8 * h] = c;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            if (j % WARPS_M != wm) continue;
+            int c = pop_b[j];
+            c += __shfl_xor_sync(0xffffffffu, c, 1);
+            c += __shfl_xor_sync(0xffffffffu, c, 2);
+            if (t == 0) pop_cols[wn * WN + j * 8 + g] = c;
+        }
     }
     __syncthreads();
 
@@ -245,39 +257,35 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
 }
 
 // Launch: grid (ceil(m / BM), ceil(n / BN)), block WARPS_M * WARPS_N * 32 threads,
-// dynamic shared memory STAGES * (BM + BN) * 64 bytes.  Three tile shapes; the
-// loader picks one from the product's size.
-#define XNORCORE_GEMM_MMA(NAME, P, MIN_BLOCKS)                                                     \
+// dynamic shared memory STAGES * (BM + BN) * 64 bytes.  The loader picks the
+// tile shape from the product's size.
+#define XNORCORE_GEMM_MMA(NAME, P, MIN_BLOCKS, FUSED)                                              \
     extern "C" __global__ void __launch_bounds__(P##_WARPS_M * P##_WARPS_N * 32, MIN_BLOCKS)        \
     NAME(const u64* __restrict__ a_words, const u64* __restrict__ b_words,                          \
-         int* __restrict__ out, long long m, long long n, long long n_words, long long k)           \
+         const int* __restrict__ counts, int* __restrict__ out,                                     \
+         long long m, long long n, long long n_words, long long k)                                  \
     {                                                                                               \
-        xnor_gemm_mma_body<P##_BM, P##_BN, P##_WARPS_M, P##_WARPS_N, P##_STAGES>(                   \
-            a_words, b_words, out, m, n, n_words, k);                                               \
+        xnor_gemm_mma_body<P##_BM, P##_BN, P##_WARPS_M, P##_WARPS_N, P##_STAGES, FUSED>(            \
+            a_words, b_words, counts, out, m, n, n_words, k);                                       \
     }
 
-// 8 warps of 64 x 64 outputs; one block per multiprocessor (214 registers a thread).
-static constexpr int LARGE_BM = 128;
-static constexpr int LARGE_BN = 256;
-static constexpr int LARGE_WARPS_M = 2;
-static constexpr int LARGE_WARPS_N = 4;
-static constexpr int LARGE_STAGES = 4;
-XNORCORE_GEMM_MMA(xnor_gemm_mma_large, LARGE, 1)
-
-// 4 warps of 64 x 64; two blocks per multiprocessor, so that one block's
-// epilogue (writing its int32 outputs) overlaps the other's tensor-core work.
+// Large products: 4 warps of 64 x 64 outputs and two blocks per multiprocessor,
+// so that one block's epilogue (writing its int32 outputs) overlaps the other's
+// tensor-core work.  Row popcounts from the separate kernel.  (Blocks of
+// 128 x 256 with 8 such warps fit only once per multiprocessor and ran slower.)
 static constexpr int MEDIUM_BM = 128;
 static constexpr int MEDIUM_BN = 128;
 static constexpr int MEDIUM_WARPS_M = 2;
 static constexpr int MEDIUM_WARPS_N = 2;
 static constexpr int MEDIUM_STAGES = 4;
-XNORCORE_GEMM_MMA(xnor_gemm_mma_medium, MEDIUM, 2)
+XNORCORE_GEMM_MMA(xnor_gemm_mma_medium, MEDIUM, 2, false)
 
-// 4 warps of 32 x 64; three blocks per multiprocessor, and enough blocks
-// to fill every multiprocessor for small products.
+// Small products: 4 warps of 32 x 64, three blocks per multiprocessor, enough
+// blocks to reach every multiprocessor, popcounts fused (one launch).  The
+// counts argument is not read.
 static constexpr int SMALL_BM = 64;
 static constexpr int SMALL_BN = 128;
 static constexpr int SMALL_WARPS_M = 2;
 static constexpr int SMALL_WARPS_N = 2;
 static constexpr int SMALL_STAGES = 3;
-XNORCORE_GEMM_MMA(xnor_gemm_mma_small, SMALL, 3)
+XNORCORE_GEMM_MMA(xnor_gemm_mma_small, SMALL, 3, true)

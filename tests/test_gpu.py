@@ -155,11 +155,11 @@ class TestGPU:
         np.testing.assert_array_equal(cupy.asnumpy(got[rows]), _reference(cupy.asnumpy(a[rows]), cupy.asnumpy(b)))
 
     def test_kernels_agree_on_integer_reference(self, monkeypatch):
-        """A cupy integer matmul, both kernels, the small and the large mma tiles."""
+        """A cupy integer matmul against both kernels, at a size for each mma tile shape."""
         import cupy
 
         rng = np.random.default_rng(3)
-        for m, k, n in [(700, 777, 900), (33, 300, 17)]:
+        for m, k, n in [(2000, 777, 2100), (33, 300, 17)]:
             a = rng.integers(-5, 5, size=(m, k), dtype=np.int8)
             b = rng.integers(-5, 5, size=(k, n), dtype=np.int8)
             ia = cupy.asarray(_signs(a).astype(np.int32))
@@ -172,7 +172,7 @@ class TestGPU:
                 got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
                 np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"kernel={name} shape={(m, k, n)}")
 
-    @pytest.mark.parametrize("variant", ["large", "medium", "small"])
+    @pytest.mark.parametrize("variant", ["medium", "small"])
     def test_every_mma_tile_shape(self, variant, monkeypatch):
         """Each tile shape of the mma kernel, whatever size would pick it, with ragged edges."""
         import cupy
