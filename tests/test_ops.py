@@ -309,6 +309,15 @@ def test_error_dtypes(bad, kind):
         pack_bits(bad)
 
 
+def test_error_inner_dimension_too_large_for_int32():
+    # Words that take no memory: the check comes before any packing or product.
+    k = 2**31
+    words = np.broadcast_to(np.uint64(0), (1, k // 64))
+    pa, pb = PackedBits(words, (1, k), 1), PackedBits(words, (k, 1), 0)
+    with pytest.raises(ValueError, match=r"the inner dimension must be at most 2147483647 for an int32 result"):
+        binary_matmul(pa, pb)
+
+
 def test_error_unknown_backend():
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'cpu', 'gpu'\), got backend='tpu'"):
         binary_matmul(np.ones((2, 2)), np.ones((2, 2)), backend="tpu")

@@ -48,6 +48,9 @@ WORD_BITS = 64
 
 _BACKENDS = ("auto", "cpu", "gpu")
 
+#: Largest inner dimension whose products fit the int32 result.
+_MAX_INNER = np.iinfo(np.int32).max
+
 
 def get_array_module(*arrays):
     """Return ``cupy`` if any of ``arrays`` is a cupy array, else ``numpy``."""
@@ -412,6 +415,11 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     if a.shape[1] != b.shape[0]:
         raise ValueError(
             "a and b must have matching inner dimensions, got "
+            f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
+        )
+    if a.shape[1] > _MAX_INNER and a.shape[0] and b.shape[1]:
+        raise ValueError(
+            f"the inner dimension must be at most {_MAX_INNER} for an int32 result, got "
             f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
         )
     module = _backend_module(backend, a, b, names=("a", "b"))
