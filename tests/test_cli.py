@@ -293,15 +293,16 @@ def test_log_dir_counter_events_and_csv(tmp_path):
 
     run = base / "2"
     scalars = read_csv(run / "scalars.csv")
-    assert [s for s, _ in scalars["train loss"]] == list(range(6))
+    # Tags as TensorBoard stores them: "train loss" -> "train_loss".
+    assert [s for s, _ in scalars["train_loss"]] == list(range(6))
     assert [s for s, _ in scalars["ex/s"]] == list(range(6))
     # Evaluations at steps 0 and 3, then the final accuracy at the last step.
-    assert [s for s, _ in scalars["test acc."]] == [0, 3, 5]
+    assert [s for s, _ in scalars["test_acc."]] == [0, 3, 5]
 
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert set(tags["scalars"]) == {"train loss", "test acc.", "ex/s"}
+    assert set(tags["scalars"]) == {"train_loss", "test_acc.", "ex/s"}
     for tag, rows in scalars.items():
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [s for s, _ in rows]
@@ -309,7 +310,7 @@ def test_log_dir_counter_events_and_csv(tmp_path):
         np.testing.assert_array_equal(np.float32([e.value for e in events]), np.float32([v for _, v in rows]))
     # The final line printed is the last test accuracy logged.
     final = float(second.stdout.strip().splitlines()[-3].split()[-1])
-    assert round(scalars["test acc."][-1][1], 4) == final
+    assert round(scalars["test_acc."][-1][1], 4) == final
 
     hist_tags = tags["histograms"]
     assert hist_tags, "no histograms were written"

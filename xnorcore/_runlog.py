@@ -12,6 +12,7 @@ largest integer-named subfolder already there.
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,16 @@ __all__ = ["RunLogError", "run_subdir", "next_run_dir", "RunLogger", "DEFAULT_N_
 DEFAULT_N_LAYERS = 3
 
 CSV_NAME = "scalars.csv"
+
+# TensorBoard's rule for tag names (TensorFlow and tensorboardX alike): other
+# characters become "_", so the old project's "train loss" showed as
+# "train_loss".  The CSV uses the same names as the event files.
+_INVALID_TAG_CHARS = re.compile(r"[^-/\w.]")
+
+
+def tag_name(tag):
+    """The name under which TensorBoard stores the scalar or histogram ``tag``."""
+    return _INVALID_TAG_CHARS.sub("_", tag)
 
 
 class RunLogError(RuntimeError):
@@ -125,9 +136,10 @@ class RunLogger:
 
     Notes
     -----
-    ``scalars.csv`` has one row per value, ``step,tag,value``, with the same
-    tags as the event files ("train loss", "test acc.", "ex/s"), so either can
-    be read back and compared.
+    ``scalars.csv`` has one row per value, ``step,tag,value``, with the tags
+    exactly as the event files store them ("train loss" is stored as
+    "train_loss", "test acc." as "test_acc.", as TensorBoard always did), so
+    either can be read back and compared.
     """
 
     def __init__(self, run_dir):
@@ -143,6 +155,7 @@ class RunLogger:
 
     def scalar(self, tag, value, step):
         value = float(value)
+        tag = tag_name(tag)
         self._writer.add_scalar(tag, value, step)
         # repr keeps every digit, so the CSV is exact where the event file
         # stores float32.
@@ -154,7 +167,7 @@ class RunLogger:
             values = np.asarray(_to_numpy(values), dtype=np.float64).ravel()
             if values.size == 0 or not np.all(np.isfinite(values)):
                 continue
-            self._writer.add_histogram(name, values, step)
+            self._writer.add_histogram(tag_name(name), values, step)
 
     def close(self):
         self._writer.close()

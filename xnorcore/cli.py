@@ -357,7 +357,7 @@ def cmd_train(args):
             reg=getattr(clf, "reg", args.reg),
         )
         logger = RunLogger(run_dir)
-        settings = {k: v for k, v in vars(args).items() if k not in ("func", "subparser")}
+        settings = {k: v for k, v in vars(args).items() if k not in ("func", "subparser", "layers", "n_hidden")}
         settings.update(hidden_layer_sizes=list(hidden), data=source)
         (run_dir / "args.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
         if not args.quiet:
@@ -395,7 +395,9 @@ def cmd_train(args):
 
     acc = float(clf.score(X_test, y_test))
     if logger is not None:
-        logger.scalar("test acc.", acc, max(len(rates) - 1, 0))
+        last_step = len(rates) - 1
+        if last_step >= 0 and last_step % args.eval_every_n != 0:
+            logger.scalar("test acc.", acc, last_step)
         logger.close()
     out.line(f"Final test accuracy {acc:.4f}", always=True)
     if rates:
