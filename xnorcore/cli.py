@@ -438,7 +438,13 @@ def cmd_bench(args):
     rows = run_bench(sizes, args.runs, device=args.device, n_threads=args.threads,
                      prepacked=args.prepacked, progress=progress)
     if args.plot is not None:
-        plot_speedup(rows, args.plot, device=args.device)
+        detail = [args.device.upper()]
+        if args.device == "cpu":
+            detail.append(f"{args.threads} thread{'s' * (args.threads != 1)}" if args.threads else "default threads")
+        detail.append("operands prepacked" if args.prepacked else "packing timed")
+        baseline = "numpy float32" if args.device == "cpu" else "cuBLAS float32"
+        plot_speedup(rows, args.plot, device=args.device,
+                     title=f"binary_matmul vs {baseline} ({', '.join(detail)})")
         print(f"saved plot to {args.plot}", file=sys.stderr)
     return 0
 
@@ -452,6 +458,22 @@ def _version(module):
     except Exception:
         return "not installed"
     return getattr(mod, "__version__", "installed")
+
+
+def _print_blas():
+    """numpy's BLAS and its threads: the float baseline of ``xnorcore bench``."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        np.ones((2, 2), dtype=np.float32) @ np.ones((2, 2), dtype=np.float32)
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                print(f"BLAS: {pool.get('internal_api')} {pool.get('version')}, "
+                      f"{pool.get('num_threads')} threads ({pool.get('architecture', 'unknown')})")
+                return
+    except Exception:  # informational only; never fail `info` over it
+        pass
+    print("BLAS: unknown")
 
 
 def cmd_info(args):
@@ -468,6 +490,8 @@ def cmd_info(args):
         for name in ("numpy", "sklearn", "cupy"):
             print(f"{name} {_version(name)}")
         print("(detailed build and CPU information needs xnorcore.show_config, not available in this build)")
+    _print_blas()
+    print(f"scikit-learn {_version('sklearn')}")
     print("command line extras:")
     for name, extra in (("tensorboardX", "tensorboard"), ("matplotlib", "plot"), ("tqdm", None)):
         hint = f" (pip install 'xnorcore[{extra}]')" if extra and _version(name) == "not installed" else ""
