@@ -285,8 +285,11 @@ def _pack(backend, x, axis, n_threads, name):
     out_shape = shape[:axis] + shape[axis + 1 :] + (n_words(length),)
     if x.dtype.kind in "bu":
         # Booleans and unsigned integers are never negative: every bit is +1.
-        x = xp.zeros(shape, dtype=np.int8)
-    elif x.dtype == np.float16:
+        words = xp.full(out_shape, np.uint64(2**64 - 1), dtype=np.uint64)
+        if length % WORD_BITS:
+            words[..., -1] = np.uint64((1 << (length % WORD_BITS)) - 1)
+        return PackedBits(words, shape, axis)
+    if x.dtype == np.float16:
         x = x.astype(np.float32)
     moved = xp.moveaxis(x, axis, -1)
     pack_cols = getattr(backend, "pack_cols", None)
