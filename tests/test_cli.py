@@ -114,7 +114,9 @@ def test_old_readme_command_parses():
 
 def test_defaults_match_old_script():
     args = build_parser().parse_args(["train"])
-    assert (args.batch_size, args.max_steps, args.eval_every_n, args.reg) == (100, 1000, 100, 1e-4)
+    assert (args.batch_size, args.max_steps, args.eval_every_n) == (100, 1000, 100)
+    # The one deliberate change: no L1 penalty by default (it hurts binary nets).
+    assert args.reg == 0.0
     assert args.data_dir is None and args.log_dir is None and not args.binary
 
 

@@ -156,7 +156,9 @@ def build_parser():
     _add(tr, "--layers", type=_layers, default=None, metavar="L",
          help="number of hidden layers of --n_hidden units (default 3, as the old network), "
          "or comma-separated widths such as 1024,512,256")
-    _add(tr, "--reg", type=_nonnegative_float, default=1e-4, help="L1 penalty on the weights (default 1e-4)")
+    _add(tr, "--reg", type=_nonnegative_float, default=0.0,
+         help="L1 penalty on the weights (default 0; the old script's 1e-4 costs a binary net "
+         "much accuracy, as its README warned)")
     _add(tr, "--lr", type=_positive_float, default=1e-3,
          help="Adam learning rate (default 1e-3; the old script parsed 1e-5 but trained with 1e-3)")
     _add(tr, "--batch_size", type=_positive_int, default=100, metavar="B", help="examples per step (default 100)")
