@@ -117,8 +117,10 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     xnor : {"auto", True, False}, default="auto"
         Compute binary x binary products in training with
         :func:`xnorcore.binary_matmul` (XNOR and popcount) instead of a float
-        matrix product.  The two give identical results; "auto" uses XNOR when
-        a compiled CPU kernel or the GPU kernel is available.
+        matrix product.  The two give identical results; "auto" uses XNOR on the
+        CPU when the compiled kernel is available and the float product on the
+        GPU, whichever trained faster in benchmarks/train_bench.py.  Prediction
+        of a binary network always runs on packed bits.
     batch_norm : bool, default=True
         Batch normalization after each hidden dense layer.
     binarize_first : bool, default=False
@@ -302,7 +304,10 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             return False
         on_gpu = xp is not np
         if self.xnor == "auto":
-            return _gpu_xnor_available() if on_gpu else _cpu_xnor_fast()
+            # Training's float backward passes dominate; on an H100 the XNOR
+            # forward trained at 0.81-0.87x the speed of cuBLAS (2026-11-25), on
+            # the 2-core CPU 1.1x faster than OpenBLAS (benchmarks/RESULTS.md).
+            return False if on_gpu else _cpu_xnor_fast()
         if self.xnor and on_gpu and not _gpu_xnor_available():
             from . import _gpu
 
