@@ -112,6 +112,24 @@ def test_large_product_every_variant(variant, rng):
     np.testing.assert_array_equal(binary_matmul(a, b), matmul_ref(a, b))
 
 
+def test_backend_gemm_rejects_inconsistent_word_counts():
+    a = np.zeros((3, 2), dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"must both have ceil\(k / 64\) = 2 words per row"):
+        _cpu.xnor_gemm(a, np.zeros((4, 3), dtype=np.uint64), 100)
+    with pytest.raises(ValueError, match=r"ceil\(k / 64\) = 3 words per row, got a_words.shape=\(3, 2\)"):
+        _cpu.xnor_gemm(a, np.zeros((4, 2), dtype=np.uint64), 150)
+
+
+def test_backend_gemm_contract(rng):
+    # The backend contract of _cpu (shared with _gpu): k - 2 popcount(a ^ b).
+    a = rng.integers(0, 2**63, size=(5, 2), dtype=np.uint64)
+    b = rng.integers(0, 2**63, size=(7, 2), dtype=np.uint64)
+    a[:, 1] &= np.uint64(0xFF)  # k = 72: padding bits zero
+    b[:, 1] &= np.uint64(0xFF)
+    expected = np.array([[72 - 2 * sum(bin(int(x) ^ int(y)).count("1") for x, y in zip(ra, rb)) for rb in b] for ra in a])
+    np.testing.assert_array_equal(_cpu.xnor_gemm(a, b, 72), expected)
+
+
 # ----------------------------------------------------------------- threads
 
 

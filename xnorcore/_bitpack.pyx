@@ -192,6 +192,13 @@ def xnor_gemm(a_words, b_words, int64_t k, n_threads=None):
     cdef const uint64_t[:, ::1] a = a_words
     cdef const uint64_t[:, ::1] b = b_words
     cdef int64_t m = a.shape[0], n = b.shape[0], n_words = a.shape[1]
+    # The kernels read W words per row of both operands: a mismatch would read
+    # past the arrays, so it is checked even though ops never passes one.
+    if b.shape[1] != n_words or n_words != (k + 63) // 64:
+        raise ValueError(
+            f"a_words and b_words must both have ceil(k / 64) = {(k + 63) // 64} words per row, "
+            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
+        )
     result = np.empty((m, n), dtype=np.int32)
     if m == 0 or n == 0:
         return result
