@@ -153,6 +153,26 @@ def profile_host(size=1024, calls=2000):
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 
+def interleaved(size, rounds=4):
+    """Kernel alone, API queued and API per call, alternated, to tell drift from overhead."""
+    import cupy
+
+    from xnorcore import _gpu, binary_matmul, pack_bits
+
+    rs = cupy.random.RandomState(2)
+    pa = pack_bits(rs.standard_normal((size, size), dtype=np.float32), axis=1)
+    pb = pack_bits(rs.standard_normal((size, size), dtype=np.float32), axis=0)
+    variant = _gpu._mma_variant(size, size)
+    launch = gemm_kernel_launcher(pa.words, pb.words, size, "mma", variant)
+    ops = 2.0 * size**3
+    for r in range(rounds):
+        k = back_to_back_ms(launch)
+        q = back_to_back_ms(lambda: binary_matmul(pa, pb))
+        c = median_ms(lambda: binary_matmul(pa, pb), max_repeat=20)
+        print(f"round {r} N={size} {variant}: kernel {k:.4f} ms ({ops / k / 1e9:.0f} TOPS), "
+              f"API queued {q:.4f} ms ({ops / q / 1e9:.0f}), API per call {c:.4f} ms ({ops / c / 1e9:.0f})", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
@@ -160,6 +180,7 @@ def main(argv=None):
                         help="a BNN-layer shape: batch M, K inputs, N outputs")
     parser.add_argument("--json", help="write all rows to this JSON file")
     parser.add_argument("--profile", action="store_true", help="profile the host side of one small call")
+    parser.add_argument("--interleave", type=int, metavar="N", help="only alternate kernel/API timings at N")
     args = parser.parse_args(argv)
 
     import cupy
@@ -173,6 +194,9 @@ def main(argv=None):
           f"{cupy.cuda.runtime.runtimeGetVersion()}, Python {platform.python_version()}")
     if args.profile:
         profile_host()
+    if args.interleave:
+        interleaved(args.interleave)
+        return
     shapes = [(s, s, s) for s in args.sizes] + [tuple(args.layer)]
     rows = []
     for m, k, n in shapes:
