@@ -614,8 +614,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             net, opt, Xd, yd, params["batch_size"], params["learning_rate_init"], params["reg"],
             rng, drop_rng, self.shuffle, desc="partial_fit",
         )
-        if net.binary:
-            net.pack()
+        # Packing waits for the next predict: a training loop calling
+        # partial_fit once per batch would otherwise pack every step.
         if first:
             self.classes_ = all_classes
             self.input_mean_, self.input_scale_ = mean, scale

@@ -246,10 +246,10 @@ class Network:
             tau = np.where(alpha != 0, -offset / np.where(alpha != 0, alpha, 1), 0.0)
         # |c| <= k, so thresholds beyond +-(k + 1) all act alike; clipping keeps int32 safe.
         tau = np.clip(tau, -k - 1, k + 1)
-        direction = np.sign(alpha).astype(np.int32)
+        direction = np.sign(alpha).astype(np.int8)
         threshold = np.where(direction > 0, np.ceil(tau), np.floor(tau)).astype(np.int32)
         threshold[direction == 0] = 0
-        constant = np.where(direction == 0, np.where(offset >= 0, 1, -1), 0).astype(np.int32)
+        constant = np.where(direction == 0, np.where(offset >= 0, 1, -1), 0).astype(np.int8)
         return xp.asarray(threshold), xp.asarray(direction), xp.asarray(constant)
 
     def forward_packed(self, x):
@@ -345,7 +345,8 @@ class Network:
         rows : list of dict
             Keys ``layer``, ``shape``, ``binary``, ``n_params``, ``float32_bytes``
             (every parameter as float32) and ``packed_bytes`` (binary weights as
-            bits, thresholds as int32 plus two int8 per unit, the rest float32).
+            bits, then per unit an int32 threshold and two int8, direction and
+            constant, in place of batch norm; real layers as float32).
         """
         self.pack()
         rows = []
@@ -362,7 +363,7 @@ class Network:
             if d.binary_weights:
                 packed = 8 * n_out * n_words(n_in)
                 if block.threshold is not None:
-                    packed += n_out * (4 + 4 + 4)  # threshold, direction, constant (int32)
+                    packed += n_out * (4 + 1 + 1)  # threshold (int32), direction, constant (int8)
                 else:
                     packed += 4 * extra
             else:
