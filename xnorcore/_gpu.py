@@ -9,8 +9,10 @@ Two GEMM kernels exist:
 
 ``mma``
     Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
-    capability 8.0 and newer.  It needs the row popcounts of both operands,
-    which a small kernel computes first.
+    capability 8.0 and newer.  It needs the row popcounts of both operands:
+    for large products (128 x 128 tiles) a small kernel computes them first,
+    for small products (64 x 128 tiles) the GEMM kernel counts them itself and
+    saves a launch.
 ``popc``
     CUDA cores with ``__popc``, for older GPUs.
 
@@ -35,6 +37,11 @@ _MMA_MIN_CC = 80
 
 #: Benchmarks set this to "medium" or "small" to time one tile shape of the mma kernel.
 _FORCE_MMA_VARIANT = None
+
+_KERNEL_DETAIL = {
+    "mma": "bit tensor cores, mma.sync m16n8k256 b1 AND + popcount",
+    "popc": "CUDA cores, __popc on 32-bit words",
+}
 
 _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 
@@ -286,8 +293,8 @@ def config():
     -------
     info : dict
         ``cupy`` (version or None), ``device``, ``compute_capability``,
-        ``kernel`` ("mma", "popc") and, where the GPU cannot be used,
-        ``unavailable`` with the reason.
+        ``kernel`` ("mma" or "popc") with ``kernel_detail`` and, where the GPU
+        cannot be used, ``unavailable`` with the reason.
     """
     info = {"cupy": None, "device": None, "compute_capability": None, "kernel": None}
     try:
@@ -301,6 +308,7 @@ def config():
         cc = int(device.compute_capability)
         info["compute_capability"] = f"{cc // 10}.{cc % 10}"
         info["kernel"] = _kernel_choice()
+        info["kernel_detail"] = _KERNEL_DETAIL[info["kernel"]]
     except Exception as exc:  # config() reports problems, it never raises them
         info["unavailable"] = str(exc)
     return info
