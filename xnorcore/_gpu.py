@@ -263,6 +263,14 @@ def _gemm_launch(kernel, variant=None):
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
     """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._cpu`."""
+    # The kernels read ceil(k / 64) words per row of both operands: a mismatch
+    # would read past the arrays, so it is checked although ops never passes one.
+    width = n_words(k)
+    if a_words.shape[1] != width or b_words.shape[1] != width:
+        raise ValueError(
+            f"a_words and b_words must both have ceil(k / 64) = {width} words per row, "
+            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
+        )
     cupy = _cupy()
     m, n = a_words.shape[0], b_words.shape[0]
     out = _alloc(lambda: cupy.empty((m, n), dtype=np.int32), m * n * 4, f"hold the ({m}, {n}) int32 product")
