@@ -42,8 +42,9 @@ XNOR_ATTR static int XNOR_FN(pack_cols_band)(int dtype, const void *x, int64_t l
 
 /* C[i, j:j+ncols] from one row of A and a panel of XNOR_P_NR interleaved
  * columns, over nw words.  One row by eight columns keeps the accumulators,
- * the word of A and the pointers in the 15 usable general registers (2 x 4
- * spilled accumulators to the stack); the words of B are memory operands. */
+ * the word of A and the pointers in the 15 usable general registers (a 2 x 4
+ * tile spilled accumulators to the stack); the words of B are memory operands
+ * of the XORs. */
 XNOR_ATTR static void XNOR_FN(ukernel)(const uint64_t *const *a, const uint64_t *panel,
                                        int64_t nw, int32_t *c, int64_t ldc, int mr,
                                        int ncols, int64_t k, int first)
