@@ -36,8 +36,8 @@ XNOR_ATTR static int XNOR_FN(pack_cols_band)(int dtype, const void *x, int64_t l
                                              int64_t rows, uint64_t *out, int64_t kw,
                                              int64_t c0, int64_t c1, uint64_t *buffer)
 {
-    return xnor_pack_cols_band_with(XNOR_FN(mask64), dtype, x, length, rows, out, kw, c0, c1,
-                                    buffer);
+    return xnor_pack_cols_band_with(XNOR_FN(mask64), xnor_transpose64, dtype, x, length, rows,
+                                    out, kw, c0, c1, buffer);
 }
 
 /* C[i, j:j+ncols] from one row of A and a panel of XNOR_P_NR interleaved
