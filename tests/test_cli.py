@@ -270,6 +270,35 @@ def test_train_mnist_dir_binary(tmp_path, flags):
     check_train_output(proc.stdout, 30, 10)
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_progress_bar_on_terminal():
+    """stderr on a terminal gets a tqdm bar; stdout (piped) still gets the plain lines."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xnorcore", "train", *TINY, "--max_steps", "40", "--eval_every_n", "20"],
+        stdout=subprocess.PIPE, stderr=slave,
+    )
+    os.close(slave)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    stdout = proc.stdout.read().decode()
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    assert re.search(rb"\d+/40 \[", terminal), terminal[:300]
+    check_train_output(stdout, 40, 20)
+
+
 def test_quiet(tmp_path):
     proc = xnorcore("train", *TINY, "--max_steps", "5", "--eval_every_n", "1", "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -173,8 +173,9 @@ def build_parser():
     _add(tr, "--seed", type=_nonnegative_int, default=0, help="seed for weights and batch order (default 0)")
     _add(tr, "--save", metavar="PATH", help="pickle the trained estimator to PATH")
     _add(tr, "--restore", metavar="PATH",
-         help="continue from an estimator saved with --save (its architecture replaces the "
-         "architecture flags)")
+         help="continue from an estimator saved with --save: it keeps its architecture "
+         "(layers, --binary, --xnor, --batch_norm) and trains with this command's --lr, "
+         "--batch_size, --reg and --device")
     _add(tr, "--quiet", "-q", action="store_true", help="print only the final lines")
     _add(tr, "--debug", action="store_true", help="show a traceback on errors")
     tr.set_defaults(func=cmd_train, subparser=tr)
@@ -329,6 +330,10 @@ def cmd_train(args):
     if args.restore is not None:
         clf = _restore(args.restore, X_train.shape[1])
         hidden = tuple(getattr(clf, "hidden_layer_sizes", hidden))
+        # The model keeps its architecture; how it trains from here on is
+        # this command's business.
+        clf.set_params(learning_rate_init=args.lr, batch_size=args.batch_size, reg=args.reg,
+                       device=args.device, verbose=False)
     else:
         from .estimator import BNNClassifier
 
