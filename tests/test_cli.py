@@ -1,6 +1,5 @@
 """The ``xnorcore`` command line, run as a subprocess the way a user runs it."""
 
-import csv
 import gzip
 import os
 import pickle
