@@ -14,6 +14,7 @@ Summarize a saved run (``--benchmark-json=out.json``) with
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +117,31 @@ def test_binary_matmul_forced_variant(benchmark, variant):
          variant=variant, threads=_cpu.config()["threads"])
 
 
+def test_side_by_side_4096(benchmark, variant):
+    # numpy and binary_matmul alternate within each round, so that a change of
+    # machine load between the groups above cannot tilt the ratio.
+    shape = (4096, 4096, 4096)
+    a, b = _operands(shape)
+    times = {"numpy": [], "binary": []}
+
+    def pair():
+        for name, fn in (("numpy", lambda: a @ b), ("binary", lambda: binary_matmul(a, b))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.group = "side by side 4096x4096x4096"
+    benchmark.extra_info.update(shape="4096x4096x4096 pair", kind="numpy then binary_matmul, alternating", variant=variant)
+    benchmark.pedantic(pair, rounds=3, iterations=1, warmup_rounds=1)
+    best_numpy, best_binary = min(times["numpy"][1:]), min(times["binary"][1:])
+    benchmark.extra_info.update(
+        numpy_ms=round(best_numpy * 1e3, 2),
+        binary_ms=round(best_binary * 1e3, 2),
+        ratio=round(best_numpy / best_binary, 2),
+        TOPS=round(2.0 * 4096**3 / best_binary / 1e12, 3),
+    )
+
+
 @pytest.mark.parametrize("axis", [1, 0], ids=["rows", "columns"])
 def test_pack_float32_4096(benchmark, variant, axis):
     # axis=1 is how a is packed (rows), axis=0 how b is packed (columns).
@@ -132,6 +158,8 @@ def _summarize(path):
     rows, baseline = [], {}
     for bench in run["benchmarks"]:
         info, best = bench["extra_info"], bench["stats"]["min"]
+        if "ratio" in info:  # the alternating pair, summarized below the table
+            continue
         if info.get("kind") == "numpy float32":
             baseline[info["shape"]] = best
         rows.append((bench["group"], info.get("shape", ""), info.get("kind", bench["name"]), info.get("variant", ""), best, info.get("TOPS")))
@@ -142,6 +170,11 @@ def _summarize(path):
         tops = f"{tops:.2f}" if tops is not None else ""
         label = shape or group.replace("pack ", "")
         print(f"| {label} | {kind} | {variant} | {best * 1e3:.2f} ms | {ratio} | {tops} |")
+    for bench in run["benchmarks"]:
+        info = bench["extra_info"]
+        if "ratio" in info:
+            print(f"\nalternating rounds, {info['shape']}: numpy float32 {info['numpy_ms']} ms, "
+                  f"binary_matmul {info['binary_ms']} ms: {info['ratio']}x, {info['TOPS']} TOPS")
     machine = run.get("machine_info", {})
     print(f"\nmachine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} CPUs; date {run.get('datetime', '?')}")
 
