@@ -117,6 +117,7 @@ def test_binary_matmul_forced_variant(benchmark, variant):
          variant=variant, threads=_cpu.config()["threads"])
 
 
+@pytest.mark.parametrize("variant", [None, "scalar"], indirect=True, ids=["best", "scalar"])
 def test_side_by_side_4096(benchmark, variant):
     # numpy and binary_matmul alternate within each round, so that a change of
     # machine load between the groups above cannot tilt the ratio.
@@ -173,7 +174,7 @@ def _summarize(path):
     for bench in run["benchmarks"]:
         info = bench["extra_info"]
         if "ratio" in info:
-            print(f"\nalternating rounds, {info['shape']}: numpy float32 {info['numpy_ms']} ms, "
+            print(f"\nalternating rounds, {info['shape']}, {info['variant']}: numpy float32 {info['numpy_ms']} ms, "
                   f"binary_matmul {info['binary_ms']} ms: {info['ratio']}x, {info['TOPS']} TOPS")
     machine = run.get("machine_info", {})
     print(f"\nmachine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} CPUs; date {run.get('datetime', '?')}")
