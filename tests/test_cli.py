@@ -407,7 +407,7 @@ def test_bench_plot_without_matplotlib(tmp_path):
     assert_one_line_error(proc, "--plot needs matplotlib", "pip install 'xnorcore[plot]'")
 
 
-def test_bench_gpu_unavailable():
+def _skip_if_gpu():
     try:
         import cupy
 
@@ -415,9 +415,17 @@ def test_bench_gpu_unavailable():
             pytest.skip("a GPU is present")
     except Exception:
         pass
-    proc = xnorcore("bench", "--device", "gpu", "--sizes", "8", "--runs", "1")
+
+
+@pytest.mark.parametrize("command", [["bench", "--sizes", "8", "--runs", "1"], ["train", "--max_steps", "1"]])
+def test_gpu_unavailable(tmp_path, command):
+    _skip_if_gpu()
+    extra = ["--log_dir", tmp_path / "logs"] if command[0] == "train" else []
+    proc = xnorcore(*command, "--device", "gpu", *extra)
     line = assert_one_line_error(proc, "--device gpu")
     assert "xnorcore[gpu]" in line or "no" in line.lower()
+    # Nothing was created for a run that could not start.
+    assert not (tmp_path / "logs").exists()
 
 
 def test_info():

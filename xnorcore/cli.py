@@ -246,6 +246,16 @@ def _check_writable_file(path, flag):
         raise CLIError(f"{flag}: cannot write {path}: permission denied on {parent}")
 
 
+def _require_gpu():
+    """Fail before loading data or creating a run folder if --device gpu cannot work."""
+    from .bench import BenchError, _array_module
+
+    try:
+        _array_module("gpu")
+    except BenchError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def _restore(path, n_features):
     try:
         with open(path, "rb") as f:
@@ -317,6 +327,8 @@ def cmd_train(args):
     hidden = _hidden_layer_sizes(args)
     if args.restore is None and args.max_steps == 0:
         raise CLIError("--max_steps must be at least 1 unless --restore gives a trained model")
+    if args.device == "gpu":
+        _require_gpu()
     if args.save is not None:
         _check_writable_file(args.save, "--save")
     if args.log_dir is not None:
