@@ -141,8 +141,10 @@ def build_parser():
         epilog=(
             "Without DATA_DIR it trains on scikit-learn's bundled 8x8 digits (1437 train, "
             "360 test images), so it needs no download. With --log_dir each run gets a folder "
-            "LOG_DIR/{bin/xnor,bin/matmul,fp}/hid_N/[batch_norm/]bs_B/REG/RUN holding "
-            "TensorBoard event files and scalars.csv."
+            "LOG_DIR/{bin/xnor,bin/matmul,fp}/hid_N/[batch_norm/]bs_B/REG/RUN (hid_N for three "
+            "layers of N units, else the widths joined by '-'; RUN counts up from 1) holding "
+            "TensorBoard event files (scalars train_loss, test_acc., ex/s; histograms of weights, "
+            "binarized weights, activations and gradients), scalars.csv and args.json."
         ),
     )
     tr.add_argument(
