@@ -77,10 +77,11 @@ def make_mnist(directory, n_train=120, n_test=40, side=6, gz=True, sep="-"):
     return directory
 
 
-def check_train_output(stdout, max_steps, eval_every_n):
+def check_train_output(stdout, max_steps, eval_every_n, first_step=0):
     lines = stdout.strip().splitlines()
     steps = [int(STEP_LINE.match(line).group(1)) for line in lines[:-3]]
-    assert steps == list(range(0, max_steps, eval_every_n)), lines
+    expected = [s for s in range(first_step, first_step + max_steps) if s % eval_every_n == 0]
+    assert steps == expected, lines
     for pattern, line in zip(FINAL_LINES, lines[-3:]):
         assert pattern.match(line), line
     return float(lines[-3].split()[-1])
@@ -360,10 +361,10 @@ def test_save_and_restore(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines() == [f"Final test accuracy {acc:.4f}"]
 
-    # Continuing training updates the model and saves it again.
+    # Continuing training updates the model and saves it again; steps go on from 40.
     more = xnorcore("train", *TINY, "--restore", model, "--max_steps", "20", "--eval_every_n", "10", "--save", model)
     assert more.returncode == 0, more.stderr
-    check_train_output(more.stdout, 20, 10)
+    check_train_output(more.stdout, 20, 10, first_step=40)
     with open(model, "rb") as f:
         clf = pickle.load(f)
     assert len(clf.loss_curve_) == 60

@@ -386,40 +386,46 @@ def cmd_train(args):
 
     rng = np.random.default_rng(args.seed)
     batches = _batches(X_train.shape[0], args.batch_size, rng)
+    # A restored model goes on counting steps where it stopped, so its
+    # TensorBoard curves continue instead of starting over at 0.
+    first_step = len(getattr(clf, "loss_curve_", [])) if args.restore is not None else 0
     out = _Output(args.max_steps, args.quiet)
     rates = []
     status = 0
     try:
-        for step in range(args.max_steps):
-            idx = next(batches)
-            t0 = time.perf_counter()
-            clf.partial_fit(X_train[idx], y_train[idx], classes=classes)
-            rate = args.batch_size / max(time.perf_counter() - t0, 1e-12)
-            rates.append(rate)
-            loss = float(clf.loss_curve_[-1])
-            out.step(loss)
-            if logger is not None:
-                logger.scalar("train loss", loss, step)
-                logger.scalar("ex/s", rate, step)
-            if step % args.eval_every_n == 0:
-                acc = float(clf.score(X_test, y_test))
-                out.line(f"step {step}, loss = {loss:.4f}, test accuracy {acc:.4f} ({rate:.1f} ex/s)")
+        try:
+            for step in range(first_step, first_step + args.max_steps):
+                idx = next(batches)
+                t0 = time.perf_counter()
+                clf.partial_fit(X_train[idx], y_train[idx], classes=classes)
+                rate = args.batch_size / max(time.perf_counter() - t0, 1e-12)
+                rates.append(rate)
+                loss = float(clf.loss_curve_[-1])
+                out.step(loss)
                 if logger is not None:
-                    logger.scalar("test acc.", acc, step)
-                    logger.histograms(_histograms(clf), step)
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
-        out.close()
-        print(f"interrupted after {len(rates)} steps", file=sys.stderr, flush=True)
-    finally:
-        out.close()
+                    logger.scalar("train loss", loss, step)
+                    logger.scalar("ex/s", rate, step)
+                if step % args.eval_every_n == 0:
+                    acc = float(clf.score(X_test, y_test))
+                    out.line(f"step {step}, loss = {loss:.4f}, test accuracy {acc:.4f} ({rate:.1f} ex/s)")
+                    if logger is not None:
+                        logger.scalar("test acc.", acc, step)
+                        logger.histograms(_histograms(clf), step)
+        except KeyboardInterrupt:
+            status = EXIT_INTERRUPTED
+            out.close()
+            print(f"interrupted after {len(rates)} steps", file=sys.stderr, flush=True)
+        finally:
+            out.close()
 
-    acc = float(clf.score(X_test, y_test))
-    if logger is not None:
-        last_step = len(rates) - 1
-        if last_step >= 0 and last_step % args.eval_every_n != 0:
+        acc = float(clf.score(X_test, y_test))
+        last_step = first_step + len(rates) - 1
+        if logger is not None and rates and last_step % args.eval_every_n != 0:
             logger.scalar("test acc.", acc, last_step)
-        logger.close()
+    finally:
+        # Flush the event files even when training fails part way.
+        if logger is not None:
+            logger.close()
     out.line(f"Final test accuracy {acc:.4f}", always=True)
     if rates:
         out.line(f"Avg ex/s = {statistics.fmean(rates):.1f}", always=True)
