@@ -26,7 +26,13 @@ FINAL_LINES = [
 TINY = ["--layers", "16,16", "--batch_size", "20", "--reg", "0"]
 
 
-def xnorcore(*args, env=None, cwd=None, timeout=180):
+# `python -m` puts the working directory first on sys.path; run from here, not
+# from the repository root, so that the installed (compiled) package is the one
+# imported, as for a user.
+_CWD = Path(__file__).resolve().parent
+
+
+def xnorcore(*args, env=None, cwd=_CWD, timeout=180):
     """Run ``python -m xnorcore ARGS`` and return the CompletedProcess."""
     full_env = dict(os.environ)
     full_env.pop("PYTHONSTARTUP", None)
@@ -280,7 +286,7 @@ def test_progress_bar_on_terminal():
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xnorcore", "train", *TINY, "--max_steps", "40", "--eval_every_n", "20"],
-        stdout=subprocess.PIPE, stderr=slave,
+        stdout=subprocess.PIPE, stderr=slave, cwd=_CWD,
     )
     os.close(slave)
     terminal = b""
