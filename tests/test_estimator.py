@@ -153,8 +153,8 @@ def test_pickle_round_trip_and_summary(digits, fitted):
     info = fitted.summary(as_dict=True)
     rows = {r["layer"]: r for r in info["layers"]}
     assert rows["dense2"]["binary"] and not rows["dense1"]["binary"]
-    # 64x64 binary weights: 64 words of 8 bytes + 6 bytes per unit vs float32 weights + batch norm.
-    assert rows["dense2"]["packed_bytes"] == 64 * 8 + 64 * 6
+    # 64x64 binary weights: 64 words of 8 bytes + 5 bytes per unit vs float32 weights + batch norm.
+    assert rows["dense2"]["packed_bytes"] == 64 * 8 + 64 * 5
     assert rows["dense2"]["float32_bytes"] == 4 * (64 * 64 + 4 * 64)
     assert rows["dense2"]["compression"] > 5
     assert abs(len(blob) - info["packed_bytes"] - info["training_state_bytes"]) < 40_000

@@ -226,10 +226,16 @@ def test_thresholds_handle_negative_and_zero_batch_norm_scale():
     bn.beta[30:32] = -1.0
     bn.beta[32:35] = 0.5
     bn.running_mean[:] = rng.randn(96).astype(np.float32) * 5
+    first = net.blocks[0].bn  # real-valued products: float thresholds, same rules
+    first.gamma[:10] = -np.abs(first.gamma[:10]) - 0.5
+    first.gamma[10:12] = 0.0
+    first.beta[10] = -0.5
+    first.beta[11] = 0.5
     net._packed = False
     block = net.blocks[1]
     net.pack()
     assert (block.direction[:30] == -1).all() and (block.direction[30:35] == 0).all()
+    assert block.threshold.dtype == np.int32 and net.blocks[0].threshold.dtype == np.float32
     float_logits = net.forward(X)
     float_act = np.asarray(block.activation)
     np.testing.assert_array_equal(net.forward_packed(X), float_logits)
@@ -239,6 +245,10 @@ def test_thresholds_handle_negative_and_zero_batch_norm_scale():
     # Zero scale: the unit is the sign of beta whatever the input.
     np.testing.assert_array_equal(float_act[:, 30:32], -1)
     np.testing.assert_array_equal(float_act[:, 32:35], 1)
+    first_act = unpack_bits(net.blocks[0].activation, dtype=np.float32)
+    np.testing.assert_array_equal(first_act[:, 10], -1)
+    np.testing.assert_array_equal(first_act[:, 11], 1)
+    assert (net.blocks[0].direction[:10] == -1).all()
 
 
 def test_real_valued_network_has_no_packed_path():

@@ -46,6 +46,23 @@ def _to_module(a, xp):
     return a
 
 
+def _unpacked_matmul(packed, weight, rows=1024):
+    """``unpack_bits(packed) @ weight`` in float64, a block of rows at a time.
+
+    The +-1 rows are unpacked in blocks that stay in cache instead of as one
+    float64 array eight times the size of a float32 input.
+    """
+    xp = get_array_module(packed.words)
+    weight = weight.astype(np.float64)
+    n, k = packed.shape
+    out = xp.empty((n, weight.shape[1]), dtype=np.float64)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        part = PackedBits(packed.words[start:stop], (stop - start, k), 1)
+        out[start:stop] = unpack_bits(part, dtype=np.float64) @ weight
+    return out
+
+
 class _Block:
     """One dense layer with what follows it (batch norm, activation)."""
 
@@ -54,10 +71,9 @@ class _Block:
         self.bn = bn
         self.act = act
         self.activation = None  # output of the last forward, for histograms
-        # Inference form of a binary layer (filled by Network.pack).
+        # Folded batch norm and sign (filled by Network.pack).
         self.threshold = None
         self.direction = None
-        self.constant = None
 
     @property
     def name(self):
@@ -212,25 +228,29 @@ class Network:
     def pack(self):
         """Build the packed inference form of every binary layer.
 
-        Batch norm then sign, ``bn(c) >= 0`` for an integer product ``c``,
-        becomes ``c >= t`` (positive batch-norm scale) or ``c <= t`` (negative
-        scale) for an integer ``t``, or a constant when the scale is zero.
+        Each layer followed by sign gets batch norm (and bias) folded into one
+        threshold per unit: ``bn(z) >= 0`` is ``z >= t`` for a positive
+        batch-norm scale and ``z <= t`` for a negative one, so the layer
+        computes ``s * z - s * t >= 0`` with ``s`` the sign of the scale; a
+        zero scale makes the unit a constant (``s = 0`` and ``t = -1`` or
+        ``+1``, so that ``-t`` is the sign of the batch-norm shift).  For binary x binary products ``z`` is
+        an integer and so is ``t`` (rounded up or down with the direction), so
+        the packed path reproduces the float path exactly.
         """
         if self._packed:
             return self
         for block in self.blocks:
             d = block.dense
-            if not d.binary_weights:
-                continue
-            if d.weight is not None:
+            if d.binary_weights and d.weight is not None:
                 d.weight_packed = pack_bits(d.weight, axis=0)
-            if not (d.binary_input and isinstance(block.act, Sign)):
-                continue
-            block.threshold, block.direction, block.constant = self._thresholds(block)
+            if isinstance(block.act, Sign):
+                block.direction, block.threshold = self._thresholds(
+                    block, integer=d.binary_input and d.binary_weights
+                )
         self._packed = True
         return self
 
-    def _thresholds(self, block):
+    def _thresholds(self, block, integer):
         xp = self.xp
         d, bn = block.dense, block.bn
         k, n_out = d.shape
@@ -242,15 +262,18 @@ class Network:
         else:
             alpha = np.ones(n_out)
             offset = bias
+        direction = np.sign(alpha)
         with np.errstate(divide="ignore", invalid="ignore"):
             tau = np.where(alpha != 0, -offset / np.where(alpha != 0, alpha, 1), 0.0)
-        # |c| <= k, so thresholds beyond +-(k + 1) all act alike; clipping keeps int32 safe.
-        tau = np.clip(tau, -k - 1, k + 1)
-        direction = np.sign(alpha).astype(np.int8)
-        threshold = np.where(direction > 0, np.ceil(tau), np.floor(tau)).astype(np.int32)
-        threshold[direction == 0] = 0
-        constant = np.where(direction == 0, np.where(offset >= 0, 1, -1), 0).astype(np.int8)
-        return xp.asarray(threshold), xp.asarray(direction), xp.asarray(constant)
+        if integer:
+            # |z| <= k, so thresholds beyond +-(k + 1) all act alike; clipping keeps int32 safe.
+            tau = np.clip(tau, -k - 1, k + 1)
+            tau = np.where(direction > 0, np.ceil(tau), np.floor(tau))
+        threshold = direction * tau
+        constant = direction == 0
+        threshold[constant] = np.where(offset[constant] >= 0, -1, 1)
+        dtype = np.int32 if integer else _F32
+        return xp.asarray(direction.astype(np.int8)), xp.asarray(threshold.astype(dtype))
 
     def forward_packed(self, x):
         """Logits of ``x`` through the packed path (binary networks only)."""
@@ -262,26 +285,26 @@ class Network:
             d = block.dense
             if isinstance(h, PackedBits):
                 if d.binary_weights:
-                    c = binary_matmul(h, d.weight_packed)
-                    if block.threshold is not None:
-                        # Sign of the folded batch norm, as an integer: >= 0 is +1.
-                        s = block.direction * (c - block.threshold) + block.constant
-                        h = pack_bits(s, axis=1)
-                        block.activation = h
-                        continue
-                    z = c.astype(np.float64)
+                    z = binary_matmul(h, d.weight_packed)
                 else:
-                    z = unpack_bits(h, dtype=np.float64) @ d.weight
+                    z = _unpacked_matmul(h, d.weight)
             else:
                 z = h @ d.effective_weight()
+            if block.threshold is not None:
+                # Folded batch norm and sign: s * z - s * t >= 0 is +1 (in place,
+                # z is a fresh array).
+                z *= block.direction
+                z -= block.threshold
+                h = pack_bits(z, axis=1)
+                block.activation = h
+                continue
+            if z.dtype.kind != "f":
+                z = z.astype(np.float64)
             if d.bias is not None:
                 z = z + d.bias
             if block.bn is not None:
                 z = block.bn.forward(z, False)
-            if isinstance(block.act, Sign):
-                h = pack_bits(z, axis=1)
-            else:
-                h = z
+            h = z
             block.activation = h
         return h
 
@@ -345,8 +368,9 @@ class Network:
         rows : list of dict
             Keys ``layer``, ``shape``, ``binary``, ``n_params``, ``float32_bytes``
             (every parameter as float32) and ``packed_bytes`` (binary weights as
-            bits, then per unit an int32 threshold and two int8, direction and
-            constant, in place of batch norm; real layers as float32).
+            bits, real weights as float32, and for layers followed by sign one
+            4-byte threshold and one int8 direction per unit in place of bias
+            and batch norm).
         """
         self.pack()
         rows = []
@@ -360,14 +384,13 @@ class Network:
             if block.bn is not None:
                 extra += 4 * n_out  # gamma, beta, running mean, running variance
             float_bytes = 4 * (n_params + extra)
+            # Units followed by sign keep a 4-byte threshold and an int8
+            # direction in place of bias and batch norm.
+            per_unit = 5 * n_out if block.threshold is not None else 4 * extra
             if d.binary_weights:
-                packed = 8 * n_out * n_words(n_in)
-                if block.threshold is not None:
-                    packed += n_out * (4 + 1 + 1)  # threshold (int32), direction, constant (int8)
-                else:
-                    packed += 4 * extra
+                packed = 8 * n_out * n_words(n_in) + per_unit
             else:
-                packed = float_bytes
+                packed = 4 * n_params + per_unit
             rows.append({
                 "layer": d.name, "shape": (n_in, n_out), "binary": d.binary_weights,
                 "n_params": n_params + extra, "float32_bytes": float_bytes,
