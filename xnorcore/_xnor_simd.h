@@ -44,12 +44,20 @@ typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel,
                                 int32_t *c, int64_t ldc, int mr, int ncols, int64_t k,
                                 int first);
 
+/* One popcount variant.  Arguments: x, a, panel are inputs; out and c are
+ * outputs (c is read too after the first K block); buffer is scratch. */
 typedef struct {
     const char *name;
     int mr; /* rows of A per micro-tile */
     int nr; /* columns of B per panel */
+    /* c[0:mr, 0:ncols] (row stride ldc) from mr row pointers into A and one
+     * panel, over nw words: k - 2 popcount on the first K block, minus
+     * 2 popcount after it */
     xnor_ukernel_fn ukernel;
+    /* one row of `length` elements -> out[0 : ceil(length / 64)]; returns NaN seen */
     int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out);
+    /* rows [64 kw, 64 kw + 64) x columns [c0, c1) of x (length, rows), packed
+     * along the first axis -> out[c, kw]; returns NaN seen */
     int (*pack_cols_band)(int dtype, const void *x, int64_t length, int64_t rows,
                           uint64_t *out, int64_t kw, int64_t c0, int64_t c1, uint64_t *buffer);
 } xnor_kernels;
