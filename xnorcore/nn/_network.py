@@ -444,3 +444,6 @@ class Network:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        # Thresholds are cheap to recompute; folding them again after loading
+        # keeps a pickle valid across versions of the folding rules.
+        self._packed = False
