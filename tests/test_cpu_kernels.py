@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -158,9 +159,12 @@ def test_threadpoolctl_limit_is_honoured(rng):
 
 
 def _run(code, **env):
+    # Run outside the source tree, so that "python -c" imports the installed
+    # package (with its compiled extension) rather than ./xnorcore.
     full_env = dict(os.environ, **env)
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+        timeout=120, cwd=tempfile.gettempdir(),
     )
 
 
