@@ -117,13 +117,18 @@ class Dense:
             scale = _F32(1.0 / (1.0 - self.dropout))
         w = None
         if self.uses_xnor:
-            wp = self.weight_packed if self.weight is None else pack_bits(self.weight, axis=0)
-            z = binary_matmul(x, wp)
+            # One CPU thread: minibatch products are small, and OpenMP threads
+            # spinning between calls would fight OpenBLAS's threads for the
+            # cores during the float GEMMs around them (2.7x slower training
+            # on a 2-core machine with two threads here).
+            wp = (self.weight_packed if self.weight is None
+                  else pack_bits(self.weight, axis=0, n_threads=1))
+            z = binary_matmul(x, wp, n_threads=1)
             if mask is not None:
                 # x holds -1, 0, +1.  With s = sign(x) (0 -> +1) and
                 # t = -sign(-x) (0 -> -1), x = (s + t) / 2, and both s and t
                 # are +-1 vectors.
-                z = (z - binary_matmul(-x, wp)) // 2
+                z = (z - binary_matmul(-x, wp, n_threads=1)) // 2
             z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
         else:
             w = self.effective_weight()
