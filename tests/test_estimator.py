@@ -165,6 +165,10 @@ def test_pickle_round_trip_and_summary(digits, fitted):
     blob_small = pickle.dumps(small)
     assert info["packed_bytes"] < len(blob_small) < info["packed_bytes"] + 20_000
     np.testing.assert_array_equal(small.predict_proba(X_test), fitted.predict_proba(X_test))
+    reloaded = pickle.loads(blob_small)
+    assert reloaded.network_.blocks[1].dense.weight is None
+    np.testing.assert_array_equal(reloaded.predict_proba(X_test), fitted.predict_proba(X_test))
+    np.testing.assert_array_equal(reloaded._logits(X_test, packed=False), fitted._logits(X_test, packed=False))
     with pytest.raises(ValueError, match="training state was dropped"):
         small.partial_fit(X_test, small.predict(X_test))
 
