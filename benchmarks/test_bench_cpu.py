@@ -89,6 +89,9 @@ def test_side_by_side_4096(benchmark, variant):
 
     def pair():
         for name, fn in (("numpy", lambda: a @ b), ("binary", lambda: binary_matmul(a, b))):
+            # OpenBLAS workers spin for about 0.1 s after a call (libgomp's for
+            # less); without a pause they would take a core from the next call.
+            time.sleep(0.3)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
