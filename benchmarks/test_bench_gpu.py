@@ -10,21 +10,9 @@ in RESULTS.md.  No speed is asserted here.
 import numpy as np
 import pytest
 
+from xnorcore._gpu import unavailable_reason
 
-def _gpu_missing():
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device"
-    except Exception as exc:
-        return f"no usable CUDA device ({exc})"
-    return None
-
-
-REASON = _gpu_missing()
+REASON = unavailable_reason()
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(REASON is not None, reason=f"GPU benchmarks need CuPy and a CUDA device: {REASON}"),

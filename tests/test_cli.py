@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xnorcore._gpu import unavailable_reason
 from xnorcore._runlog import next_run_dir, read_csv, run_subdir
 from xnorcore.cli import build_parser
 
@@ -419,13 +420,8 @@ def test_bench_plot_without_matplotlib(tmp_path):
 
 
 def _skip_if_gpu():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            pytest.skip("a GPU is present")
-    except Exception:
-        pass
+    if unavailable_reason() is None:
+        pytest.skip("a GPU is present")
 
 
 @pytest.mark.parametrize("command", [["bench", "--sizes", "8", "--runs", "1"], ["train", "--max_steps", "1"]])

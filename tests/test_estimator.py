@@ -14,17 +14,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xnorcore import BNNClassifier
+from xnorcore._gpu import unavailable_reason
 
 SMALL = dict(hidden_layer_sizes=(64, 64), max_iter=8, batch_size=64, random_state=0, device="cpu")
 
 
 def _gpu_available():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    return unavailable_reason() is None
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,7 @@ from xnorcore import PackedBits, binary_matmul, pack_bits, unpack_bits
 from xnorcore import _gpu
 
 
-def _gpu_missing():
-    """Why the GPU tests cannot run here, or None if they can."""
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device"
-    except Exception as exc:
-        return f"no usable CUDA device ({exc})"
-    return None
-
-
-REASON = _gpu_missing()
+REASON = _gpu.unavailable_reason()
 needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {REASON}")
 
 

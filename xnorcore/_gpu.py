@@ -86,6 +86,15 @@ def require():
         raise RuntimeError("backend='gpu' found no CUDA device (CuPy is installed, the machine has no GPU)")
 
 
+def unavailable_reason():
+    """Why the GPU backend cannot run here (a sentence), or None where it can."""
+    try:
+        require()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 def _source(stem):
     return importlib.resources.files("xnorcore.kernels").joinpath(f"{stem}.cu").read_text(encoding="utf-8")
 
