@@ -345,6 +345,14 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return np.searchsorted(classes, y).astype(np.int64)
 
     # ------------------------------------------------------------ training
+    def _new_network(self, n_features, n_classes, params, xnor, rng, xp):
+        return Network(
+            n_features, n_classes, params["hidden_layer_sizes"], binary=self.binary,
+            batch_norm=self.batch_norm, dropout=params["dropout"],
+            binarize_first=self.binarize_first, binarize_last=self.binarize_last,
+            xnor=xnor, random_state=rng, xp=xp,
+        )
+
     def _standardize(self, X, mean, scale):
         return (X - mean) / scale
 
@@ -456,12 +464,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             self._check_classes(classes, "y")
             y_idx = self._encode(y, classes)
             mean, scale = self._input_stats(X)
-            net = Network(
-                X.shape[1], len(classes), params["hidden_layer_sizes"], binary=self.binary,
-                batch_norm=self.batch_norm, dropout=params["dropout"],
-                binarize_first=self.binarize_first, binarize_last=self.binarize_last,
-                xnor=xnor, random_state=rng, xp=xp,
-            )
+            net = self._new_network(X.shape[1], len(classes), params, xnor, rng, xp)
             opt = Adam()
             loss_curve, n_iter, t = [], 0, 0
         net.set_xnor(xnor)
@@ -591,12 +594,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         if first:
             rng = check_random_state(self.random_state)
             mean, scale = self._input_stats(X)
-            net = Network(
-                X.shape[1], len(all_classes), params["hidden_layer_sizes"], binary=self.binary,
-                batch_norm=self.batch_norm, dropout=params["dropout"],
-                binarize_first=self.binarize_first, binarize_last=self.binarize_last,
-                xnor=xnor, random_state=rng, xp=xp,
-            )
+            net = self._new_network(X.shape[1], len(all_classes), params, xnor, rng, xp)
             opt = Adam()
             loss_curve, best_loss, n_iter, t = [], np.inf, 0, 0
         else:
