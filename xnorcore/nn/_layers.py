@@ -105,7 +105,6 @@ class Dense:
         return out
 
     def forward(self, x, training, rng=None):
-        xp = get_array_module(self.weight)
         mask = None
         scale = None
         if training and self.dropout > 0:

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..ops import PackedBits, binary_matmul, get_array_module, n_words, pack_bits, unpack_bits
-from ._layers import BatchNorm, Dense, ReLU, Sign, binarize
+from ._layers import BatchNorm, Dense, ReLU, Sign
 from ._loss import softmax_cross_entropy
 
 _F32 = np.float32
