@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from xnorcore import binary_matmul
+from xnorcore import binary_matmul, unpack_bits
 from xnorcore.nn import (
     Adam,
     BatchNorm,
@@ -309,3 +309,28 @@ def test_dense_with_dropout_xnor_product_matches_masked_float_product():
     xm = x * mask
     c = (binary_matmul(xm, w) - binary_matmul(-xm, w)) // 2
     np.testing.assert_array_equal(c, (xm @ np.where(w >= 0, 1, -1)).astype(np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float32])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 130, 1024])
+def test_fused_threshold_pack_matches_unfused_arithmetic(dtype, n):
+    from xnorcore.nn._network import _threshold_pack
+
+    rng = np.random.default_rng(n)
+    rows = 70  # more than one 64-row block
+    if dtype is np.int32:
+        z = rng.integers(-40, 40, (rows, n)).astype(dtype)
+        threshold = rng.integers(-3, 4, n).astype(dtype)
+    else:
+        z = rng.standard_normal((rows, n)).astype(dtype)
+        z[0, :] = -0.0  # -0.0 - 0.0 is -0.0, which sign maps to +1
+        threshold = rng.standard_normal(n).astype(dtype)
+        threshold[: n // 2] = 0
+    direction = rng.integers(-1, 2, n).astype(np.int8)
+    expected = z * direction - threshold >= 0
+    packed = _threshold_pack(z.copy(), direction, threshold)
+    assert packed.shape == (rows, n) and packed.axis == 1
+    np.testing.assert_array_equal(unpack_bits(packed) == 1, expected)
+    # Padding bits stay clear.
+    if n % 64:
+        assert not (packed.words[:, -1] >> np.uint64(n % 64)).any()

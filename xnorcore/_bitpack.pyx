@@ -11,7 +11,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 cimport openmp
 
@@ -237,3 +237,50 @@ def xnor_gemm(a_words, b_words, int64_t k, n_threads=None):
         xnor_gemm_block(kern, &a[0, 0], n_words, &panels[0], &c[0, 0], n, k,
                         i0, min(i0 + rows_per, m), p0, min(p0 + panels_per, n_panels))
     return result
+
+
+
+ctypedef fused _unit_sum:
+    int32_t
+    float
+
+
+def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
+                   const _unit_sum[::1] threshold, n_threads=None):
+    """Signs of ``direction * z - threshold``, packed along rows.
+
+    z (R, N): input, a layer's sums; direction (N,) in {-1, 0, 1} and
+    threshold (N,): input, folded batch norm.  Returns words (R, ceil(N / 64)),
+    bit j of a row set where ``direction[j] * z[j] - threshold[j] >= 0`` (the
+    arithmetic of the unfused numpy expression), padding bits 0.  Each row goes
+    through a per-thread buffer that stays in L1 and the SIMD row packer, so z
+    is read once and no (R, N) temporary is written.
+    """
+    cdef int64_t rows = z.shape[0], n = z.shape[1]
+    cdef int64_t n_words = (n + 63) // 64
+    words = np.empty((rows, n_words), dtype=np.uint64)
+    if rows == 0 or n_words == 0:
+        return words
+    cdef uint64_t[:, ::1] out = words
+    cdef const xnor_kernels *kern = _active
+    cdef int dtype = XNOR_I32 if _unit_sum is int32_t else XNOR_F32
+    cdef int nt = _threads(n_threads)
+    if rows * n < 65536:
+        nt = 1
+    cdef int64_t block_rows = 64
+    cdef int64_t r0, r, j
+    cdef int failed = 0
+    cdef _unit_sum *buffer
+    for r0 in prange(0, rows, block_rows, nogil=True, schedule="static", num_threads=nt):
+        buffer = <_unit_sum *>malloc(n * sizeof(_unit_sum))
+        if buffer == NULL:
+            failed += 1
+        else:
+            for r in range(r0, min(r0 + block_rows, rows)):
+                for j in range(n):
+                    buffer[j] = direction[j] * z[r, j] - threshold[j]
+                kern.pack_row(dtype, buffer, n, &out[r, 0])
+            free(buffer)
+    if failed:
+        raise MemoryError("threshold_pack could not allocate its row buffer")
+    return words

@@ -85,6 +85,15 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
     )
 
 
+def threshold_pack(z, direction, threshold, n_threads=None):
+    """Words of the signs of ``direction * z - threshold`` along rows, in one pass.
+
+    ``z`` is a C-contiguous (R, N) int32 or float32 array, ``direction`` int8
+    (N,) and ``threshold`` (N,) of z's dtype.
+    """
+    return _bitpack.threshold_pack(z, direction, threshold, n_threads)
+
+
 def config():
     return {
         "popcount": _bitpack.get_variant(),

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .. import _cpu
 from ..ops import PackedBits, binary_matmul, get_array_module, n_words, pack_bits, unpack_bits
 from ._layers import BatchNorm, Dense, ReLU, Sign
 from ._loss import softmax_cross_entropy
@@ -61,6 +62,21 @@ def _unpacked_matmul(packed, weight, rows=1024):
         part = PackedBits(packed.words[start:stop], (stop - start, k), 1)
         out[start:stop] = unpack_bits(part, dtype=np.float64) @ weight
     return out
+
+
+def _threshold_pack(z, direction, threshold):
+    """Folded batch norm and sign: packed bits of ``direction * z - threshold >= 0``.
+
+    ``z`` is a fresh (R, N) array of a layer's sums.  On the CPU one fused
+    kernel does it; elsewhere (and for other dtypes) the same arithmetic runs
+    in place on ``z``.
+    """
+    if get_array_module(z) is np and z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):
+        words = _cpu.threshold_pack(np.ascontiguousarray(z), direction, threshold)
+        return PackedBits(words, z.shape, 1)
+    z *= direction
+    z -= threshold
+    return pack_bits(z, axis=1)
 
 
 class _Block:
@@ -291,11 +307,7 @@ class Network:
             else:
                 z = h @ d.effective_weight()
             if block.threshold is not None:
-                # Folded batch norm and sign: s * z - s * t >= 0 is +1 (in place,
-                # z is a fresh array).
-                z *= block.direction
-                z -= block.threshold
-                h = pack_bits(z, axis=1)
+                h = _threshold_pack(z, block.direction, block.threshold)
                 block.activation = h
                 continue
             if z.dtype.kind != "f":
