@@ -250,3 +250,26 @@ def test_show_config_survives_a_broken_gpu_backend(monkeypatch, capsys):
     monkeypatch.setattr(_gpu, "config", broken)
     xnorcore.show_config()
     assert "GPU: unavailable (driver exploded)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 63, 65), (9, 64, 24), (100, 130, 1000), (130, 1024, 129)])
+def test_fused_gemm_threshold_pack_matches_reference(variant, m, k, n):
+    """The fused binary layer equals sign(direction * (sign(a) @ sign(b)) - threshold)."""
+    rng = np.random.default_rng(m * 1000 + n)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    direction = rng.integers(-1, 2, n).astype(np.int8)
+    threshold = rng.integers(-k - 1, k + 2, n).astype(np.int32)
+    threshold[: n // 3] = 0  # ties: a zero difference is +1
+    words = _cpu.xnor_gemm_threshold_pack(
+        pack_bits(a, axis=1).words, pack_bits(b, axis=0).words, k, direction, threshold, n_threads=2
+    )
+    expected = direction * matmul_ref(a, b) - threshold >= 0
+    got = unpack_bits(xnorcore.PackedBits(words, (m, n), 1)) == 1
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_fused_gemm_threshold_pack_rejects_mismatched_thresholds():
+    a = pack_bits(np.ones((2, 70)), axis=1).words
+    b = pack_bits(np.ones((70, 3)), axis=0).words
+    with pytest.raises(ValueError, match="direction and threshold must have 3 entries"):
+        _cpu.xnor_gemm_threshold_pack(a, b, 70, np.ones(2, np.int8), np.zeros(3, np.int32))

@@ -245,6 +245,16 @@ ctypedef fused _unit_sum:
     float
 
 
+cdef inline void _threshold_row(const xnor_kernels *kern, int dtype, const _unit_sum *z,
+                                const int8_t *direction, const _unit_sum *threshold, int64_t n,
+                                _unit_sum *buffer, uint64_t *out) noexcept nogil:
+    # z, direction, threshold: input (n,); buffer: scratch (n,); out: output words.
+    cdef int64_t j
+    for j in range(n):
+        buffer[j] = direction[j] * z[j] - threshold[j]
+    kern.pack_row(dtype, buffer, n, out)
+
+
 def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
                    const _unit_sum[::1] threshold, n_threads=None):
     """Signs of ``direction * z - threshold``, packed along rows.
@@ -277,10 +287,71 @@ def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
             failed += 1
         else:
             for r in range(r0, min(r0 + block_rows, rows)):
-                for j in range(n):
-                    buffer[j] = direction[j] * z[r, j] - threshold[j]
-                kern.pack_row(dtype, buffer, n, &out[r, 0])
+                _threshold_row(kern, dtype, &z[r, 0], &direction[0], &threshold[0], n, buffer,
+                               &out[r, 0])
             free(buffer)
     if failed:
         raise MemoryError("threshold_pack could not allocate its row buffer")
+    return words
+
+
+def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] direction,
+                             const int32_t[::1] threshold, n_threads=None):
+    """Packed signs of ``direction * (a . b) - threshold``: a binary layer in one pass.
+
+    a_words (M, W), b_words (N, W): input words; direction (N,), threshold
+    (N,): input, folded batch norm.  Returns words (M, ceil(N / 64)) equal to
+    ``threshold_pack(xnor_gemm(a_words, b_words, k), direction, threshold)``,
+    but each block of rows of the product lives only in a per-thread buffer
+    that stays in cache, so no (M, N) int32 array is written.
+    """
+    cdef const uint64_t[:, ::1] a = a_words
+    cdef const uint64_t[:, ::1] b = b_words
+    cdef int64_t m = a.shape[0], n = b.shape[0], n_words = a.shape[1]
+    if b.shape[1] != n_words or n_words != (k + 63) // 64 or n_words == 0:
+        raise ValueError(
+            f"a_words and b_words must both have ceil(k / 64) = {(k + 63) // 64} >= 1 words per row, "
+            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
+        )
+    if direction.shape[0] != n or threshold.shape[0] != n:
+        raise ValueError(f"direction and threshold must have {n} entries, got "
+                         f"{direction.shape[0]} and {threshold.shape[0]}")
+    cdef int64_t out_words = (n + 63) // 64
+    words = np.empty((m, out_words), dtype=np.uint64)
+    if m == 0 or n == 0:
+        return words
+    cdef uint64_t[:, ::1] out = words
+    cdef const xnor_kernels *kern = _active
+    cdef int mr = kern.mr, nr = kern.nr
+    cdef int64_t n_panels = (n + nr - 1) // nr
+    cdef int nt = _threads(n_threads)
+    if m * n * n_words < 200000:
+        nt = 1
+    panels_arr = np.empty(n_panels * n_words * nr, dtype=np.uint64)
+    cdef uint64_t[::1] panels = panels_arr
+    cdef int64_t p
+    for p in prange(n_panels, nogil=True, schedule="static", num_threads=nt):
+        xnor_pack_panel(&b[0, 0], n, n_words, nr, p, &panels[0])
+
+    # A block of rows times all of B: its int32 sums (rows_per x N) fit in L2.
+    cdef int64_t rows_per = max(mr, (64 // mr) * mr)
+    cdef int64_t i0, i1, r
+    cdef int failed = 0
+    cdef int32_t *sums
+    cdef int32_t *scratch
+    for i0 in prange(0, m, rows_per, nogil=True, schedule="static", num_threads=nt):
+        i1 = min(i0 + rows_per, m)
+        sums = <int32_t *>malloc((rows_per + 1) * n * sizeof(int32_t))
+        if sums == NULL:
+            failed += 1
+        else:
+            scratch = sums + rows_per * n
+            xnor_gemm_block(kern, &a[i0, 0], n_words, &panels[0], sums, n, k,
+                            0, i1 - i0, 0, n_panels)
+            for r in range(i1 - i0):
+                _threshold_row(kern, XNOR_I32, sums + r * n, &direction[0], &threshold[0], n,
+                               scratch, &out[i0 + r, 0])
+            free(sums)
+    if failed:
+        raise MemoryError("xnor_gemm_threshold_pack could not allocate its row buffer")
     return words

@@ -94,6 +94,16 @@ def threshold_pack(z, direction, threshold, n_threads=None):
     return _bitpack.threshold_pack(z, direction, threshold, n_threads)
 
 
+def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None):
+    """Words of the signs of ``direction * xnor_gemm(a_words, b_words, k) - threshold``.
+
+    One pass: the int32 sums of each block of rows stay in a per-thread buffer.
+    """
+    return _bitpack.xnor_gemm_threshold_pack(
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), direction, threshold, n_threads
+    )
+
+
 def config():
     return {
         "popcount": _bitpack.get_variant(),

@@ -299,6 +299,15 @@ class Network:
         h = x
         for block in self.blocks:
             d = block.dense
+            if (isinstance(h, PackedBits) and d.binary_weights and block.threshold is not None
+                    and self.xp is np):
+                # Binary in, binary out: product, folded batch norm and sign in
+                # one CPU kernel, with no int32 sums written out.
+                words = _cpu.xnor_gemm_threshold_pack(
+                    h.words, d.weight_packed.words, h.shape[1], block.direction, block.threshold
+                )
+                h = block.activation = PackedBits(words, (h.shape[0], d.shape[1]), 1)
+                continue
             if isinstance(h, PackedBits):
                 if d.binary_weights:
                     z = binary_matmul(h, d.weight_packed)
