@@ -48,6 +48,9 @@ WORD_BITS = 64
 
 _BACKENDS = ("auto", "cpu", "gpu")
 
+# Row b holds the +1/-1 values of the 8 bits of byte b, least significant first.
+_SIGNS_OF_BYTE = (((np.arange(256)[:, None] >> np.arange(8)) & 1) * 2 - 1).astype(np.int8)
+
 #: Largest inner dimension whose products fit the int32 result.
 _MAX_INNER = np.iinfo(np.int32).max
 
@@ -340,11 +343,11 @@ def unpack_bits(packed, dtype=np.int8):
     length = packed.length
     words = xp.ascontiguousarray(packed.words)
     bytes_ = words.view(np.uint8).reshape(words.shape[:-1] + (8 * words.shape[-1],))
-    # Flat unpack then reshape: cupy.unpackbits has no axis argument.
-    flat = xp.unpackbits(bytes_.reshape(-1), bitorder="little")
-    bits = flat.reshape(bytes_.shape[:-1] + (8 * bytes_.shape[-1],))[..., :length]
-    values = (bits.astype(dtype) * 2 - 1).astype(dtype, copy=False)
-    return xp.moveaxis(values, -1, packed.axis)
+    # One gather from a byte -> 8 signs table writes the result in its dtype
+    # directly (instead of unpacking to bits, casting and scaling).
+    table = xp.asarray(_SIGNS_OF_BYTE.astype(dtype))
+    values = xp.take(table, bytes_, axis=0).reshape(bytes_.shape[:-1] + (8 * bytes_.shape[-1],))
+    return xp.moveaxis(values[..., :length], -1, packed.axis)
 
 
 def _matmul_operand(x, name, axis, backend, n_threads):
