@@ -350,7 +350,7 @@ def unpack_bits(packed, dtype=np.int8):
     return xp.moveaxis(values[..., :length], -1, packed.axis)
 
 
-def _matmul_operand(x, name, axis, backend, n_threads):
+def _matmul_operand(x, name, axis):
     """Validate one operand of binary_matmul and return its PackedBits."""
     if isinstance(x, PackedBits):
         if x.ndim != 2:
@@ -416,8 +416,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     n_threads = _check_n_threads(n_threads)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
-    a = _matmul_operand(a, "a", 1, backend, n_threads)
-    b = _matmul_operand(b, "b", 0, backend, n_threads)
+    a = _matmul_operand(a, "a", 1)
+    b = _matmul_operand(b, "b", 0)
     if a.shape[1] != b.shape[0]:
         raise ValueError(
             "a and b must have matching inner dimensions, got "
