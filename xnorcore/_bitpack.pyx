@@ -187,18 +187,35 @@ def pack_cols(cnp.ndarray x not None, n_threads=None):
     return words, nan != 0
 
 
+def _check_words(a_words, b_words, int64_t k):
+    # The kernels read W words per row of both operands: a mismatch would read
+    # past the arrays, so it is checked even though ops never passes one.
+    n_words = (k + 63) // 64
+    if a_words.shape[1] != n_words or b_words.shape[1] != n_words:
+        raise ValueError(
+            f"a_words and b_words must both have ceil(k / 64) = {n_words} words per row, "
+            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
+        )
+
+
+def _b_panels(const uint64_t[:, ::1] b, int nr, int nt):
+    """B (N, W) copied into panels of nr columns, word by word (see xnor_pack_panel)."""
+    cdef int64_t n = b.shape[0], n_words = b.shape[1]
+    cdef int64_t n_panels = (n + nr - 1) // nr
+    panels_arr = np.empty(n_panels * n_words * nr, dtype=np.uint64)
+    cdef uint64_t[::1] panels = panels_arr
+    cdef int64_t p
+    for p in prange(n_panels, nogil=True, schedule="static", num_threads=nt):
+        xnor_pack_panel(&b[0, 0], n, n_words, nr, p, &panels[0])
+    return panels_arr
+
+
 def xnor_gemm(a_words, b_words, int64_t k, n_threads=None):
     """``k - 2 popcount(a ^ b)`` for words (M, W) and (N, W): int32 (M, N)."""
     cdef const uint64_t[:, ::1] a = a_words
     cdef const uint64_t[:, ::1] b = b_words
     cdef int64_t m = a.shape[0], n = b.shape[0], n_words = a.shape[1]
-    # The kernels read W words per row of both operands: a mismatch would read
-    # past the arrays, so it is checked even though ops never passes one.
-    if b.shape[1] != n_words or n_words != (k + 63) // 64:
-        raise ValueError(
-            f"a_words and b_words must both have ceil(k / 64) = {(k + 63) // 64} words per row, "
-            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
-        )
+    _check_words(a_words, b_words, k)
     result = np.empty((m, n), dtype=np.int32)
     if m == 0 or n == 0:
         return result
@@ -212,12 +229,7 @@ def xnor_gemm(a_words, b_words, int64_t k, n_threads=None):
     cdef int nt = _threads(n_threads)
     if m * n * n_words < 200000:
         nt = 1
-
-    panels_arr = np.empty(n_panels * n_words * nr, dtype=np.uint64)
-    cdef uint64_t[::1] panels = panels_arr
-    cdef int64_t p
-    for p in prange(n_panels, nogil=True, schedule="static", num_threads=nt):
-        xnor_pack_panel(&b[0, 0], n, n_words, nr, p, &panels[0])
+    cdef uint64_t[::1] panels = _b_panels(b, nr, nt)
 
     # Work items: blocks of up to 256 rows x 8 panels, shrunk for small
     # products so that every thread gets several items.
@@ -308,11 +320,9 @@ def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] dire
     cdef const uint64_t[:, ::1] a = a_words
     cdef const uint64_t[:, ::1] b = b_words
     cdef int64_t m = a.shape[0], n = b.shape[0], n_words = a.shape[1]
-    if b.shape[1] != n_words or n_words != (k + 63) // 64 or n_words == 0:
-        raise ValueError(
-            f"a_words and b_words must both have ceil(k / 64) = {(k + 63) // 64} >= 1 words per row, "
-            f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
-        )
+    _check_words(a_words, b_words, k)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got k={k}")
     if direction.shape[0] != n or threshold.shape[0] != n:
         raise ValueError(f"direction and threshold must have {n} entries, got "
                          f"{direction.shape[0]} and {threshold.shape[0]}")
@@ -327,11 +337,7 @@ def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] dire
     cdef int nt = _threads(n_threads)
     if m * n * n_words < 200000:
         nt = 1
-    panels_arr = np.empty(n_panels * n_words * nr, dtype=np.uint64)
-    cdef uint64_t[::1] panels = panels_arr
-    cdef int64_t p
-    for p in prange(n_panels, nogil=True, schedule="static", num_threads=nt):
-        xnor_pack_panel(&b[0, 0], n, n_words, nr, p, &panels[0])
+    cdef uint64_t[::1] panels = _b_panels(b, nr, nt)
 
     # A block of rows times all of B: its int32 sums (rows_per x N) fit in L2.
     cdef int64_t rows_per = max(mr, (64 // mr) * mr)
