@@ -24,6 +24,7 @@ needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy 
 @pytest.fixture
 def no_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
+    monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before
 
 
 def test_require_names_the_gpu_extra_without_cupy(no_cupy):

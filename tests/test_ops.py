@@ -351,6 +351,9 @@ def test_backend_cpu_explicit(rng):
 def test_error_gpu_backend_without_cupy(monkeypatch):
     import sys
 
+    from xnorcore import _gpu
+
     monkeypatch.setitem(sys.modules, "cupy", None)  # "import cupy" raises ImportError
+    monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before
     with pytest.raises(RuntimeError, match="(?i)cupy"):
         binary_matmul(np.ones((2, 2)), np.ones((2, 2)), backend="gpu")

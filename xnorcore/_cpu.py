@@ -5,7 +5,9 @@ Contract shared with ``xnorcore._gpu``:
 ``pack_rows(x, n_threads) -> (words, has_nan)``
     ``x`` is a C-contiguous 2-D array (R, L) of dtype int8/16/32/64 or
     float32/64.  ``words`` is uint64 of shape (R, ceil(L / 64)) in the layout of
-    :mod:`xnorcore.ops`; ``has_nan`` tells whether ``x`` held a NaN.
+    :mod:`xnorcore.ops`; ``has_nan`` tells whether ``x`` held a NaN: a bool,
+    or (GPU) a one-element device array, nonzero for NaN, that ``ops`` reads
+    only after queuing the product, so packing does not wait for the device.
 ``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
     ``a_words`` (M, W) and ``b_words`` (N, W) are C-contiguous uint64 with
     ``W = ceil(k / 64)`` and zero padding; the result is ``k - 2 popcount(a ^ b)``.

@@ -20,10 +20,12 @@ The environment variable ``XNORCORE_GPU_KERNEL`` (``mma`` or ``popc``) forces
 one, for testing and benchmarking; it is read at each call.
 """
 
+import ctypes
 import importlib.resources
 import math
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -48,8 +50,12 @@ _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 _modules = {}  # (device id, file stem) -> cupy.RawModule
 _functions = {}  # (device id, kernel name) -> cupy.RawKernel, launch attributes set
 _launches = {}  # (device id, kernel, tile shape) -> launch parameters, see _gemm_launch
+_plans = {}  # (device id, kernel override, tile override, m, n, width, k) -> _GemmLaunch
+_MAX_PLANS = 4096
 _devices = {}  # device id -> (compute capability as major * 10 + minor, multiprocessors)
 _constants = {}  # file stem -> {NAME: int} of its "static constexpr int NAME = value;"
+
+_INT32 = np.dtype(np.int32)
 
 _PACK_DTYPES = {  # dtype -> kernel name suffix in kernels/pack.cu
     np.dtype(np.int8): "int8",
@@ -61,13 +67,19 @@ _PACK_DTYPES = {  # dtype -> kernel name suffix in kernels/pack.cu
 }
 
 
+_cupy_module = None
+
+
 def _cupy():
     """Import CuPy, or raise the RuntimeError that says how to get it."""
-    try:
-        import cupy
-    except ImportError:
-        raise RuntimeError(f"backend='gpu' needs CuPy, which is not installed; {_INSTALL_HINT}") from None
-    return cupy
+    global _cupy_module
+    if _cupy_module is None:
+        try:
+            import cupy
+        except ImportError:
+            raise RuntimeError(f"backend='gpu' needs CuPy, which is not installed; {_INSTALL_HINT}") from None
+        _cupy_module = cupy
+    return _cupy_module
 
 
 def _device_count(cupy):
@@ -136,10 +148,12 @@ def _function(stem, name, dynamic_smem=0):
     key = (cupy.cuda.runtime.getDevice(), name)
     function = _functions.get(key)
     if function is None:
-        function = _module(stem).get_function(name)
+        raw = _module(stem).get_function(name)
         if dynamic_smem > 48 * 1024:  # the default limit; larger needs an opt-in
-            function.max_dynamic_shared_size_bytes = dynamic_smem
-        _functions[key] = function
+            raw.max_dynamic_shared_size_bytes = dynamic_smem
+        # The cupy.cuda.Function under the RawKernel launches the same way,
+        # without the RawKernel's per-call device lookup (about 3 us per launch).
+        function = _functions[key] = getattr(raw, "kernel", raw)
     return function
 
 
@@ -176,9 +190,11 @@ def _alloc(make, nbytes, what):
     try:
         return make()
     except cupy.cuda.memory.OutOfMemoryError as exc:
-        raise MemoryError(
-            f"out of GPU memory: {nbytes} bytes ({nbytes / 2**30:.2f} GiB) requested to {what}; {exc}"
-        ) from None
+        raise _out_of_memory(nbytes, what, exc) from None
+
+
+def _out_of_memory(nbytes, what, exc):
+    return MemoryError(f"out of GPU memory: {nbytes} bytes ({nbytes / 2**30:.2f} GiB) requested to {what}; {exc}")
 
 
 def _grid_1d(items, per_block, cap=65535):
@@ -186,7 +202,10 @@ def _grid_1d(items, per_block, cap=65535):
 
 
 def _pack(kind, x, rows, length, grid):
-    """Run pack_<kind>_<dtype> on ``x``; return (words (rows, n_words), has_nan)."""
+    """Run pack_<kind>_<dtype> on ``x``; return (words (rows, n_words), NaN flag).
+
+    The flag is a one-element device array, not read here (see :mod:`xnorcore._cpu`).
+    """
     cupy = _cupy()
     width = n_words(length)
     words = _alloc(
@@ -198,7 +217,7 @@ def _pack(kind, x, rows, length, grid):
     kernel = _function("pack", f"pack_{kind}_{_PACK_DTYPES[x.dtype]}")
     sizes = (np.int64(rows), np.int64(length)) if kind == "rows" else (np.int64(length), np.int64(rows))
     kernel(grid(width), (_constant("pack", "PACK_THREADS"),), (x,) + sizes + (np.int64(width), words, flag))
-    return words, bool(int(flag.get()[0]))
+    return words, flag
 
 
 def pack_rows(x, n_threads=None):
@@ -270,36 +289,97 @@ def _gemm_launch(kernel, variant=None):
     return launch
 
 
+class _GemmLaunch:
+    """A GEMM launch for one device, kernel and (m, n, k): grid, block and arguments.
+
+    The launch goes through ``cuLaunchKernel`` (``cupy.cuda.driver.launchKernel``)
+    with an argument block kept from call to call: each call writes only the
+    four array addresses into it.  That takes about half the host time of a
+    ``cupy.cuda.Function`` call, which converts every argument each time, and
+    at N = 1024 host time is most of a call.  Every kernel argument is 8 bytes
+    (pointers and ``long long``), so the block is one int64 array.
+    """
+
+    __slots__ = ("function", "grid", "block", "smem", "variant", "values", "params", "params_address")
+
+    def __init__(self, function, grid, block, smem, variant, scalars):
+        self.function, self.grid, self.block, self.smem, self.variant = function, grid, block, smem, variant
+        n_arrays = 3 if variant is None else 4  # a, b, [counts,] out
+        self.values = (ctypes.c_int64 * (n_arrays + len(scalars)))(*([0] * n_arrays), *scalars)
+        base = ctypes.addressof(self.values)
+        self.params = (ctypes.c_void_p * len(self.values))(*(base + 8 * i for i in range(len(self.values))))
+        self.params_address = ctypes.addressof(self.params)
+
+    def __call__(self, *arrays):
+        values = self.values
+        grid, block = self.grid, self.block
+        with _launch_lock:  # one argument block per launch shape: one launch at a time
+            for i, array in enumerate(arrays):
+                values[i] = array.data.ptr
+            _cupy().cuda.driver.launchKernel(
+                self.function.ptr, grid[0], grid[1], 1, block[0], 1, 1, self.smem,
+                _current_stream_ptr(), self.params_address, 0,
+            )
+
+
+_launch_lock = threading.Lock()
+
+
+def _current_stream_ptr():
+    return _cupy().cuda.get_current_stream().ptr
+
+
+def _plan(m, n, width, k):
+    """The :class:`_GemmLaunch` of an (m, n) product over ``width`` words of ``k`` bits.
+
+    Cached per device, kernel choice and shape, so that a call of a shape seen
+    before spends its host time on the launch alone.
+    """
+    cupy = _cupy()
+    key = (cupy.cuda.runtime.getDevice(), os.environ.get(KERNEL_ENV), _FORCE_MMA_VARIANT, m, n, width, k)
+    plan = _plans.get(key)
+    if plan is None:
+        kernel = _kernel_choice()
+        variant = _mma_variant(m, n) if kernel == "mma" else None
+        function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        plan = _plans[key] = _GemmLaunch(
+            function, (-(-m // bm), -(-n // bn)), (threads,), smem, variant, (m, n, width, k)
+        )
+    return plan
+
+
 def xnor_gemm(a_words, b_words, k, n_threads=None):
     """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._cpu`."""
     # The kernels read ceil(k / 64) words per row of both operands: a mismatch
     # would read past the arrays, so it is checked although ops never passes one.
     width = n_words(k)
-    if a_words.shape[1] != width or b_words.shape[1] != width:
+    (m, a_width), (n, b_width) = a_words.shape, b_words.shape
+    if a_width != width or b_width != width:
         raise ValueError(
             f"a_words and b_words must both have ceil(k / 64) = {width} words per row, "
             f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
         )
     cupy = _cupy()
-    m, n = a_words.shape[0], b_words.shape[0]
-    out = _alloc(lambda: cupy.empty((m, n), dtype=np.int32), m * n * 4, f"hold the ({m}, {n}) int32 product")
-    if a_words.shape[1] % 2 or not a_words.flags.c_contiguous:
+    try:
+        out = cupy.ndarray((m, n), dtype=_INT32)
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        raise _out_of_memory(4 * m * n, f"hold the ({m}, {n}) int32 product", exc) from None
+    # Rows of an even number of words, back to back: what the kernels read.
+    # (Comparing strides costs less host time than building ``flags``.)
+    dense = (8 * width, 8)
+    if width % 2 or a_words.strides != dense:
         a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
-    if b_words.shape[1] % 2 or not b_words.flags.c_contiguous:
+    if width % 2 or b_words.strides != dense:
         b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
-    kernel = _kernel_choice()
-    variant = _mma_variant(m, n) if kernel == "mma" else None
-    function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
-    operands = (a_words, b_words)
-    if variant is not None:
-        # The medium kernel reads row popcounts; the small one counts them itself.
-        operands += (_row_popcounts(a_words, b_words) if variant == "medium" else out,)
-    function(
-        (-(-m // bm), -(-n // bn)),
-        (threads,),
-        operands + (out, np.int64(m), np.int64(n), np.int64(a_words.shape[1]), np.int64(k)),
-        shared_mem=smem,
-    )
+    launch = _plan(m, n, a_words.shape[1], k)
+    if launch.variant == "medium":
+        launch(a_words, b_words, _row_popcounts(a_words, b_words), out)
+    elif launch.variant == "small":  # counts the row popcounts itself; the argument is not read
+        launch(a_words, b_words, out, out)
+    else:
+        launch(a_words, b_words, out)
     return out
 
 

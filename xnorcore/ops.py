@@ -28,6 +28,8 @@ shape ``(K, N)`` is packed along K as well (``axis=0``, words of shape
 ``(N, ceil(K / 64))``: one row of words per column of ``b``).
 """
 
+import importlib
+import math
 import numbers
 import operator
 
@@ -58,9 +60,7 @@ _MAX_INNER = np.iinfo(np.int32).max
 def get_array_module(*arrays):
     """Return ``cupy`` if any of ``arrays`` is a cupy array, else ``numpy``."""
     for x in arrays:
-        if isinstance(x, PackedBits):
-            x = x.words
-        if type(x).__module__.split(".")[0] == "cupy":
+        if _is_cupy(x):
             import cupy
 
             return cupy
@@ -68,7 +68,9 @@ def get_array_module(*arrays):
 
 
 def _is_cupy(x):
-    return get_array_module(x) is not np
+    if isinstance(x, PackedBits):
+        x = x.words
+    return type(x).__module__.partition(".")[0] == "cupy"
 
 
 def n_words(length):
@@ -157,26 +159,34 @@ def _backend_module(backend, *operands, names):
     """Pick the backend module for ``operands`` and check that they agree."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
-    kinds = {name: _is_cupy(x) for name, x in zip(names, operands)}
-    if len(set(kinds.values())) > 1:
+    kinds = [_is_cupy(x) for x in operands]
+    on_gpu = kinds[0]
+    if kinds.count(on_gpu) != len(kinds):
         desc = " and ".join(
-            f"{name} is a {'cupy' if on_gpu else 'numpy'} array" for name, on_gpu in kinds.items()
+            f"{name} is a {'cupy' if kind else 'numpy'} array" for name, kind in zip(names, kinds)
         )
         raise TypeError(f"{' and '.join(names)} must both be numpy or both be cupy arrays: {desc}")
-    on_gpu = any(kinds.values())
     if backend == "cpu" and on_gpu:
         raise TypeError(
             f"backend='cpu' needs numpy arrays, got cupy arrays for {', '.join(names)}; "
             "copy them with cupy.asnumpy or use backend='gpu'"
         )
     if backend == "gpu" or on_gpu:
-        from . import _gpu
+        gpu = _backend("_gpu")
+        gpu.require()
+        return gpu
+    return _backend("_cpu")
 
-        _gpu.require()
-        return _gpu
-    from . import _cpu
 
-    return _cpu
+_backends = {}
+
+
+def _backend(name):
+    """The backend module ``xnorcore.<name>``, imported on first use."""
+    module = _backends.get(name)
+    if module is None:
+        module = _backends[name] = importlib.import_module(f".{name}", __package__)
+    return module
 
 
 def sign(x):
@@ -282,6 +292,19 @@ def pack_bits(x, axis=-1, *, n_threads=None):
 
 def _pack(backend, x, axis, n_threads, name):
     """Pack a validated array ``x`` along ``axis`` with ``backend``."""
+    packed, has_nan = _pack_unchecked(backend, x, axis, n_threads)
+    _check_nan(has_nan, name)
+    return packed
+
+
+def _check_nan(has_nan, name):
+    # ``has_nan`` is a bool, or a device flag that this reads (and so waits for).
+    if has_nan:
+        raise ValueError(f"{name} must not contain NaN")
+
+
+def _pack_unchecked(backend, x, axis, n_threads):
+    """Pack ``x``; return (PackedBits, has_nan) with the NaN flag not yet checked."""
     xp = get_array_module(x)
     shape = tuple(x.shape)
     length = shape[axis]
@@ -291,7 +314,7 @@ def _pack(backend, x, axis, n_threads, name):
         words = xp.full(out_shape, np.uint64(2**64 - 1), dtype=np.uint64)
         if length % WORD_BITS:
             words[..., -1] = np.uint64((1 << (length % WORD_BITS)) - 1)
-        return PackedBits(words, shape, axis)
+        return PackedBits(words, shape, axis), False
     if x.dtype == np.float16:
         x = x.astype(np.float32)
     moved = xp.moveaxis(x, axis, -1)
@@ -299,20 +322,20 @@ def _pack(backend, x, axis, n_threads, name):
     if pack_cols is not None and not moved.flags.c_contiguous:
         # Pack along a leading axis in place rather than copying a transpose:
         # for b of binary_matmul that copy would cost more than the packing.
-        pre = int(np.prod(shape[:axis], dtype=np.int64))
-        post = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
         blocks = xp.ascontiguousarray(x).reshape(pre, length, post)
-        words = xp.empty((pre, post, n_words(length)), dtype=np.uint64)
-        has_nan = False
-        for i in range(pre):
-            words[i], nan_here = pack_cols(blocks[i], n_threads)
-            has_nan = has_nan or nan_here
+        if pre == 1:  # a matrix packed along its rows' axis: b of binary_matmul
+            words, has_nan = pack_cols(blocks[0], n_threads)
+        else:
+            words = xp.empty((pre, post, n_words(length)), dtype=np.uint64)
+            has_nan = False
+            for i in range(pre):
+                words[i], nan_here = pack_cols(blocks[i], n_threads)
+                has_nan = has_nan or nan_here
     else:
-        rows = xp.ascontiguousarray(moved).reshape(int(np.prod(moved.shape[:-1])), length)
+        rows = xp.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), length)
         words, has_nan = backend.pack_rows(rows, n_threads)
-    if has_nan:
-        raise ValueError(f"{name} must not contain NaN")
-    return PackedBits(words.reshape(out_shape), shape, axis)
+    return PackedBits(words.reshape(out_shape), shape, axis), has_nan
 
 
 def unpack_bits(packed, dtype=np.int8):
@@ -431,13 +454,21 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     module = _backend_module(backend, a, b, names=("a", "b"))
     if module.__name__.endswith("_gpu"):
         a, b = module.to_device(a), module.to_device(b)
+    # NaN flags are checked after the product is queued: on the GPU, reading
+    # them waits for the device, and this way the wait covers the product too.
+    nan_flags = []
     if not isinstance(a, PackedBits):
-        a = _pack(module, a, 1, n_threads, "a")
+        a, has_nan = _pack_unchecked(module, a, 1, n_threads)
+        nan_flags.append(("a", has_nan))
     if not isinstance(b, PackedBits):
-        b = _pack(module, b, 0, n_threads, "b")
+        b, has_nan = _pack_unchecked(module, b, 0, n_threads)
+        nan_flags.append(("b", has_nan))
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
-        xp = get_array_module(a.words)
-        return xp.zeros((m, n), dtype=np.int32)
-    return module.xnor_gemm(a.words, b.words, k, n_threads)
+        out = get_array_module(a.words).zeros((m, n), dtype=np.int32)
+    else:
+        out = module.xnor_gemm(a.words, b.words, k, n_threads)
+    for name, has_nan in nan_flags:
+        _check_nan(has_nan, name)
+    return out
