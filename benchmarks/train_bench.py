@@ -119,7 +119,9 @@ def _overrides(args):
     return out
 
 
-def _median_time(fn, repeat):
+def _median_time(fn, repeat, warmup=0):
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -157,10 +159,15 @@ def task_predict(args):
     clf.predict(X[:100])
     mlp.predict(X_mlp[:100])
     rounds = {"packed": [], "float_path": [], "mlp": []}
-    for _ in range(args.repeat):  # interleaved, so load changes hit all three alike
-        rounds["packed"].append(_median_time(lambda: clf.predict(X), 1))
-        rounds["float_path"].append(_median_time(lambda: clf._logits(X, packed=False), 1))
-        rounds["mlp"].append(_median_time(lambda: mlp.predict(X_mlp), 1))
+    # Rounds interleave the three, so load changes hit all alike.  In a round,
+    # each is called once untimed before its two timed calls: after a product,
+    # OpenBLAS's idle threads spin for up to 2**28 cycles
+    # (OPENBLAS_THREAD_TIMEOUT), and the first call after another predictor
+    # would share the cores with them.
+    for _ in range(args.repeat):
+        rounds["packed"].append(_median_time(lambda: clf.predict(X), 2, warmup=1))
+        rounds["float_path"].append(_median_time(lambda: clf._logits(X, packed=False), 2, warmup=1))
+        rounds["mlp"].append(_median_time(lambda: mlp.predict(X_mlp), 2, warmup=1))
     med = {k: statistics.median(v) for k, v in rounds.items()}
     _emit({
         "task": "predict", "hidden_layer_sizes": hidden, "n_samples": len(X),

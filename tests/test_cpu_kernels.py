@@ -273,3 +273,37 @@ def test_fused_gemm_threshold_pack_rejects_mismatched_thresholds():
     b = pack_bits(np.ones((70, 3)), axis=0).words
     with pytest.raises(ValueError, match="direction and threshold must have 3 entries"):
         _cpu.xnor_gemm_threshold_pack(a, b, 70, np.ones(2, np.int8), np.zeros(3, np.int32))
+
+
+@pytest.mark.parametrize("rows, f, n", [(1, 1, 1), (3, 0, 5), (5, 7, 300), (70, 20, 257), (130, 784, 1024), (65, 33, 128)])
+def test_input_sums_match_a_float64_product(variant, rows, f, n):
+    """init + x @ w with zero inputs skipped: float32 rounding of the exact sums."""
+    rng = np.random.default_rng(rows * 7 + n)
+    x = rng.standard_normal((rows, f)).astype(np.float32)
+    x[rng.random((rows, f)) < 0.7] = 0  # mostly zeros, as in image backgrounds
+    w = rng.standard_normal((f, n)).astype(np.float32)
+    init = rng.standard_normal(n).astype(np.float32)
+    got = _cpu.input_sums(x, _cpu.input_weights(w), init, n_threads=2)
+    expected = init.astype(np.float64) + x.astype(np.float64) @ w.astype(np.float64)
+    assert got.dtype == np.float32 and got.shape == (rows, n)
+    # Each float32 addition rounds by at most 2**-24 of the running sum.
+    bound = 2.0**-22 * (f + 1) * (np.abs(init) + np.abs(x).astype(np.float64) @ np.abs(w))
+    assert np.all(np.abs(got - expected) <= bound)
+
+
+def test_input_sums_of_a_row_do_not_depend_on_its_batch(variant, rng):
+    x = rng.standard_normal((150, 100)).astype(np.float32)
+    x[rng.random(x.shape) < 0.5] = 0
+    x[7] = 0  # a row of zeros gives init
+    w_blocks = _cpu.input_weights(rng.standard_normal((100, 300)).astype(np.float32))
+    init = rng.standard_normal(300).astype(np.float32)
+    batch = _cpu.input_sums(x, w_blocks, init, n_threads=2)
+    np.testing.assert_array_equal(batch[7], init)
+    for r in (0, 7, 63, 64, 149):
+        np.testing.assert_array_equal(_cpu.input_sums(x[r:r + 1], w_blocks, init, n_threads=1)[0], batch[r])
+    np.testing.assert_array_equal(_cpu.input_sums(x[::-1].copy(), w_blocks, init)[::-1], batch)
+
+
+def test_input_sums_reject_weights_of_the_wrong_size():
+    with pytest.raises(ValueError, match="w_blocks must hold 4 x 3 weights, got 10"):
+        _cpu.input_sums(np.ones((2, 4), np.float32), np.ones(10, np.float32), np.zeros(3, np.float32))

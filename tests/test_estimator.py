@@ -75,6 +75,16 @@ def test_predict_uses_packed_path_equal_to_float_path(digits, fitted):
     np.testing.assert_array_equal(fitted._logits(X_test, packed=True), fitted._logits(X_test, packed=False))
 
 
+def test_a_samples_scores_do_not_depend_on_its_batch(digits, fitted):
+    """The packed path's first layer folds in standardization and skips zero pixels, row by row."""
+    X_test = digits[1]
+    assert (X_test == 0).mean() > 0.3  # digits have blank pixels: the skipping matters here
+    scores = fitted.decision_function(X_test)
+    for i in (0, 5, len(X_test) - 1):
+        np.testing.assert_array_equal(fitted.decision_function(X_test[i:i + 1]), scores[i:i + 1])
+    np.testing.assert_array_equal(fitted.decision_function(X_test[::-1])[::-1], scores)
+
+
 def test_real_valued_network(digits):
     X_train, X_test, y_train, y_test = digits
     clf = BNNClassifier(binary=False, **SMALL).fit(X_train, y_train)

@@ -361,3 +361,74 @@ def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] dire
     if failed:
         raise MemoryError("xnor_gemm_threshold_pack could not allocate its row buffer")
     return words
+
+
+cdef extern from "_input_sums.h" nogil:
+    enum:
+        XNOR_IN_BLOCK
+    ctypedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
+                                        int64_t rows, const float *w, int64_t f, int64_t n,
+                                        const float *init, float *z, int64_t z_stride) noexcept nogil
+    const xnor_input_sums_fn xnor_input_sums_variants[]
+
+
+def input_weights(w):
+    """``w`` (F, N) stored block of columns by block, as :func:`input_sums` reads it."""
+    w = np.asarray(w, dtype=np.float32)
+    f, n = w.shape
+    return np.concatenate([w[:, c0:c0 + XNOR_IN_BLOCK].ravel() for c0 in range(0, n, XNOR_IN_BLOCK)]
+                          or [np.empty(0, dtype=np.float32)])
+
+
+def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1] init, n_threads=None):
+    """A real-valued layer that skips zero inputs: ``init + x @ w`` in a fixed order.
+
+    x (R, F), init (N,): input; w_blocks: the (F, N) weights from
+    :func:`input_weights`.  Returns z (R, N) float32, where
+    ``z[r] = init + sum(x[r, j] * w[j] for j ascending if x[r, j] != 0)``:
+    each row's sums depend on that row alone, and zero inputs cost nothing.
+    The rows go in chunks whose nonzero lists sit in a per-thread buffer.
+    """
+    cdef int64_t rows = x.shape[0], f = x.shape[1], n = init.shape[0]
+    if w_blocks.shape[0] != f * n:
+        raise ValueError(f"w_blocks must hold {f} x {n} weights, got {w_blocks.shape[0]}")
+    z = np.empty((rows, n), dtype=np.float32)
+    if rows == 0 or n == 0:
+        return z
+    cdef float[:, ::1] out = z
+    cdef xnor_input_sums_fn kernel = xnor_input_sums_variants[_active_index]
+    cdef int nt = _threads(n_threads)
+    if rows * n * f < 1000000:
+        nt = 1
+    cdef int64_t chunk = 64
+    cdef int64_t r0, r1, r, j, p
+    cdef int failed = 0
+    cdef int64_t *start
+    cdef int32_t *idx
+    cdef float *val
+    cdef float v
+    cdef float no_weights = 0  # a valid address for w when f == 0
+    cdef const float *wp = &w_blocks[0] if f > 0 else &no_weights
+    for r0 in prange(0, rows, chunk, nogil=True, schedule="static", num_threads=nt):
+        r1 = min(r0 + chunk, rows)
+        start = <int64_t *>malloc((chunk + 1) * sizeof(int64_t) + chunk * f * (sizeof(int32_t) + sizeof(float)))
+        if start == NULL:
+            failed += 1
+        else:
+            idx = <int32_t *>(start + chunk + 1)
+            val = <float *>(idx + chunk * f)
+            p = 0
+            for r in range(r0, r1):
+                start[r - r0] = p
+                for j in range(f):
+                    v = x[r, j]
+                    if v != 0:
+                        idx[p] = <int32_t>j
+                        val[p] = v
+                        p = p + 1
+            start[r1 - r0] = p
+            kernel(idx, val, start, r1 - r0, wp, f, n, &init[0], &out[r0, 0], n)
+            free(start)
+    if failed:
+        raise MemoryError("input_sums could not allocate its row buffer")
+    return z

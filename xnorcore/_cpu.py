@@ -106,6 +106,16 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
     )
 
 
+def input_weights(w):
+    """Float32 weights (F, N) laid out for :func:`input_sums`."""
+    return _bitpack.input_weights(w)
+
+
+def input_sums(x, w_blocks, init, n_threads=None):
+    """``init + x @ w`` for a C-contiguous float32 ``x``, zero inputs skipped, one fixed order per row."""
+    return _bitpack.input_sums(x, w_blocks, init, n_threads)
+
+
 def config():
     return {
         "popcount": _bitpack.get_variant(),

@@ -166,6 +166,7 @@ class Network:
                 act = Sign(f"sign{i + 1}") if self.binary else ReLU(f"relu{i + 1}")
             self.blocks.append(_Block(dense, bn, act))
         self._packed = False
+        self._input_fold = None  # see input_sums
 
     # ------------------------------------------------------------------ basics
     @property
@@ -192,22 +193,29 @@ class Network:
         return [p for layer in self.layers() for p in layer.params()]
 
     # ---------------------------------------------------------------- training
-    def forward(self, x, training=False, rng=None):
+    def forward(self, x, training=False, rng=None, first_sums=None):
         """Logits of ``x`` through the (unpacked) float path.
 
         Training runs in float32.  Inference computes real-valued products in
         float64 (all layers of a real-valued network, the output layer of a
         binary one): float32 sums vary in their last bit with the batch
         composition, and a sample's scores should not depend on its batch.
+        ``first_sums`` (from :meth:`input_sums`) replaces the first layer's
+        product; ``x`` is then not used.
         """
         h = x
         last = self.blocks[-1]
         if not training and not self.binary:
             h = h.astype(np.float64)
         for block in self.blocks:
+            layers = block.layers()
+            if first_sums is not None and block is self.blocks[0]:
+                h, layers = first_sums, layers[1:]  # what Dense.forward would give, but the bias
+                if block.dense.bias is not None:
+                    h = h + block.dense.bias
             if not training and block is last:
                 h = h.astype(np.float64)
-            for layer in block.layers():
+            for layer in layers:
                 h = layer.forward(h, training, rng)
             block.activation = h
         return h
@@ -255,6 +263,7 @@ class Network:
         """
         if self._packed:
             return self
+        self._input_fold = None
         for block in self.blocks:
             d = block.dense
             if d.binary_weights and d.weight is not None:
@@ -291,14 +300,52 @@ class Network:
         dtype = np.int32 if integer else _F32
         return xp.asarray(direction.astype(np.int8)), xp.asarray(threshold.astype(dtype))
 
-    def forward_packed(self, x):
-        """Logits of ``x`` through the packed path (binary networks only)."""
+    def input_sums(self, x, mean, scale):
+        """First-layer sums of raw inputs, with their standardization folded in.
+
+        For a binary network on the CPU, the sums of ``(x - mean) / scale``
+        through the first layer are computed as ``x @ (W / scale)`` plus
+        ``-(mean / scale) @ W`` (without the bias), by a kernel that skips zero
+        inputs and adds each row's terms in one fixed order (see
+        ``_input_sums.h``).  Both inference paths take these sums through
+        ``first_sums``, so they stay equal.
+
+        Returns
+        -------
+        sums : ndarray of shape (n_samples, n_units) float32, or None
+            None where this does not apply (a real-valued network, arrays on
+            the GPU): the caller then standardizes and runs the usual product.
+        """
+        if not self.binary or self.xp is not np:
+            return None
+        self.pack()
+        fold = getattr(self, "_input_fold", None)
+        if fold is None or fold[0] is not mean or fold[1] != scale:
+            d = self.blocks[0].dense
+            w = d.effective_weight().astype(np.float64) / float(scale)
+            # The bias stays out: forward adds it, and the packed path has it in its thresholds.
+            init = -(np.asarray(mean, dtype=np.float64) @ w)
+            fold = self._input_fold = (
+                mean, scale, _cpu.input_weights(w.astype(_F32)), init.astype(_F32)
+            )
+        return _cpu.input_sums(np.ascontiguousarray(x, dtype=_F32), fold[2], fold[3])
+
+    def forward_packed(self, x, first_sums=None):
+        """Logits of ``x`` through the packed path (binary networks only).
+
+        ``first_sums`` (from :meth:`input_sums`) replaces the first layer's
+        product; ``x`` is then not used.
+        """
         if not self.binary:
             raise ValueError("the packed path exists only for binary networks")
         self.pack()
         h = x
         for block in self.blocks:
             d = block.dense
+            if first_sums is not None and block is self.blocks[0]:
+                h = _threshold_pack(first_sums, block.direction, block.threshold)
+                block.activation = h
+                continue
             if (isinstance(h, PackedBits) and d.binary_weights and block.threshold is not None
                     and self.xp is np):
                 # Binary in, binary out: product, folded batch norm and sign in
@@ -441,6 +488,7 @@ class Network:
         # Caches of the last step are not part of the model; arrays are stored
         # as numpy so that a network trained on a GPU loads anywhere.
         state = dict(self.__dict__)
+        state["_input_fold"] = None  # recomputed on demand
         blocks = []
         for block in self.blocks:
             b = copy.copy(block)
