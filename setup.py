@@ -24,7 +24,7 @@ extensions = [
         "xnorcore._bitpack",
         ["xnorcore/_bitpack.pyx"],
         include_dirs=[np.get_include(), "xnorcore"],
-        depends=["xnorcore/_xnor_simd.h", "xnorcore/_xnor_portable.h", "xnorcore/_input_sums.h"],
+        depends=["xnorcore/_xnor_simd.h", "xnorcore/_xnor_portable.h", "xnorcore/_real_layers.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -283,7 +283,8 @@ def test_input_sums_match_a_float64_product(variant, rows, f, n):
     x[rng.random((rows, f)) < 0.7] = 0  # mostly zeros, as in image backgrounds
     w = rng.standard_normal((f, n)).astype(np.float32)
     init = rng.standard_normal(n).astype(np.float32)
-    got = _cpu.input_sums(x, _cpu.input_weights(w), init, n_threads=2)
+    got, dense = _cpu.input_sums(x, _cpu.input_weights(w), init, n_threads=2)
+    assert dense.size == 0
     expected = init.astype(np.float64) + x.astype(np.float64) @ w.astype(np.float64)
     assert got.dtype == np.float32 and got.shape == (rows, n)
     # Each float32 addition rounds by at most 2**-24 of the running sum.
@@ -297,13 +298,54 @@ def test_input_sums_of_a_row_do_not_depend_on_its_batch(variant, rng):
     x[7] = 0  # a row of zeros gives init
     w_blocks = _cpu.input_weights(rng.standard_normal((100, 300)).astype(np.float32))
     init = rng.standard_normal(300).astype(np.float32)
-    batch = _cpu.input_sums(x, w_blocks, init, n_threads=2)
+    batch, _ = _cpu.input_sums(x, w_blocks, init, n_threads=2)
     np.testing.assert_array_equal(batch[7], init)
     for r in (0, 7, 63, 64, 149):
-        np.testing.assert_array_equal(_cpu.input_sums(x[r:r + 1], w_blocks, init, n_threads=1)[0], batch[r])
-    np.testing.assert_array_equal(_cpu.input_sums(x[::-1].copy(), w_blocks, init)[::-1], batch)
+        np.testing.assert_array_equal(_cpu.input_sums(x[r:r + 1], w_blocks, init, n_threads=1)[0][0], batch[r])
+    np.testing.assert_array_equal(_cpu.input_sums(x[::-1].copy(), w_blocks, init)[0][::-1], batch)
+
+
+def test_input_sums_leave_dense_rows_to_the_caller(variant, rng):
+    """Rows over max_density are listed and skipped; the others are exactly as without a limit."""
+    x = rng.standard_normal((200, 50)).astype(np.float32)
+    density = rng.random(200)
+    x[rng.random(x.shape) >= density[:, None]] = 0
+    w_blocks = _cpu.input_weights(rng.standard_normal((50, 130)).astype(np.float32))
+    init = rng.standard_normal(130).astype(np.float32)
+    full, none_dense = _cpu.input_sums(x, w_blocks, init)
+    assert none_dense.size == 0
+    part, dense = _cpu.input_sums(x, w_blocks, init, max_density=0.5)
+    expected = np.flatnonzero(np.count_nonzero(x, axis=1) > 25)
+    assert 20 < expected.size < 180
+    np.testing.assert_array_equal(dense, expected)
+    kept = np.setdiff1d(np.arange(200), dense)
+    np.testing.assert_array_equal(part[kept], full[kept])
 
 
 def test_input_sums_reject_weights_of_the_wrong_size():
     with pytest.raises(ValueError, match="w_blocks must hold 4 x 3 weights, got 10"):
         _cpu.input_sums(np.ones((2, 4), np.float32), np.ones(10, np.float32), np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("rows, k, n", [(1, 1, 1), (5, 70, 10), (130, 1024, 10), (3, 64, 16), (0, 5, 3), (9, 129, 2)])
+def test_signed_sums_add_in_input_order(variant, rows, k, n):
+    """The output layer on packed +-1 rows equals the same terms added one by one, bit for bit."""
+    rng = np.random.default_rng(rows * 31 + k)
+    s = np.where(rng.random((rows, k)) < 0.5, 1.0, -1.0)
+    w = rng.standard_normal((k, n))
+    words = pack_bits(s, axis=1).words
+    expected = np.zeros((rows, n))
+    for j in range(k):
+        expected += s[:, j:j + 1] * w[j]
+    got = _cpu.signed_sums(words, k, w, n_threads=2)
+    np.testing.assert_array_equal(got, expected)
+    if rows:
+        np.testing.assert_array_equal(_cpu.signed_sums(words[-1:], k, w)[0], got[-1])
+
+
+def test_signed_sums_reject_bad_shapes():
+    words = np.zeros((2, 2), np.uint64)
+    with pytest.raises(ValueError, match="at most 16 output units, got 17"):
+        _cpu.signed_sums(words, 100, np.ones((100, 17)))
+    with pytest.raises(ValueError, match="w must have k = 100 rows"):
+        _cpu.signed_sums(words, 100, np.ones((99, 3)))

@@ -85,6 +85,16 @@ def test_a_samples_scores_do_not_depend_on_its_batch(digits, fitted):
     np.testing.assert_array_equal(fitted.decision_function(X_test[::-1])[::-1], scores)
 
 
+def test_dense_inputs_take_the_blas_first_layer_with_equal_paths(digits, fitted):
+    """Rows with few zeros go through BLAS instead of the zero-skipping kernel; both paths still agree."""
+    X_test = digits[1] + 0.5  # no zero pixels left
+    net = fitted.network_
+    sums = net.input_sums(X_test, fitted.input_mean_, fitted.input_scale_)
+    standardized = (X_test - fitted.input_mean_) / fitted.input_scale_
+    np.testing.assert_allclose(sums, standardized @ net.blocks[0].dense.effective_weight(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(fitted._logits(X_test, packed=True), fitted._logits(X_test, packed=False))
+
+
 def test_real_valued_network(digits):
     X_train, X_test, y_train, y_test = digits
     clf = BNNClassifier(binary=False, **SMALL).fit(X_train, y_train)

@@ -11,7 +11,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 cimport openmp
 
@@ -363,9 +363,13 @@ def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] dire
     return words
 
 
-cdef extern from "_input_sums.h" nogil:
+cdef extern from "_real_layers.h" nogil:
     enum:
         XNOR_IN_BLOCK
+        XNOR_OUT_WIDTH
+    ctypedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows,
+                                         int64_t k, const double *w, double *out) noexcept nogil
+    const xnor_signed_sums_fn xnor_signed_sums_variants[]
     ctypedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
                                         int64_t rows, const float *w, int64_t f, int64_t n,
                                         const float *init, float *z, int64_t z_stride) noexcept nogil
@@ -380,28 +384,35 @@ def input_weights(w):
                           or [np.empty(0, dtype=np.float32)])
 
 
-def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1] init, n_threads=None):
+def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1] init, n_threads=None,
+               double max_density=1.0):
     """A real-valued layer that skips zero inputs: ``init + x @ w`` in a fixed order.
 
     x (R, F), init (N,): input; w_blocks: the (F, N) weights from
-    :func:`input_weights`.  Returns z (R, N) float32, where
-    ``z[r] = init + sum(x[r, j] * w[j] for j ascending if x[r, j] != 0)``:
-    each row's sums depend on that row alone, and zero inputs cost nothing.
-    The rows go in chunks whose nonzero lists sit in a per-thread buffer.
+    :func:`input_weights`.  Returns ``(z, dense)``: z (R, N) float32, where
+    ``z[r] = init + sum(x[r, j] * w[j] for j ascending if x[r, j] != 0)``, so
+    each row's sums depend on that row alone and zero inputs cost nothing;
+    and the indices (int64) of the rows with more than ``max_density * F``
+    nonzeros, which are left unwritten for the caller (a dense GEMM does
+    those faster).  The rows go in chunks whose nonzero lists sit in a
+    per-thread buffer.
     """
     cdef int64_t rows = x.shape[0], f = x.shape[1], n = init.shape[0]
     if w_blocks.shape[0] != f * n:
         raise ValueError(f"w_blocks must hold {f} x {n} weights, got {w_blocks.shape[0]}")
     z = np.empty((rows, n), dtype=np.float32)
+    is_dense = np.zeros(rows, dtype=np.uint8)
     if rows == 0 or n == 0:
-        return z
+        return z, np.flatnonzero(is_dense)
     cdef float[:, ::1] out = z
+    cdef uint8_t[::1] dense = is_dense
     cdef xnor_input_sums_fn kernel = xnor_input_sums_variants[_active_index]
     cdef int nt = _threads(n_threads)
     if rows * n * f < 1000000:
         nt = 1
     cdef int64_t chunk = 64
-    cdef int64_t r0, r1, r, j, p
+    cdef int64_t max_nonzeros = <int64_t>(max_density * f)
+    cdef int64_t r0, r1, r, j, p, q, row_start
     cdef int failed = 0
     cdef int64_t *start
     cdef int32_t *idx
@@ -418,17 +429,83 @@ def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1
             idx = <int32_t *>(start + chunk + 1)
             val = <float *>(idx + chunk * f)
             p = 0
+            q = 0  # rows kept
             for r in range(r0, r1):
-                start[r - r0] = p
-                for j in range(f):
+                row_start = p
+                for j in range(f):  # branch-free: scattered zeros would mispredict
                     v = x[r, j]
-                    if v != 0:
-                        idx[p] = <int32_t>j
-                        val[p] = v
-                        p = p + 1
-            start[r1 - r0] = p
-            kernel(idx, val, start, r1 - r0, wp, f, n, &init[0], &out[r0, 0], n)
+                    idx[p] = <int32_t>j
+                    val[p] = v
+                    p = p + (v != 0)
+                if p - row_start > max_nonzeros:
+                    dense[r] = 1
+                    p = row_start
+                else:
+                    start[q] = row_start
+                    q = q + 1
+            start[q] = p
+            # Kept rows are written in order; dense ones are skipped by
+            # running the kernel on each stretch of kept rows.
+            _input_sums_kept(kernel, idx, val, start, &dense[r0], r1 - r0, wp, f, n, &init[0],
+                             &out[r0, 0])
             free(start)
     if failed:
         raise MemoryError("input_sums could not allocate its row buffer")
-    return z
+    return z, np.flatnonzero(is_dense)
+
+
+cdef inline void _input_sums_kept(xnor_input_sums_fn kernel, const int32_t *idx, const float *val,
+                                  const int64_t *start, const uint8_t *dense, int64_t rows,
+                                  const float *w, int64_t f, int64_t n, const float *init,
+                                  float *z) noexcept nogil:
+    # start lists the kept rows only; run the kernel on each stretch of
+    # consecutive kept rows, writing them to their places in z.
+    cdef int64_t r = 0, q = 0, stretch
+    while r < rows:
+        if dense[r]:
+            r += 1
+            continue
+        stretch = 0
+        while r + stretch < rows and not dense[r + stretch]:
+            stretch += 1
+        kernel(idx, val, start + q, stretch, w, f, n, init, z + r * n, n)
+        q += stretch
+        r += stretch
+
+
+#: Most output units that :func:`signed_sums` takes.
+SIGNED_SUMS_MAX_UNITS = XNOR_OUT_WIDTH
+
+
+def signed_sums(const uint64_t[:, ::1] words, int64_t k, const double[:, ::1] w, n_threads=None):
+    """A real layer on packed +-1 inputs, summed in input order: ``s @ w`` exactly as added up.
+
+    words (R, ceil(k / 64)): input bits; w (k, N) float64 with N at most
+    ``SIGNED_SUMS_MAX_UNITS``.  Returns out (R, N) float64 with
+    ``out[r, c] = sum(s[r, j] * w[j, c] for j in range(k))`` added from 0.0
+    in that order, s = +1 for a set bit and -1 for a clear one (see
+    ``_real_layers.h``).
+    """
+    cdef int64_t rows = words.shape[0], n_words = words.shape[1], n = w.shape[1]
+    if w.shape[0] != k or n_words != (k + 63) // 64:
+        raise ValueError(f"w must have k = {k} rows and words ceil(k / 64) columns, got w of shape "
+                         f"({w.shape[0]}, {n}) and words of shape ({rows}, {n_words})")
+    if n > XNOR_OUT_WIDTH:
+        raise ValueError(f"signed_sums takes at most {XNOR_OUT_WIDTH} output units, got {n}")
+    padded = np.zeros((k, XNOR_OUT_WIDTH), dtype=np.float64)
+    padded[:, :n] = w
+    result = np.empty((rows, XNOR_OUT_WIDTH), dtype=np.float64)
+    if rows == 0 or k == 0:
+        result[:] = 0.0
+        return result[:, :n]
+    cdef const double[:, ::1] wp = padded
+    cdef double[:, ::1] out = result
+    cdef xnor_signed_sums_fn kernel = xnor_signed_sums_variants[_active_index]
+    cdef int nt = _threads(n_threads)
+    if rows * k < 100000:
+        nt = 1
+    cdef int64_t chunk = 64
+    cdef int64_t r0
+    for r0 in prange(0, rows, chunk, nogil=True, schedule="static", num_threads=nt):
+        kernel(&words[r0, 0], n_words, min(chunk, rows - r0), k, &wp[0, 0], &out[r0, 0])
+    return result[:, :n]

@@ -111,9 +111,23 @@ def input_weights(w):
     return _bitpack.input_weights(w)
 
 
-def input_sums(x, w_blocks, init, n_threads=None):
-    """``init + x @ w`` for a C-contiguous float32 ``x``, zero inputs skipped, one fixed order per row."""
-    return _bitpack.input_sums(x, w_blocks, init, n_threads)
+def input_sums(x, w_blocks, init, n_threads=None, max_density=1.0):
+    """``init + x @ w`` for a C-contiguous float32 ``x``, zero inputs skipped, one fixed order per row.
+
+    Returns ``(z, dense)``: rows with more than ``max_density`` of their
+    inputs nonzero are listed in ``dense`` and left unwritten in ``z``.
+    """
+    return _bitpack.input_sums(x, w_blocks, init, n_threads, max_density)
+
+
+#: Most output units of :func:`signed_sums`.
+SIGNED_SUMS_MAX_UNITS = _bitpack.SIGNED_SUMS_MAX_UNITS
+
+
+def signed_sums(words, k, w, n_threads=None):
+    """A real layer (k, N) on packed +-1 rows, each row's terms added in input order, in float64."""
+    return _bitpack.signed_sums(np.ascontiguousarray(words), int(k), np.ascontiguousarray(w, dtype=np.float64),
+                                n_threads)
 
 
 def config():

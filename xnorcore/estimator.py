@@ -1,6 +1,5 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
-import contextlib
 import copy
 import math
 import numbers
@@ -23,24 +22,6 @@ __all__ = ["BNNClassifier"]
 _F32 = np.float32
 #: Rows per block in predict: the intermediates of a 1024-unit layer stay near 16 MB.
 _PREDICT_ROWS = 4096
-
-_blas_controller = None
-
-
-def _one_blas_thread():
-    """A context in which BLAS runs on one thread (threadpoolctl).
-
-    The packed CPU path calls BLAS once per block of rows, for the small
-    output layer; with several BLAS threads, the idle ones keep spinning after
-    that call and slow the OpenMP kernels of the next block (1.5x in all on a
-    2-core machine).
-    """
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def _gpu_module(required):
@@ -667,17 +648,16 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         # Blocks of rows keep each layer's intermediates in cache and reuse
         # their buffers instead of faulting in fresh pages for the whole batch.
         blocks = []
-        with _one_blas_thread() if net.binary and xp is np else contextlib.nullcontext():
-            for start in range(0, max(X.shape[0], 1), _PREDICT_ROWS):
-                rows = X[start:start + _PREDICT_ROWS]
-                # On the CPU, a binary network's first layer takes the raw rows,
-                # standardization folded in, and skips zero inputs.
-                sums = net.input_sums(rows, self.input_mean_, self.input_scale_)
-                if sums is not None:
-                    out = forward(None, first_sums=sums)
-                else:
-                    out = forward(xp.asarray(self._standardize(rows, self.input_mean_, self.input_scale_)))
-                blocks.append(_to_numpy(out).astype(np.float64))
+        for start in range(0, max(X.shape[0], 1), _PREDICT_ROWS):
+            rows = X[start:start + _PREDICT_ROWS]
+            # On the CPU, a binary network's first layer takes the raw rows,
+            # standardization folded in, and skips zero inputs.
+            sums = net.input_sums(rows, self.input_mean_, self.input_scale_)
+            if sums is not None:
+                out = forward(None, first_sums=sums)
+            else:
+                out = forward(xp.asarray(self._standardize(rows, self.input_mean_, self.input_scale_)))
+            blocks.append(_to_numpy(out).astype(np.float64))
         return np.concatenate(blocks)
 
     def decision_function(self, X):

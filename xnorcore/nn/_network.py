@@ -16,6 +16,7 @@ followed by sign becomes one integer threshold per unit, so a binary layer maps
 packed bits to packed bits with one :func:`~xnorcore.binary_matmul`.
 """
 
+import contextlib
 import copy
 import math
 
@@ -27,6 +28,11 @@ from ._layers import BatchNorm, Dense, ReLU, Sign
 from ._loss import softmax_cross_entropy
 
 _F32 = np.float32
+
+#: Rows of the first layer's input with at most this fraction of nonzeros go
+#: through the zero-skipping kernel (see Network.input_sums), the others
+#: through BLAS: on a 2-core Zen 4, the kernel was faster up to about 45%.
+_SPARSE_INPUT_DENSITY = 0.4
 
 
 def _to_numpy(a):
@@ -48,20 +54,46 @@ def _to_module(a, xp):
 
 
 def _unpacked_matmul(packed, weight, rows=1024):
-    """``unpack_bits(packed) @ weight`` in float64, a block of rows at a time.
+    """``unpack_bits(packed) @ weight`` in float64: a real layer on binary inputs.
 
-    The +-1 rows are unpacked in blocks that stay in cache instead of as one
-    float64 array eight times the size of a float32 input.
+    On the CPU, with few output units (a classifier's logits), one kernel adds
+    the terms of each row in input order straight from the bits (see
+    ``_real_layers.h``): the sums of a sample do not depend on its batch.
+    Otherwise the +-1 rows are unpacked in blocks that stay in cache instead
+    of as one float64 array eight times the size of a float32 input, and go
+    through BLAS.
     """
     xp = get_array_module(packed.words)
     weight = weight.astype(np.float64)
     n, k = packed.shape
+    if xp is np and weight.shape[1] <= _cpu.SIGNED_SUMS_MAX_UNITS:
+        return _cpu.signed_sums(packed.words, k, weight)
     out = xp.empty((n, weight.shape[1]), dtype=np.float64)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        part = PackedBits(packed.words[start:stop], (stop - start, k), 1)
-        out[start:stop] = unpack_bits(part, dtype=np.float64) @ weight
+    with _one_blas_thread() if xp is np else contextlib.nullcontext():
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            part = PackedBits(packed.words[start:stop], (stop - start, k), 1)
+            out[start:stop] = unpack_bits(part, dtype=np.float64) @ weight
     return out
+
+
+_blas_controller = None
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread (threadpoolctl).
+
+    The packed CPU path calls BLAS for its small real output layer.  With
+    several BLAS threads, the idle ones keep spinning after each call and slow
+    the OpenMP kernels of the next block of rows (1.5x in all on a 2-core
+    machine).
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def _threshold_pack(z, direction, threshold):
@@ -209,12 +241,18 @@ class Network:
             h = h.astype(np.float64)
         for block in self.blocks:
             layers = block.layers()
+            d = block.dense
             if first_sums is not None and block is self.blocks[0]:
                 h, layers = first_sums, layers[1:]  # what Dense.forward would give, but the bias
-                if block.dense.bias is not None:
-                    h = h + block.dense.bias
+                if d.bias is not None:
+                    h = h + d.bias
             if not training and block is last:
                 h = h.astype(np.float64)
+                if d.binary_input and not d.binary_weights:
+                    # The real output layer on +-1 inputs: the same sums as the packed path.
+                    h, layers = _unpacked_matmul(pack_bits(h, axis=1), d.weight), layers[1:]
+                    if d.bias is not None:
+                        h = h + d.bias
             for layer in layers:
                 h = layer.forward(h, training, rng)
             block.activation = h
@@ -307,17 +345,18 @@ class Network:
         through the first layer are computed as ``x @ (W / scale)`` plus
         ``-(mean / scale) @ W`` (without the bias), by a kernel that skips zero
         inputs and adds each row's terms in one fixed order (see
-        ``_input_sums.h``).  Both inference paths take these sums through
+        ``_real_layers.h``).  Both inference paths take these sums through
         ``first_sums``, so they stay equal.
 
         Returns
         -------
         sums : ndarray of shape (n_samples, n_units) float32, or None
-            None where this does not apply (a real-valued network, arrays on
-            the GPU): the caller then standardizes and runs the usual product.
+            None where this does not apply (a real-valued network, no hidden
+            layer, arrays on the GPU): the caller then standardizes and runs
+            the usual product.
         """
-        if not self.binary or self.xp is not np:
-            return None
+        if not self.binary or self.xp is not np or len(self.blocks) < 2:
+            return None  # (with no hidden layer, the first layer is the output layer)
         self.pack()
         fold = getattr(self, "_input_fold", None)
         if fold is None or fold[0] is not mean or fold[1] != scale:
@@ -325,10 +364,15 @@ class Network:
             w = d.effective_weight().astype(np.float64) / float(scale)
             # The bias stays out: forward adds it, and the packed path has it in its thresholds.
             init = -(np.asarray(mean, dtype=np.float64) @ w)
-            fold = self._input_fold = (
-                mean, scale, _cpu.input_weights(w.astype(_F32)), init.astype(_F32)
-            )
-        return _cpu.input_sums(np.ascontiguousarray(x, dtype=_F32), fold[2], fold[3])
+            w = w.astype(_F32)
+            fold = self._input_fold = (mean, scale, w, _cpu.input_weights(w), init.astype(_F32))
+        w, w_blocks, init = fold[2:]
+        x = np.ascontiguousarray(x, dtype=_F32)
+        sums, dense = _cpu.input_sums(x, w_blocks, init, max_density=_SPARSE_INPUT_DENSITY)
+        if dense.size:
+            # Rows with few zeros go through BLAS, which is faster on them.
+            sums[dense] = x[dense] @ w + init
+        return sums
 
     def forward_packed(self, x, first_sums=None):
         """Logits of ``x`` through the packed path (binary networks only).

@@ -1,4 +1,6 @@
-/* The real-valued first layer of a binary network at inference, for xnorcore._bitpack.
+/* The real-valued layers of a binary network at inference, for xnorcore._bitpack.
+ *
+ * First layer (xnor_input_sums_*):
  *
  * z[r, :] = init + sum, over j ascending with x[r, j] != 0, of x[r, j] * w[j, :]
  *
@@ -16,8 +18,8 @@
  * compiled for the baseline, AVX2 and AVX-512F; each rounds in its own way
  * (AVX-512F contracts to FMA), but one process uses one variant.
  */
-#ifndef XNORCORE_INPUT_SUMS_H
-#define XNORCORE_INPUT_SUMS_H
+#ifndef XNORCORE_REAL_LAYERS_H
+#define XNORCORE_REAL_LAYERS_H
 
 #include <stdint.h>
 
@@ -71,21 +73,69 @@ typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const i
         }                                                                                          \
     }
 
+/* Output layer (xnor_signed_sums_*): for packed +-1 inputs (words, n_words per
+ * row, k bits) and real weights w of XNOR_OUT_WIDTH columns (padded),
+ *
+ * out[r, c] = sum, over j < k ascending, of s[r, j] * w[j, c], from 0.0, in double,
+ *
+ * with s = +1 for a set bit and -1 for a clear one.  The products are exact,
+ * so every variant (FMA or not) gives the same sums, and a sample's logits
+ * do not depend on its batch.  Four rows at a time hide the latency of the
+ * additions, each row's own chain of k of them. */
+#define XNOR_OUT_WIDTH 16
+
+typedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows, int64_t k,
+                                    const double *w, double *out);
+
+#define XNOR_SIGNED_SUMS(NAME, TARGET)                                                             \
+    TARGET static void NAME(const uint64_t *words, int64_t n_words, int64_t rows, int64_t k,      \
+                            const double *w, double *out)                                          \
+    {                                                                                              \
+        static const double sign_of[2] = {-1.0, 1.0};                                              \
+        enum { R = 4, C = XNOR_OUT_WIDTH };                                                        \
+        for (int64_t r0 = 0; r0 < rows; r0 += R) {                                                 \
+            const int nr = rows - r0 < R ? (int)(rows - r0) : R;                                   \
+            double acc[R][C] = {{0.0}};                                                            \
+            for (int64_t j = 0; j < k; ++j) {                                                      \
+                const double *wj = w + j * C;                                                      \
+                double s[R];                                                                       \
+                for (int i = 0; i < R; ++i) {                                                      \
+                    const int64_t row = r0 + (i < nr ? i : 0);                                     \
+                    s[i] = sign_of[(words[row * n_words + (j >> 6)] >> (j & 63)) & 1];             \
+                }                                                                                  \
+                _Pragma("GCC unroll 4") for (int i = 0; i < R; ++i)                                \
+                    _Pragma("GCC unroll 16") for (int c = 0; c < C; ++c) acc[i][c] += s[i] * wj[c]; \
+            }                                                                                      \
+            for (int i = 0; i < nr; ++i)                                                           \
+                for (int c = 0; c < C; ++c) out[(r0 + i) * C + c] = acc[i][c];                     \
+        }                                                                                          \
+    }
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(XNOR_NO_X86)
 XNOR_INPUT_SUMS(xnor_input_sums_base, , 16)
 XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
+XNOR_SIGNED_SUMS(xnor_signed_sums_base, )
+XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
+XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
 
 /* Indexed like xnor_variants: generic, scalar, avx2, avx512. */
 static const xnor_input_sums_fn xnor_input_sums_variants[4] = {
     xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_avx2, xnor_input_sums_avx512,
 };
+static const xnor_signed_sums_fn xnor_signed_sums_variants[4] = {
+    xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_avx2, xnor_signed_sums_avx512,
+};
 #else
 XNOR_INPUT_SUMS(xnor_input_sums_base, , 16)
+XNOR_SIGNED_SUMS(xnor_signed_sums_base, )
 
 static const xnor_input_sums_fn xnor_input_sums_variants[4] = {
     xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_base,
 };
+static const xnor_signed_sums_fn xnor_signed_sums_variants[4] = {
+    xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_base,
+};
 #endif
 
-#endif /* XNORCORE_INPUT_SUMS_H */
+#endif /* XNORCORE_REAL_LAYERS_H */
