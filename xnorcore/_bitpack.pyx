@@ -437,6 +437,8 @@ def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1
                     idx[p] = <int32_t>j
                     val[p] = v
                     p = p + (v != 0)
+                    if (j & 63) == 63 and p - row_start > max_nonzeros:
+                        break  # dense: no need to list the rest
                 if p - row_start > max_nonzeros:
                     dense[r] = 1
                     p = row_start

@@ -369,8 +369,11 @@ class Network:
         w, w_blocks, init = fold[2:]
         x = np.ascontiguousarray(x, dtype=_F32)
         sums, dense = _cpu.input_sums(x, w_blocks, init, max_density=_SPARSE_INPUT_DENSITY)
-        if dense.size:
-            # Rows with few zeros go through BLAS, which is faster on them.
+        # Rows with few zeros go through BLAS, which is faster on them.
+        if dense.size == len(x):
+            sums = x @ w
+            sums += init
+        elif dense.size:
             sums[dense] = x[dense] @ w + init
         return sums
 
