@@ -176,6 +176,18 @@ def bench_shape(m, k, n, *, popc=True, check=True):
     return rows
 
 
+def square_operands(size, seed):
+    """Random (size, size) operands: float32 a and b, their float16 copies, a and b packed."""
+    import cupy
+
+    from xnorcore import pack_bits
+
+    rs = cupy.random.RandomState(seed)
+    a32 = rs.standard_normal((size, size), dtype=np.float32)
+    b32 = rs.standard_normal((size, size), dtype=np.float32)
+    return a32, b32, a32.astype(np.float16), b32.astype(np.float16), pack_bits(a32, axis=1), pack_bits(b32, axis=0)
+
+
 def host_us(fn, calls=3000):
     """Mean host time per call of ``fn`` in microseconds, calls queued without synchronizing."""
     import cupy
@@ -198,13 +210,9 @@ def profile_host(size=1024, calls=3000):
 
     import cupy
 
-    from xnorcore import _gpu, binary_matmul, pack_bits
+    from xnorcore import _gpu, binary_matmul
 
-    rs = cupy.random.RandomState(3)
-    a32 = rs.standard_normal((size, size), dtype=np.float32)
-    b32 = rs.standard_normal((size, size), dtype=np.float32)
-    a16, b16 = a32.astype(np.float16), b32.astype(np.float16)
-    a, b = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
+    a32, b32, a16, b16, a, b = square_operands(size, seed=3)
     variant = _gpu._mma_variant(size, size)
     steps = [
         ("cupy.empty of the int32 result", lambda: cupy.empty((size, size), dtype=np.int32)),
@@ -240,15 +248,9 @@ def interleaved(size, rounds=4, cublas=True):
     synchronized call (median) and queued back to back, so drift between
     rounds shows.
     """
-    import cupy
+    from xnorcore import _gpu, binary_matmul
 
-    from xnorcore import _gpu, binary_matmul, pack_bits
-
-    rs = cupy.random.RandomState(2)
-    a32 = rs.standard_normal((size, size), dtype=np.float32)
-    b32 = rs.standard_normal((size, size), dtype=np.float32)
-    a16, b16 = a32.astype(np.float16), b32.astype(np.float16)
-    pa, pb = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
+    _, _, a16, b16, pa, pb = square_operands(size, seed=2)
     variant = _gpu._mma_variant(size, size)
     launch = gemm_kernel_launcher(pa.words, pb.words, size, "mma", variant)
     ops = 2.0 * size**3
