@@ -48,7 +48,7 @@ _KERNEL_DETAIL = {
 _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 
 _modules = {}  # (device id, file stem) -> cupy.RawModule
-_functions = {}  # (device id, kernel name) -> cupy.RawKernel, launch attributes set
+_functions = {}  # (device id, kernel name) -> cupy.cuda.Function, launch attributes set
 _launches = {}  # (device id, kernel, tile shape) -> launch parameters, see _gemm_launch
 _plans = {}  # (device id, kernel override, tile override, m, n, width, k) -> _GemmLaunch
 _MAX_PLANS = 4096
@@ -297,7 +297,7 @@ class _GemmLaunch:
     four array addresses into it.  That takes about half the host time of a
     ``cupy.cuda.Function`` call, which converts every argument each time, and
     at N = 1024 host time is most of a call.  Every kernel argument is 8 bytes
-    (pointers and ``long long``), so the block is one int64 array.
+    (pointers and non-negative ``long long``), so the block is one uint64 array.
     """
 
     __slots__ = ("function", "grid", "block", "smem", "variant", "values", "params", "params_address")
@@ -305,7 +305,7 @@ class _GemmLaunch:
     def __init__(self, function, grid, block, smem, variant, scalars):
         self.function, self.grid, self.block, self.smem, self.variant = function, grid, block, smem, variant
         n_arrays = 3 if variant is None else 4  # a, b, [counts,] out
-        self.values = (ctypes.c_int64 * (n_arrays + len(scalars)))(*([0] * n_arrays), *scalars)
+        self.values = (ctypes.c_uint64 * (n_arrays + len(scalars)))(*([0] * n_arrays), *scalars)
         base = ctypes.addressof(self.values)
         self.params = (ctypes.c_void_p * len(self.values))(*(base + 8 * i for i in range(len(self.values))))
         self.params_address = ctypes.addressof(self.params)
