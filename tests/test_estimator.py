@@ -87,9 +87,15 @@ def test_a_samples_scores_do_not_depend_on_its_batch(digits, fitted):
 
 def test_dense_inputs_take_the_blas_first_layer_with_equal_paths(digits, fitted):
     """Rows with few zeros go through BLAS instead of the zero-skipping kernel; both paths still agree."""
+    from xnorcore import _cpu
+    from xnorcore.nn._network import _SPARSE_INPUT_DENSITY
+
     X_test = digits[1] + 0.5  # no zero pixels left
     net = fitted.network_
     sums = net.input_sums(X_test, fitted.input_mean_, fitted.input_scale_)
+    w_blocks, init = net._input_fold[3:]
+    _, dense = _cpu.input_sums(X_test.astype(np.float32), w_blocks, init, max_density=_SPARSE_INPUT_DENSITY)
+    assert dense.size == len(X_test)  # every row went through BLAS
     standardized = (X_test - fitted.input_mean_) / fitted.input_scale_
     np.testing.assert_allclose(sums, standardized @ net.blocks[0].dense.effective_weight(), rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(fitted._logits(X_test, packed=True), fitted._logits(X_test, packed=False))
