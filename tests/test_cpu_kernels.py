@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 import xnorcore
-from xnorcore import _bitpack, _cpu, binary_matmul, pack_bits, unpack_bits
+from xnorcore import _bitpack, _cpu, _gpu, binary_matmul, pack_bits, unpack_bits
 
 from conftest import matmul_ref, random_matrix, sign_ref
 
@@ -113,12 +113,14 @@ def test_large_product_every_variant(variant, rng):
     np.testing.assert_array_equal(binary_matmul(a, b), matmul_ref(a, b))
 
 
-def test_backend_gemm_rejects_inconsistent_word_counts():
+@pytest.mark.parametrize("backend", [_cpu, _gpu], ids=["cpu", "gpu"])
+def test_backend_gemm_rejects_inconsistent_word_counts(backend):
+    # Checked from the shapes alone, before any device work: runs everywhere.
     a = np.zeros((3, 2), dtype=np.uint64)
     with pytest.raises(ValueError, match=r"must both have ceil\(k / 64\) = 2 words per row"):
-        _cpu.xnor_gemm(a, np.zeros((4, 3), dtype=np.uint64), 100)
+        backend.xnor_gemm(a, np.zeros((4, 3), dtype=np.uint64), 100)
     with pytest.raises(ValueError, match=r"ceil\(k / 64\) = 3 words per row, got a_words.shape=\(3, 2\)"):
-        _cpu.xnor_gemm(a, np.zeros((4, 2), dtype=np.uint64), 150)
+        backend.xnor_gemm(a, np.zeros((4, 2), dtype=np.uint64), 150)
 
 
 def test_backend_gemm_contract(rng):
