@@ -83,10 +83,10 @@ _blas_controller = None
 def _one_blas_thread():
     """A context in which BLAS runs on one thread (threadpoolctl).
 
-    The packed CPU path calls BLAS for its small real output layer.  With
-    several BLAS threads, the idle ones keep spinning after each call and slow
-    the OpenMP kernels of the next block of rows (1.5x in all on a 2-core
-    machine).
+    For real output layers too wide for ``signed_sums``, the packed CPU path
+    calls BLAS once per block of rows.  With several BLAS threads, the idle
+    ones keep spinning after each call and slow the OpenMP kernels of the next
+    block (1.5x in all on a 2-core machine, measured before ``signed_sums``).
     """
     global _blas_controller
     if _blas_controller is None:
