@@ -362,7 +362,7 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
             f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
         )
     cupy = _cupy()
-    try:
+    try:  # _alloc's work, without building its message on every call of this hot path
         out = cupy.ndarray((m, n), dtype=_INT32)
     except cupy.cuda.memory.OutOfMemoryError as exc:
         raise _out_of_memory(4 * m * n, f"hold the ({m}, {n}) int32 product", exc) from None
