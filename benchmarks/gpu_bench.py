@@ -90,7 +90,7 @@ def gemm_kernel_launcher(a_words, b_words, k, kernel, variant=None, function=Tru
     """
     import cupy
 
-    from xnorcore import _gpu
+    from xnorcore._backends import gpu as _gpu
 
     m, n = a_words.shape[0], b_words.shape[0]
     a_words, b_words = _gpu._even_width(a_words), _gpu._even_width(b_words)
@@ -114,7 +114,7 @@ def _plan_launcher(a_words, b_words, k):
     """A closure that launches the GEMM of xnorcore as xnor_gemm does, on fixed buffers."""
     import cupy
 
-    from xnorcore import _gpu
+    from xnorcore._backends import gpu as _gpu
 
     m, n = a_words.shape[0], b_words.shape[0]
     out = cupy.empty((m, n), dtype=np.int32)
@@ -127,7 +127,8 @@ def bench_shape(m, k, n, *, popc=True, check=True):
     """All rows of the table for one (M, K, N)."""
     import cupy
 
-    from xnorcore import _gpu, binary_matmul, pack_bits
+    from xnorcore import binary_matmul, pack_bits
+    from xnorcore._backends import gpu as _gpu
 
     ops = 2.0 * m * n * k
     rows = []
@@ -210,7 +211,8 @@ def profile_host(size=1024, calls=3000):
 
     import cupy
 
-    from xnorcore import _gpu, binary_matmul
+    from xnorcore import binary_matmul
+    from xnorcore._backends import gpu as _gpu
 
     a32, b32, a16, b16, a, b = square_operands(size, seed=3)
     variant = _gpu._mma_variant(size, size)
@@ -248,7 +250,8 @@ def interleaved(size, rounds=4, cublas=True):
     synchronized call (median) and queued back to back, so drift between
     rounds shows.
     """
-    from xnorcore import _gpu, binary_matmul
+    from xnorcore import binary_matmul
+    from xnorcore._backends import gpu as _gpu
 
     _, _, a16, b16, pa, pb = square_operands(size, seed=2)
     variant = _gpu._mma_variant(size, size)
@@ -285,7 +288,7 @@ def main(argv=None):
 
     import cupy
 
-    from xnorcore import _gpu
+    from xnorcore._backends import gpu as _gpu
 
     info = _gpu.config()
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

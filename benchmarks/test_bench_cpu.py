@@ -19,7 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from xnorcore import _cpu, binary_matmul, pack_bits
+from xnorcore import binary_matmul, pack_bits
+from xnorcore._backends import cpu as _cpu
 
 SQUARE = [512, 1024, 2048, 4096]
 BNN_LAYER = (256, 4096, 4096)  # batch x inputs x outputs of a dense binary layer

@@ -10,7 +10,7 @@ in RESULTS.md.  No speed is asserted here.
 import numpy as np
 import pytest
 
-from xnorcore._gpu import unavailable_reason
+from xnorcore._backends.gpu import unavailable_reason
 
 REASON = unavailable_reason()
 pytestmark = [
@@ -43,7 +43,8 @@ def _synced(fn):
 
 @pytest.mark.parametrize("kernel", ["mma", "popc"])
 def test_binary_matmul_packed(benchmark, operands, kernel, monkeypatch):
-    from xnorcore import _gpu, binary_matmul, pack_bits
+    from xnorcore import binary_matmul, pack_bits
+    from xnorcore._backends import gpu as _gpu
 
     monkeypatch.setenv(_gpu.KERNEL_ENV, kernel)
     a, b = operands

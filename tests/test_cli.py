@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xnorcore._gpu import unavailable_reason
+from xnorcore._backends.gpu import unavailable_reason
 from xnorcore._runlog import next_run_dir, read_csv, run_subdir
 from xnorcore.cli import build_parser
 

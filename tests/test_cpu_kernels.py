@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 import xnorcore
-from xnorcore import _bitpack, _cpu, _gpu, binary_matmul, pack_bits, unpack_bits
+from xnorcore import _bitpack, binary_matmul, pack_bits, unpack_bits
+from xnorcore._backends import cpu as _cpu, gpu as _gpu
 
 from conftest import matmul_ref, random_matrix, sign_ref
 
@@ -185,7 +186,7 @@ def test_omp_num_threads_is_honoured():
 def test_environment_variable_forces_a_variant(name):
     code = (
         "import numpy as np, xnorcore\n"
-        "from xnorcore import _cpu\n"
+        "from xnorcore._backends import cpu as _cpu\n"
         "a = np.arange(-50, 50).reshape(10, 10)\n"
         "assert (xnorcore.binary_matmul(a, a) == np.where(a >= 0, 1, -1) @ np.where(a >= 0, 1, -1)).all()\n"
         "print(_cpu.get_variant())\n"
@@ -244,7 +245,7 @@ def test_show_config_reports_variant_threads_and_gpu(capsys):
 
 
 def test_show_config_survives_a_broken_gpu_backend(monkeypatch, capsys):
-    from xnorcore import _gpu
+    from xnorcore._backends import gpu as _gpu
 
     def broken():
         raise RuntimeError("driver exploded")

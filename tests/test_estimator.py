@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xnorcore import BNNClassifier
-from xnorcore._gpu import unavailable_reason
+from xnorcore._backends.gpu import unavailable_reason
 
 SMALL = dict(hidden_layer_sizes=(64, 64), max_iter=8, batch_size=64, random_state=0, device="cpu")
 
@@ -69,9 +69,11 @@ def test_xnor_and_float_training_give_identical_models(digits):
 
 
 def test_predict_uses_packed_path_equal_to_float_path(digits, fitted):
+    from xnorcore import PackedBits
+
     X_test = digits[1]
-    net = fitted.network_
-    assert all(b.dense.weight_packed is not None for b in net.blocks[1:-1])
+    fitted.predict(X_test[:1])
+    assert all(isinstance(layer.weight, PackedBits) for layer in fitted._inference.layers[1:-1])
     np.testing.assert_array_equal(fitted._logits(X_test, packed=True), fitted._logits(X_test, packed=False))
 
 
@@ -87,13 +89,15 @@ def test_a_samples_scores_do_not_depend_on_its_batch(digits, fitted):
 
 def test_dense_inputs_take_the_blas_first_layer_with_equal_paths(digits, fitted):
     """Rows with few zeros go through BLAS instead of the zero-skipping kernel; both paths still agree."""
-    from xnorcore import _cpu
-    from xnorcore.nn._network import _SPARSE_INPUT_DENSITY
+    from xnorcore._backends import cpu as _cpu
+    from xnorcore._backends.cpu import SPARSE_INPUT_DENSITY as _SPARSE_INPUT_DENSITY
 
     X_test = digits[1] + 0.5  # no zero pixels left
     net = fitted.network_
-    sums = net.input_sums(X_test, fitted.input_mean_, fitted.input_scale_)
-    w_blocks, init = net._input_fold[3:]
+    prepared = _cpu.prepare_input_layer(net.blocks[0].dense.effective_weight(), fitted.input_mean_,
+                                        fitted.input_scale_)
+    sums = _cpu.input_layer(X_test, prepared)
+    w_blocks, init = prepared[1:]
     _, dense = _cpu.input_sums(X_test.astype(np.float32), w_blocks, init, max_density=_SPARSE_INPUT_DENSITY)
     assert dense.size == len(X_test)  # every row went through BLAS
     standardized = (X_test - fitted.input_mean_) / fitted.input_scale_
@@ -304,16 +308,16 @@ def test_gpu_device_without_gpu_is_a_clear_error(digits):
     "params, match",
     [
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be a tuple of positive integers"),
-        ({"hidden_layer_sizes": "big"}, "hidden_layer_sizes must be a tuple of positive integers"),
-        ({"dropout": 1.0}, r"dropout must be a real number in \[0, 1\)"),
-        ({"batch_size": 0}, "batch_size must be an integer >= 1, got batch_size=0"),
-        ({"max_iter": 2.5}, "max_iter must be an integer >= 1"),
-        ({"learning_rate_init": -1}, "learning_rate_init must be a real number in"),
-        ({"xnor": "yes"}, r"xnor must be one of \('auto', True, False\), got xnor='yes'"),
-        ({"device": "tpu"}, "device must be one of"),
-        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
-        ({"binary": "no"}, "binary must be True or False"),
-        ({"validation_fraction": 1.0, "early_stopping": True}, "validation_fraction must be"),
+        ({"hidden_layer_sizes": "big"}, "'hidden_layer_sizes' parameter of BNNClassifier must be an array-like"),
+        ({"dropout": 1.0}, r"'dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),
+        ({"batch_size": 0}, r"'batch_size' parameter of BNNClassifier must be an int in the range \[1, inf\). Got 0"),
+        ({"max_iter": 2.5}, r"'max_iter' parameter of BNNClassifier must be an int in the range \[1, inf\)"),
+        ({"learning_rate_init": -1}, "'learning_rate_init' parameter of BNNClassifier must be a float in the range"),
+        ({"xnor": "yes"}, r"'xnor' parameter of BNNClassifier must be a str among \{'auto'\} or an instance of 'bool'"),
+        ({"device": "tpu"}, "'device' parameter of BNNClassifier must be a str among"),
+        ({"lr_schedule": "step"}, "'lr_schedule' parameter of BNNClassifier must be a str among"),
+        ({"binary": "no"}, "'binary' parameter of BNNClassifier must be an instance of 'bool'"),
+        ({"validation_fraction": 1.0, "early_stopping": True}, "'validation_fraction' parameter of BNNClassifier must be"),
     ],
 )
 def test_bad_parameters(params, match):

@@ -18,6 +18,7 @@ from xnorcore.nn import (
     softmax_cross_entropy,
     ste_mask,
 )
+from xnorcore.nn import PackedModel
 
 
 def _numeric_grad(f, x, eps=1e-3):
@@ -203,14 +204,15 @@ def test_packed_path_equals_float_path(batch_norm, binarize_first, binarize_last
     _train(net, X, y, steps=30)
     float_logits = net.forward(X)
     float_acts = [np.asarray(b.activation) for b in net.blocks]
-    packed_logits = net.forward_packed(X)
+    packed_acts = []
+    packed_logits = PackedModel.from_network(net).forward(X, activations=packed_acts)
     np.testing.assert_array_equal(packed_logits, float_logits)
     # Every hidden binary layer emits packed bits that unpack to the float path's signs.
     from xnorcore import PackedBits, unpack_bits
 
-    for block, act in zip(net.blocks[:-1], float_acts[:-1]):
-        assert isinstance(block.activation, PackedBits)
-        np.testing.assert_array_equal(unpack_bits(block.activation, dtype=np.float32), act)
+    for packed_act, act in zip(packed_acts[:-1], float_acts[:-1]):
+        assert isinstance(packed_act, PackedBits)
+        np.testing.assert_array_equal(unpack_bits(packed_act, dtype=np.float32), act)
 
 
 def test_thresholds_handle_negative_and_zero_batch_norm_scale():
@@ -231,24 +233,24 @@ def test_thresholds_handle_negative_and_zero_batch_norm_scale():
     first.gamma[10:12] = 0.0
     first.beta[10] = -0.5
     first.beta[11] = 0.5
-    net._packed = False
-    block = net.blocks[1]
-    net.pack()
-    assert (block.direction[:30] == -1).all() and (block.direction[30:35] == 0).all()
-    assert block.threshold.dtype == np.int32 and net.blocks[0].threshold.dtype == np.float32
+    model = PackedModel.from_network(net)
+    block, layer = net.blocks[1], model.layers[1]
+    assert (layer.direction[:30] == -1).all() and (layer.direction[30:35] == 0).all()
+    assert layer.threshold.dtype == np.int32 and model.layers[0].threshold.dtype == np.float32
     float_logits = net.forward(X)
     float_act = np.asarray(block.activation)
-    np.testing.assert_array_equal(net.forward_packed(X), float_logits)
+    packed_acts = []
+    np.testing.assert_array_equal(model.forward(X, activations=packed_acts), float_logits)
     from xnorcore import unpack_bits
 
-    np.testing.assert_array_equal(unpack_bits(block.activation, dtype=np.float32), float_act)
+    np.testing.assert_array_equal(unpack_bits(packed_acts[1], dtype=np.float32), float_act)
     # Zero scale: the unit is the sign of beta whatever the input.
     np.testing.assert_array_equal(float_act[:, 30:32], -1)
     np.testing.assert_array_equal(float_act[:, 32:35], 1)
-    first_act = unpack_bits(net.blocks[0].activation, dtype=np.float32)
+    first_act = unpack_bits(packed_acts[0], dtype=np.float32)
     np.testing.assert_array_equal(first_act[:, 10], -1)
     np.testing.assert_array_equal(first_act[:, 11], 1)
-    assert (net.blocks[0].direction[:10] == -1).all()
+    assert (model.layers[0].direction[:10] == -1).all()
 
 
 def test_real_valued_network_has_no_packed_path():
@@ -256,7 +258,7 @@ def test_real_valued_network_has_no_packed_path():
     net = Network(37, 3, (16,), binary=False, random_state=np.random.RandomState(0))
     _train(net, X, y, steps=5)
     with pytest.raises(ValueError, match="only for binary networks"):
-        net.forward_packed(X)
+        PackedModel.from_network(net)
     assert not any(p[3] for p in net.params())
 
 
@@ -279,14 +281,16 @@ def test_drop_training_state_keeps_predictions_and_pickles_small():
     X, y = _data(n=100, d=200)
     net = Network(200, 3, (512, 512), binary=True, random_state=np.random.RandomState(0))
     _train(net, X, y, steps=3)
-    before = net.forward_packed(X)
+    from xnorcore._summary import memory_rows
+
+    before = PackedModel.from_network(net).forward(X)
     before_float = net.forward(X)
     big = len(pickle.dumps(net))
     net.drop_training_state()
     small = len(pickle.dumps(net))
-    packed = sum(row["packed_bytes"] for row in net.memory_rows())
+    packed = sum(row["packed_bytes"] for row in memory_rows(net))
     assert packed < small < packed + 20_000 < big
-    np.testing.assert_array_equal(net.forward_packed(X), before)
+    np.testing.assert_array_equal(PackedModel.from_network(net).forward(X), before)
     np.testing.assert_array_equal(net.forward(X), before_float)
     with pytest.raises(RuntimeError, match="training state was dropped"):
         net.train_step(X, y, Adam(), 1e-3)
@@ -314,7 +318,11 @@ def test_dense_with_dropout_xnor_product_matches_masked_float_product():
 @pytest.mark.parametrize("dtype", [np.int32, np.float32])
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 130, 1024])
 def test_fused_threshold_pack_matches_unfused_arithmetic(dtype, n):
-    from xnorcore.nn._network import _threshold_pack
+    from xnorcore import PackedBits
+    from xnorcore._backends import cpu
+
+    def _threshold_pack(z, direction, threshold):
+        return PackedBits(cpu.threshold_pack(z, direction, threshold), z.shape, 1)
 
     rng = np.random.default_rng(n)
     rows = 70  # more than one 64-row block

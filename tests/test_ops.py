@@ -351,7 +351,7 @@ def test_backend_cpu_explicit(rng):
 def test_error_gpu_backend_without_cupy(monkeypatch):
     import sys
 
-    from xnorcore import _gpu
+    from xnorcore._backends import gpu as _gpu
 
     monkeypatch.setitem(sys.modules, "cupy", None)  # "import cupy" raises ImportError
     monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._array import to_numpy
+
 __all__ = ["RunLogError", "run_subdir", "next_run_dir", "RunLogger", "DEFAULT_N_LAYERS"]
 
 #: Hidden layers of the old script's network (fc1, fc2, fc3 before the output).
@@ -164,7 +166,7 @@ class RunLogger:
     def histograms(self, arrays, step):
         """Add one histogram per named array; empty or non-finite arrays are skipped."""
         for name, values in arrays.items():
-            values = np.asarray(_to_numpy(values), dtype=np.float64).ravel()
+            values = np.asarray(to_numpy(values), dtype=np.float64).ravel()
             if values.size == 0 or not np.all(np.isfinite(values)):
                 continue
             self._writer.add_histogram(tag_name(name), values, step)
@@ -178,14 +180,6 @@ class RunLogger:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _to_numpy(x):
-    get = getattr(x, "get", None)
-    # cupy arrays copy to the host with .get(); numpy arrays have no .get.
-    if callable(get) and type(x).__module__.split(".")[0] == "cupy":
-        return get()
-    return x
 
 
 def read_csv(path):

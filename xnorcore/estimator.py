@@ -1,98 +1,25 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
 import copy
-import math
-import numbers
-import sys
-import time
+from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, column_or_1d, validate_data
 
+from . import _summary
+from ._backends import cpu, gpu
 from .nn import Adam, Network
+from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
-from .nn._network import _to_numpy
-from .ops import get_array_module
+from .nn._trainer import LR_SCHEDULES, TrainingHistory, train
 
 __all__ = ["BNNClassifier"]
 
 _F32 = np.float32
-#: Rows per block in predict: the intermediates of a 1024-unit layer stay near 16 MB.
-_PREDICT_ROWS = 4096
-
-
-def _gpu_module(required):
-    """Return cupy if a CUDA device can be used, else None (or raise if ``required``)."""
-    try:
-        import cupy
-    except ImportError:
-        if required:
-            raise RuntimeError(
-                "device='gpu' needs CuPy, which is not installed; install it with "
-                "pip install 'xnorcore[gpu]', or use device='cpu'"
-            ) from None
-        return None
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken
-        if required:
-            raise RuntimeError(
-                f"device='gpu' but no CUDA device could be used ({exc}); use device='cpu'"
-            ) from None
-        return None
-    if n_devices < 1:
-        if required:
-            raise RuntimeError("device='gpu' but no CUDA device was found; use device='cpu'")
-        return None
-    return cupy
-
-
-def _gpu_xnor_available():
-    try:
-        from . import _gpu
-
-        _gpu.require()
-    except Exception:
-        return False
-    return True
-
-
-def _cpu_xnor_fast():
-    """Whether the CPU backend is the compiled kernel (not a pure numpy fallback)."""
-    try:
-        from . import _cpu
-
-        return _cpu.config().get("popcount", "numpy") != "numpy"
-    except Exception:
-        return False
-
-
-def _check_int(value, name, low, allow_none=False):
-    if allow_none and value is None:
-        return None
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
-    return int(value)
-
-
-def _check_float(value, name, low, high, low_open=False, high_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lb = "(" if low_open else "["
-        rb = ")" if high_open else "]"
-        raise ValueError(f"{name} must be a real number in {lb}{low}, {high}{rb}, got {name}={value!r}")
-    return float(value)
-
-
-def _check_choice(value, name, choices):
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-        raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}")
-    return value
 
 
 class BNNClassifier(ClassifierMixin, BaseEstimator):
@@ -208,6 +135,30 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "binary": ["boolean"],
+        "xnor": [StrOptions({"auto"}), "boolean"],
+        "batch_norm": ["boolean"],
+        "binarize_first": ["boolean"],
+        "binarize_last": ["boolean"],
+        "learning_rate_init": [Interval(Real, 0, np.inf, closed="neither")],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "reg": [Interval(Real, 0, np.inf, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, np.inf, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "device": [StrOptions({"auto", "cpu", "gpu"})],
+        "verbose": ["boolean"],
+        "warm_start": ["boolean"],
+    }
+
     def __init__(
         self,
         hidden_layer_sizes=(1024, 1024, 1024),
@@ -255,71 +206,27 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
 
-    # ------------------------------------------------------------ validation
-    def _check_params(self):
-        """Validate the hyper-parameters and return them normalized."""
+    # ------------------------------------------------------------ set-up
+    def _hidden_layer_sizes(self):
         sizes = self.hidden_layer_sizes
-        if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
-            sizes = (sizes,)
-        try:
-            sizes = tuple(sizes)
-        except TypeError:
-            raise ValueError(
-                f"hidden_layer_sizes must be a tuple of positive integers, got "
-                f"hidden_layer_sizes={self.hidden_layer_sizes!r}"
-            ) from None
-        if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in sizes):
+        sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in sizes):
             raise ValueError(
                 f"hidden_layer_sizes must be a tuple of positive integers, got "
                 f"hidden_layer_sizes={self.hidden_layer_sizes!r}"
             )
-        for name in ("binary", "batch_norm", "binarize_first", "binarize_last", "early_stopping",
-                     "shuffle", "verbose", "warm_start"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {name}={value!r}")
-        _check_choice(self.xnor, "xnor", ("auto", True, False))
-        _check_choice(self.device, "device", ("auto", "cpu", "gpu"))
-        _check_choice(self.lr_schedule, "lr_schedule", ("cosine", "exponential", "constant"))
-        return {
-            "hidden_layer_sizes": tuple(int(h) for h in sizes),
-            "learning_rate_init": _check_float(self.learning_rate_init, "learning_rate_init", 0, np.inf,
-                                               low_open=True, high_open=True),
-            "batch_size": _check_int(self.batch_size, "batch_size", 1),
-            "max_iter": _check_int(self.max_iter, "max_iter", 1),
-            "reg": _check_float(self.reg, "reg", 0, np.inf, high_open=True),
-            "dropout": _check_float(self.dropout, "dropout", 0, 1, high_open=True),
-            "validation_fraction": _check_float(self.validation_fraction, "validation_fraction", 0, 1,
-                                                low_open=True, high_open=True),
-            "n_iter_no_change": _check_int(self.n_iter_no_change, "n_iter_no_change", 1),
-            "tol": _check_float(self.tol, "tol", 0, np.inf, high_open=True),
-        }
+        return tuple(int(h) for h in sizes)
 
-    def _resolve_device(self):
+    def _backend(self):
+        """(array module, backend module) to train on."""
         if self.device == "cpu":
-            return np
-        cupy = _gpu_module(required=self.device == "gpu")
-        return cupy if cupy is not None else np
-
-    def _resolve_xnor(self, xp):
-        if not self.binary:
-            return False
-        on_gpu = xp is not np
-        if self.xnor == "auto":
-            # Training's float backward passes dominate; on an H100 the XNOR
-            # forward trained at 0.81-0.87x the speed of cuBLAS (2026-11-25), on
-            # the 2-core CPU 1.1x faster than OpenBLAS (benchmarks/RESULTS.md).
-            return False if on_gpu else _cpu_xnor_fast()
-        if self.xnor and on_gpu and not _gpu_xnor_available():
-            from . import _gpu
-
-            _gpu.require()  # raises with the reason
-        return bool(self.xnor)
-
-    def _validate_X(self, X, reset):
-        X = validate_data(self, X, reset=reset, dtype=(np.float32, np.float64),
-                          ensure_min_samples=1)
-        return np.asarray(X, dtype=_F32)
+            return np, cpu
+        try:
+            return gpu.require("device='gpu'"), gpu
+        except RuntimeError:
+            if self.device == "gpu":
+                raise
+            return np, cpu
 
     def _validate_Xy(self, X, y, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=(np.float32, np.float64),
@@ -337,7 +244,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 else f"BNNClassifier needs at least 2 classes in {name}, got none"
             )
 
-    def _encode(self, y, classes):
+    @staticmethod
+    def _encode(y, classes):
         unknown = ~np.isin(y, classes)
         if unknown.any():
             raise ValueError(
@@ -345,18 +253,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"classes_={classes.tolist()}"
             )
         return np.searchsorted(classes, y).astype(np.int64)
-
-    # ------------------------------------------------------------ training
-    def _new_network(self, n_features, n_classes, params, xnor, rng, xp):
-        return Network(
-            n_features, n_classes, params["hidden_layer_sizes"], binary=self.binary,
-            batch_norm=self.batch_norm, dropout=params["dropout"],
-            binarize_first=self.binarize_first, binarize_last=self.binarize_last,
-            xnor=xnor, random_state=rng, xp=xp,
-        )
-
-    def _standardize(self, X, mean, scale):
-        return (X - mean) / scale
 
     @staticmethod
     def _input_stats(X):
@@ -369,55 +265,116 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             scale = 1.0
         return mean, _F32(scale)
 
-    def _lr(self, params, epoch):
-        lr0 = params["learning_rate_init"]
-        n = params["max_iter"]
-        lr_min = lr0 / 100
-        frac = epoch / max(n - 1, 1)
-        if self.lr_schedule == "cosine":
-            return lr_min + 0.5 * (lr0 - lr_min) * (1 + math.cos(math.pi * frac))
-        if self.lr_schedule == "exponential":
-            return lr0 * (lr_min / lr0) ** frac
-        return lr0
+    # ------------------------------------------------------------ training
+    def _fit(self, X, y, incremental, classes=None):
+        """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
 
-    def _run_epoch(self, net, opt, Xd, yd, batch_size, lr, reg, perm_rng, drop_rng, shuffle, desc):
-        """One pass over (Xd, yd) on their device; returns (mean loss, seconds)."""
-        xp = get_array_module(Xd)
-        n = Xd.shape[0]
-        batch_size = min(batch_size, n)
-        if shuffle:
-            order = xp.asarray(perm_rng.permutation(n))
+        ``fit`` trains ``max_iter`` epochs with the schedule (continuing the
+        fitted network with ``warm_start``); ``partial_fit`` one epoch at
+        ``learning_rate_init``, always continuing.  Attributes change only
+        once training has succeeded.
+        """
+        fitted = hasattr(self, "network_")
+        if incremental and not fitted and classes is None:
+            raise ValueError(
+                "classes must be passed on the first call to partial_fit "
+                "(all the labels that will ever appear in y)"
+            )
+        sizes = self._hidden_layer_sizes()
+        resume = fitted and (incremental or self.warm_start)
+        if resume:
+            if self.optimizer_ is None:
+                raise ValueError(
+                    f"{'partial_fit' if incremental else 'warm_start=True'} cannot continue a model "
+                    "whose training state was dropped"
+                )
+            if not incremental and self.network_.hidden_layer_sizes != sizes:
+                raise ValueError(
+                    "warm_start=True needs the same hidden_layer_sizes as the fitted network, got "
+                    f"{sizes} and {self.network_.hidden_layer_sizes}"
+                )
+        X, y = self._validate_Xy(X, y, reset=not resume)
+        if resume:
+            all_classes = self.classes_
+            if classes is not None and not np.array_equal(np.unique(classes), all_classes):
+                raise ValueError(
+                    f"classes={np.unique(classes).tolist()} is not the same as on the first call "
+                    f"to partial_fit, classes_={all_classes.tolist()}"
+                )
         else:
-            order = None
-        starts = range(0, n, batch_size)
-        bar = None
-        if self.verbose and sys.stderr.isatty():
-            from tqdm.auto import tqdm
+            all_classes = np.unique(y if classes is None else column_or_1d(np.asarray(classes)))
+            self._check_classes(all_classes, "y" if classes is None else "classes")
+        y_idx = self._encode(y, all_classes)
+        xp, backend = self._backend()
+        xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
 
-            bar = tqdm(total=n, desc=desc, unit="ex", leave=False, file=sys.stderr)
-        t0 = time.perf_counter()
-        total = 0.0
-        for start in starts:
-            if order is None:
-                xb, yb = Xd[start:start + batch_size], yd[start:start + batch_size]
-            else:
-                idx = order[start:start + batch_size]
-                xb, yb = Xd[idx], yd[idx]
-            loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
-            total = total + loss * xb.shape[0]
-            if bar is not None:
-                bar.update(xb.shape[0])
-        total = float(total) / n
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        return total, seconds
+        if resume:
+            # fit keeps the fitted model intact until it succeeds; partial_fit,
+            # called once per batch, continues in place.
+            rng = self._random_state if incremental else check_random_state(self.random_state)
+            mean, scale = self.input_mean_, self.input_scale_
+            net, opt = self.network_, self.optimizer_
+            if not incremental:
+                net, opt = copy.deepcopy(net), copy.deepcopy(opt)
+            net, opt = net.to(xp), opt.to(xp)
+            history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
+        else:
+            rng = check_random_state(self.random_state)
+            mean, scale = self._input_stats(X)
+            net = Network(
+                X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
+                dropout=self.dropout, binarize_first=self.binarize_first, binarize_last=self.binarize_last,
+                xnor=xnor, random_state=rng, xp=xp,
+            )
+            opt = Adam()
+            history = TrainingHistory()
+        net.set_xnor(xnor)
 
-    def _score_device(self, net, Xd, y_idx):
-        logits = net.forward(Xd, training=False)
-        pred = _to_numpy(logits.argmax(axis=1))
-        return float((pred == y_idx).mean())
+        early_stopping = self.early_stopping and not incremental
+        X_fit, y_fit, validation = X, y_idx, None
+        if early_stopping:
+            stratify = y_idx if np.bincount(y_idx).min() >= 2 else None
+            X_fit, X_val, y_fit, y_val = train_test_split(
+                X, y_idx, test_size=self.validation_fraction, random_state=rng, stratify=stratify
+            )
+            if len(X_fit) == 0 or len(X_val) == 0:
+                raise ValueError(
+                    f"early_stopping needs samples on both sides of the validation split, got "
+                    f"n_samples={len(X)} and validation_fraction={self.validation_fraction}"
+                )
+            validation = (xp.asarray((X_val - mean) / scale), y_val)
+            history.validation_scores = []
+        net = train(
+            net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history,
+            epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
+            learning_rate_init=self.learning_rate_init,
+            lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
+            rng=rng, validation=validation, tol=self.tol,
+            n_iter_no_change=None if incremental else self.n_iter_no_change, verbose=self.verbose,
+        )
 
+        # Everything succeeded: only now does the estimator change.
+        if not resume:
+            self.classes_ = all_classes
+            self.input_mean_, self.input_scale_ = mean, scale
+        self._random_state = rng
+        if not incremental or not resume:
+            self.validation_scores_ = history.validation_scores
+            self.best_validation_score_ = float(history.best_validation_score) if early_stopping else None
+        self.network_ = net
+        self.optimizer_ = opt
+        self.loss_curve_ = history.loss_curve
+        self.best_loss_ = float(min(history.loss_curve))
+        self.n_iter_ = history.n_iter
+        self.t_ = history.t
+        self.device_ = backend.NAME
+        self.xnor_ = xnor
+        # A training loop calling partial_fit once per batch would compile
+        # the packed model every step: it waits for the next predict.
+        self._inference = None if incremental else self._compile()
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
@@ -440,118 +397,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         RuntimeError
             If ``device="gpu"`` and CuPy or a CUDA device is missing.
         """
-        params = self._check_params()
-        warm = self.warm_start and hasattr(self, "network_")
-        if warm and self.network_.hidden_layer_sizes != params["hidden_layer_sizes"]:
-            raise ValueError(
-                "warm_start=True needs the same hidden_layer_sizes as the fitted network, got "
-                f"{params['hidden_layer_sizes']} and {self.network_.hidden_layer_sizes}"
-            )
-        if warm and self.optimizer_ is None:
-            raise ValueError("warm_start=True cannot continue a model whose training state was dropped")
-        X, y = self._validate_Xy(X, y, reset=not warm)
-        xp = self._resolve_device()
-        xnor = self._resolve_xnor(xp)
-        rng = check_random_state(self.random_state)
-        if warm:
-            classes = self.classes_
-            y_idx = self._encode(y, classes)
-            mean, scale = self.input_mean_, self.input_scale_
-            net = copy.deepcopy(self.network_).to(xp)
-            opt = copy.deepcopy(self.optimizer_).to(xp)
-            loss_curve = list(self.loss_curve_)
-            n_iter, t = self.n_iter_, self.t_
-        else:
-            classes = np.unique(y)
-            self._check_classes(classes, "y")
-            y_idx = self._encode(y, classes)
-            mean, scale = self._input_stats(X)
-            net = self._new_network(X.shape[1], len(classes), params, xnor, rng, xp)
-            opt = Adam()
-            loss_curve, n_iter, t = [], 0, 0
-        net.set_xnor(xnor)
+        return self._fit(X, y, incremental=False)
 
-        X_val = y_val = None
-        X_fit, y_fit = X, y_idx
-        if self.early_stopping:
-            stratify = y_idx if np.bincount(y_idx).min() >= 2 else None
-            X_fit, X_val, y_fit, y_val = train_test_split(
-                X, y_idx, test_size=params["validation_fraction"], random_state=rng, stratify=stratify
-            )
-            if len(X_fit) == 0 or len(X_val) == 0:
-                raise ValueError(
-                    f"early_stopping needs samples on both sides of the validation split, got "
-                    f"n_samples={len(X)} and validation_fraction={params['validation_fraction']}"
-                )
-        Xd = xp.asarray(self._standardize(X_fit, mean, scale))
-        yd = xp.asarray(y_fit)
-        Xv = xp.asarray(self._standardize(X_val, mean, scale)) if X_val is not None else None
-        drop_rng = xp.random.RandomState(rng.randint(2**31 - 1))
-
-        validation_scores = [] if self.early_stopping else None
-        best_score = -np.inf
-        best_loss = np.inf
-        best_net = None
-        no_improvement = 0
-        for epoch in range(params["max_iter"]):
-            lr = self._lr(params, epoch)
-            loss, seconds = self._run_epoch(
-                net, opt, Xd, yd, params["batch_size"], lr, params["reg"], rng, drop_rng,
-                self.shuffle, desc=f"epoch {n_iter + 1}",
-            )
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {loss} at epoch {n_iter + 1}; lower "
-                    f"learning_rate_init (got {params['learning_rate_init']})"
-                )
-            n_iter += 1
-            t += len(Xd)
-            loss_curve.append(loss)
-            message = f"Iteration {n_iter}, loss = {loss:.6f}"
-            if self.early_stopping:
-                score = self._score_device(net, Xv, y_val)
-                validation_scores.append(score)
-                message += f", validation score = {score:.4f}"
-                if score > best_score + params["tol"]:
-                    no_improvement = 0
-                else:
-                    no_improvement += 1
-                if score > best_score:
-                    best_score = score
-                    best_net = copy.deepcopy(net)
-            else:
-                if loss > best_loss - params["tol"]:
-                    no_improvement += 1
-                else:
-                    no_improvement = 0
-            best_loss = min(best_loss, loss)
-            if self.verbose:
-                print(f"{message}, {len(Xd) / seconds:.0f} examples/s, lr = {lr:.2e}", flush=True)
-            if no_improvement >= params["n_iter_no_change"]:
-                if self.verbose:
-                    print(f"No improvement for {no_improvement} epochs; stopping.", flush=True)
-                break
-        if best_net is not None:
-            net = best_net
-        if net.binary:
-            net.pack()
-
-        # Everything succeeded: only now does the estimator change.
-        self.classes_ = classes
-        self.input_mean_, self.input_scale_ = mean, scale
-        self.network_ = net
-        self.optimizer_ = opt
-        self.loss_curve_ = loss_curve
-        self.best_loss_ = float(min(loss_curve))
-        self.n_iter_ = n_iter
-        self.t_ = t
-        self.validation_scores_ = validation_scores
-        self.best_validation_score_ = float(best_score) if self.early_stopping else None
-        self.device_ = "cpu" if xp is np else "gpu"
-        self.xnor_ = xnor
-        self._random_state = rng
-        return self
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None):
         """One pass over (X, y) in minibatches of ``batch_size``.
 
@@ -570,95 +418,32 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : BNNClassifier
         """
-        first = not hasattr(self, "network_")
-        if first and classes is None:
-            raise ValueError(
-                "classes must be passed on the first call to partial_fit "
-                "(all the labels that will ever appear in y)"
-            )
-        params = self._check_params()
-        if not first and self.optimizer_ is None:
-            raise ValueError("partial_fit cannot continue a model whose training state was dropped")
-        X, y = self._validate_Xy(X, y, reset=first)
-        if first:
-            all_classes = np.unique(column_or_1d(np.asarray(classes)))
-            self._check_classes(all_classes, "classes")
-        else:
-            all_classes = self.classes_
-            if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-                raise ValueError(
-                    f"classes={np.unique(classes).tolist()} is not the same as on the first call "
-                    f"to partial_fit, classes_={self.classes_.tolist()}"
-                )
-        y_idx = self._encode(y, all_classes)
-        xp = self._resolve_device()
-        xnor = self._resolve_xnor(xp)
-        if first:
-            rng = check_random_state(self.random_state)
-            mean, scale = self._input_stats(X)
-            net = self._new_network(X.shape[1], len(all_classes), params, xnor, rng, xp)
-            opt = Adam()
-            loss_curve, best_loss, n_iter, t = [], np.inf, 0, 0
-        else:
-            net = self.network_.to(xp)
-            opt = self.optimizer_.to(xp)
-            rng = self._random_state
-            mean, scale = self.input_mean_, self.input_scale_
-            loss_curve, best_loss = self.loss_curve_, self.best_loss_
-            n_iter, t = self.n_iter_, self.t_
-        net.set_xnor(xnor)
-        Xd = xp.asarray(self._standardize(X, mean, scale))
-        yd = xp.asarray(y_idx)
-        drop_rng = xp.random.RandomState(rng.randint(2**31 - 1))
-        loss, seconds = self._run_epoch(
-            net, opt, Xd, yd, params["batch_size"], params["learning_rate_init"], params["reg"],
-            rng, drop_rng, self.shuffle, desc="partial_fit",
-        )
-        # Packing waits for the next predict: a training loop calling
-        # partial_fit once per batch would otherwise pack every step.
-        if first:
-            self.classes_ = all_classes
-            self.input_mean_, self.input_scale_ = mean, scale
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-            self._random_state = rng
-        self.network_ = net
-        self.optimizer_ = opt
-        self.loss_curve_ = loss_curve + [loss]
-        self.best_loss_ = float(min(best_loss, loss))
-        self.n_iter_ = n_iter + 1
-        self.t_ = t + len(Xd)
-        self.device_ = "cpu" if xp is np else "gpu"
-        self.xnor_ = xnor
-        if self.verbose:
-            print(f"Iteration {self.n_iter_}, loss = {loss:.6f}, "
-                  f"{len(Xd) / max(seconds, 1e-9):.0f} examples/s", flush=True)
-        return self
+        return self._fit(X, y, incremental=True, classes=classes)
 
     # ------------------------------------------------------------ inference
+    def _compile(self):
+        """The packed inference model of a binary network (None for a real-valued one)."""
+        if not self.network_.binary:
+            return None
+        return PackedModel.from_network(self.network_, self.input_mean_, self.input_scale_)
+
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
-        X = self._validate_X(X, reset=False)
-        net = self.network_
-        xp = net.xp
+        X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
+        X = np.asarray(X, dtype=_F32)
         if packed is None:
-            packed = net.binary
-        forward = net.forward_packed if packed else (
-            lambda x, first_sums=None: net.forward(x, training=False, first_sums=first_sums))
-        # Blocks of rows keep each layer's intermediates in cache and reuse
-        # their buffers instead of faulting in fresh pages for the whole batch.
-        blocks = []
-        for start in range(0, max(X.shape[0], 1), _PREDICT_ROWS):
-            rows = X[start:start + _PREDICT_ROWS]
-            # On the CPU, a binary network's first layer takes the raw rows,
-            # standardization folded in, and skips zero inputs.
-            sums = net.input_sums(rows, self.input_mean_, self.input_scale_)
-            if sums is not None:
-                out = forward(None, first_sums=sums)
-            else:
-                out = forward(xp.asarray(self._standardize(rows, self.input_mean_, self.input_scale_)))
-            blocks.append(_to_numpy(out).astype(np.float64))
-        return np.concatenate(blocks)
+            packed = self.network_.binary
+        if not packed:
+            return float_decision_function(self.network_, X, self.input_mean_, self.input_scale_)
+        if getattr(self, "_inference", None) is None:
+            self._inference = self._compile()
+        return self._inference.decision_function(X)
+
+    def __getstate__(self):
+        # The packed model is derived from network_; it is rebuilt after loading.
+        state = super().__getstate__()
+        state.pop("_inference", None)
+        return state
 
     def decision_function(self, X):
         """Logits of the network.
@@ -734,45 +519,5 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             pickle also holds until :meth:`drop_training_state`).
         """
         check_is_fitted(self, "network_")
-        rows = self.network_.memory_rows()
-        for row in rows:
-            row["compression"] = row["float32_bytes"] / row["packed_bytes"]
-        packed = sum(r["packed_bytes"] for r in rows) + self.input_mean_.nbytes
-        floats = sum(r["float32_bytes"] for r in rows) + self.input_mean_.nbytes
-        state = self.network_.training_state_nbytes()
-        if self.optimizer_ is not None:
-            state += self.optimizer_.nbytes()
-        info = {
-            "layers": rows,
-            "packed_bytes": packed,
-            "float32_bytes": floats,
-            "compression": floats / packed,
-            "training_state_bytes": state,
-        }
-        if as_dict:
-            return info
-        lines = [f"{'layer':<8} {'shape':>14} {'kind':>6} {'params':>10} {'float32':>12} {'packed':>12} {'ratio':>7}"]
-        for r in rows:
-            shape = f"{r['shape'][0]}x{r['shape'][1]}"
-            kind = "binary" if r["binary"] else "real"
-            lines.append(
-                f"{r['layer']:<8} {shape:>14} {kind:>6} {r['n_params']:>10,} "
-                f"{_fmt_bytes(r['float32_bytes']):>12} {_fmt_bytes(r['packed_bytes']):>12} "
-                f"{r['compression']:>6.1f}x"
-            )
-        lines.append(
-            f"{'total':<8} {'':>14} {'':>6} {sum(r['n_params'] for r in rows):>10,} "
-            f"{_fmt_bytes(floats):>12} {_fmt_bytes(packed):>12} {floats / packed:>6.1f}x"
-        )
-        lines.append(
-            f"training state (latent weights, Adam moments): {_fmt_bytes(state)}"
-            + ("" if state == 0 else "; drop_training_state() removes it")
-        )
-        return "\n".join(lines)
-
-
-def _fmt_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        info = _summary.memory_summary(self.network_, self.input_mean_, self.optimizer_)
+        return info if as_dict else _summary.format_summary(info)

@@ -6,6 +6,7 @@ module from its inputs (``xp = get_array_module(x)``).
 
 from ._layers import BatchNorm, Dense, ReLU, Sign, binarize, ste_mask
 from ._loss import log_softmax, softmax, softmax_cross_entropy
+from ._inference import PackedModel
 from ._network import Network
 from ._optim import Adam
 
@@ -14,6 +15,7 @@ __all__ = [
     "BatchNorm",
     "Dense",
     "Network",
+    "PackedModel",
     "ReLU",
     "Sign",
     "binarize",

@@ -12,7 +12,9 @@ and cancelling it elsewhere.
 
 import numpy as np
 
-from ..ops import binary_matmul, get_array_module, pack_bits, unpack_bits
+from .._array import get_array_module
+from .._backends import backend_for
+from ..ops import _signs, binary_matmul, pack_bits, unpack_bits
 
 _F32 = np.float32
 
@@ -24,11 +26,7 @@ def binarize(x):
     the check would cost a device synchronisation per call, and the inputs
     were validated when they entered the network.
     """
-    # Several times faster than xp.where(x >= 0, 1, -1) in numpy.
-    out = (x >= 0).astype(x.dtype)
-    out *= 2
-    out -= 1
-    return out
+    return _signs(x, x.dtype)
 
 
 def ste_mask(x):
@@ -79,8 +77,8 @@ class Dense:
         self.need_input_grad = need_input_grad
         self.weight_grad = None
         self.bias_grad = None
-        # Bit-packed sign(W) of a binary layer, set for inference; once the
-        # latent weights are dropped it is the only copy of the weights.
+        # Bit-packed sign(W) of a binary layer once the latent weights are
+        # dropped (Network.drop_training_state): then the only copy of them.
         self.weight_packed = None
         self._cache = None
 
@@ -97,6 +95,12 @@ class Dense:
         if self.weight is None:
             return unpack_bits(self.weight_packed, dtype=_F32)
         return binarize(self.weight) if self.binary_weights else self.weight
+
+    def packed_weight(self, n_threads=None):
+        """``sign(W)`` packed along the inputs (binary layers only)."""
+        if self.weight is None:
+            return self.weight_packed
+        return pack_bits(self.weight, axis=0, n_threads=n_threads)
 
     def params(self):
         out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
@@ -120,8 +124,7 @@ class Dense:
             # spinning between calls would fight OpenBLAS's threads for the
             # cores during the float GEMMs around them (2.7x slower training
             # on a 2-core machine with two threads here).
-            wp = (self.weight_packed if self.weight is None
-                  else pack_bits(self.weight, axis=0, n_threads=1))
+            wp = self.packed_weight(n_threads=1)
             z = binary_matmul(x, wp, n_threads=1)
             if mask is not None:
                 # x holds -1, 0, +1.  With s = sign(x) (0 -> +1) and
@@ -129,6 +132,12 @@ class Dense:
                 # are +-1 vectors.
                 z = (z - binary_matmul(-x, wp, n_threads=1)) // 2
             z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
+        elif not training and self.binary_input and not self.binary_weights:
+            # A real layer on +-1 inputs: each row's float64 sums come from its
+            # own bits in one fixed order, so a sample's scores do not depend
+            # on its batch (as they would through BLAS's blocking).
+            bits = pack_bits(x, axis=1)
+            z = backend_for(bits).real_layer(bits.words, bits.length, self.weight)
         else:
             w = self.effective_weight()
             z = x @ w
@@ -158,6 +167,17 @@ class Dense:
         if mask is not None:
             dx *= mask
         return dx
+
+
+def batch_norm(z, mean, var, gamma, beta, eps):
+    """``(z - mean) / sqrt(var + eps) * gamma + beta``; returns it, the normalized ``z`` and ``1 / sqrt(var + eps)``.
+
+    Training and the packed inference model both go through this, so that
+    they compute the same numbers.
+    """
+    inv_std = 1 / (var + _F32(eps)) ** _F32(0.5)
+    xhat = (z - mean) * inv_std
+    return xhat * gamma + beta, xhat, inv_std
 
 
 class BatchNorm:
@@ -209,11 +229,10 @@ class BatchNorm:
             self.running_var += (1 - m) * var * _F32(n / max(n - 1, 1))
         else:
             mean, var = self.running_mean, self.running_var
-        inv_std = 1 / (var + _F32(self.eps)) ** _F32(0.5)
-        xhat = (z - mean) * inv_std
+        out, xhat, inv_std = batch_norm(z, mean, var, self.gamma, self.beta, self.eps)
         if training:
             self._cache = (xhat, inv_std)
-        return xhat * self.gamma + self.beta
+        return out
 
     def backward(self, dy):
         xhat, inv_std = self._cache

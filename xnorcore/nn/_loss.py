@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..ops import get_array_module
+from .._array import get_array_module
 
 
 def log_softmax(logits):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..ops import get_array_module
+from .._array import get_array_module, to_module, to_numpy
 
 
 class Adam:
@@ -67,20 +67,15 @@ class Adam:
 
     def to(self, xp):
         """Move the moments to ``xp`` (numpy or cupy), in place; returns self."""
-        from ._network import _to_module, _to_numpy
-
-        conv = _to_numpy if xp is np else (lambda a: _to_module(a, xp))
-        self.m = {k: conv(a) for k, a in self.m.items()}
-        self.v = {k: conv(a) for k, a in self.v.items()}
+        self.m = {k: to_module(a, xp) for k, a in self.m.items()}
+        self.v = {k: to_module(a, xp) for k, a in self.v.items()}
         return self
 
     def __getstate__(self):
         # Stored as numpy so that a model trained on a GPU loads anywhere.
-        from ._network import _to_numpy
-
         state = dict(self.__dict__)
-        state["m"] = {k: _to_numpy(a) for k, a in self.m.items()}
-        state["v"] = {k: _to_numpy(a) for k, a in self.v.items()}
+        state["m"] = {k: to_numpy(a) for k, a in self.m.items()}
+        state["v"] = {k: to_numpy(a) for k, a in self.v.items()}
         return state
 
     def nbytes(self):

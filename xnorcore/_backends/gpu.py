@@ -1,9 +1,11 @@
-"""GPU backend (CuPy): sign packing and XNOR GEMM with the CUDA kernels in ``kernels/``.
+"""GPU backend (CuPy): the operations of the :mod:`xnorcore._backends` contract on cupy arrays.
 
-The backend contract is documented in :mod:`xnorcore._cpu`.  The CUDA sources
-ship as package data of ``xnorcore.kernels``; :func:`_module` reads one, compiles
-it with NVRTC through ``cupy.RawModule`` and keeps it per device, so each file
-is compiled once per device and process (CuPy also caches the binary on disk).
+Packing and the XNOR GEMM run the CUDA kernels in ``kernels/``; the other
+operations (thresholds, the real first and last layers) run as cupy array
+operations until they get kernels of their own.  The CUDA sources ship as
+package data of ``xnorcore.kernels``; :func:`_module` reads one and makes one
+``cupy.RawModule`` of it, which compiles it with NVRTC once per device (and
+caches the binary on disk).
 
 Two GEMM kernels exist:
 
@@ -29,7 +31,15 @@ import threading
 
 import numpy as np
 
-from .ops import PackedBits, n_words
+from ..ops import PackedBits, n_words
+from . import _common
+
+NAME = "gpu"
+
+#: Training's backward passes are float products either way, and with them
+#: cuBLAS's float forward trained faster than the XNOR one
+#: (benchmarks/train_bench.py, benchmarks/RESULTS.md).
+prefers_xnor_training = False
 
 #: Environment variable that forces a GEMM kernel.
 KERNEL_ENV = "XNORCORE_GPU_KERNEL"
@@ -47,7 +57,7 @@ _KERNEL_DETAIL = {
 
 _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 
-_modules = {}  # (device id, file stem) -> cupy.RawModule
+_modules = {}  # file stem -> cupy.RawModule (which compiles and keeps it per device)
 _functions = {}  # (device id, kernel name) -> cupy.cuda.Function, launch attributes set
 _launches = {}  # (device id, kernel, tile shape) -> launch parameters, see _gemm_launch
 _plans = {}  # (device id, kernel override, tile override, m, n, width, k) -> _GemmLaunch
@@ -70,32 +80,34 @@ _PACK_DTYPES = {  # dtype -> kernel name suffix in kernels/pack.cu
 _cupy_module = None
 
 
-def _cupy():
+def _cupy(what="backend='gpu'"):
     """Import CuPy, or raise the RuntimeError that says how to get it."""
     global _cupy_module
     if _cupy_module is None:
         try:
             import cupy
         except ImportError:
-            raise RuntimeError(f"backend='gpu' needs CuPy, which is not installed; {_INSTALL_HINT}") from None
+            raise RuntimeError(f"{what} needs CuPy, which is not installed; {_INSTALL_HINT}") from None
         _cupy_module = cupy
     return _cupy_module
 
 
-def _device_count(cupy):
-    try:
-        return cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        raise RuntimeError(f"backend='gpu' found no usable CUDA device: {exc}") from None
+def require(what="backend='gpu'"):
+    """Raise a clear RuntimeError if the GPU backend cannot run here; return cupy otherwise.
 
-
-def require():
-    """Raise a clear RuntimeError if the GPU backend cannot run here."""
-    cupy = _cupy()
+    This is xnorcore's one test for a usable GPU.  ``what`` names the request
+    in the message ("backend='gpu'", "device='gpu'", "--device gpu").
+    """
+    cupy = _cupy(what)
     if _devices:
-        return  # a device was found and used before: the calls above are per process
-    if _device_count(cupy) < 1:
-        raise RuntimeError("backend='gpu' found no CUDA device (CuPy is installed, the machine has no GPU)")
+        return cupy  # a device was found and used before: the checks below are per process
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver errors come in several types
+        raise RuntimeError(f"{what} but no CUDA device could be used ({exc})") from None
+    if n_devices < 1:
+        raise RuntimeError(f"{what} but no CUDA device was found (CuPy is installed, the machine has no GPU)")
+    return cupy
 
 
 def unavailable_reason():
@@ -120,14 +132,10 @@ def _constant(stem, name):
 
 
 def _module(stem):
-    """The compiled ``kernels/<stem>.cu`` for the current device."""
-    cupy = _cupy()
-    key = (cupy.cuda.runtime.getDevice(), stem)
-    module = _modules.get(key)
+    """The ``cupy.RawModule`` of ``kernels/<stem>.cu``; CuPy compiles it once per device."""
+    module = _modules.get(stem)
     if module is None:
-        module = cupy.RawModule(code=_source(stem), options=("-std=c++17",))
-        module.compile()
-        _modules[key] = module
+        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17",))
     return module
 
 
@@ -204,7 +212,7 @@ def _grid_1d(items, per_block, cap=65535):
 def _pack(kind, x, rows, length, grid):
     """Run pack_<kind>_<dtype> on ``x``; return (words (rows, n_words), NaN flag).
 
-    The flag is a one-element device array, not read here (see :mod:`xnorcore._cpu`).
+    The flag is a one-element device array, not read here (see :mod:`xnorcore._backends`).
     """
     cupy = _cupy()
     width = n_words(length)
@@ -221,14 +229,14 @@ def _pack(kind, x, rows, length, grid):
 
 
 def pack_rows(x, n_threads=None):
-    """Pack the rows of a C-contiguous 2-D cupy array; see :mod:`xnorcore._cpu`."""
+    """Pack the rows of a C-contiguous 2-D cupy array; see :mod:`xnorcore._backends`."""
     rows, length = x.shape
     warps_per_block = _constant("pack", "PACK_THREADS") // 32
     return _pack("rows", x, rows, length, lambda width: _grid_1d(rows * width, warps_per_block))
 
 
 def pack_cols(x, n_threads=None):
-    """Pack a C-contiguous (L, R) cupy array along its first axis; see :mod:`xnorcore._cpu`."""
+    """Pack a C-contiguous (L, R) cupy array along its first axis; see :mod:`xnorcore._backends`."""
     length, cols = x.shape
     threads = _constant("pack", "PACK_THREADS")
     return _pack("cols", x, cols, length, lambda width: (math.ceil(cols / threads), min(width, 65535)))
@@ -351,7 +359,7 @@ def _plan(m, n, width, k):
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
-    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._cpu`."""
+    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`."""
     # The kernels read ceil(k / 64) words per row of both operands: a mismatch
     # would read past the arrays, so it is checked although ops never passes one.
     width = n_words(k)
@@ -409,3 +417,32 @@ def config():
     except Exception as exc:  # config() reports problems, it never raises them
         info["unavailable"] = str(exc)
     return info
+
+
+def threshold_pack(z, direction, threshold, n_threads=None):
+    """Words of the signs of ``direction * z - threshold``; see :mod:`xnorcore._backends`."""
+    return _common.threshold_pack(z, direction, threshold)
+
+
+def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None):
+    """The binary layer: :func:`xnor_gemm`, then :func:`threshold_pack` on its sums."""
+    m, n = a_words.shape[0], b_words.shape[0]
+    if m == 0 or n == 0:
+        return _cupy().zeros((m, n_words(n)), dtype=np.uint64)
+    return threshold_pack(xnor_gemm(a_words, b_words, k), direction, threshold)
+
+
+def prepare_input_layer(w, mean, scale):
+    """The first layer's weights on the device, and the standardization applied to rows on the host."""
+    return to_device(w), mean, scale
+
+
+def input_layer(x, prepared):
+    """First-layer sums of raw rows: standardized on the host, multiplied on the device in float32."""
+    w, mean, scale = prepared
+    return to_device(np.ascontiguousarray((x - mean) / scale)) @ w
+
+
+def real_layer(words, k, w):
+    """``unpack(words) @ w`` in float64; see :mod:`xnorcore._backends`."""
+    return _common.real_layer(words, k, w)

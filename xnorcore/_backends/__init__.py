@@ -1,0 +1,81 @@
+"""The backend contract: one module per device, the same named operations in each.
+
+:mod:`xnorcore._backends.cpu` (Cython kernels in ``xnorcore._bitpack``) serves
+numpy arrays and :mod:`xnorcore._backends.gpu` (CUDA sources in ``kernels/``,
+loaded through CuPy) serves cupy arrays.  :func:`backend_for` picks one from
+the arrays' type; it is the only place that does.  Callers (``ops``, ``nn``)
+never test which backend they hold: where a device has no fused kernel, its
+module implements the operation with array operations instead.
+
+Every array argument is C-contiguous and already on the backend's device;
+packed words have the layout stated in :mod:`xnorcore.ops` (zero padding).
+``n_threads=None`` means the backend's default (OpenMP's limit on the CPU;
+ignored on the GPU).
+
+Operations
+----------
+``NAME``
+    ``"cpu"`` or ``"gpu"``.
+``require()``
+    Raise a RuntimeError that says how to fix it if the backend cannot run here.
+``config() -> dict``
+    What the backend runs on; never raises.
+``to_device(x) -> array or PackedBits``
+    ``x`` (numpy array or PackedBits) with its data on this backend's device.
+``pack_rows(x, n_threads) -> (words, has_nan)``
+    ``x`` is a 2-D array (R, L) of dtype int8/16/32/64 or float32/64;
+    ``words`` is uint64 (R, ceil(L / 64)).  ``has_nan`` is a bool, or (GPU) a
+    one-element device array, nonzero for NaN, that ``ops`` reads only after
+    queuing the product, so packing does not wait for the device.
+``pack_cols(x, n_threads) -> (words, has_nan)``
+    ``x`` is (L, R), packed along its first axis; ``words`` is (R, ceil(L / 64)).
+    Saves the transposed copy that packing ``b`` of ``binary_matmul`` would need.
+``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
+    ``a_words`` (M, W) and ``b_words`` (N, W), ``W = ceil(k / 64)``; the result
+    is ``k - 2 popcount(a ^ b)``.
+``threshold_pack(z, direction, threshold, n_threads) -> words (R, ceil(N / 64))``
+    Bits of ``direction * z - threshold >= 0`` for an (R, N) int32 or float32
+    ``z``, int8 ``direction`` (N,) and ``threshold`` (N,) of z's dtype: batch
+    norm and sign folded into one comparison per unit.
+``xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads) -> words (M, ceil(N / 64))``
+    The fused binary layer: ``threshold_pack(xnor_gemm(a_words, b_words, k), ...)``.
+``prepare_input_layer(w, mean, scale) -> prepared``
+    The real first layer, float32 weights ``w`` (F, N), with the input
+    standardization ``(x - mean) / scale`` folded in; ``prepared`` is opaque.
+``input_layer(x, prepared) -> float32 (R, N)``
+    The first layer's sums (no bias) of raw float32 rows ``x`` (R, F).
+``real_layer(words, k, w) -> float64 (R, N)``
+    A real layer (k, N) on packed +-1 rows: ``unpack(words) @ w`` in float64.
+``prefers_xnor_training``
+    Whether training's binary x binary products should use ``xnor_gemm``
+    (``BNNClassifier(xnor="auto")``): whichever trained faster on this device
+    in ``benchmarks/train_bench.py``.
+
+Binary convolutions (``binary_conv2d``) come next, as one more operation of
+both modules.
+"""
+
+from .._array import is_cupy
+from . import cpu, gpu
+
+__all__ = ["backend_for", "get_backend", "cpu", "gpu"]
+
+_BY_NAME = {"cpu": cpu, "gpu": gpu}
+
+
+def get_backend(name):
+    """The backend module called ``name`` ("cpu" or "gpu"), usable here (else RuntimeError)."""
+    try:
+        module = _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {tuple(_BY_NAME)}, got backend={name!r}") from None
+    module.require()
+    return module
+
+
+def backend_for(*arrays):
+    """The backend of ``arrays``: the GPU if any is a cupy array (or PackedBits on the GPU), else the CPU."""
+    if any(is_cupy(x) for x in arrays):
+        gpu.require()
+        return gpu
+    return cpu

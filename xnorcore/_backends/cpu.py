@@ -1,0 +1,189 @@
+"""CPU backend: the operations of the :mod:`xnorcore._backends` contract over the Cython kernels.
+
+The kernels live in ``xnorcore._bitpack``; this module adds what the contract
+asks beyond them (the real first and last layers around BLAS) and the choice
+of the popcount variant: the fastest that the CPU supports (``"avx512"``,
+``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
+``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means OpenMP's limit,
+which follows ``OMP_NUM_THREADS`` and threadpoolctl.
+"""
+
+import os
+
+import numpy as np
+
+from .. import _bitpack
+from . import _common
+
+NAME = "cpu"
+
+#: Environment variable that forces a popcount variant.
+VARIANT_ENV = "XNORCORE_POPCOUNT"
+
+#: Training's binary products go through xnor_gemm (benchmarks/train_bench.py).
+prefers_xnor_training = True
+
+#: Rows of the first layer's input with at most this fraction of nonzeros go
+#: through the zero-skipping kernel (see input_layer), the others through BLAS,
+#: which is faster on them (benchmarks/RESULTS.md).
+SPARSE_INPUT_DENSITY = 0.4
+
+#: Most output units of :func:`signed_sums`.
+SIGNED_SUMS_MAX_UNITS = _bitpack.SIGNED_SUMS_MAX_UNITS
+
+
+def _initial_variant():
+    name = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if not name:
+        return _bitpack.best_variant()
+    if name not in _bitpack.VARIANTS:
+        raise ValueError(
+            f"{VARIANT_ENV} must be one of {', '.join(_bitpack.VARIANTS)}, got {VARIANT_ENV}={name!r}"
+        )
+    if name not in _bitpack.available_variants():
+        raise RuntimeError(
+            f"{VARIANT_ENV}={name!r} asks for a popcount variant that this CPU does not "
+            f"support; available: {', '.join(_bitpack.available_variants())}"
+        )
+    return name
+
+
+_bitpack.set_variant(_initial_variant())
+
+
+def set_variant(name):
+    """Use popcount variant ``name`` from now on (for tests and benchmarks).
+
+    Returns the previous variant's name, so callers can restore it.
+    """
+    previous = _bitpack.get_variant()
+    _bitpack.set_variant(name)
+    return previous
+
+
+def get_variant():
+    """Name of the popcount variant in use."""
+    return _bitpack.get_variant()
+
+
+def require():
+    """The CPU backend runs wherever xnorcore imports."""
+
+
+def config():
+    return {
+        "popcount": _bitpack.get_variant(),
+        "variants": _bitpack.available_variants(),
+        "threads": _bitpack.max_threads(),
+    }
+
+
+def to_device(x):
+    return x
+
+
+def pack_rows(x, n_threads=None):
+    return _bitpack.pack_rows(x, n_threads)
+
+
+def pack_cols(x, n_threads=None):
+    return _bitpack.pack_cols(x, n_threads)
+
+
+def xnor_gemm(a_words, b_words, k, n_threads=None):
+    return _bitpack.xnor_gemm(
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), n_threads
+    )
+
+
+def threshold_pack(z, direction, threshold, n_threads=None):
+    """Words of the signs of ``direction * z - threshold`` along rows, in one pass."""
+    if z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):
+        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold, n_threads)
+    return _common.threshold_pack(z, direction, threshold)
+
+
+def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None):
+    """Words of the signs of ``direction * xnor_gemm(a_words, b_words, k) - threshold``.
+
+    One pass: the int32 sums of each block of rows stay in a per-thread buffer.
+    """
+    return _bitpack.xnor_gemm_threshold_pack(
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), direction, threshold, n_threads
+    )
+
+
+def input_weights(w):
+    """Float32 weights (F, N) laid out for :func:`input_sums`."""
+    return _bitpack.input_weights(w)
+
+
+def input_sums(x, w_blocks, init, n_threads=None, max_density=1.0):
+    """``init + x @ w`` for a C-contiguous float32 ``x``, zero inputs skipped, one fixed order per row.
+
+    Returns ``(z, dense)``: rows with more than ``max_density`` of their
+    inputs nonzero are listed in ``dense`` and left unwritten in ``z``.
+    """
+    return _bitpack.input_sums(x, w_blocks, init, n_threads, max_density)
+
+
+def prepare_input_layer(w, mean, scale):
+    """Fold ``(x - mean) / scale`` into the first layer: ``x @ (w / scale)`` plus ``-(mean / scale) @ w``."""
+    w = np.asarray(w, dtype=np.float64) / float(scale)
+    init = -(np.asarray(mean, dtype=np.float64) @ w)
+    w = w.astype(np.float32)
+    return w, input_weights(w), init.astype(np.float32)
+
+
+def input_layer(x, prepared):
+    """First-layer sums of raw rows: zero inputs skipped, each row's terms added in one fixed order.
+
+    A sample's sums then do not depend on its batch.  Rows with few zeros go
+    through BLAS instead, which is faster on them.
+    """
+    w, w_blocks, init = prepared
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    sums, dense = input_sums(x, w_blocks, init, max_density=SPARSE_INPUT_DENSITY)
+    if dense.size == len(x):
+        sums = x @ w
+        sums += init
+    elif dense.size:
+        sums[dense] = x[dense] @ w + init
+    return sums
+
+
+def signed_sums(words, k, w, n_threads=None):
+    """A real layer (k, N) on packed +-1 rows, each row's terms added in input order, in float64."""
+    return _bitpack.signed_sums(np.ascontiguousarray(words), int(k), np.ascontiguousarray(w, dtype=np.float64),
+                                n_threads)
+
+
+def real_layer(words, k, w):
+    """``unpack(words) @ w`` in float64.
+
+    With few output units (a classifier's logits) one kernel adds each row's
+    terms in input order straight from the bits: the sums of a sample do not
+    depend on its batch.  Wider layers unpack blocks of rows for BLAS.
+    """
+    if w.shape[1] <= SIGNED_SUMS_MAX_UNITS:
+        return signed_sums(words, k, w)
+    with _one_blas_thread():
+        return _common.real_layer(words, k, w)
+
+
+_blas_controller = None
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread (threadpoolctl).
+
+    ``real_layer`` calls BLAS once per block of rows; with several BLAS
+    threads, the idle ones keep spinning after each call and slow the OpenMP
+    kernels of the next block.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
