@@ -1,6 +1,6 @@
 """scikit-learn's own estimator checks on BNNClassifier."""
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
 from xnorcore import BNNClassifier
 
@@ -15,3 +15,8 @@ EXPECTED_FAILED_CHECKS = {}
 @parametrize_with_checks([_ESTIMATOR], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+def test_declared_parameter_constraints():
+    """Every parameter is declared in _parameter_constraints, and fit and partial_fit reject invalid values."""
+    check_param_validation("BNNClassifier", _ESTIMATOR)

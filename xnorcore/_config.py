@@ -7,21 +7,12 @@ import numpy as np
 __all__ = ["get_config", "show_config"]
 
 
-def _cpu_config():
-    try:
-        from . import _cpu
-
-        return _cpu.config()
-    except Exception as exc:  # a broken build or a bad XNORCORE_POPCOUNT
-        return {"popcount": None, "variants": [], "threads": None, "unavailable": str(exc)}
-
-
 def _gpu_config():
-    try:
-        from . import _gpu
+    from ._backends import gpu
 
-        return dict(_gpu.config())
-    except Exception as exc:  # the GPU backend reports problems; never raise them here
+    try:
+        return dict(gpu.config())
+    except Exception as exc:  # config() should report problems itself; show_config never raises them
         return {"unavailable": str(exc)}
 
 
@@ -43,13 +34,14 @@ def get_config():
     ['cpu', 'gpu', 'machine', 'numpy', 'python', 'version']
     """
     from . import __version__
+    from ._backends import cpu
 
     return {
         "version": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
-        "cpu": _cpu_config(),
+        "cpu": cpu.config(),
         "gpu": _gpu_config(),
     }
 
@@ -76,13 +68,10 @@ def show_config():
         f"xnorcore {config['version']} (python {config['python']}, "
         f"numpy {config['numpy']}, {config['machine']})"
     )
-    if cpu.get("unavailable"):
-        print(f"CPU: unavailable ({cpu['unavailable']})")
-    else:
-        print(
-            f"CPU: popcount {cpu['popcount']} (available: {', '.join(cpu['variants'])}), "
-            f"{cpu['threads']} OpenMP threads"
-        )
+    print(
+        f"CPU: popcount {cpu['popcount']} (available: {', '.join(cpu['variants'])}), "
+        f"{cpu['threads']} OpenMP threads"
+    )
     if gpu.get("unavailable"):
         print(f"GPU: unavailable ({gpu['unavailable']})")
     else:

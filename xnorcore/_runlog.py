@@ -1,7 +1,7 @@
 """Run directories, TensorBoard event files and a CSV of scalars for ``xnorcore train``.
 
-The run directory is named from the training arguments as the 2017
-``mnist_fc_bnn.py`` named it, so old log trees and new runs sit side by side::
+The run directory is named from the training arguments as ``mnist_fc_bnn.py``
+names it, so its log trees and these runs sit side by side::
 
     LOG_DIR/bin/xnor/hid_512/batch_norm/bs_100/0.0001/3
     LOG_DIR/fp/hid_1024/bs_1024/0.0/1

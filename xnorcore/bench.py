@@ -46,20 +46,12 @@ def _time_calls(fn, runs, clock):
 def _array_module(device):
     if device == "cpu":
         return np
+    from ._backends import gpu
+
     try:
-        import cupy
-    except ImportError:
-        raise BenchError(
-            "--device gpu needs CuPy, which is not installed; install it with "
-            "pip install 'xnorcore[gpu]'"
-        ) from None
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver errors come in several types
-        raise BenchError(f"--device gpu: no usable CUDA device ({exc})") from None
-    if n == 0:
-        raise BenchError("--device gpu: CuPy found no CUDA device")
-    return cupy
+        return gpu.require("--device gpu")
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def run_bench(sizes, runs, *, device="cpu", n_threads=None, prepacked=False, progress=None):

@@ -1,7 +1,7 @@
 """The ``xnorcore`` command line: ``train``, ``bench`` and ``info``.
 
-``xnorcore train`` accepts the flags of the 2017 ``mnist_fc_bnn.py`` under
-their old names (``--n_hidden``) and dashed (``--n-hidden``), prints the same
+``xnorcore train`` accepts the flags of ``mnist_fc_bnn.py`` under their
+underscored names (``--n_hidden``) and dashed (``--n-hidden``), prints the same
 progress lines, and names ``--log_dir`` run folders the same way.  Errors a
 user can fix (missing or corrupt data, an unwritable path, a bad flag value)
 print one line on stderr and exit with status 2; ``--debug`` shows the
@@ -134,7 +134,7 @@ def build_parser():
         help="train a fully connected (binary) network on MNIST-format data or digits",
         description=(
             "Train a fully connected network with BNNClassifier and report test accuracy "
-            "and speed. Flags of the old mnist_fc_bnn.py work under their old names."
+            "and speed. Flags also work under their mnist_fc_bnn.py names (--n_hidden as --n-hidden)."
         ),
         epilog=(
             "Without DATA_DIR it trains on scikit-learn's bundled 8x8 digits (1437 train, "
@@ -157,10 +157,9 @@ def build_parser():
          help="number of hidden layers of --n_hidden units (default 3, as the old network), "
          "or comma-separated widths such as 1024,512,256")
     _add(tr, "--reg", type=_nonnegative_float, default=0.0,
-         help="L1 penalty on the weights (default 0; the old script's 1e-4 costs a binary net "
-         "much accuracy, as its README warned)")
+         help="L1 penalty on the weights (default 0)")
     _add(tr, "--lr", type=_positive_float, default=1e-3,
-         help="Adam learning rate (default 1e-3; the old script parsed 1e-5 but trained with 1e-3)")
+         help="Adam learning rate (default 1e-3)")
     _add(tr, "--batch_size", type=_positive_int, default=100, metavar="B", help="examples per step (default 100)")
     _add(tr, "--max_steps", type=_nonnegative_int, default=1000, metavar="STEPS",
          help="training steps (default 1000; 0 with --restore only evaluates)")

@@ -160,7 +160,7 @@ def _function(stem, name, dynamic_smem=0):
         if dynamic_smem > 48 * 1024:  # the default limit; larger needs an opt-in
             raw.max_dynamic_shared_size_bytes = dynamic_smem
         # The cupy.cuda.Function under the RawKernel launches the same way,
-        # without the RawKernel's per-call device lookup (about 3 us per launch).
+        # without the RawKernel's per-call device lookup.
         function = _functions[key] = getattr(raw, "kernel", raw)
     return function
 
@@ -302,9 +302,10 @@ class _GemmLaunch:
 
     The launch goes through ``cuLaunchKernel`` (``cupy.cuda.driver.launchKernel``)
     with an argument block kept from call to call: each call writes only the
-    four array addresses into it.  That takes about half the host time of a
+    four array addresses into it.  That takes less host time than a
     ``cupy.cuda.Function`` call, which converts every argument each time, and
-    at N = 1024 host time is most of a call.  Every kernel argument is 8 bytes
+    for small products host time is most of a call (benchmarks/RESULTS.md,
+    "N=1024: host time").  Every kernel argument is 8 bytes
     (pointers and non-negative ``long long``), so the block is one uint64 array.
     """
 

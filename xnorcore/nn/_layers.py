@@ -122,8 +122,7 @@ class Dense:
         if self.uses_xnor:
             # One CPU thread: minibatch products are small, and OpenMP threads
             # spinning between calls would fight OpenBLAS's threads for the
-            # cores during the float GEMMs around them (2.7x slower training
-            # on a 2-core machine with two threads here).
+            # cores during the float GEMMs around them (benchmarks/RESULTS.md).
             wp = self.packed_weight(n_threads=1)
             z = binary_matmul(x, wp, n_threads=1)
             if mask is not None:
