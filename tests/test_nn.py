@@ -342,3 +342,23 @@ def test_fused_threshold_pack_matches_unfused_arithmetic(dtype, n):
     # Padding bits stay clear.
     if n % 64:
         assert not (packed.words[:, -1] >> np.uint64(n % 64)).any()
+
+
+@pytest.mark.parametrize("batch_norm, binarize_last, hidden", [(True, False, (65, 64)), (False, True, (63,)), (True, True, ())])
+def test_packed_model_round_trips_through_plain_arrays(batch_norm, binarize_last, hidden):
+    """to_arrays gives JSON metadata and numpy arrays only; from_arrays rebuilds the same logits."""
+    import json
+
+    X, y = _data(n=120, d=30)
+    net = Network(30, 3, hidden, binary=True, batch_norm=batch_norm, binarize_last=binarize_last,
+                  random_state=np.random.RandomState(4))
+    _train(net, X, y, steps=5)
+    mean, scale = X.mean(axis=0).astype(np.float32), np.float32(1.7)
+    model = PackedModel.from_network(net, mean, scale)
+    metadata, arrays = model.to_arrays()
+    assert json.loads(json.dumps(metadata)) == metadata
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    loaded = PackedModel.from_arrays(metadata, arrays)
+    np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
+    with pytest.raises(ValueError, match="must describe an xnorcore.PackedModel"):
+        PackedModel.from_arrays({"format": "other"}, arrays)
