@@ -1,1 +1,1 @@
-"""CUDA sources of the GPU backend, read at run time by xnorcore._gpu."""
+"""CUDA sources of the GPU backend, read at run time by xnorcore._backends.gpu."""

@@ -24,7 +24,7 @@ def get_config():
     config : dict
         ``version``, ``python``, ``numpy``, ``machine``, ``cpu`` (the popcount
         variant in use, the variants this CPU supports, the OpenMP thread
-        limit) and ``gpu`` (what ``xnorcore._gpu.config()`` reports, with an
+        limit) and ``gpu`` (what ``xnorcore._backends.gpu.config()`` reports, with an
         ``unavailable`` reason where the GPU backend cannot run).
 
     Examples

@@ -32,9 +32,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     straight-through estimator (the gradient of sign is 1 where ``|x| <= 1``,
     0 elsewhere), with batch norm, dropout, Adam and softmax cross-entropy.
 
-    After fitting, binary layers are stored bit-packed and :meth:`predict`
-    runs on packed bits: one XNOR-popcount product per layer, with batch norm
-    and sign folded into one integer threshold per unit.
+    After fitting, :meth:`predict` runs a binary network on packed bits (an
+    :class:`xnorcore.nn.PackedModel`): one XNOR-popcount product per layer,
+    with batch norm and sign folded into one integer threshold per unit.
 
     Parameters
     ----------
@@ -47,8 +47,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Compute binary x binary products in training with
         :func:`xnorcore.binary_matmul` (XNOR and popcount) instead of a float
         matrix product.  The two give identical results; "auto" uses XNOR on the
-        CPU when the compiled kernel is available and the float product on the
-        GPU, whichever trained faster in benchmarks/train_bench.py.  Prediction
+        CPU and the float product on the GPU, whichever trained faster in
+        benchmarks/train_bench.py.  Prediction
         of a binary network always runs on packed bits.
     batch_norm : bool, default=True
         Batch normalization after each hidden dense layer.
