@@ -441,7 +441,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         # The packed model is derived from network_; it is rebuilt after loading.
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # (it can be the live __dict__)
         state.pop("_inference", None)
         return state
 

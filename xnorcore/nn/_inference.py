@@ -14,6 +14,9 @@ standardization ``(x - mean) / scale`` folded into its weights; the output
 layer gives float64 logits.
 """
 
+import dataclasses
+from typing import Any, ClassVar, Optional
+
 import numpy as np
 
 from .._array import get_array_module, to_module, to_numpy
@@ -66,6 +69,7 @@ def fold_threshold(dense, bn, integer):
     return direction.astype(np.int8), threshold.astype(np.int32 if integer else _F32)
 
 
+@dataclasses.dataclass
 class PackedLayer:
     """One layer of a :class:`PackedModel`: plain arrays and what kind of layer they make.
 
@@ -84,18 +88,16 @@ class PackedLayer:
         Batch norm of the output layer (``binarize_last``), with ``eps``.
     """
 
-    _ARRAYS = ("direction", "threshold", "bias")
-    _BN = ("running_mean", "running_var", "gamma", "beta")
+    _ARRAYS: ClassVar = ("direction", "threshold", "bias")
+    _BN: ClassVar = ("running_mean", "running_var", "gamma", "beta")
 
-    def __init__(self, weight, packed_input, direction=None, threshold=None, bias=None,
-                 batch_norm=None, eps=None):
-        self.weight = weight
-        self.packed_input = bool(packed_input)
-        self.direction = direction
-        self.threshold = threshold
-        self.bias = bias
-        self.batch_norm = batch_norm
-        self.eps = eps
+    weight: Any
+    packed_input: bool
+    direction: Any = None
+    threshold: Any = None
+    bias: Any = None
+    batch_norm: Optional[tuple] = None
+    eps: Optional[float] = None
 
     @property
     def binary_weights(self):
