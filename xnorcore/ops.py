@@ -37,7 +37,7 @@ import operator
 
 import numpy as np
 
-from ._array import get_array_module, is_cupy
+from ._array import get_array_module, is_cupy, is_dask
 
 __all__ = [
     "WORD_BITS",
@@ -128,7 +128,7 @@ class PackedBits:
             setattr(self, name, value)
 
     def __repr__(self):
-        xp = get_array_module(self.words).__name__
+        xp = type(self.words).__module__.partition(".")[0]
         return f"PackedBits(shape={self.shape}, axis={self.axis}, words={xp}.uint64{tuple(self.words.shape)})"
 
 
@@ -195,6 +195,8 @@ def sign(x):
     >>> sign(np.array([-2.0, -0.0, 0.0, 3.0]))
     array([-1.,  1.,  1.,  1.])
     """
+    if is_dask(x):
+        return _dask().sign(x)
     x = _check_array(x, "x")
     xp = get_array_module(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.int8)
@@ -265,6 +267,8 @@ def pack_bits(x, axis=-1, *, n_threads=None):
     >>> p.words
     array([[5]], dtype=uint64)
     """
+    if is_dask(x):
+        return _dask().pack_bits(x, axis, n_threads=n_threads)
     x = _check_array(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
@@ -346,6 +350,8 @@ def unpack_bits(packed, dtype=np.int8):
     """
     if not isinstance(packed, PackedBits):
         raise TypeError(f"packed must be a PackedBits, got {type(packed).__name__}")
+    if is_dask(packed):
+        return _dask().unpack_bits(packed, dtype)
     xp = get_array_module(packed.words)
     length = packed.length
     words = xp.ascontiguousarray(packed.words)
@@ -423,6 +429,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     n_threads = _check_n_threads(n_threads)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    if is_dask(a) or is_dask(b):
+        return _dask().binary_matmul(a, b, backend=backend, n_threads=n_threads)
     a = _matmul_operand(a, "a", 1)
     b = _matmul_operand(b, "b", 0)
     if a.shape[1] != b.shape[0]:
@@ -455,6 +463,13 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     for name, has_nan in nan_flags:
         _check_nan(has_nan, name)
     return out
+
+
+def _dask():
+    # Imported on first use: only users who pass dask arrays need dask.
+    from . import _dask
+
+    return _dask
 
 
 # The backends build PackedBits and call pack_bits: they are imported once
