@@ -277,3 +277,27 @@ def test_grid_search_under_joblib_dask_backend(client, digits):
     np.testing.assert_allclose(search.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
     # The work ran on the workers, not here.
     assert any(client.run(lambda: __import__("sys").modules.get("xnorcore") is not None).values())
+
+
+def _readme_block(index):
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.exists():
+        pytest.skip("needs the source checkout's README.md")
+    section = readme.read_text().split("\n## Beyond one machine\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
+
+
+def test_readme_snippets_run_as_written(client, monkeypatch, capsys):
+    import dask.distributed
+
+    # The snippets' Client() is the cluster of these tests.
+    monkeypatch.setattr(dask.distributed, "Client", lambda *args, **kwargs: client)
+    exec(compile(_readme_block(0), "README.md", "exec"), {})
+    totals = capsys.readouterr().out
+    assert totals.startswith("[") and len(totals.split()) >= 256
+    pytest.importorskip("dask_ml.wrappers", reason=DASK_ML_MISSING)
+    exec(compile(_readme_block(1), "README.md", "exec"), {})
+    assert "hidden_layer_sizes" in capsys.readouterr().out
