@@ -1,13 +1,21 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
 import copy
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, check_random_state, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    check_random_state,
+    column_or_1d,
+    validate_data,
+)
 
 from . import _summary
 from ._backends import cpu, gpu
@@ -254,18 +262,24 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return np.searchsorted(classes, y).astype(np.int64)
 
     @staticmethod
-    def _input_stats(X):
+    def _input_stats(X, sample_weight=None):
         # Per-feature centring but one global scale: a per-feature scale blows
         # up features that happen to be constant in the first batch of
-        # partial_fit (MNIST border pixels).
-        mean = X.mean(axis=0, dtype=np.float64).astype(_F32)
-        scale = float(np.sqrt(((X - mean) ** 2).mean(dtype=np.float64)))
+        # partial_fit (MNIST border pixels).  Weighted as the loss is, so that
+        # a sample of weight 0 changes nothing.
+        if sample_weight is None:
+            mean = X.mean(axis=0, dtype=np.float64).astype(_F32)
+            scale = float(np.sqrt(((X - mean) ** 2).mean(dtype=np.float64)))
+        else:
+            mean = np.average(X, axis=0, weights=sample_weight).astype(_F32)
+            squares = ((X - mean) ** 2).mean(axis=1, dtype=np.float64)
+            scale = float(np.sqrt(np.average(squares, weights=sample_weight)))
         if not np.isfinite(scale) or scale <= 1e-12:
             scale = 1.0
         return mean, _F32(scale)
 
     # ------------------------------------------------------------ training
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
 
         ``fit`` trains ``max_iter`` epochs with the schedule (continuing the
@@ -293,6 +307,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     f"{sizes} and {self.network_.hidden_layer_sizes}"
                 )
         X, y = self._validate_Xy(X, y, reset=not resume)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if resume:
             all_classes = self.classes_
             if classes is not None and not np.array_equal(np.unique(classes), all_classes):
@@ -303,6 +319,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         else:
             all_classes = np.unique(y if classes is None else column_or_1d(np.asarray(classes)))
             self._check_classes(all_classes, "y" if classes is None else "classes")
+        if sample_weight is not None and not incremental:
+            self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
         y_idx = self._encode(y, all_classes)
         xp, backend = self._backend()
         xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
@@ -319,7 +337,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
         else:
             rng = check_random_state(self.random_state)
-            mean, scale = self._input_stats(X)
+            mean, scale = self._input_stats(X, sample_weight)
             net = Network(
                 X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
                 dropout=self.dropout, binarize_first=self.binarize_first, binarize_last=self.binarize_last,
@@ -330,10 +348,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         net.set_xnor(xnor)
 
         early_stopping = self.early_stopping and not incremental
-        X_fit, y_fit, validation = X, y_idx, None
+        X_fit, y_fit, w_fit, validation = X, y_idx, sample_weight, None
         if early_stopping:
-            X_fit, X_val, y_fit, y_val = validation_split(X, y_idx, self.validation_fraction, rng)
-            validation = (xp.asarray((X_val - mean) / scale), y_val)
+            X_fit, X_val, y_fit, y_val, w_fit, w_val = validation_split(
+                X, y_idx, self.validation_fraction, rng, sample_weight)
+            validation = (xp.asarray((X_val - mean) / scale), y_val, w_val)
             history.validation_scores = []
         net = train(
             net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history,
@@ -342,7 +361,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
             rng=rng, validation=validation, tol=self.tol,
             n_iter_no_change=None if incremental else self.n_iter_no_change, verbose=self.verbose,
+            sample_weight=w_fit,
         )
+        if history.improving and not incremental:
+            # As MLPClassifier: the last epoch still improved by more than tol.
+            what = "validation score" if early_stopping else "training loss"
+            warnings.warn(
+                f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
+                f"was still improving by more than tol={self.tol}; a larger max_iter may "
+                "give a better model",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
 
         # Everything succeeded: only now does the estimator change.
         if not resume:
@@ -366,7 +396,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -375,6 +405,13 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             Training data (dense; NaN and inf are rejected).
         y : array-like of shape (n_samples,)
             Class labels (at least two classes; any hashable labels).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample's loss: each minibatch minimizes the
+            weighted mean of its samples' cross-entropy, as scikit-learn's
+            ``MLPClassifier`` does; the input standardization and the early
+            stopping score are weighted too, batch norm's statistics are not.
+            Non-negative, finite, not all zero; at least two classes need
+            positive weight.
 
         Returns
         -------
@@ -387,11 +424,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             On NaN/inf or sparse X, a single class, or bad hyper-parameters.
         RuntimeError
             If ``device="gpu"`` and CuPy or a CUDA device is missing.
+
+        Warns
+        -----
+        ConvergenceWarning
+            If training stops at ``max_iter`` while the training loss (the
+            validation score with ``early_stopping``) was still improving by
+            more than ``tol`` in the last epoch.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One pass over (X, y) in minibatches of ``batch_size``.
 
         With ``len(X) == batch_size`` this is exactly one Adam step.  The
@@ -404,12 +448,14 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
         classes : array-like of shape (n_classes,), default=None
             All the classes that will ever appear; required on the first call.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample's loss, as in :meth:`fit`.
 
         Returns
         -------
         self : BNNClassifier
         """
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     # ------------------------------------------------------------ inference
     def _compile(self):
