@@ -301,3 +301,12 @@ def test_readme_snippets_run_as_written(client, monkeypatch, capsys):
     pytest.importorskip("dask_ml.wrappers", reason=DASK_ML_MISSING)
     exec(compile(_readme_block(1), "README.md", "exec"), {})
     assert "hidden_layer_sizes" in capsys.readouterr().out
+
+
+def test_backend_gpu_without_a_gpu_says_so_at_graph_build():
+    from xnorcore._gpu import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("this machine has a usable GPU")
+    with pytest.raises(RuntimeError, match="backend='gpu'"):
+        binary_matmul(da.ones((4, 5), chunks=2), np.ones((5, 3)), backend="gpu")

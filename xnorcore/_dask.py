@@ -101,10 +101,8 @@ def _words_of(x, axis, name, backend="auto", n_threads=None):
     word_chunks = tuple(n_words(c) for c in x.chunks[axis])
     chunks = x.chunks[:axis] + (word_chunks,) + x.chunks[axis + 1 :]
     meta = meta_from_array(x._meta, ndim=x.ndim, dtype=np.uint64)
-    if backend == "gpu":
-        import cupy
-
-        meta = cupy.empty((0,) * x.ndim, dtype=np.uint64)
+    if backend == "gpu":  # the blocks are copied to the device in their tasks
+        meta = ops._backend("_gpu").to_device(np.empty((0,) * x.ndim, dtype=np.uint64))
     return x.map_blocks(
         _pack_block, axis, name, backend, n_threads, chunks=chunks, dtype=np.uint64, meta=meta
     )
@@ -230,6 +228,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
             f"the inner dimension must be at most {ops._MAX_INNER} for an int32 result, got "
             f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
         )
+    if backend == "gpu":
+        ops._backend("_gpu").require()  # no CuPy or no device: say so now, not in a task
     a_packed, b_packed = isinstance(a, PackedBits), isinstance(b, PackedBits)
 
     # Pick the K blocks.  Words packed as a whole fix them (a dask PackedBits)
