@@ -304,7 +304,7 @@ def test_readme_snippets_run_as_written(client, monkeypatch, capsys):
 
 
 def test_backend_gpu_without_a_gpu_says_so_at_graph_build():
-    from xnorcore._gpu import unavailable_reason
+    from xnorcore._backends.gpu import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("this machine has a usable GPU")

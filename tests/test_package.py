@@ -145,7 +145,7 @@ def test_readme_gpu_snippet_defines_every_name(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not _README.exists(), reason="needs the source checkout's README.md")
 def test_readme_gpu_snippet_runs_on_the_gpu():
-    from xnorcore._gpu import unavailable_reason
+    from xnorcore._backends.gpu import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

@@ -23,6 +23,7 @@ from dask.array.utils import meta_from_array
 
 from . import ops
 from ._array import is_dask
+from ._backends import get_backend
 from .ops import WORD_BITS, PackedBits, n_words
 
 __all__ = ["sign", "pack_bits", "unpack_bits", "binary_matmul"]
@@ -102,7 +103,7 @@ def _words_of(x, axis, name, backend="auto", n_threads=None):
     chunks = x.chunks[:axis] + (word_chunks,) + x.chunks[axis + 1 :]
     meta = meta_from_array(x._meta, ndim=x.ndim, dtype=np.uint64)
     if backend == "gpu":  # the blocks are copied to the device in their tasks
-        meta = ops._backend("_gpu").to_device(np.empty((0,) * x.ndim, dtype=np.uint64))
+        meta = get_backend("gpu").to_device(np.empty((0,) * x.ndim, dtype=np.uint64))
     return x.map_blocks(
         _pack_block, axis, name, backend, n_threads, chunks=chunks, dtype=np.uint64, meta=meta
     )
@@ -229,7 +230,7 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
             f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
         )
     if backend == "gpu":
-        ops._backend("_gpu").require()  # no CuPy or no device: say so now, not in a task
+        get_backend("gpu")  # no CuPy or no device: say so now, not in a task
     a_packed, b_packed = isinstance(a, PackedBits), isinstance(b, PackedBits)
 
     # Pick the K blocks.  Words packed as a whole fix them (a dask PackedBits)
