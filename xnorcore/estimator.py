@@ -371,7 +371,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"was still improving by more than tol={self.tol}; a larger max_iter may "
                 "give a better model",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of fit, past _fit and _fit_context
             )
 
         # Everything succeeded: only now does the estimator change.
