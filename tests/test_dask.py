@@ -209,8 +209,7 @@ def digits():
     return X[:800].astype(np.float32), y[:800]
 
 
-# dask-ml is not in the test extra: it pulls numba, llvmlite and pyarrow.
-DASK_ML_MISSING = "needs dask-ml (not in the test extra): pip install dask-ml"
+DASK_ML_MISSING = "needs dask-ml: pip install dask-ml (the test extra installs it)"
 
 SMALL = dict(hidden_layer_sizes=(32,), max_iter=5, batch_size=64, random_state=0, device="cpu")
 
