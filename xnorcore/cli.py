@@ -194,7 +194,7 @@ def build_parser():
          help="matrix sizes (default 256,512,1024,2048 on cpu; 1024,2048,4096,8192 on gpu)")
     _add(be, "--runs", type=_positive_int, default=10, help="timed calls per size and method (default 10)")
     _add(be, "--threads", type=_positive_int, default=None,
-         help="CPU threads for both products (default: the libraries' defaults)")
+         help="CPU threads for both products, at most the CPUs available (default: the libraries' defaults)")
     _add(be, "--prepacked", action="store_true", help="pack operands once outside the timed calls")
     _add(be, "--plot", metavar="FILE.png", help="draw speedup against N (needs matplotlib)")
     _add(be, "--debug", action="store_true", help="show a traceback on errors")
@@ -451,6 +451,10 @@ def cmd_bench(args):
         except ImportError:
             raise CLIError("--plot needs matplotlib; install it with: pip install 'xnorcore[plot]'") from None
     sizes = args.sizes or list(DEFAULT_SIZES[args.device])
+    if args.threads is not None:
+        from ._threads import kernel_threads
+
+        args.threads = kernel_threads(args.threads, "--threads")
     header_printed = []
 
     def progress(row):
