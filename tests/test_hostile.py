@@ -46,11 +46,6 @@ def run_python(code, env=None, timeout=120):
                           env=full_env, cwd=_TESTS, timeout=timeout)
 
 
-def run_cli(*args, env=None, timeout=120):
-    return run_python(f"import sys\nfrom xnorcore.cli import main\nsys.exit(main({[str(a) for a in args]!r}))\n",
-                      env=env, timeout=timeout)
-
-
 def assert_one_line_error(proc_or_pair, *fragments, status=2):
     """Exit status ``status``, one line on stderr holding every fragment, no traceback."""
     returncode, stderr = proc_or_pair
@@ -391,7 +386,7 @@ def test_kernel_threads_rule():
 
 
 def test_omp_num_threads_huge_is_clamped():
-    code = textwrap.dedent("""
+    after = textwrap.dedent("""
         import numpy as np, xnorcore
         from xnorcore._threads import available_cpus
         rng = np.random.default_rng(0)
@@ -400,11 +395,17 @@ def test_omp_num_threads_huge_is_clamped():
         assert (xnorcore.binary_matmul(a, b) == want).all()
         threads = xnorcore.get_config()["cpu"]["threads"]
         assert 1 <= threads <= available_cpus(), threads
-        print("ok", threads)
+        print("ok")
     """)
-    proc = run_python(code, env={"OMP_NUM_THREADS": "100000"})
+    # `xnorcore bench` checks its products exactly before timing them.
+    setup = "import contextlib, io\nout = io.StringIO()\n"
+    proc = run_python(_RUN_CASES + setup + "with contextlib.redirect_stdout(out):\n"
+                      "    case(['bench', '--threads', '100000', '--sizes', '256', '--runs', '1'])\n"
+                      "print(out.getvalue(), end='')\n" + after, env={"OMP_NUM_THREADS": "100000"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ok ")
+    lines = proc.stdout.splitlines()
+    assert re.match(r"\| 256 \| 1 \| ", lines[-3]), proc.stdout
+    assert lines[-2:] == ['[0, ""]', "ok"], proc.stdout
 
 
 def test_threadpoolctl_limit_huge_is_clamped(rng):
@@ -641,17 +642,70 @@ def test_mnist_data_dir_is_a_file(tmp_path):
 # ============================================================= command line
 
 
-@pytest.mark.parametrize("command", [["info"], ["train", "--max_steps", "1"], ["bench", "--sizes", "64"]])
-def test_bogus_popcount_variable_is_one_line(command):
-    line = assert_one_line_error(proc_result(run_cli(*command, env={"XNORCORE_POPCOUNT": "bogus"})),
+# Several command lines run in one fresh interpreter (an environment
+# variable is read once, at import): each prints [status, stderr] as JSON.
+_RUN_CASES = """
+import contextlib, io, json, sys
+from xnorcore.cli import main
+def case(argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as exc:
+            status = exc.code
+    print(json.dumps([status, err.getvalue()]), flush=True)
+"""
+
+
+def run_cases(setup, cases, after="", env=None, timeout=180):
+    """Run CLI ``cases`` after ``setup`` code in one subprocess; return [(status, stderr)] and the rest of stdout."""
+    code = _RUN_CASES + setup + "".join(f"case({argv!r})\n" for argv in cases) + after
+    proc = run_python(code, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    lines = proc.stdout.splitlines()
+    return [tuple(json.loads(line)) for line in lines[:len(cases)]], lines[len(cases):]
+
+
+_ENV_COMMANDS = [["info"], ["train", "--max_steps", "1"], ["bench", "--sizes", "64"]]
+
+
+@pytest.fixture(scope="module")
+def bogus_popcount_runs():
+    after = textwrap.dedent("""
+        import numpy as np, xnorcore
+        try:
+            xnorcore.binary_matmul(np.ones((2, 2)), np.ones((2, 2)))
+        except ValueError as exc:
+            print("first use:", exc)
+    """)
+    return run_cases("", _ENV_COMMANDS, after=after, env={"XNORCORE_POPCOUNT": "bogus"})
+
+
+@pytest.mark.parametrize("index", range(len(_ENV_COMMANDS)))
+def test_bogus_popcount_variable_is_one_line(bogus_popcount_runs, index):
+    line = assert_one_line_error(bogus_popcount_runs[0][index],
                                  "XNORCORE_POPCOUNT must be one of generic, scalar, avx2, avx512",
                                  "got XNORCORE_POPCOUNT='bogus'")
-    assert line.startswith(f"xnorcore {command[0]}: error: ")
+    assert line.startswith(f"xnorcore {_ENV_COMMANDS[index][0]}: error: ")
 
 
-@pytest.mark.parametrize("command", [["info"], ["train", "--max_steps", "1"]])
-def test_bogus_gpu_kernel_variable_is_one_line(command):
-    assert_one_line_error(proc_result(run_cli(*command, env={"XNORCORE_GPU_KERNEL": "bogus"})),
+def test_import_with_bogus_popcount_variable_fails_at_first_use(bogus_popcount_runs):
+    # `import xnorcore` works (the command line could start); the first kernel call says what is wrong.
+    assert bogus_popcount_runs[1] == [
+        "first use: XNORCORE_POPCOUNT must be one of generic, scalar, avx2, avx512, got XNORCORE_POPCOUNT='bogus'"]
+
+
+@pytest.fixture(scope="module")
+def bogus_gpu_kernel_runs():
+    return run_cases("", _ENV_COMMANDS[:2], env={"XNORCORE_GPU_KERNEL": "bogus"})[0]
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_bogus_gpu_kernel_variable_is_one_line(bogus_gpu_kernel_runs, index):
+    assert_one_line_error(bogus_gpu_kernel_runs[index],
                           "XNORCORE_GPU_KERNEL must be one of mma, popc or unset", "got XNORCORE_GPU_KERNEL='bogus'")
 
 
@@ -659,16 +713,6 @@ def test_bogus_popcount_variable_through_python_m():
     proc = subprocess.run([sys.executable, "-m", "xnorcore", "info"], capture_output=True, text=True,
                           env={**os.environ, "XNORCORE_POPCOUNT": "sse9"}, cwd=_TESTS, timeout=120)
     assert_one_line_error(proc_result(proc), "XNORCORE_POPCOUNT must be one of")
-
-
-def test_import_with_bogus_popcount_variable_fails_at_first_use():
-    proc = run_python("import numpy as np, xnorcore\nprint('imported')\n"
-                      "xnorcore.binary_matmul(np.ones((2, 2)), np.ones((2, 2)))\n",
-                      env={"XNORCORE_POPCOUNT": "bogus"})
-    assert proc.stdout == "imported\n"
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "ValueError: XNORCORE_POPCOUNT must be one of generic, scalar, avx2, avx512, got XNORCORE_POPCOUNT='bogus'")
 
 
 @pytest.mark.parametrize("value", ["99999999999", "4294967296", "-1", "1.5", "seven"])
@@ -698,49 +742,55 @@ def test_bench_with_huge_thread_count_is_clamped(capsys):
     assert re.search(r"^\| 200 \| 1 \|", out, re.M), out
 
 
-def test_bench_with_huge_thread_count_in_a_subprocess():
-    proc = run_cli("bench", "--threads", "100000", "--sizes", "256", "--runs", "1", env={"OMP_NUM_THREADS": "100000"})
-    assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^\| 256 \| 1 \|", proc.stdout, re.M)
-
-
-# A run whose event files fail to write as on a full disk: in-process, by
-# making the writer's file raise ENOSPC on the n-th write.
+# Runs whose event files fail to write as on a full disk: the writer's file
+# raises ENOSPC from its n-th write on; and a scalars file that is /dev/full,
+# so that the kernel itself reports ENOSPC.  All in one interpreter, under a
+# timeout, so that a hang fails the test.
 _FULL_DISK = """
-import errno, sys
+import errno
 from tensorboardX import record_writer
+from xnorcore import _runlog
 calls = [0]
+fail_after = [None]
 original = record_writer.RecordWriter.write
 def write(self, data):
     calls[0] += 1
-    if calls[0] > {after}:
+    if fail_after[0] is not None and calls[0] > fail_after[0]:
         raise OSError(errno.ENOSPC, "No space left on device")
     return original(self, data)
 record_writer.RecordWriter.write = write
-from xnorcore.cli import main
-sys.exit(main({argv!r}))
+def full_after(n):
+    calls[0], fail_after[0] = 0, n
 """
 
+_FULL_DISK_AFTER = [0, 1, 5, None]
 
-@pytest.mark.parametrize("after", [0, 1, 5])
-def test_log_dir_on_full_disk_does_not_hang(tmp_path, after):
+
+@pytest.fixture(scope="module")
+def full_disk_runs(tmp_path_factory):
     pytest.importorskip("tensorboardX")
-    logs = tmp_path / "logs"
+    logs = tmp_path_factory.mktemp("full") / "logs"
     argv = ["train", "--log_dir", str(logs), "--max_steps", "4", "--eval_every_n", "2", *TINY]
-    proc = run_python(_FULL_DISK.format(after=after, argv=argv), timeout=120)
-    line = assert_one_line_error(proc_result(proc), "--log_dir: cannot write in", str(logs), "No space left on device")
-    assert "Traceback" not in proc.stderr and line
+    code = ""
+    for after in _FULL_DISK_AFTER:
+        if after is None:  # the CSV on /dev/full
+            code += "full_after(None)\n_runlog.CSV_NAME = '/dev/full'\n"
+        else:
+            code += f"full_after({after})\n"
+        code += f"case({argv!r})\n"
+    proc = run_python(_RUN_CASES + _FULL_DISK + code, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    return logs, [tuple(json.loads(line)) for line in proc.stdout.splitlines()]
 
 
-def test_log_dir_csv_on_dev_full_does_not_hang(tmp_path):
-    pytest.importorskip("tensorboardX")
-    if not os.path.exists("/dev/full"):
+@pytest.mark.parametrize("index", range(len(_FULL_DISK_AFTER)))
+def test_log_dir_on_full_disk_does_not_hang(full_disk_runs, index):
+    if _FULL_DISK_AFTER[index] is None and not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    # The scalars file is /dev/full, so the real kernel reports ENOSPC.
-    code = ("import sys\nfrom xnorcore import _runlog\n_runlog.CSV_NAME = '/dev/full'\n"
-            f"from xnorcore.cli import main\nsys.exit(main({['train', '--log_dir', str(tmp_path / 'logs'), '--max_steps', '3', *TINY]!r}))\n")
-    proc = run_python(code, timeout=120)
-    assert_one_line_error(proc_result(proc), "--log_dir: cannot write in", str(tmp_path / "logs"), "No space left on device")
+    logs, runs = full_disk_runs
+    assert_one_line_error(runs[index], "--log_dir: cannot write in", str(logs), "No space left on device")
 
 
 def test_log_dir_args_json_failure_names_the_folder(tmp_path, monkeypatch, capsys):
