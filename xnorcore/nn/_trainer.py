@@ -33,7 +33,10 @@ def learning_rate(schedule, lr0, epoch, n_epochs):
 def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffle, progress=None):
     """One pass over (X, y) on their device; returns (mean loss, seconds).
 
-    ``progress``, a description, shows a progress bar on a terminal.
+    ``progress``, a description, shows a progress bar on a terminal.  With
+    batch norm, a last batch of one sample joins the batch before it: batch
+    statistics of one sample are zero variance, and the step would train on
+    nothing but the batch norm's offsets.
     """
     xp = get_array_module(X)
     n = X.shape[0]
@@ -46,11 +49,14 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
         bar = tqdm(total=n, desc=progress, unit="ex", leave=False, file=sys.stderr)
     t0 = time.perf_counter()
     total = 0.0
-    for start in range(0, n, batch_size):
+    bounds = list(range(0, n, batch_size)) + [n]
+    if (net.batch_norm or net.binarize_last) and len(bounds) > 2 and n - bounds[-2] == 1:
+        del bounds[-2]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
         if order is None:
-            xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+            xb, yb = X[start:stop], y[start:stop]
         else:
-            idx = order[start:start + batch_size]
+            idx = order[start:stop]
             xb, yb = X[idx], y[idx]
         loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
         total = total + loss * xb.shape[0]
@@ -64,15 +70,21 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
 
 
 def validation_split(X, y, fraction, rng):
-    """``(X_fit, X_val, y_fit, y_val)`` for early stopping, stratified where every class has two samples."""
-    stratify = y if np.bincount(y).min() >= 2 else None
-    X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=fraction, random_state=rng, stratify=stratify)
-    if len(X_fit) == 0 or len(X_val) == 0:
+    """``(X_fit, X_val, y_fit, y_val)`` for early stopping, stratified where every class fits both sides."""
+    n = len(X)
+    n_val = math.ceil(fraction * n)
+    if n_val < 1 or n - n_val < 1:
         raise ValueError(
             f"early_stopping needs samples on both sides of the validation split, got "
-            f"n_samples={len(X)} and validation_fraction={fraction}"
+            f"n_samples={n} and validation_fraction={fraction} "
+            f"({n - n_val} to train on, {n_val} to validate)"
         )
-    return X_fit, X_val, y_fit, y_val
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    # train_test_split stratifies only with 2 samples of every class and room
+    # for every class on both sides.
+    stratified = counts.min() >= 2 and min(n_val, n - n_val) >= len(counts)
+    return train_test_split(X, y, test_size=n_val, random_state=rng, stratify=y if stratified else None)
 
 
 def accuracy(net, X, y):
