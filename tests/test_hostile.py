@@ -932,3 +932,310 @@ def test_ctrl_c_during_later_steps_exits_130_with_a_model(tmp_path):
     assert proc.returncode == 130, err
     assert re.search(r"^Final test accuracy [01]\.\d{4}$", out, re.M)
     assert re.match(r"interrupted after \d+ steps$", err.strip())
+
+
+# ================================================================= estimator
+
+
+from sklearn.datasets import load_digits  # noqa: E402
+
+from xnorcore import BNNClassifier  # noqa: E402
+from xnorcore.nn import Network  # noqa: E402
+
+TINY_CLF = dict(hidden_layer_sizes=(16,), max_iter=2, batch_size=50, random_state=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:1400], y[:1400], X[1400:], y[1400:]
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    X, y = digits[0], digits[1]
+    return X[:300], y[:300]
+
+
+def fitted_clf(small, **params):
+    return BNNClassifier(**dict(TINY_CLF, **params)).fit(*small)
+
+
+def frozen(clf):
+    """Everything a fitted estimator holds, as bytes: equal bytes, equal estimator."""
+    return pickle.dumps(clf, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e-20, np.float32), (1e20, np.float32), (1e30, np.float32),
+                                          (1e300, np.float64), (1e-300, np.float64), (2.0**60, np.float64)])
+def test_features_of_any_scale_train_as_well_as_unscaled(digits, scale, dtype):
+    X_train, y_train, X_test, y_test = digits
+    params = dict(TINY_CLF, hidden_layer_sizes=(64,), max_iter=3, batch_size=200)
+    base = BNNClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+    clf = BNNClassifier(**params).fit((X_train * scale).astype(dtype), y_train)
+    assert clf.input_exponent_ != 0
+    assert np.isfinite(clf.input_mean_).all() and np.isfinite(clf.input_scale_)
+    scaled = clf.score((X_test * scale).astype(dtype), y_test)
+    assert base > 0.5
+    assert abs(scaled - base) <= 0.02, (scaled, base)
+
+
+def test_ordinary_scale_needs_no_prescale(small):
+    assert fitted_clf(small).input_exponent_ == 0
+
+
+def test_predict_beyond_the_float32_range_of_the_model(small, digits):
+    clf = fitted_clf(small)
+    with pytest.raises(ValueError, match=r"X has values up to 1.6e\+301 in magnitude, beyond the float32 range"):
+        clf.predict(digits[2][:5] * 1e300)
+
+
+def test_batch_size_one_with_batch_norm_names_batch_size(small):
+    with pytest.raises(ValueError, match=r"batch norm needs at least 2 samples per batch, got batch_size=1"):
+        BNNClassifier(**dict(TINY_CLF, batch_size=1)).fit(*small)
+
+
+def test_partial_fit_of_one_sample_with_batch_norm(small):
+    X, y = small
+    with pytest.raises(ValueError, match=r"batch norm needs at least 2 samples per batch, got 1 training sample"):
+        BNNClassifier(**TINY_CLF).partial_fit(X[:1], y[:1], classes=np.arange(10))
+
+
+def test_batch_size_one_without_batch_norm_trains(small):
+    X, y = small
+    clf = BNNClassifier(**dict(TINY_CLF, batch_size=1, batch_norm=False, max_iter=1)).fit(X[:40], y[:40])
+    assert clf.n_iter_ == 1 and clf.t_ == 40 and np.isfinite(clf.loss_curve_[0])
+
+
+@pytest.mark.parametrize("batch_norm, sizes", [(True, [20, 21]), (False, [20, 20, 1])])
+def test_last_batch_of_one_sample_joins_the_one_before_with_batch_norm(small, monkeypatch, batch_norm, sizes):
+    X, y = small
+    seen = []
+    original = Network.train_step
+
+    def train_step(self, x, *args, **kwargs):
+        seen.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "train_step", train_step)
+    clf = BNNClassifier(**dict(TINY_CLF, batch_size=20, max_iter=1, batch_norm=batch_norm)).fit(X[:41], y[:41])
+    assert seen == sizes
+    assert clf.t_ == 41
+
+
+def _failures(X, y):
+    nan = X.copy()
+    nan[3, 5] = np.nan
+    inf = X.copy()
+    inf[0, 0] = np.inf
+    return {
+        "one class": ((X, np.zeros(len(y))), {}, ValueError, "at least 2 classes in y, got 1 class"),
+        "NaN in X": ((nan, y), {}, ValueError, "Input X contains NaN"),
+        "inf in X": ((inf, y), {}, ValueError, "Input X contains infinity"),
+        "masked X": ((np.ma.array(X), y), {}, TypeError, "X must not be a masked array"),
+        "masked y": ((X, np.ma.array(y)), {}, TypeError, "y must not be a masked array"),
+        "continuous y": ((X, np.linspace(0, 1, len(y))), {}, ValueError, "Unknown label type"),
+        "batch_size=1": ((X, y), {"batch_size": 1}, ValueError, "batch_size=1"),
+        "bad parameter": ((X, y), {"batch_size": 0}, ValueError, "batch_size"),
+        "random_state=-1": ((X, y), {"random_state": -1}, ValueError, "random_state"),
+        "validation_fraction": ((X, y), {"early_stopping": True, "validation_fraction": 0.9999},
+                                ValueError, "validation_fraction=0.9999"),
+        "NaN loss": ((X, y), {"binary": False, "learning_rate_init": 1e30, "max_iter": 3},
+                     FloatingPointError, "the training loss became nan"),
+    }
+
+
+_FAILURE_NAMES = list(_failures(np.zeros((8, 8)), np.zeros(8)))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", _FAILURE_NAMES)
+def test_failed_fit_leaves_the_estimator_exactly_as_it_was(small, digits, case):
+    X, y = small
+    clf = fitted_clf(small)
+    before, predictions = frozen(clf), clf.predict(digits[2])
+    args, params, exc, match = _failures(X, y)[case]
+    clf.set_params(**params)
+    with pytest.raises(exc, match=match):
+        clf.fit(*args)
+    clf.set_params(**{k: TINY_CLF.get(k, BNNClassifier().get_params()[k]) for k in params})
+    assert frozen(clf) == before
+    np.testing.assert_array_equal(clf.predict(digits[2]), predictions)
+
+
+def test_failed_fit_after_a_dataframe_fit_keeps_feature_names(small, digits):
+    pd = pytest.importorskip("pandas")
+    X, y = small
+    columns = [f"px{i}" for i in range(X.shape[1])]
+    clf = BNNClassifier(**TINY_CLF).fit(pd.DataFrame(X, columns=columns), y)
+    before = frozen(clf)
+    other = pd.DataFrame(X[:, :20], columns=[f"q{i}" for i in range(20)])
+    other.iloc[0, 0] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        clf.fit(other, y)
+    assert frozen(clf) == before
+    assert clf.n_features_in_ == 64 and list(clf.feature_names_in_) == columns
+    np.testing.assert_array_equal(clf.predict(pd.DataFrame(digits[2], columns=columns)),
+                                  BNNClassifier(**TINY_CLF).fit(pd.DataFrame(X, columns=columns), y)
+                                  .predict(pd.DataFrame(digits[2], columns=columns)))
+
+
+def test_interrupted_fit_leaves_the_estimator_exactly_as_it_was(small, monkeypatch):
+    clf = fitted_clf(small)
+    before = frozen(clf)
+    calls = [0]
+    original = Network.train_step
+
+    def train_step(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "train_step", train_step)
+    clf.set_params(warm_start=True)
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(*small)
+    clf.set_params(warm_start=False)
+    assert frozen(clf) == before
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_partial_fit_raises_on_a_nan_loss_and_keeps_the_model(small, digits):
+    X, y = small
+    clf = BNNClassifier(**dict(TINY_CLF, binary=False, learning_rate_init=1e30))
+    clf.partial_fit(X[:50], y[:50], classes=np.arange(10))
+    before, predictions = frozen(clf), clf.predict(digits[2])
+    with pytest.raises(FloatingPointError, match="the training loss became nan"):
+        for _ in range(5):
+            clf.partial_fit(X, y)
+            before, predictions = frozen(clf), clf.predict(digits[2])
+    assert frozen(clf) == before
+    np.testing.assert_array_equal(clf.predict(digits[2]), predictions)
+
+
+def test_partial_fit_interrupted_mid_call_keeps_the_model(small, monkeypatch):
+    X, y = small
+    clf = BNNClassifier(**TINY_CLF).partial_fit(X, y, classes=np.arange(10))
+    before = frozen(clf)
+    calls = [0]
+    original = Network.train_step
+
+    def train_step(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:  # after three of the six steps of this call
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "train_step", train_step)
+    with pytest.raises(KeyboardInterrupt):
+        clf.partial_fit(X, y)
+    assert frozen(clf) == before
+    monkeypatch.undo()
+    # and it trains on from there exactly as an uninterrupted copy does
+    twin = pickle.loads(before)
+    np.testing.assert_array_equal(clf.partial_fit(X, y).predict(X), twin.partial_fit(X, y).predict(X))
+
+
+@pytest.mark.parametrize("classes, match", [
+    ([0, 1, np.nan], r"classes must not contain NaN"),
+    (np.array([0.0, np.nan, 2.0]), r"classes must not contain NaN"),
+    ([0, None, 2], r"classes must be labels of one sortable type"),
+    ([1], r"needs at least 2 classes in classes, got 1 class"),
+    ([], r"needs at least 2 classes in classes, got none"),
+])
+def test_bad_classes_for_partial_fit(small, classes, match):
+    X, y = small
+    clf = BNNClassifier(**TINY_CLF)
+    with pytest.raises(ValueError, match=match):
+        clf.partial_fit(X[:20], np.zeros(20, dtype=int), classes=classes)
+    assert not hasattr(clf, "n_features_in_") and not hasattr(clf, "network_")
+
+
+def test_masked_classes_are_refused(small):
+    X, y = small
+    with pytest.raises(TypeError, match="classes must not be a masked array"):
+        BNNClassifier(**TINY_CLF).partial_fit(X[:20], y[:20], classes=np.ma.array(np.arange(10)))
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "decision_function", "score"])
+def test_masked_X_is_refused_by_every_prediction(small, method):
+    X, y = small
+    clf = fitted_clf(small)
+    args = (np.ma.array(X[:5], mask=np.zeros_like(X[:5], dtype=bool)),) + ((y[:5],) if method == "score" else ())
+    with pytest.raises(TypeError, match="X must not be a masked array"):
+        getattr(clf, method)(*args)
+
+
+@pytest.mark.parametrize("change, fitted_value", [
+    ({"binary": False}, True), ({"batch_norm": False}, True), ({"binarize_first": True}, False),
+    ({"binarize_last": True}, False), ({"hidden_layer_sizes": (8,)}, (16,)),
+])
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_continuing_with_a_changed_architecture_is_refused(small, change, fitted_value, how):
+    X, y = small
+    clf = fitted_clf(small)
+    before = frozen(clf)
+    (name, value), = change.items()
+    clf.set_params(**change)
+    what = "warm_start=True" if how == "warm_start" else "partial_fit"
+    with pytest.raises(ValueError, match=re.escape(
+            f"{what} continues the fitted network, whose architecture cannot change: "
+            f"{name}={value!r} but the network has {name}={fitted_value!r}")):
+        if how == "warm_start":
+            clf.set_params(warm_start=True).fit(X, y)
+        else:
+            clf.partial_fit(X, y)
+    clf.set_params(**{name: fitted_value}, warm_start=False)
+    assert frozen(clf) == before
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_continuing_with_a_changed_dropout_trains_with_it(small, how):
+    X, y = small
+    clf = fitted_clf(small, hidden_layer_sizes=(16, 16)).set_params(dropout=0.25)
+    if how == "warm_start":
+        clf.set_params(warm_start=True).fit(X, y)
+    else:
+        clf.partial_fit(X, y)
+    assert [b.dense.dropout for b in clf.network_.blocks] == [0.0, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("random_state", [-1, 2**32, "seed", 1.5])
+def test_bad_random_state_names_it(small, random_state):
+    with pytest.raises(ValueError, match="random_state"):
+        BNNClassifier(**dict(TINY_CLF, random_state=random_state)).fit(*small)
+
+
+@pytest.mark.parametrize("fraction", [0.99, 0.999999])
+def test_validation_fraction_close_to_one_names_it(small, fraction):
+    X, y = small
+    with pytest.raises(ValueError, match=rf"n_samples=50 and validation_fraction={fraction}") as info:
+        BNNClassifier(**dict(TINY_CLF, early_stopping=True, validation_fraction=fraction)).fit(X[:50], y[:50])
+    assert "test_size" not in str(info.value)
+
+
+def test_validation_split_too_small_to_stratify_still_trains(small):
+    X, y = small
+    clf = BNNClassifier(**dict(TINY_CLF, early_stopping=True, validation_fraction=0.1)).fit(X[:30], y[:30])
+    assert len(clf.validation_scores_) == clf.n_iter_ == 2
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i4", np.longdouble, np.int8, np.float16])
+def test_estimator_dtypes_predict_like_float64(small, digits, dtype):
+    clf = fitted_clf(small)
+    X_test = digits[2]
+    np.testing.assert_array_equal(clf.predict(X_test.astype(dtype)), clf.predict(X_test))
+
+
+def test_big_endian_training_data_give_the_same_model(small, digits):
+    X, y = small
+    a = fitted_clf(small)
+    b = BNNClassifier(**TINY_CLF).fit(X.astype(">f8"), y)
+    np.testing.assert_array_equal(a.predict(digits[2]), b.predict(digits[2]))
+
+
+def test_cli_batch_size_one_with_batch_norm(capsys):
+    status, err = main_result(capsys, ["train", "--batch_norm", "--batch_size", "1", "--max_steps", "1",
+                                       "--layers", "8,8", "--quiet"])
+    assert_one_line_error((status, err), "batch norm needs at least 2 samples per batch", "batch_size=1")

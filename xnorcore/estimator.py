@@ -418,7 +418,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     raise ValueError(f"classes must not contain NaN, got classes={classes.tolist()}")
                 if classes.dtype.kind not in "biufUSO":
                     raise ValueError(f"classes must be labels (numbers or strings), got dtype={classes.dtype}")
-            all_classes = np.unique(y if classes is None else classes)
+            try:
+                all_classes = np.unique(y if classes is None else classes)
+            except TypeError:
+                raise ValueError(
+                    f"classes must be labels of one sortable type, got classes={classes.tolist()}"
+                ) from None
             self._check_classes(all_classes, "y" if classes is None else "classes")
         y_idx = self._encode(y, all_classes)
         xp, backend = self._backend()
