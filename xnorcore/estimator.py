@@ -294,7 +294,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             X = np.ldexp(X, exponent)
         if X.dtype == np.float64 and X.size:
             largest = float(np.max(np.abs(X)))
-            if largest > np.finfo(_F32).max:
+            if largest > float(np.finfo(_F32).max):
                 raise ValueError(
                     f"X has values up to {largest / 2.0**exponent:.3g} in magnitude, beyond the float32 "
                     "range in which this model computes; it was fitted on data of much smaller scale"
