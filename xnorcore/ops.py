@@ -334,7 +334,8 @@ def pack_bits(x, axis=-1, *, n_threads=None):
         Axis to pack.  It becomes the last axis of the words.
     n_threads : int, optional
         CPU threads to use; by default OpenMP's limit (``OMP_NUM_THREADS`` or a
-        threadpoolctl limit).  Ignored on the GPU.
+        threadpoolctl limit).  Never more than the CPUs this process may run
+        on.  Ignored on the GPU.
 
     Returns
     -------
@@ -345,9 +346,16 @@ def pack_bits(x, axis=-1, *, n_threads=None):
     Raises
     ------
     ValueError
-        If ``x`` contains NaN, is 0-D, or ``axis`` is out of bounds.
+        If ``x`` contains NaN, is 0-D or ragged, or ``axis`` is out of bounds.
     TypeError
-        If ``x`` has a complex, object or string dtype.
+        If ``x`` has a complex, object or string dtype, or is a masked array
+        or a sparse matrix.
+
+    Notes
+    -----
+    Any byte order and any real dtype are accepted: big-endian input is
+    read in native order, and long double is compared in its own precision
+    (a cast to float64 would turn tiny negatives into -0.0, that is +1).
 
     Examples
     --------
@@ -512,7 +520,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
         "auto" uses the GPU for cupy operands and the CPU for numpy operands.
         "gpu" copies numpy operands to the GPU.
     n_threads : int, optional
-        CPU threads to use; by default OpenMP's limit.  Ignored on the GPU.
+        CPU threads to use; by default OpenMP's limit.  Never more than the
+        CPUs this process may run on.  Ignored on the GPU.
 
     Returns
     -------
@@ -523,10 +532,12 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     ------
     ValueError
         If an operand is not 2-D, the inner dimensions differ, an operand
-        contains NaN, a packed operand is inconsistent, or ``backend`` is unknown.
+        contains NaN, a packed operand is inconsistent, an operand is a ragged
+        nested sequence, ``n_threads`` is not a positive integer, or
+        ``backend`` is unknown.
     TypeError
-        If an operand has a complex, object or string dtype, or numpy and cupy
-        operands are mixed.
+        If an operand has a complex, object or string dtype, is a masked
+        array or a sparse matrix, or numpy and cupy operands are mixed.
     RuntimeError
         If ``backend="gpu"`` and CuPy or a CUDA device is missing.
 
