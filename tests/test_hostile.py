@@ -1239,3 +1239,27 @@ def test_cli_batch_size_one_with_batch_norm(capsys):
     status, err = main_result(capsys, ["train", "--batch_norm", "--batch_size", "1", "--max_steps", "1",
                                        "--layers", "8,8", "--quiet"])
     assert_one_line_error((status, err), "batch norm needs at least 2 samples per batch", "batch_size=1")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: expected a positive number, got 'inf'"),
+    (["--lr=-1e-3"], "argument --lr: expected a positive number, got '-1e-3'"),
+    (["--reg", "nan"], "argument --reg: expected a number >= 0, got 'nan'"),
+    (["--eval_every_n", "0"], "argument --eval_every_n/--eval-every-n: expected a positive integer, got '0'"),
+    (["--layers", "3,0"], "argument --layers: expected a number of hidden layers"),
+    (["--layers", ","], "argument --layers: expected a number of hidden layers"),
+    (["--max_steps", "-1"], "argument --max_steps/--max-steps: expected an integer >= 0, got '-1'"),
+    (["--batch_size", "0"], "argument --batch_size/--batch-size: expected a positive integer, got '0'"),
+    (["--n_hidden", "1e3"], "argument --n_hidden/--n-hidden: expected a positive integer, got '1e3'"),
+])
+def test_bad_train_flags_name_the_flag(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", *argv])
+    assert exc.value.code == 2
+    assert_one_line_error((2, capsys.readouterr().err), fragment)
+
+
+def test_network_too_large_for_memory_is_one_line(capsys):
+    status, err = main_result(capsys, ["train", "--n_hidden", str(10**12), "--max_steps", "1", "--quiet"])
+    assert_one_line_error((status, err), "out of memory (Unable to allocate", "use a smaller network")

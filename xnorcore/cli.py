@@ -590,6 +590,13 @@ def main(argv=None):
         print(f"{prog}: error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as exc:
+        # A network or batch too large for this machine (--n_hidden 10**12).
+        if args.debug:
+            raise
+        print(f"{prog}: error: out of memory ({exc}); use a smaller network (--n_hidden, --layers) "
+              "or --batch_size", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
