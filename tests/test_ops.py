@@ -255,7 +255,10 @@ def test_error_packed_words_disagree_with_recorded_length():
     with pytest.raises(ValueError, match=r"words.shape=\(3, 1\) disagrees with the recorded shape=\(3, 100\)"):
         PackedBits(np.zeros((3, 1), dtype=np.uint64), (3, 100), 1)
     pa = pack_bits(np.ones((3, 100)), axis=1)
-    pa.words = np.zeros((3, 1), dtype=np.uint64)  # tampered after construction
+    with pytest.raises(AttributeError, match="PackedBits is immutable: cannot set 'words'"):
+        pa.words = np.zeros((3, 1), dtype=np.uint64)
+    # Tampered past the immutability: binary_matmul still checks the words.
+    object.__setattr__(pa, "_words", np.zeros((3, 1), dtype=np.uint64))
     with pytest.raises(ValueError, match="a has 1 words per row but its recorded length 100 needs 2"):
         binary_matmul(pa, np.ones((100, 2)))
 

@@ -44,7 +44,7 @@ def to_numpy(a):
     if a is None or isinstance(a, np.ndarray):
         return a
     if type(a).__module__ == _PACKED_MODULE:
-        return type(a)(to_numpy(a.words), a.shape, a.axis)
+        return type(a)._trusted(to_numpy(a.words), a.shape, a.axis)
     if is_cupy(a):
         return a.get()
     return a
@@ -55,7 +55,7 @@ def to_module(a, xp):
     if xp is np:
         return to_numpy(a)
     if type(a).__module__ == _PACKED_MODULE:
-        return type(a)(to_module(a.words, xp), a.shape, a.axis)
+        return type(a)._trusted(to_module(a.words, xp), a.shape, a.axis)
     if isinstance(a, np.ndarray):
         return xp.asarray(a)
     return a

@@ -68,10 +68,13 @@ def show_config():
         f"xnorcore {config['version']} (python {config['python']}, "
         f"numpy {config['numpy']}, {config['machine']})"
     )
-    print(
-        f"CPU: popcount {cpu['popcount']} (available: {', '.join(cpu['variants'])}), "
-        f"{cpu['threads']} OpenMP threads"
-    )
+    if cpu.get("unavailable"):
+        print(f"CPU: unavailable ({cpu['unavailable']})")
+    else:
+        print(
+            f"CPU: popcount {cpu['popcount']} (available: {', '.join(cpu['variants'])}), "
+            f"{cpu['threads']} OpenMP threads"
+        )
     if gpu.get("unavailable"):
         print(f"GPU: unavailable ({gpu['unavailable']})")
     else:

@@ -10,9 +10,11 @@ The last component is a run counter: 1 for a new path, else one more than the
 largest integer-named subfolder already there.
 """
 
+import contextlib
 import csv
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,41 @@ def require_tensorboardx():
     return SummaryWriter
 
 
+def _tensorflow_bins():
+    # TensorBoard's default histogram buckets (as tensorboardX's SummaryWriter uses).
+    v, buckets = 1e-12, []
+    while v < 1e20:
+        buckets.append(v)
+        v *= 1.1
+    return [-b for b in reversed(buckets)] + [0] + buckets
+
+
+_TF_BINS = _tensorflow_bins()
+
+
+class _EventFile:
+    """A TensorBoard event file written in the calling thread.
+
+    tensorboardX's SummaryWriter writes from a background thread: when a write
+    fails there (a full disk), the thread dies and the next flush or close
+    waits for it forever.  Written here, a failure is an OSError where the
+    event is added, flushed or closed.
+    """
+
+    def __init__(self, run_dir):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self._file = EventsWriter(os.path.join(os.fspath(run_dir), "events"))
+
+    def add(self, summary, step):
+        from tensorboardX.proto import event_pb2
+
+        self._file.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def close(self):
+        self._file.close()
+
+
 class RunLogger:
     """Write scalars to TensorBoard event files and ``scalars.csv``, histograms to TensorBoard.
 
@@ -135,6 +172,13 @@ class RunLogger:
     ----------
     run_dir : path-like
         Existing run directory (from :func:`make_run_dir`).
+
+    Raises
+    ------
+    RunLogError
+        From any method, when a file in ``run_dir`` cannot be written (a full
+        disk, a removed folder); the message names the folder.  After a
+        failure, :meth:`close` releases the files without raising again.
 
     Notes
     -----
@@ -145,35 +189,70 @@ class RunLogger:
     """
 
     def __init__(self, run_dir):
-        SummaryWriter = require_tensorboardx()
+        require_tensorboardx()
         self.run_dir = Path(run_dir)
-        try:
+        self._failed = False
+        self._csv_file = self._events = None
+        with self._writing():
             self._csv_file = open(self.run_dir / CSV_NAME, "w", newline="")
-            self._writer = SummaryWriter(logdir=os.fspath(self.run_dir))
+            self._events = _EventFile(self.run_dir)
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(["step", "tag", "value"])
+
+    @contextlib.contextmanager
+    def _writing(self):
+        if self._failed:
+            raise RunLogError(f"--log_dir: {self.run_dir}: an earlier write failed")
+        try:
+            yield
         except OSError as exc:
+            self._failed = True
+            self._release()
             raise RunLogError(f"--log_dir: cannot write in {self.run_dir}: {exc.strerror or exc}") from None
-        self._csv = csv.writer(self._csv_file)
-        self._csv.writerow(["step", "tag", "value"])
 
     def scalar(self, tag, value, step):
+        from tensorboardX.summary import scalar
+
         value = float(value)
         tag = tag_name(tag)
-        self._writer.add_scalar(tag, value, step)
-        # repr keeps every digit, so the CSV is exact where the event file
-        # stores float32.
-        self._csv.writerow([int(step), tag, repr(value)])
+        with self._writing():
+            self._events.add(scalar(tag, value), step)
+            # repr keeps every digit, so the CSV is exact where the event file
+            # stores float32.
+            self._csv.writerow([int(step), tag, repr(value)])
 
     def histograms(self, arrays, step):
         """Add one histogram per named array; empty or non-finite arrays are skipped."""
+        from tensorboardX.summary import histogram
+
         for name, values in arrays.items():
             values = np.asarray(to_numpy(values), dtype=np.float64).ravel()
             if values.size == 0 or not np.all(np.isfinite(values)):
                 continue
-            self._writer.add_histogram(tag_name(name), values, step)
+            with self._writing():
+                self._events.add(histogram(tag_name(name), values, _TF_BINS), step)
+
+    def _release(self):
+        """Close whatever is open, ignoring errors: the first one was reported."""
+        for f in (self._events, self._csv_file):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._events = self._csv_file = None
 
     def close(self):
-        self._writer.close()
-        self._csv_file.close()
+        if self._failed or self._events is None:
+            self._release()
+            return
+        with self._writing():
+            events, csv_file = self._events, self._csv_file
+            self._events = self._csv_file = None
+            try:
+                events.close()
+            finally:
+                csv_file.close()
 
     def __enter__(self):
         return self

@@ -66,8 +66,9 @@ def run_bench(sizes, runs, *, device="cpu", n_threads=None, prepacked=False, pro
         Timed calls per size and method (one more warm-up call is dropped).
     device : {"cpu", "gpu"}, default="cpu"
     n_threads : int, optional
-        CPU threads for both binary_matmul and the BLAS (via threadpoolctl);
-        by default the libraries' own defaults.
+        CPU threads for both binary_matmul and the BLAS (via threadpoolctl),
+        at most the CPUs this process may use; by default the libraries' own
+        defaults.
     prepacked : bool, default=False
         Pack both operands once, outside the timed calls.  By default each
         binary_matmul call packs its float operands, as the old XNOR op did.
@@ -90,8 +91,12 @@ def run_bench(sizes, runs, *, device="cpu", n_threads=None, prepacked=False, pro
     """
     from threadpoolctl import threadpool_limits
 
+    from ._threads import kernel_threads
     from .ops import binary_matmul, pack_bits
 
+    if n_threads is not None:
+        # The same count for both products, so the comparison stays fair.
+        n_threads = kernel_threads(n_threads)
     xp = _array_module(device)
     clock = _timer(xp)
     rows = []

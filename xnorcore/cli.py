@@ -39,14 +39,14 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types: each names what was expected and what was given ----------
 
 
-def _int_at_least(low, expected):
-    """An argparse type: an integer >= ``low``, else an error saying ``expected``."""
+def _int_at_least(low, expected, high=None):
+    """An argparse type: an integer in [``low``, ``high``], else an error saying ``expected``."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
+        if value is None or value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -55,6 +55,8 @@ def _int_at_least(low, expected):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "an integer >= 0")
+# numpy's RandomState, which scikit-learn seeds, takes seeds below 2**32.
+_seed = _int_at_least(0, f"an integer from 0 to {2**32 - 1}", high=2**32 - 1)
 
 
 def _float_checked(text, low_ok):
@@ -169,8 +171,9 @@ def build_parser():
     _add(tr, "--xnor", action="store_true", help="with --binary, use the XNOR-popcount product (otherwise float matmul)")
     _add(tr, "--batch_norm", action="store_true", help="batch-normalize activations")
     _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
-    _add(tr, "--seed", type=_nonnegative_int, default=0, help="seed for weights and batch order (default 0)")
-    _add(tr, "--save", metavar="PATH", help="pickle the trained estimator to PATH")
+    _add(tr, "--seed", type=_seed, default=0, help="seed for weights and batch order (default 0)")
+    _add(tr, "--save", metavar="PATH",
+         help="pickle the trained estimator to PATH (written atomically: a failed write keeps an existing file)")
     _add(tr, "--restore", metavar="PATH",
          help="continue from an estimator saved with --save: it keeps its architecture "
          "(layers, --binary, --xnor, --batch_norm) and trains with this command's --lr, "
@@ -194,7 +197,7 @@ def build_parser():
          help="matrix sizes (default 256,512,1024,2048 on cpu; 1024,2048,4096,8192 on gpu)")
     _add(be, "--runs", type=_positive_int, default=10, help="timed calls per size and method (default 10)")
     _add(be, "--threads", type=_positive_int, default=None,
-         help="CPU threads for both products (default: the libraries' defaults)")
+         help="CPU threads for both products, at most the CPUs available (default: the libraries' defaults)")
     _add(be, "--prepacked", action="store_true", help="pack operands once outside the timed calls")
     _add(be, "--plot", metavar="FILE.png", help="draw speedup against N (needs matplotlib)")
     _add(be, "--debug", action="store_true", help="show a traceback on errors")
@@ -238,6 +241,9 @@ def _check_writable_file(path, flag):
     path = Path(path)
     if path.is_dir():
         raise CLIError(f"{flag}: {path} is a directory, expected a file path")
+    if path.exists() and not path.is_file():
+        # Never replace a device or a FIFO (a write goes to a temporary file renamed over it).
+        raise CLIError(f"{flag}: {path} exists and is not a regular file")
     parent = path.parent
     if not parent.is_dir():
         raise CLIError(f"{flag}: cannot write {path}: directory {parent} does not exist")
@@ -363,7 +369,7 @@ def cmd_train(args):
 
     logger = None
     if args.log_dir is not None:
-        from ._runlog import RunLogger, make_run_dir
+        from ._runlog import RunLogError, RunLogger, make_run_dir
 
         run_dir = make_run_dir(
             args.log_dir,
@@ -377,7 +383,11 @@ def cmd_train(args):
         logger = RunLogger(run_dir)
         settings = {k: v for k, v in vars(args).items() if k not in ("func", "subparser", "layers", "n_hidden")}
         settings.update(hidden_layer_sizes=list(hidden), data=source)
-        (run_dir / "args.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        try:
+            (run_dir / "args.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        except OSError as exc:
+            logger.close()
+            raise RunLogError(f"--log_dir: cannot write in {run_dir}: {exc.strerror or exc}") from None
         if not args.quiet:
             print(f"logging to {run_dir}", file=sys.stderr, flush=True)
 
@@ -414,6 +424,9 @@ def cmd_train(args):
             print(f"interrupted after {len(rates)} steps", file=sys.stderr, flush=True)
         finally:
             out.close()
+        if status == EXIT_INTERRUPTED and not hasattr(clf, "network_"):
+            # Stopped inside the first step: there is no model to evaluate or save.
+            return status
 
         acc = float(clf.score(X_test, y_test))
         last_step = first_step + len(rates) - 1
@@ -428,8 +441,11 @@ def cmd_train(args):
         out.line(f"Avg ex/s = {statistics.fmean(rates):.1f}", always=True)
         out.line(f"Med ex/s = {statistics.median(rates):.1f}", always=True)
     if args.save is not None:
+        from ._io import atomic_write
+
+        # Atomic: a failed write (a full disk) leaves an earlier model intact.
         try:
-            with open(args.save, "wb") as f:
+            with atomic_write(args.save) as f:
                 pickle.dump(clf, f, protocol=pickle.HIGHEST_PROTOCOL)
         except OSError as exc:
             raise CLIError(f"--save: cannot write {args.save}: {exc.strerror or exc}") from None
@@ -451,6 +467,10 @@ def cmd_bench(args):
         except ImportError:
             raise CLIError("--plot needs matplotlib; install it with: pip install 'xnorcore[plot]'") from None
     sizes = args.sizes or list(DEFAULT_SIZES[args.device])
+    if args.threads is not None:
+        from ._threads import kernel_threads
+
+        args.threads = kernel_threads(args.threads, "--threads")
     header_printed = []
 
     def progress(row):
@@ -524,6 +544,21 @@ def cmd_info(args):
 # -- entry point ----------------------------------------------------------------
 
 
+def _check_environment():
+    """Refuse bad XNORCORE_* variables before any work, whatever the command."""
+    from ._backends import cpu as _cpu, gpu as _gpu
+
+    problem = _cpu.environment_error()
+    if problem is not None:
+        raise CLIError(problem)
+    kernel = os.environ.get(_gpu.KERNEL_ENV, "").strip().lower()
+    if kernel and kernel not in _gpu._KERNELS:
+        raise CLIError(
+            f"{_gpu.KERNEL_ENV} must be one of {', '.join(_gpu._KERNELS)} or unset, "
+            f"got {_gpu.KERNEL_ENV}={kernel!r}"
+        )
+
+
 def main(argv=None):
     """Run the ``xnorcore`` command; return its exit status."""
     parser = build_parser()
@@ -539,6 +574,7 @@ def main(argv=None):
 
     prog = f"xnorcore {args.command}"
     try:
+        _check_environment()
         return args.func(args)
     except (CLIError, DatasetError, RunLogError, BenchError) as exc:
         if args.debug:
@@ -551,6 +587,13 @@ def main(argv=None):
             raise
         print(f"{prog}: error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
               file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as exc:
+        # A network or batch too large for this machine (--n_hidden 10**12).
+        if args.debug:
+            raise
+        print(f"{prog}: error: out of memory ({exc}); use a smaller network (--n_hidden, --layers) "
+              "or --batch_size", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

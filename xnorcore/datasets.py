@@ -11,6 +11,7 @@ int64 array of shape ``(n_samples,)``.
 """
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -39,12 +40,15 @@ _IDX_DTYPES = {
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
+# Payloads are read in chunks of this size, so a header that claims more data
+# than the file holds costs no memory beyond what is really there.
+_CHUNK = 1 << 22
 
-def _read_bytes(path):
-    """Return the (decompressed) bytes of ``path``, gzipped or raw."""
+
+def _open(path):
+    """Open ``path`` for reading: a gzip stream if its content is gzip, else the raw file."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -53,12 +57,38 @@ def _read_bytes(path):
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     # Decide by content, not by name: a renamed .gz or an unpacked file
     # keeping its .gz suffix still loads.
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DatasetError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    magic = f.read(2)
+    f.seek(0)
+    if magic == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=f, mode="rb"), f, True
+    return f, f, False
+
+
+def _read(stream, n, path, compressed):
+    """Up to ``n`` bytes of ``stream``, fewer only at its end."""
+    parts = []
+    while n > 0:
+        try:
+            chunk = stream.read(min(n, _CHUNK))
+        except (EOFError, OSError, zlib.error) as exc:
+            if compressed:
+                raise DatasetError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+            raise DatasetError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _count_rest(stream, path):
+    """Bytes left in a gzip stream, read and dropped chunk by chunk."""
+    n = 0
+    while True:
+        chunk = _read(stream, _CHUNK, path, True)
+        if not chunk:
+            return n
+        n += len(chunk)
 
 
 def load_idx(path):
@@ -74,14 +104,19 @@ def load_idx(path):
     data : ndarray
         Array of the shape stored in the header, in native byte order, with the
         dtype given by the header's type code (uint8, int8, int16, int32,
-        float32 or float64).
+        float32 or float64).  A header with a zero dimension gives an empty
+        array; :func:`load_mnist` refuses files without images.
 
     Raises
     ------
     DatasetError
         If the file is missing, unreadable, not gzip-decodable, has a bad magic
-        number or type code, or its payload is shorter or longer than its
-        header says.  The message names the file and what is wrong.
+        number or type code, a header whose size does not fit in memory
+        addresses, or its payload is shorter or longer than its header says.
+        The message names the file and what is wrong.  Memory use is bounded
+        by the data really present, whatever the header claims.
+    TypeError
+        If ``path`` is not a str or path-like.
 
     Examples
     --------
@@ -90,40 +125,70 @@ def load_idx(path):
     >>> images.shape, images.dtype  # doctest: +SKIP
     ((60000, 28, 28), dtype('uint8'))
     """
-    path = os.fspath(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or path-like, got {type(path).__name__}") from None
+    stream, raw_file, compressed = _open(path)
+    try:
+        return _load_idx(stream, raw_file, path, compressed)
+    finally:
+        stream.close()
+        raw_file.close()
+
+
+def _load_idx(stream, raw_file, path, compressed):
+    head = _read(stream, 4, path, compressed)
+    if len(head) < 4:
         raise DatasetError(
-            f"{path}: truncated IDX file, {len(data)} bytes is shorter than the 4-byte magic number"
+            f"{path}: truncated IDX file, {len(head)} bytes is shorter than the 4-byte magic number"
         )
-    if data[0] != 0 or data[1] != 0:
+    if head[0] != 0 or head[1] != 0:
         raise DatasetError(
-            f"{path}: not an IDX file, bad magic number 0x{data[:4].hex()} "
+            f"{path}: not an IDX file, bad magic number 0x{head.hex()} "
             "(expected two zero bytes, a type code and the number of dimensions)"
         )
-    code, ndim = data[2], data[3]
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DatasetError(f"{path}: unknown IDX type code 0x{code:02X} (expected one of {known})")
     if ndim == 0:
         raise DatasetError(f"{path}: IDX header declares 0 dimensions")
     header_len = 4 + 4 * ndim
-    if len(data) < header_len:
+    dims = _read(stream, 4 * ndim, path, compressed)
+    if len(dims) < 4 * ndim:
         raise DatasetError(
             f"{path}: truncated IDX header, {ndim} dimensions need {header_len} bytes "
-            f"but the file has {len(data)}"
+            f"but the file has {4 + len(dims)}"
         )
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    payload = len(data) - header_len
-    if payload != expected:
-        what = "truncated" if payload < expected else "has trailing bytes"
+    # Python integers: the product of up to 255 dimensions of 2**32 - 1 does
+    # not wrap around as a fixed-width product would.
+    expected = math.prod(shape) * dtype.itemsize
+    addressable = math.prod(d for d in shape if d) * dtype.itemsize
+    if addressable > np.iinfo(np.intp).max:
+        raise DatasetError(
+            f"{path}: IDX header shape {shape} of {dtype.name} is too large: "
+            f"{addressable} bytes do not fit in memory addresses (a corrupt header)"
+        )
+    if compressed:
+        payload = _read(stream, expected, path, compressed)
+        found = len(payload) + _count_rest(stream, path)
+    else:
+        found = os.fstat(raw_file.fileno()).st_size - header_len
+        # Compared before reading: a header claiming more than the file holds
+        # costs nothing.
+        if found == expected:
+            payload = _read(stream, expected, path, compressed)
+            found = len(payload)  # less if the file shrank meanwhile
+    if found != expected:
+        what = "truncated" if found < expected else "has trailing bytes"
         raise DatasetError(
             f"{path}: {what}: header shape {shape} of {dtype.name} needs {expected} data bytes, "
-            f"found {payload}"
+            f"found {found}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
 
@@ -163,16 +228,28 @@ def _images_to_features(images, path):
             f"{path}: expected images with at least 2 dimensions (count, rows[, cols]), "
             f"got shape {images.shape}"
         )
-    X = images.reshape(images.shape[0], -1).astype(np.float32)
+    if images.shape[0] == 0:
+        raise DatasetError(f"{path}: holds 0 images (header shape {images.shape})")
+    if math.prod(images.shape[1:]) == 0:
+        raise DatasetError(f"{path}: images have 0 pixels (header shape {images.shape})")
     if images.dtype == np.uint8:
-        X /= 255.0
-    else:
-        # Non-byte IDX images: rescale the observed range to [0, 1].
-        lo, hi = (float(X.min()), float(X.max())) if X.size else (0.0, 1.0)
-        X -= lo
-        if hi > lo:
-            X /= hi - lo
-    return X
+        return images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255.0)
+    # Non-byte IDX images: rescale the observed range to [0, 1], in float64
+    # so that float64 values beyond the float32 range still scale correctly.
+    X = images.reshape(images.shape[0], -1).astype(np.float64)
+    if images.dtype.kind == "f":
+        if np.isnan(X).any():
+            raise DatasetError(f"{path}: image data contains NaN")
+        if np.isinf(X).any():
+            raise DatasetError(f"{path}: image data contains infinite values (inf or -inf)")
+    lo, hi = float(X.min()), float(X.max())
+    if not math.isfinite(hi - lo):
+        # The range itself overflows float64: scale by halves.
+        X, lo, hi = X / 2, lo / 2, hi / 2
+    X -= lo
+    if hi > lo:
+        X /= hi - lo
+    return X.astype(np.float32)
 
 
 def _labels(labels, path):
@@ -180,6 +257,8 @@ def _labels(labels, path):
         raise DatasetError(f"{path}: expected 1-D labels, got shape {labels.shape}")
     if labels.dtype.kind == "f":
         raise DatasetError(f"{path}: expected integer labels, got {labels.dtype.name}")
+    if labels.shape[0] == 0:
+        raise DatasetError(f"{path}: holds 0 labels")
     return labels.astype(np.int64)
 
 
@@ -204,8 +283,9 @@ def load_mnist(data_dir):
     Raises
     ------
     DatasetError
-        If ``data_dir`` is not a directory, a file is missing or corrupt, or
-        the image and label counts or the train and test image sizes differ.
+        If ``data_dir`` is not a directory, a file is missing or corrupt, holds
+        no images or labels, has NaN or infinite pixel values, or the image
+        and label counts or the train and test image sizes differ.
 
     Examples
     --------

@@ -2,6 +2,7 @@
 
 import copy
 import warnings
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,6 +28,35 @@ from .nn._trainer import LR_SCHEDULES, TrainingHistory, train, validation_split
 __all__ = ["BNNClassifier"]
 
 _F32 = np.float32
+
+#: Data whose largest magnitude lies outside [2**-_MAX_EXPONENT, 2**_MAX_EXPONENT]
+#: is scaled by a power of two first (see input_exponent_).
+_MAX_EXPONENT = 40
+#: Rows per chunk of the float64 passes over X.
+_CHUNK_ROWS = 8192
+
+
+def _reject_masked(value, name):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a masked array (numpy.ma): BNNClassifier would use the data "
+            f"hidden under the mask; fill or drop the masked entries first, e.g. {name}.filled(value)"
+        )
+
+
+def _input_exponent(X):
+    """``k`` such that ``X * 2**k`` has its largest magnitude near 1, or 0 for data of ordinary scale.
+
+    float32 training and the first layer of prediction (which folds the
+    standardization into the weights) then neither overflow nor underflow,
+    whatever the units of X.  A power of two scales exactly.
+    """
+    if X.size == 0:
+        return 0
+    largest = float(np.max(np.abs(X)))
+    if largest == 0 or 2.0**-_MAX_EXPONENT <= largest <= 2.0**_MAX_EXPONENT:
+        return 0
+    return -math.frexp(largest)[1]
 
 
 class BNNClassifier(ClassifierMixin, BaseEstimator):
@@ -70,13 +100,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         down to ``learning_rate_init / 100`` at the last epoch.
         :meth:`partial_fit` always uses ``learning_rate_init``.
     batch_size : int, default=200
-        Minibatch size (capped at the number of training samples).
+        Minibatch size (capped at the number of training samples).  Batch
+        norm needs at least 2 samples per batch: with batch norm,
+        ``batch_size=1`` (or a single training sample) raises ValueError, and
+        a last batch of one sample in an epoch joins the batch before it.
     max_iter : int, default=20
         Number of epochs of :meth:`fit`.
     reg : float, default=0.0
         L1 penalty on all weights.
     dropout : float, default=0.0
-        Dropout probability on the input of every layer after the first.
+        Dropout probability on the input of every layer after the first.  A
+        continued network (``warm_start``, :meth:`partial_fit`) trains with
+        the current value.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data, stop when its accuracy
         has not improved by ``tol`` for ``n_iter_no_change`` epochs, and keep
@@ -100,7 +135,19 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Print the loss, validation score and examples/s after each epoch (and
         show a progress bar when attached to a terminal).
     warm_start : bool, default=False
-        Continue training the previous network on the next :meth:`fit`.
+        Continue training the previous network on the next :meth:`fit`.  Its
+        architecture stays: a changed ``hidden_layer_sizes``, ``binary``,
+        ``batch_norm``, ``binarize_first`` or ``binarize_last`` raises
+        ValueError (as it does for :meth:`partial_fit`).
+
+    Notes
+    -----
+    A :meth:`fit` or :meth:`partial_fit` that raises (bad data, a NaN loss,
+    KeyboardInterrupt) leaves the estimator exactly as it was.  Inputs of any
+    scale train alike: data whose largest magnitude is far from 1 (below
+    ``2**-40`` or above ``2**40``, such as features in units of 1e-20 or
+    float64 values beyond the float32 range) are first multiplied by a power
+    of two, ``2**input_exponent_``, which is exact.
 
     Attributes
     ----------
@@ -108,6 +155,13 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Class labels.
     n_features_in_ : int
         Number of features seen during fit.
+    input_mean_ : ndarray of shape (n_features_in_,)
+        Per-feature mean of the (scaled) training input, subtracted before the network.
+    input_scale_ : float
+        Standard deviation of the (scaled) training input over all features, divided by.
+    input_exponent_ : int
+        Power of two the input is multiplied by before standardization (0 for
+        data of ordinary scale).
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Feature names, when X has string column names.
     network_ : xnorcore.nn.Network
@@ -240,7 +294,20 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                              y_numeric=False, multi_output=False)
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
-        return np.asarray(X, dtype=_F32), y
+        return X, y
+
+    def _model_input(self, X, exponent):
+        """Validated X (float32 or float64) scaled by ``2**exponent`` as the float32 rows the network takes."""
+        if exponent:
+            X = np.ldexp(X, exponent)
+        if X.dtype == np.float64 and X.size:
+            largest = float(np.max(np.abs(X)))
+            if largest > float(np.finfo(_F32).max):
+                raise ValueError(
+                    f"X has values up to {largest / 2.0**exponent:.3g} in magnitude, beyond the float32 "
+                    "range in which this model computes; it was fitted on data of much smaller scale"
+                )
+        return np.asarray(X, dtype=_F32)
 
     @staticmethod
     def _check_classes(classes, name):
@@ -265,18 +332,34 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     def _input_stats(X, sample_weight=None):
         # Per-feature centring but one global scale: a per-feature scale blows
         # up features that happen to be constant in the first batch of
-        # partial_fit (MNIST border pixels).  Weighted as the loss is, so that
-        # a sample of weight 0 changes nothing.
+        # partial_fit (MNIST border pixels).  Sums run in float64 over chunks
+        # of rows, so that neither the squares of large values nor those of
+        # small ones leave the range (X is already scaled near 1).  Weighted as
+        # the loss is, so that a sample of weight 0 changes nothing.
         if sample_weight is None:
-            mean = X.mean(axis=0, dtype=np.float64).astype(_F32)
-            scale = float(np.sqrt(((X - mean) ** 2).mean(dtype=np.float64)))
+            mean = X.mean(axis=0, dtype=np.float64)
+            count = X.size
         else:
-            mean = np.average(X, axis=0, weights=sample_weight).astype(_F32)
-            squares = ((X - mean) ** 2).mean(axis=1, dtype=np.float64)
-            scale = float(np.sqrt(np.average(squares, weights=sample_weight)))
-        if not np.isfinite(scale) or scale <= 1e-12:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+            if not weights.sum() > 0:
+                raise ValueError("sample_weight must have a positive sum, got all zeros")
+            mean = np.zeros(X.shape[1])
+            for start in range(0, X.shape[0], _CHUNK_ROWS):
+                rows = slice(start, start + _CHUNK_ROWS)
+                mean += weights[rows] @ X[rows].astype(np.float64)
+            mean /= weights.sum()
+            count = weights.sum() * X.shape[1]
+        total = 0.0
+        for start in range(0, X.shape[0], _CHUNK_ROWS):
+            rows = slice(start, start + _CHUNK_ROWS)
+            squares = np.square(X[rows] - mean, dtype=np.float64)
+            total += float(squares.sum() if sample_weight is None else weights[rows] @ squares.sum(axis=1))
+        scale = math.sqrt(total / max(count, 1))
+        largest = float(np.max(np.abs(X))) if X.size else 0.0
+        # Constant data: rounding noise only, nothing to scale by.
+        if not math.isfinite(scale) or scale <= 1e-12 * largest or scale == 0:
             scale = 1.0
-        return mean, _F32(scale)
+        return mean.astype(_F32), _F32(scale)
 
     # ------------------------------------------------------------ training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
@@ -284,9 +367,50 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
         ``fit`` trains ``max_iter`` epochs with the schedule (continuing the
         fitted network with ``warm_start``); ``partial_fit`` one epoch at
-        ``learning_rate_init``, always continuing.  Attributes change only
-        once training has succeeded.
+        ``learning_rate_init``, always continuing.  A call that fails (bad
+        data, a NaN loss, Ctrl-C) leaves the estimator exactly as it was.
         """
+        saved = dict(self.__dict__)
+        rollback = {}
+        try:
+            return self._fit_once(X, y, incremental, classes, sample_weight, rollback)
+        except BaseException:
+            if "network" in rollback:
+                # partial_fit trained the fitted network in place: put back its
+                # state from before the first step (the gradients of the last
+                # step, which only histograms show, are not kept).
+                xp, (net, opt), rng_state = rollback["xp"], rollback["network"], rollback["rng"]
+                saved["network_"], saved["optimizer_"] = net.to(xp), opt.to(xp)
+                saved["_random_state"].set_state(rng_state)
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _check_same_network(self, sizes, incremental):
+        """A continued network keeps its architecture: refuse changed parameters that define it."""
+        net = self.network_
+        binary = bool(self.binary)
+        wanted = {
+            "hidden_layer_sizes": (sizes, net.hidden_layer_sizes),
+            "binary": (binary, net.binary),
+            "batch_norm": (bool(self.batch_norm), net.batch_norm),
+            "binarize_first": (bool(self.binarize_first) and binary, net.binarize_first),
+            "binarize_last": (bool(self.binarize_last) and binary, net.binarize_last),
+        }
+        changed = [f"{name}={new!r} but the network has {name}={old!r}"
+                   for name, (new, old) in wanted.items() if new != old]
+        if changed:
+            what = "partial_fit" if incremental else "warm_start=True"
+            raise ValueError(
+                f"{what} continues the fitted network, whose architecture cannot change: "
+                f"{'; '.join(changed)}; set the parameters back, or fit a new network "
+                f"(warm_start=False)"
+            )
+
+    def _fit_once(self, X, y, incremental, classes, sample_weight, rollback):
+        _reject_masked(X, "X")
+        _reject_masked(y, "y")
+        _reject_masked(classes, "classes")
         fitted = hasattr(self, "network_")
         if incremental and not fitted and classes is None:
             raise ValueError(
@@ -301,11 +425,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     f"{'partial_fit' if incremental else 'warm_start=True'} cannot continue a model "
                     "whose training state was dropped"
                 )
-            if not incremental and self.network_.hidden_layer_sizes != sizes:
-                raise ValueError(
-                    "warm_start=True needs the same hidden_layer_sizes as the fitted network, got "
-                    f"{sizes} and {self.network_.hidden_layer_sizes}"
-                )
+            self._check_same_network(sizes, incremental)
         X, y = self._validate_Xy(X, y, reset=not resume)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
@@ -317,7 +437,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     f"to partial_fit, classes_={all_classes.tolist()}"
                 )
         else:
-            all_classes = np.unique(y if classes is None else column_or_1d(np.asarray(classes)))
+            if classes is not None:
+                classes = column_or_1d(np.asarray(classes))
+                if classes.dtype.kind == "f" and np.isnan(classes).any():
+                    raise ValueError(f"classes must not contain NaN, got classes={classes.tolist()}")
+                if classes.dtype.kind not in "biufUSO":
+                    raise ValueError(f"classes must be labels (numbers or strings), got dtype={classes.dtype}")
+            try:
+                all_classes = np.unique(y if classes is None else classes)
+            except TypeError:
+                raise ValueError(
+                    f"classes must be labels of one sortable type, got classes={classes.tolist()}"
+                ) from None
             self._check_classes(all_classes, "y" if classes is None else "classes")
         if sample_weight is not None and not incremental:
             self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
@@ -326,16 +457,30 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
 
         if resume:
+            exponent = getattr(self, "input_exponent_", 0)
+            X = self._model_input(X, exponent)
             # fit keeps the fitted model intact until it succeeds; partial_fit,
-            # called once per batch, continues in place.
+            # called once per batch, continues in place (and _fit puts it back
+            # on failure).
             rng = self._random_state if incremental else check_random_state(self.random_state)
             mean, scale = self.input_mean_, self.input_scale_
             net, opt = self.network_, self.optimizer_
-            if not incremental:
+            if incremental:
+                # partial_fit runs once per batch and trains the fitted network
+                # in place; a copy of its state (on the host) is what a failure
+                # puts back.
+                rollback.update(xp=net.xp, network=copy.deepcopy((net, opt)), rng=rng.get_state())
+            else:
                 net, opt = copy.deepcopy(net), copy.deepcopy(opt)
             net, opt = net.to(xp), opt.to(xp)
+            # Dropout is how training runs, not part of the network: a
+            # continued network trains with the current value.
+            for block in net.blocks[1:]:
+                block.dense.dropout = float(self.dropout)
             history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
         else:
+            exponent = _input_exponent(X)
+            X = self._model_input(X, exponent)
             rng = check_random_state(self.random_state)
             mean, scale = self._input_stats(X, sample_weight)
             net = Network(
@@ -346,6 +491,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             opt = Adam()
             history = TrainingHistory()
         net.set_xnor(xnor)
+        has_batch_norm = net.batch_norm or net.binarize_last
 
         early_stopping = self.early_stopping and not incremental
         X_fit, y_fit, w_fit, validation = X, y_idx, sample_weight, None
@@ -354,6 +500,13 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 X, y_idx, self.validation_fraction, rng, sample_weight)
             validation = (xp.asarray((X_val - mean) / scale), y_val, w_val)
             history.validation_scores = []
+        if has_batch_norm and min(self.batch_size, len(X_fit)) < 2:
+            raise ValueError(
+                "batch norm needs at least 2 samples per batch, got "
+                + (f"batch_size={self.batch_size}" if self.batch_size < 2 else f"{len(X_fit)} training sample")
+                + "; use batch_size >= 2, or batch_norm=False"
+                + ("" if self.batch_size < 2 else " (or pass more samples)")
+            )
         net = train(
             net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history,
             epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
@@ -378,6 +531,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         if not resume:
             self.classes_ = all_classes
             self.input_mean_, self.input_scale_ = mean, scale
+            self.input_exponent_ = exponent
         self._random_state = rng
         if not incremental or not resume:
             self.validation_scores_ = history.validation_scores
@@ -466,8 +620,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
+        _reject_masked(X, "X")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
-        X = np.asarray(X, dtype=_F32)
+        X = self._model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:
             packed = self.network_.binary
         if not packed:

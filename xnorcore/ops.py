@@ -32,12 +32,12 @@ and its C headers, ``kernels/*.cu``) and the tests refer to it.
 """
 
 import math
-import numbers
 import operator
 
 import numpy as np
 
 from ._array import get_array_module, is_cupy, is_dask
+from ._threads import check_n_threads
 
 __all__ = [
     "WORD_BITS",
@@ -66,17 +66,29 @@ def n_words(length):
     return (length + WORD_BITS - 1) // WORD_BITS
 
 
+def _check_padding_block(block, padding, message, block_info=None):
+    """A block of dask words, unchanged, once its share of the last words has no padding bits set."""
+    info = block_info[0] if block_info else None
+    last = info is None or info["array-location"][-1][1] == info["shape"][-1]
+    if last and block.size and bool((block[..., -1] & padding).any()):
+        raise ValueError(message)
+    return block
+
+
 class PackedBits:
     """Sign bits of an array packed along one axis into 64-bit words.
 
     Made by :func:`pack_bits`; the layout is described in :mod:`xnorcore.ops`.
+    A PackedBits is immutable: its attributes cannot be assigned, and numpy
+    words are a read-only view (cupy arrays have no read-only flag: do not
+    write into the words of a PackedBits on the GPU).
 
     Parameters
     ----------
     words : ndarray of dtype uint64
         The packed words (numpy or cupy).  The packed axis is the last axis.
     shape : tuple of int
-        Shape of the array that was packed.
+        Shape of the array that was packed, every entry >= 0.
     axis : int
         Axis of ``shape`` that was packed, in ``range(len(shape))``.
 
@@ -84,29 +96,98 @@ class PackedBits:
     ----------
     length : int
         Number of elements along the packed axis, ``shape[axis]``.
+
+    Raises
+    ------
+    TypeError
+        If ``words`` is not a numpy or cupy array of dtype uint64, or
+        ``shape`` or ``axis`` holds a non-integer.
+    ValueError
+        If ``shape`` has a negative entry, ``axis`` is out of range,
+        ``words.shape`` disagrees with ``shape`` and ``axis``, or a padding bit
+        (bit position >= ``length`` in the last word) is set: padding must be
+        0, or every product would be off.  Checking padding of cupy words
+        waits for the device.
     """
 
-    __slots__ = ("words", "shape", "axis")
+    __slots__ = ("_words", "_shape", "_axis")
 
     def __init__(self, words, shape, axis):
-        shape = tuple(operator.index(s) for s in shape)
-        axis = operator.index(axis)
+        self._init(words, shape, axis, check_padding=True)
+
+    @classmethod
+    def _trusted(cls, words, shape, axis):
+        """A PackedBits of words that a kernel wrote, whose padding is zero by construction."""
+        self = cls.__new__(cls)
+        self._init(words, shape, axis, check_padding=False)
+        return self
+
+    def _init(self, words, shape, axis, check_padding):
+        try:
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise TypeError(f"shape must be a tuple of integers, got shape={shape!r}") from None
+        if any(s < 0 for s in shape):
+            raise ValueError(f"shape must not have negative entries, got shape={shape}")
+        try:
+            axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"axis must be an integer, got axis={axis!r}") from None
         if not 0 <= axis < len(shape):
             raise ValueError(f"axis must be in range({len(shape)}), got axis={axis}")
+        if isinstance(words, np.ndarray) and not isinstance(words, np.ma.MaskedArray):
+            words = words.view(np.ndarray)
+            words.flags.writeable = False
+        elif not (is_cupy(words) or is_dask(words)):
+            raise TypeError(f"words must be a uint64 array (numpy or cupy), got {type(words).__name__}")
+        if words.dtype != np.dtype(np.uint64):
+            # Big-endian uint64 is refused too: the kernels read native words.
+            raise TypeError(f"words must be a uint64 array, got {words.dtype} (native byte order needed)"
+                            if words.dtype.kind == "u" and words.dtype.itemsize == 8
+                            else f"words must be a uint64 array, got {words.dtype}")
         expected = shape[:axis] + shape[axis + 1 :] + (n_words(shape[axis]),)
-        if getattr(words, "dtype", None) != np.uint64:
-            raise TypeError(
-                f"words must be a uint64 array, got {getattr(words, 'dtype', type(words))}"
-            )
         if tuple(words.shape) != expected:
             raise ValueError(
                 f"words.shape={tuple(words.shape)} disagrees with the recorded "
                 f"shape={shape} packed along axis={axis}: expected words of shape "
                 f"{expected}"
             )
-        self.words = words
-        self.shape = shape
-        self.axis = axis
+        tail = shape[axis] % WORD_BITS
+        if check_padding and tail and words.size:
+            padding = np.uint64(~((1 << tail) - 1) & (2**WORD_BITS - 1))
+            message = (
+                f"words has padding bits set: bits {tail}..63 of the last word must be 0 "
+                f"for length={shape[axis]} (shape={shape}, axis={axis}), or every product "
+                "would be off"
+            )
+            if is_dask(words):
+                # Checked when the blocks holding the last words are computed,
+                # so that building a graph reads no data.
+                words = words.map_blocks(_check_padding_block, padding=padding, message=message,
+                                         dtype=np.uint64)
+            elif bool((words[..., -1] & padding).any()):
+                raise ValueError(message)
+        object.__setattr__(self, "_words", words)
+        object.__setattr__(self, "_shape", shape)
+        object.__setattr__(self, "_axis", axis)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"PackedBits is immutable: cannot set {name!r}; make a new PackedBits")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"PackedBits is immutable: cannot delete {name!r}")
+
+    @property
+    def words(self):
+        return self._words
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def axis(self):
+        return self._axis
 
     @property
     def length(self):
@@ -124,22 +205,51 @@ class PackedBits:
         return {"words": self.words, "shape": self.shape, "axis": self.axis}
 
     def __setstate__(self, state):
-        for name, value in state.items():
-            setattr(self, name, value)
+        # Loaded words are checked as a new PackedBits would be.
+        try:
+            words, shape, axis = state["words"], state["shape"], state["axis"]
+        except (TypeError, KeyError):
+            raise ValueError("not the state of a PackedBits: expected words, shape and axis") from None
+        self._init(words, shape, axis, check_padding=True)
 
     def __repr__(self):
         xp = type(self.words).__module__.partition(".")[0]
         return f"PackedBits(shape={self.shape}, axis={self.axis}, words={xp}.uint64{tuple(self.words.shape)})"
 
 
+def _is_sparse(x):
+    # scipy.sparse, cupyx.scipy.sparse and pydata/sparse arrays, without importing them.
+    module = type(x).__module__
+    return module.startswith(("scipy.sparse", "cupyx.scipy.sparse")) or module.partition(".")[0] == "sparse"
+
+
 def _check_array(x, name):
-    """Return ``x`` as a numpy or cupy array of a real numeric dtype."""
+    """Return ``x`` as a numpy or cupy array of a real numeric dtype in native byte order."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a masked array (numpy.ma): its masked entries would be used "
+            f"through the data hidden under the mask; fill them first, e.g. {name}.filled(0)"
+        )
+    if _is_sparse(x):
+        raise TypeError(
+            f"{name} must be a dense array, got a sparse {type(x).__name__}: sign maps 0 to +1, "
+            f"so the signs of a sparse matrix are dense; convert it with {name}.toarray()"
+        )
     if not is_cupy(x):
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a rectangular array, got nested sequences of different "
+                "lengths (ragged)"
+            ) from None
     if x.dtype.kind not in "biuf":
         raise TypeError(
             f"{name} must have a boolean, integer or real floating dtype, got dtype={x.dtype}"
         )
+    if not x.dtype.isnative:
+        # Big-endian input: the kernels read native words; the values are unchanged.
+        x = x.astype(x.dtype.newbyteorder("="))
     return x
 
 
@@ -225,11 +335,8 @@ def _normalize_axis(axis, ndim, name="axis"):
 
 
 def _check_n_threads(n_threads):
-    if n_threads is None:
-        return None
-    if not isinstance(n_threads, numbers.Integral) or isinstance(n_threads, bool) or n_threads < 1:
-        raise ValueError(f"n_threads must be None or a positive integer, got n_threads={n_threads!r}")
-    return int(n_threads)
+    # Validated here, before any work; clamped where it enters a kernel.
+    return check_n_threads(n_threads, "n_threads")
 
 
 def pack_bits(x, axis=-1, *, n_threads=None):
@@ -244,7 +351,8 @@ def pack_bits(x, axis=-1, *, n_threads=None):
         Axis to pack.  It becomes the last axis of the words.
     n_threads : int, optional
         CPU threads to use; by default OpenMP's limit (``OMP_NUM_THREADS`` or a
-        threadpoolctl limit).  Ignored on the GPU.
+        threadpoolctl limit).  Never more than the CPUs this process may run
+        on.  Ignored on the GPU.
 
     Returns
     -------
@@ -255,9 +363,16 @@ def pack_bits(x, axis=-1, *, n_threads=None):
     Raises
     ------
     ValueError
-        If ``x`` contains NaN, is 0-D, or ``axis`` is out of bounds.
+        If ``x`` contains NaN, is 0-D or ragged, or ``axis`` is out of bounds.
     TypeError
-        If ``x`` has a complex, object or string dtype.
+        If ``x`` has a complex, object or string dtype, or is a masked array
+        or a sparse matrix.
+
+    Notes
+    -----
+    Any byte order and any real dtype are accepted: big-endian input is
+    read in native order, and long double is compared in its own precision
+    (a cast to float64 would turn tiny negatives into -0.0, that is +1).
 
     Examples
     --------
@@ -302,9 +417,15 @@ def _pack_unchecked(backend, x, axis, n_threads):
         words = xp.full(out_shape, np.uint64(2**64 - 1), dtype=np.uint64)
         if length % WORD_BITS:
             words[..., -1] = np.uint64((1 << (length % WORD_BITS)) - 1)
-        return PackedBits(words, shape, axis), False
+        return PackedBits._trusted(words, shape, axis), False
     if x.dtype == np.float16:
         x = x.astype(np.float32)
+    elif x.dtype.kind == "f" and x.dtype.itemsize > 8:
+        # long double: a cast to float64 would turn tiny negatives into -0.0
+        # (+1) and NaN must still be found, so compare in long double.
+        has_nan = bool(np.isnan(x).any())
+        packed, _ = _pack_unchecked(backend, np.where(x >= 0, np.int8(1), np.int8(-1)), axis, n_threads)
+        return packed, has_nan
     moved = xp.moveaxis(x, axis, -1)
     pack_cols = getattr(backend, "pack_cols", None)
     if pack_cols is not None and not moved.flags.c_contiguous:
@@ -323,7 +444,7 @@ def _pack_unchecked(backend, x, axis, n_threads):
     else:
         rows = xp.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), length)
         words, has_nan = backend.pack_rows(rows, n_threads)
-    return PackedBits(words.reshape(out_shape), shape, axis), has_nan
+    return PackedBits._trusted(words.reshape(out_shape), shape, axis), has_nan
 
 
 def unpack_bits(packed, dtype=np.int8):
@@ -334,12 +455,20 @@ def unpack_bits(packed, dtype=np.int8):
     packed : PackedBits
         Output of :func:`pack_bits`.
     dtype : dtype, default=int8
-        Dtype of the result.
+        Dtype of the result: a signed integer or real floating dtype (one
+        that holds -1 and +1 exactly).
 
     Returns
     -------
     x : ndarray of shape ``packed.shape``
         ``sign`` of the array that was packed (numpy or cupy, as the words).
+
+    Raises
+    ------
+    TypeError
+        If ``packed`` is not a PackedBits, or ``dtype`` is not a signed
+        integer or real floating dtype (bool, unsigned, complex, string and
+        object dtypes are refused: they do not hold -1 and +1 as numbers).
 
     Examples
     --------
@@ -350,6 +479,7 @@ def unpack_bits(packed, dtype=np.int8):
     """
     if not isinstance(packed, PackedBits):
         raise TypeError(f"packed must be a PackedBits, got {type(packed).__name__}")
+    dtype = _check_unpack_dtype(dtype)
     if is_dask(packed):
         return _dask().unpack_bits(packed, dtype)
     xp = get_array_module(packed.words)
@@ -361,6 +491,19 @@ def unpack_bits(packed, dtype=np.int8):
     table = xp.asarray(_SIGNS_OF_BYTE.astype(dtype))
     values = xp.take(table, bytes_, axis=0).reshape(bytes_.shape[:-1] + (8 * bytes_.shape[-1],))
     return xp.moveaxis(values[..., :length], -1, packed.axis)
+
+
+def _check_unpack_dtype(dtype):
+    expected = "dtype must be a signed integer or real floating dtype (int8, float32, ...)"
+    if dtype is None:
+        raise TypeError(f"{expected}, got dtype=None")
+    try:
+        resolved = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"{expected}, got dtype={dtype!r}") from None
+    if resolved.kind not in "if":
+        raise TypeError(f"{expected}, got dtype={resolved} (it does not hold -1 and +1 as numbers)")
+    return resolved
 
 
 def _matmul_operand(x, name, axis):
@@ -398,7 +541,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
         "auto" uses the GPU for cupy operands and the CPU for numpy operands.
         "gpu" copies numpy operands to the GPU.
     n_threads : int, optional
-        CPU threads to use; by default OpenMP's limit.  Ignored on the GPU.
+        CPU threads to use; by default OpenMP's limit.  Never more than the
+        CPUs this process may run on.  Ignored on the GPU.
 
     Returns
     -------
@@ -409,10 +553,12 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     ------
     ValueError
         If an operand is not 2-D, the inner dimensions differ, an operand
-        contains NaN, a packed operand is inconsistent, or ``backend`` is unknown.
+        contains NaN, a packed operand is inconsistent, an operand is a ragged
+        nested sequence, ``n_threads`` is not a positive integer, or
+        ``backend`` is unknown.
     TypeError
-        If an operand has a complex, object or string dtype, or numpy and cupy
-        operands are mixed.
+        If an operand has a complex, object or string dtype, is a masked
+        array or a sparse matrix, or numpy and cupy operands are mixed.
     RuntimeError
         If ``backend="gpu"`` and CuPy or a CUDA device is missing.
 

@@ -25,6 +25,6 @@ def real_layer(words, k, w, rows=1024):
     out = xp.empty((n, w.shape[1]), dtype=np.float64)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        part = PackedBits(words[start:stop], (stop - start, k), 1)
+        part = PackedBits._trusted(words[start:stop], (stop - start, k), 1)
         out[start:stop] = unpack_bits(part, dtype=np.float64) @ w
     return out

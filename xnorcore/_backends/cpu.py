@@ -5,7 +5,9 @@ asks beyond them (the real first and last layers around BLAS) and the choice
 of the popcount variant: the fastest that the CPU supports (``"avx512"``,
 ``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
 ``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means OpenMP's limit,
-which follows ``OMP_NUM_THREADS`` and threadpoolctl.
+which follows ``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
+:func:`xnorcore._threads.kernel_threads`, so none exceeds the CPUs the process
+may use.
 """
 
 import os
@@ -13,6 +15,7 @@ import os
 import numpy as np
 
 from .. import _bitpack
+from .._threads import kernel_threads
 from . import _common
 
 NAME = "cpu"
@@ -48,7 +51,25 @@ def _initial_variant():
     return name
 
 
-_bitpack.set_variant(_initial_variant())
+try:
+    _bitpack.set_variant(_initial_variant())
+    _variant_error = None
+except (ValueError, RuntimeError) as exc:
+    # Raised on first use instead of at import, so that `import xnorcore`
+    # and the command line can still start and report it in one line.
+    _variant_error = exc
+
+
+def environment_error():
+    """What is wrong with XNORCORE_POPCOUNT (a message), or None."""
+    return None if _variant_error is None else str(_variant_error)
+
+
+def _threads(n_threads):
+    """The thread count for a kernel call; raises first if XNORCORE_POPCOUNT is bad."""
+    if _variant_error is not None:
+        raise type(_variant_error)(str(_variant_error))
+    return kernel_threads(n_threads)
 
 
 def set_variant(name):
@@ -56,8 +77,10 @@ def set_variant(name):
 
     Returns the previous variant's name, so callers can restore it.
     """
+    global _variant_error
     previous = _bitpack.get_variant()
     _bitpack.set_variant(name)
+    _variant_error = None  # a variant chosen here overrides a bad XNORCORE_POPCOUNT
     return previous
 
 
@@ -71,10 +94,14 @@ def require():
 
 
 def config():
+    if _variant_error is not None:
+        # Never raises: show_config reports what is wrong instead.
+        return {"popcount": None, "variants": _bitpack.available_variants(), "threads": kernel_threads(None),
+                "unavailable": str(_variant_error)}
     return {
         "popcount": _bitpack.get_variant(),
         "variants": _bitpack.available_variants(),
-        "threads": _bitpack.max_threads(),
+        "threads": kernel_threads(None),
     }
 
 
@@ -83,23 +110,23 @@ def to_device(x):
 
 
 def pack_rows(x, n_threads=None):
-    return _bitpack.pack_rows(x, n_threads)
+    return _bitpack.pack_rows(x, _threads(n_threads))
 
 
 def pack_cols(x, n_threads=None):
-    return _bitpack.pack_cols(x, n_threads)
+    return _bitpack.pack_cols(x, _threads(n_threads))
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
     return _bitpack.xnor_gemm(
-        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), n_threads
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), _threads(n_threads)
     )
 
 
 def threshold_pack(z, direction, threshold, n_threads=None):
     """Words of the signs of ``direction * z - threshold`` along rows, in one pass."""
     if z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):
-        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold, n_threads)
+        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold, _threads(n_threads))
     return _common.threshold_pack(z, direction, threshold)
 
 
@@ -109,7 +136,8 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
     One pass: the int32 sums of each block of rows stay in a per-thread buffer.
     """
     return _bitpack.xnor_gemm_threshold_pack(
-        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), direction, threshold, n_threads
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), direction, threshold,
+        _threads(n_threads),
     )
 
 
@@ -124,7 +152,7 @@ def input_sums(x, w_blocks, init, n_threads=None, max_density=1.0):
     Returns ``(z, dense)``: rows with more than ``max_density`` of their
     inputs nonzero are listed in ``dense`` and left unwritten in ``z``.
     """
-    return _bitpack.input_sums(x, w_blocks, init, n_threads, max_density)
+    return _bitpack.input_sums(x, w_blocks, init, _threads(n_threads), max_density)
 
 
 def prepare_input_layer(w, mean, scale):
@@ -155,7 +183,7 @@ def input_layer(x, prepared):
 def signed_sums(words, k, w, n_threads=None):
     """A real layer (k, N) on packed +-1 rows, each row's terms added in input order, in float64."""
     return _bitpack.signed_sums(np.ascontiguousarray(words), int(k), np.ascontiguousarray(w, dtype=np.float64),
-                                n_threads)
+                                _threads(n_threads))
 
 
 def real_layer(words, k, w):

@@ -186,7 +186,7 @@ def to_device(x):
     if isinstance(x, PackedBits):
         if isinstance(x.words, cupy.ndarray):
             return x
-        return PackedBits(_alloc(lambda: cupy.asarray(x.words), x.words.nbytes, "copy packed words"), x.shape, x.axis)
+        return PackedBits._trusted(_alloc(lambda: cupy.asarray(x.words), x.words.nbytes, "copy packed words"), x.shape, x.axis)
     if isinstance(x, cupy.ndarray):
         return x
     return _alloc(lambda: cupy.asarray(x), x.nbytes, f"copy an array of shape {x.shape}")

@@ -127,13 +127,13 @@ class PackedLayer:
             k, n = w.shape
             if hidden:
                 words = backend.xnor_gemm_threshold_pack(h.words, w.words, k, self.direction, self.threshold)
-                return PackedBits(words, (h.shape[0], n), 1)
+                return PackedBits._trusted(words, (h.shape[0], n), 1)
             z = backend.xnor_gemm(h.words, w.words, k)
         else:
             z = backend.real_layer(h.words, h.shape[1], w)
         if hidden:
             words = backend.threshold_pack(z, self.direction, self.threshold)
-            return PackedBits(words, z.shape, 1)
+            return PackedBits._trusted(words, z.shape, 1)
         if z.dtype.kind != "f":
             z = z.astype(np.float64)
         if self.bias is not None:

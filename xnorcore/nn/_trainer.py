@@ -38,7 +38,9 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     ``sample_weight`` (numpy float64, one per row) makes the loss of each
     minibatch, and of the epoch, the weighted mean; a minibatch whose weights
     are all zero makes no step.  The weights' sums are taken on the host, so
-    that the device is not waited for.
+    that the device is not waited for.  With batch norm, a last batch of one
+    sample joins the batch before it: batch statistics of one sample are zero
+    variance, and the step would train on nothing but the batch norm's offsets.
     """
     xp = get_array_module(X)
     n = X.shape[0]
@@ -54,11 +56,14 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     t0 = time.perf_counter()
     total = 0.0
     total_weight = 0.0
-    for start in range(0, n, batch_size):
+    bounds = list(range(0, n, batch_size)) + [n]
+    if (net.batch_norm or net.binarize_last) and len(bounds) > 2 and n - bounds[-2] == 1:
+        del bounds[-2]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
         if order is None:
-            idx = host_idx = slice(start, start + batch_size)
+            idx = host_idx = slice(start, stop)
         else:
-            idx, host_idx = order[start:start + batch_size], perm[start:start + batch_size]
+            idx, host_idx = order[start:stop], perm[start:stop]
         xb, yb = X[idx], y[idx]
         if weights is None:
             weight = xb.shape[0]
@@ -82,17 +87,24 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
 
 def validation_split(X, y, fraction, rng, sample_weight=None):
     """``(X_fit, X_val, y_fit, y_val, w_fit, w_val)`` for early stopping, stratified
-    where every class has two samples (the weights None without ``sample_weight``)."""
-    stratify = y if np.bincount(y).min() >= 2 else None
-    arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
-    split = train_test_split(*arrays, test_size=fraction, random_state=rng, stratify=stratify)
-    X_fit, X_val, y_fit, y_val = split[:4]
-    w_fit, w_val = split[4:] if sample_weight is not None else (None, None)
-    if len(X_fit) == 0 or len(X_val) == 0:
+    where every class fits both sides (the weights None without ``sample_weight``)."""
+    n = len(X)
+    n_val = math.ceil(fraction * n)
+    if n_val < 1 or n - n_val < 1:
         raise ValueError(
             f"early_stopping needs samples on both sides of the validation split, got "
-            f"n_samples={len(X)} and validation_fraction={fraction}"
+            f"n_samples={n} and validation_fraction={fraction} "
+            f"({n - n_val} to train on, {n_val} to validate)"
         )
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    # train_test_split stratifies only with 2 samples of every class and room
+    # for every class on both sides.
+    stratified = counts.min() >= 2 and min(n_val, n - n_val) >= len(counts)
+    arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+    split = train_test_split(*arrays, test_size=n_val, random_state=rng, stratify=y if stratified else None)
+    X_fit, X_val, y_fit, y_val = split[:4]
+    w_fit, w_val = split[4:] if sample_weight is not None else (None, None)
     if w_fit is not None and not w_fit.any():
         raise ValueError(
             "early_stopping left only samples of zero sample_weight for training; "

@@ -1,0 +1,53 @@
+"""How many CPU threads a kernel runs on: one rule for every kernel.
+
+Every thread count that reaches an OpenMP kernel goes through
+:func:`kernel_threads`.  A count is never larger than the number of CPUs this
+process may run on: OpenMP starts one thread per requested thread, and a
+count such as ``10**6`` (or ``OMP_NUM_THREADS=100000``) exhausts the stacks of
+the process and crashes it, while more threads than CPUs cannot go faster.
+"""
+
+import numbers
+import os
+
+__all__ = ["available_cpus", "check_n_threads", "kernel_threads"]
+
+
+def available_cpus():
+    """Number of CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def check_n_threads(n_threads, name="n_threads"):
+    """Validate a thread count given by a user: None, or an integer >= 1.
+
+    Returns None or the count as a Python int (not yet clamped).
+
+    Raises
+    ------
+    ValueError
+        If ``n_threads`` is not None and not an integer >= 1 (booleans, floats
+        and strings included), naming ``name``.
+    """
+    if n_threads is None:
+        return None
+    if not isinstance(n_threads, numbers.Integral) or isinstance(n_threads, bool) or n_threads < 1:
+        raise ValueError(f"{name} must be None or a positive integer, got {name}={n_threads!r}")
+    return int(n_threads)
+
+
+def kernel_threads(n_threads, name="n_threads"):
+    """The number of threads a CPU kernel runs on for the request ``n_threads``.
+
+    ``None`` means OpenMP's current limit (``OMP_NUM_THREADS``, threadpoolctl).
+    Either way the result is between 1 and :func:`available_cpus`.
+    """
+    n = check_n_threads(n_threads, name)
+    if n is None:
+        from . import _bitpack
+
+        n = _bitpack.max_threads()
+    return max(1, min(n, available_cpus()))
