@@ -261,6 +261,118 @@ XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
 #undef XNOR_512_STORE1
 }
 
+/* The convolution tile: the 8 x 24 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[8 t + r], summed in registers
+ * across all segments (no store between them).  `vecs` (a constant once
+ * inlined) is how many of the three 8-column groups are computed: a last
+ * panel of at most 16 or 8 columns (O = 64 gives 24 + 24 + 16) skips the
+ * others instead of counting padding. */
+__attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_tile_avx512(
+    const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, int32_t *c,
+    int64_t ldc, int mr, int ncols, int64_t k, const int vecs)
+{
+    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
+    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
+    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
+#define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
+#define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
+    do {                                                                                     \
+        __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
+        XNOR_CNT(t0, x_, b0);                                                                \
+        if (vecs > 1)                                                                        \
+            XNOR_CNT(t1, x_, b1);                                                            \
+        if (vecs > 2)                                                                        \
+            XNOR_CNT(t2, x_, b2);                                                            \
+    } while (0)
+    const uint64_t *b = panel;
+    for (int tap = 0; tap < taps; tap++) {
+        const uint64_t *const *at = a + 8 * tap;
+        const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
+        const uint64_t *a4 = at[4], *a5 = at[5], *a6 = at[6], *a7 = at[7];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX512_NR) {
+            __m512i b0 = _mm512_loadu_si512(b);
+            __m512i b1 = vecs > 1 ? _mm512_loadu_si512(b + 8) : b0;
+            __m512i b2 = vecs > 2 ? _mm512_loadu_si512(b + 16) : b0;
+            XNOR_512_ROW(a0, s00, s01, s02);
+            XNOR_512_ROW(a1, s10, s11, s12);
+            XNOR_512_ROW(a2, s20, s21, s22);
+            XNOR_512_ROW(a3, s30, s31, s32);
+            XNOR_512_ROW(a4, s40, s41, s42);
+            XNOR_512_ROW(a5, s50, s51, s52);
+            XNOR_512_ROW(a6, s60, s61, s62);
+            XNOR_512_ROW(a7, s70, s71, s72);
+        }
+    }
+#undef XNOR_512_ROW
+#undef XNOR_CNT
+    const __m256i kv = _mm256_set1_epi32((int32_t)k);
+    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
+    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
+    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
+#define XNOR_512_STORE1(r, s, g, lanes)                                                      \
+    do {                                                                                     \
+        __m256i cnt_ = _mm512_cvtepi64_epi32(s);                                             \
+        _mm256_mask_storeu_epi32(c + (r) * ldc + 8 * (g), lanes,                             \
+                                 _mm256_sub_epi32(kv, _mm256_add_epi32(cnt_, cnt_)));        \
+    } while (0)
+#define XNOR_512_STORE(r, t0, t1, t2)                                                        \
+    if ((r) < mr) {                                                                          \
+        XNOR_512_STORE1(r, t0, 0, lanes0);                                                   \
+        XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
+        XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
+    }
+    XNOR_512_STORE(0, s00, s01, s02)
+    XNOR_512_STORE(1, s10, s11, s12)
+    XNOR_512_STORE(2, s20, s21, s22)
+    XNOR_512_STORE(3, s30, s31, s32)
+    XNOR_512_STORE(4, s40, s41, s42)
+    XNOR_512_STORE(5, s50, s51, s52)
+    XNOR_512_STORE(6, s60, s61, s62)
+    XNOR_512_STORE(7, s70, s71, s72)
+#undef XNOR_512_STORE
+#undef XNOR_512_STORE1
+}
+
+/* 16 lanes at a time, masked loads for the last word (nothing read past n). */
+XNOR_AVX512_ATTR static void xnor_threshold_pack_avx512(const int32_t *z, const int8_t *direction,
+                                                        const int32_t *threshold, int64_t n,
+                                                        uint64_t *out)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        uint64_t m = 0;
+        for (int g = 0; g < 4; g++) {
+            int64_t j = w0 + 16 * g;
+            __mmask16 lanes = (__mmask16)xnor_lanes64(len - 16 * g);
+            /* direction * z without a multiply: z where 1, 0 - z where -1
+             * (the same wrap-around), 0 where 0 */
+            __m128i d = _mm_maskz_loadu_epi8(lanes, direction + j);
+            __mmask16 nonzero = _mm_mask_test_epi8_mask(lanes, d, d);
+            __mmask16 negative = _mm_mask_cmplt_epi8_mask(lanes, d, _mm_setzero_si128());
+            __m512i dz = _mm512_maskz_loadu_epi32(nonzero, z + j);
+            dz = _mm512_mask_sub_epi32(dz, negative, zero, dz);
+            __m512i v = _mm512_sub_epi32(dz, _mm512_maskz_loadu_epi32(lanes, threshold + j));
+            m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, v, zero) << (16 * g);
+        }
+        out[w0 / 64] = m;
+    }
+}
+
+XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, int taps,
+                                                      const uint64_t *panel, int64_t nw,
+                                                      int32_t *c, int64_t ldc, int mr,
+                                                      int ncols, int64_t k)
+{
+    if (ncols > 16)
+        xnor_conv_tile_avx512(a, taps, panel, nw, c, ldc, mr, ncols, k, 3);
+    else if (ncols > 8)
+        xnor_conv_tile_avx512(a, taps, panel, nw, c, ldc, mr, ncols, k, 2);
+    else
+        xnor_conv_tile_avx512(a, taps, panel, nw, c, ldc, mr, ncols, k, 1);
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
 #endif /* XNOR_X86 */

@@ -27,6 +27,13 @@
 #define XNOR_X86 0
 #endif
 
+/* Each extension module includes every kernel but calls only some. */
+#if defined(__GNUC__) || defined(__clang__)
+#define XNOR_MAYBE_UNUSED __attribute__((unused))
+#else
+#define XNOR_MAYBE_UNUSED
+#endif
+
 /* dtype codes shared with _bitpack.pyx */
 enum { XNOR_I8 = 0, XNOR_I16 = 1, XNOR_I32 = 2, XNOR_I64 = 3, XNOR_F32 = 4, XNOR_F64 = 5 };
 
@@ -41,6 +48,18 @@ typedef uint64_t (*xnor_mask64_fn)(int dtype, const void *p, int n, int *nan);
 typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel, int64_t nw,
                                 int32_t *c, int64_t ldc, int mr, int ncols, int64_t k,
                                 int first);
+/* The same tile for a convolution (conv.h): K is `taps` segments of nw words,
+ * segment t of row r read from a[t * mr_kernel + r] (an indirection buffer:
+ * input pixels, or a padding word block), and panel holds taps x nw words of
+ * nr interleaved columns.  Writes c = k - 2 popcount over all segments. */
+typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
+                                     const uint64_t *panel, int64_t nw, int32_t *c,
+                                     int64_t ldc, int mr, int ncols, int64_t k);
+/* Folded batch norm and sign of one row of int32 sums: bit j of out set where
+ * direction[j] * z[j] - threshold[j] >= 0, computed with int32 wrap-around as
+ * numpy does; padding bits 0. */
+typedef void (*xnor_threshold_pack_fn)(const int32_t *z, const int8_t *direction,
+                                       const int32_t *threshold, int64_t n, uint64_t *out);
 /* The real-valued first and last layers: see real_layers.h. */
 typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
                                    int64_t rows, const float *w, int64_t f, int64_t n,
@@ -67,6 +86,10 @@ typedef struct {
                           uint64_t *out, int64_t kw, int64_t c0, int64_t c1, uint64_t *buffer);
     xnor_input_sums_fn input_sums;
     xnor_signed_sums_fn signed_sums;
+    /* the binary conv2d tile, same mr x nr as ukernel */
+    xnor_conv_ukernel_fn conv_ukernel;
+    /* the fused output of binary layers (GEMM and conv) */
+    xnor_threshold_pack_fn threshold_pack;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)
@@ -161,6 +184,13 @@ static inline void xnor_store_tile(const uint64_t *s, int lds, int32_t *c, int64
     }                                                                                        \
     *nan |= bad;                                                                             \
     return m;
+
+/* direction * z - threshold >= 0 for one element, wrapping in int32 as numpy. */
+static inline int xnor_threshold_bit(int32_t z, int8_t direction, int32_t threshold)
+{
+    uint32_t v = (uint32_t)(int32_t)direction * (uint32_t)z - (uint32_t)threshold;
+    return (int32_t)v >= 0;
+}
 
 #define XNOR_CAT2(a, b) a##_##b
 #define XNOR_CAT(a, b) XNOR_CAT2(a, b)
