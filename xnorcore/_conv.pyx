@@ -106,6 +106,20 @@ cdef inline int _popcount64(uint64_t v) noexcept nogil:
     return <int>((v * 0x0101010101010101ULL) >> 56)
 
 
+cdef const int32_t *_corr_pointer(corr):
+    # corr: None or a C-contiguous int32 (taps, O) array that the caller keeps alive.
+    cdef const int32_t[:, ::1] view
+    if corr is None:
+        return NULL
+    view = corr
+    return &view[0, 0]
+
+
+cdef int _conv_threads(n_threads, int64_t work):
+    # Small convolutions are not worth waking the thread team.
+    return 1 if work < 4000000 else _threads(n_threads)
+
+
 cdef xnor_conv_geom _geom(tuple geometry, int64_t xs, int64_t cwg, int64_t o, int64_t groups,
                           int nr):
     # geometry: (H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, K)
@@ -135,16 +149,10 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     if n == 0 or pixels == 0 or o == 0:
         return result
     cdef int32_t[:, :, :, ::1] out = result
-    cdef const int32_t[:, ::1] corr_view
-    cdef const int32_t *corr_ptr = NULL
-    if corr is not None:
-        corr_view = corr
-        corr_ptr = &corr_view[0, 0]
+    cdef const int32_t *corr_ptr = _corr_pointer(corr)
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = _threads(n_threads)
-    if n * pixels * o * g.k < 4000000:
-        nt = 1
+    cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
     # Blocks of up to 64 pixels x 8 panels, shrunk until every thread has
     # several items; pixel blocks stay within one image.
     cdef int64_t pix_per = 64, panels_per = 8
@@ -204,16 +212,10 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     if n == 0 or ph == 0 or pw == 0 or o == 0:
         return words
     cdef uint64_t[:, :, :, ::1] out = words
-    cdef const int32_t[:, ::1] corr_view
-    cdef const int32_t *corr_ptr = NULL
-    if corr is not None:
-        corr_view = corr
-        corr_ptr = &corr_view[0, 0]
+    cdef const int32_t *corr_ptr = _corr_pointer(corr)
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = _threads(n_threads)
-    if n * pixels * o * g.k < 4000000:
-        nt = 1
+    cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
     # Pixels per item: two output rows when pooling, else blocks of up to 64
     # pixels, shrunk until every thread has several items.
     cdef int64_t pix_per

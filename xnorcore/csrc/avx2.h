@@ -92,17 +92,8 @@ XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int
 #define XNOR_AVX2_MR 4
 #define XNOR_AVX2_NR 8
 
-XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
-                                             int64_t nw, int32_t *c, int64_t ldc, int mr,
-                                             int ncols, int64_t k, int first)
-{
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
-                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
-    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
-    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+/* One 4-bit-table popcount step, and one row of A against two vectors of B
+ * (both tiles below). */
 #define XNOR_NIB(acc, v)                                                                     \
     do {                                                                                     \
         __m256i lo_ = _mm256_and_si256((v), low4);                                           \
@@ -116,6 +107,35 @@ XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uin
         XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
         XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
     } while (0)
+
+/* The 64-bit counts of a 4 x 8 tile, written as k - 2 s (first) or minus 2 s. */
+__attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_store(
+    __m256i t00, __m256i t01, __m256i t10, __m256i t11, __m256i t20, __m256i t21, __m256i t30,
+    __m256i t31, int32_t *c, int64_t ldc, int mr, int ncols, int64_t k, int first)
+{
+    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
+    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
+    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
+    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
+    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
+    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
+    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
+    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
+    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
+    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, first);
+}
+
+XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
+                                             int64_t nw, int32_t *c, int64_t ldc, int mr,
+                                             int ncols, int64_t k, int first)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
+    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
     for (int64_t w0 = 0; w0 < nw; w0 += 31) {
         int64_t w1 = nw - w0 < 31 ? nw : w0 + 31;
         __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
@@ -137,18 +157,7 @@ XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uin
         t30 = _mm256_add_epi64(t30, _mm256_sad_epu8(s30, zero));
         t31 = _mm256_add_epi64(t31, _mm256_sad_epu8(s31, zero));
     }
-#undef XNOR_AVX2_ROW
-#undef XNOR_NIB
-    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
-    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
-    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
-    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
-    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
-    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
-    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
-    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
-    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
-    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, first);
+    xnor_avx2_store(t00, t01, t10, t11, t20, t21, t30, t31, c, ldc, mr, ncols, k, first);
 }
 
 /* The convolution tile: the 4 x 8 tile above over an indirection buffer of
@@ -167,19 +176,6 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
     __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
     __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
     int pending = 0;
-#define XNOR_NIB(acc, v)                                                                     \
-    do {                                                                                     \
-        __m256i lo_ = _mm256_and_si256((v), low4);                                           \
-        __m256i hi_ = _mm256_and_si256(_mm256_srli_epi16((v), 4), low4);                     \
-        acc = _mm256_add_epi8(acc, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo_),            \
-                                                   _mm256_shuffle_epi8(lut, hi_)));          \
-    } while (0)
-#define XNOR_AVX2_ROW(ar, s0, s1)                                                            \
-    do {                                                                                     \
-        __m256i x_ = _mm256_set1_epi64x((long long)ar[w]);                                   \
-        XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
-        XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
-    } while (0)
 #define XNOR_SAD(t, s) t = _mm256_add_epi64(t, _mm256_sad_epu8(s, zero)), s = zero
     const uint64_t *b = panel;
     for (int tap = 0; tap < taps; tap++) {
@@ -204,16 +200,7 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
 #undef XNOR_SAD
 #undef XNOR_AVX2_ROW
 #undef XNOR_NIB
-    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
-    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
-    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
-    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
-    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
-    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
-    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
-    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
-    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
-    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, 1);
+    xnor_avx2_store(t00, t01, t10, t11, t20, t21, t30, t31, c, ldc, mr, ncols, k, 1);
 }
 
 /* Whole words with 8-lane vectors, the last partial word as the scalar variant. */

@@ -197,45 +197,19 @@ XNOR_AVX512_ATTR static int xnor_pack_cols_band_avx512(int dtype, const void *x,
 #define XNOR_AVX512_MR 8
 #define XNOR_AVX512_NR 24
 
-XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
-                                                 const uint64_t *panel, int64_t nw,
-                                                 int32_t *c, int64_t ldc, int mr, int ncols,
-                                                 int64_t k, int first)
-{
-    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
-    const uint64_t *a4 = a[4], *a5 = a[5], *a6 = a[6], *a7 = a[7];
-    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
-    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
-    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
-    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
+/* One row of A against up to three vectors of B (vecs of them), and the store
+ * of a row of the tile: k - 2 s (first) or minus 2 s, masked to ncols.  Shared
+ * by the GEMM and conv tiles below. */
 #define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
 #define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
     do {                                                                                     \
         __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
         XNOR_CNT(t0, x_, b0);                                                                \
-        XNOR_CNT(t1, x_, b1);                                                                \
-        XNOR_CNT(t2, x_, b2);                                                                \
+        if (vecs > 1)                                                                        \
+            XNOR_CNT(t1, x_, b1);                                                            \
+        if (vecs > 2)                                                                        \
+            XNOR_CNT(t2, x_, b2);                                                            \
     } while (0)
-    for (int64_t w = 0; w < nw; w++) {
-        const uint64_t *b = panel + w * XNOR_AVX512_NR;
-        __m512i b0 = _mm512_loadu_si512(b);
-        __m512i b1 = _mm512_loadu_si512(b + 8);
-        __m512i b2 = _mm512_loadu_si512(b + 16);
-        XNOR_512_ROW(a0, s00, s01, s02);
-        XNOR_512_ROW(a1, s10, s11, s12);
-        XNOR_512_ROW(a2, s20, s21, s22);
-        XNOR_512_ROW(a3, s30, s31, s32);
-        XNOR_512_ROW(a4, s40, s41, s42);
-        XNOR_512_ROW(a5, s50, s51, s52);
-        XNOR_512_ROW(a6, s60, s61, s62);
-        XNOR_512_ROW(a7, s70, s71, s72);
-    }
-#undef XNOR_512_ROW
-#undef XNOR_CNT
-    const __m256i kv = _mm256_set1_epi32((int32_t)k);
-    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
-    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
-    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
 #define XNOR_512_STORE1(r, s, g, lanes)                                                      \
     do {                                                                                     \
         int32_t *dst_ = c + (r) * ldc + 8 * (g);                                             \
@@ -249,16 +223,58 @@ XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
         XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
         XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
     }
-    XNOR_512_STORE(0, s00, s01, s02)
-    XNOR_512_STORE(1, s10, s11, s12)
-    XNOR_512_STORE(2, s20, s21, s22)
-    XNOR_512_STORE(3, s30, s31, s32)
-    XNOR_512_STORE(4, s40, s41, s42)
-    XNOR_512_STORE(5, s50, s51, s52)
-    XNOR_512_STORE(6, s60, s61, s62)
-    XNOR_512_STORE(7, s70, s71, s72)
-#undef XNOR_512_STORE
-#undef XNOR_512_STORE1
+
+/* The 24 accumulators of a tile, all its rows for one word, and all its stores. */
+#define XNOR_512_ACCUMULATORS()                                                              \
+    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;                      \
+    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;                      \
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 =                  \
+        _mm512_setzero_si512();                                                              \
+    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00
+#define XNOR_512_ROWS()                                                                      \
+    do {                                                                                     \
+        XNOR_512_ROW(a0, s00, s01, s02);                                                     \
+        XNOR_512_ROW(a1, s10, s11, s12);                                                     \
+        XNOR_512_ROW(a2, s20, s21, s22);                                                     \
+        XNOR_512_ROW(a3, s30, s31, s32);                                                     \
+        XNOR_512_ROW(a4, s40, s41, s42);                                                     \
+        XNOR_512_ROW(a5, s50, s51, s52);                                                     \
+        XNOR_512_ROW(a6, s60, s61, s62);                                                     \
+        XNOR_512_ROW(a7, s70, s71, s72);                                                     \
+    } while (0)
+#define XNOR_512_STORES()                                                                    \
+    do {                                                                                     \
+        const __m256i kv = _mm256_set1_epi32((int32_t)k);                                    \
+        __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);                                     \
+        __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);                                 \
+        __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);                                \
+        XNOR_512_STORE(0, s00, s01, s02)                                                     \
+        XNOR_512_STORE(1, s10, s11, s12)                                                     \
+        XNOR_512_STORE(2, s20, s21, s22)                                                     \
+        XNOR_512_STORE(3, s30, s31, s32)                                                     \
+        XNOR_512_STORE(4, s40, s41, s42)                                                     \
+        XNOR_512_STORE(5, s50, s51, s52)                                                     \
+        XNOR_512_STORE(6, s60, s61, s62)                                                     \
+        XNOR_512_STORE(7, s70, s71, s72)                                                     \
+    } while (0)
+
+XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
+                                                 const uint64_t *panel, int64_t nw,
+                                                 int32_t *c, int64_t ldc, int mr, int ncols,
+                                                 int64_t k, int first)
+{
+    const int vecs = 3;
+    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    const uint64_t *a4 = a[4], *a5 = a[5], *a6 = a[6], *a7 = a[7];
+    XNOR_512_ACCUMULATORS();
+    for (int64_t w = 0; w < nw; w++) {
+        const uint64_t *b = panel + w * XNOR_AVX512_NR;
+        __m512i b0 = _mm512_loadu_si512(b);
+        __m512i b1 = _mm512_loadu_si512(b + 8);
+        __m512i b2 = _mm512_loadu_si512(b + 16);
+        XNOR_512_ROWS();
+    }
+    XNOR_512_STORES();
 }
 
 /* The convolution tile: the 8 x 24 tile above over an indirection buffer of
@@ -271,20 +287,8 @@ __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_til
     const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, int32_t *c,
     int64_t ldc, int mr, int ncols, int64_t k, const int vecs)
 {
-    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
-    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
-    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
-    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
-#define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
-#define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
-    do {                                                                                     \
-        __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
-        XNOR_CNT(t0, x_, b0);                                                                \
-        if (vecs > 1)                                                                        \
-            XNOR_CNT(t1, x_, b1);                                                            \
-        if (vecs > 2)                                                                        \
-            XNOR_CNT(t2, x_, b2);                                                            \
-    } while (0)
+    const int first = 1;
+    XNOR_512_ACCUMULATORS();
     const uint64_t *b = panel;
     for (int tap = 0; tap < taps; tap++) {
         const uint64_t *const *at = a + 8 * tap;
@@ -294,45 +298,18 @@ __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_til
             __m512i b0 = _mm512_loadu_si512(b);
             __m512i b1 = vecs > 1 ? _mm512_loadu_si512(b + 8) : b0;
             __m512i b2 = vecs > 2 ? _mm512_loadu_si512(b + 16) : b0;
-            XNOR_512_ROW(a0, s00, s01, s02);
-            XNOR_512_ROW(a1, s10, s11, s12);
-            XNOR_512_ROW(a2, s20, s21, s22);
-            XNOR_512_ROW(a3, s30, s31, s32);
-            XNOR_512_ROW(a4, s40, s41, s42);
-            XNOR_512_ROW(a5, s50, s51, s52);
-            XNOR_512_ROW(a6, s60, s61, s62);
-            XNOR_512_ROW(a7, s70, s71, s72);
+            XNOR_512_ROWS();
         }
     }
-#undef XNOR_512_ROW
-#undef XNOR_CNT
-    const __m256i kv = _mm256_set1_epi32((int32_t)k);
-    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
-    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
-    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
-#define XNOR_512_STORE1(r, s, g, lanes)                                                      \
-    do {                                                                                     \
-        __m256i cnt_ = _mm512_cvtepi64_epi32(s);                                             \
-        _mm256_mask_storeu_epi32(c + (r) * ldc + 8 * (g), lanes,                             \
-                                 _mm256_sub_epi32(kv, _mm256_add_epi32(cnt_, cnt_)));        \
-    } while (0)
-#define XNOR_512_STORE(r, t0, t1, t2)                                                        \
-    if ((r) < mr) {                                                                          \
-        XNOR_512_STORE1(r, t0, 0, lanes0);                                                   \
-        XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
-        XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
-    }
-    XNOR_512_STORE(0, s00, s01, s02)
-    XNOR_512_STORE(1, s10, s11, s12)
-    XNOR_512_STORE(2, s20, s21, s22)
-    XNOR_512_STORE(3, s30, s31, s32)
-    XNOR_512_STORE(4, s40, s41, s42)
-    XNOR_512_STORE(5, s50, s51, s52)
-    XNOR_512_STORE(6, s60, s61, s62)
-    XNOR_512_STORE(7, s70, s71, s72)
+    XNOR_512_STORES();
+}
+#undef XNOR_512_STORES
+#undef XNOR_512_ROWS
+#undef XNOR_512_ACCUMULATORS
 #undef XNOR_512_STORE
 #undef XNOR_512_STORE1
-}
+#undef XNOR_512_ROW
+#undef XNOR_CNT
 
 /* 16 lanes at a time, masked loads for the last word (nothing read past n). */
 XNOR_AVX512_ATTR static void xnor_threshold_pack_avx512(const int32_t *z, const int8_t *direction,

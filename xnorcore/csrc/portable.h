@@ -41,6 +41,20 @@ XNOR_ATTR static int XNOR_FN(pack_cols_band)(int dtype, const void *x, int64_t l
                                     out, kw, c0, c1, buffer);
 }
 
+/* One word of A against the eight interleaved columns of a panel word. */
+#define XNOR_P_STEP(word, b)                                                                 \
+    do {                                                                                     \
+        uint64_t x_ = (word);                                                                \
+        s0 += (uint64_t)__builtin_popcountll(x_ ^ (b)[0]);                                   \
+        s1 += (uint64_t)__builtin_popcountll(x_ ^ (b)[1]);                                   \
+        s2 += (uint64_t)__builtin_popcountll(x_ ^ (b)[2]);                                   \
+        s3 += (uint64_t)__builtin_popcountll(x_ ^ (b)[3]);                                   \
+        s4 += (uint64_t)__builtin_popcountll(x_ ^ (b)[4]);                                   \
+        s5 += (uint64_t)__builtin_popcountll(x_ ^ (b)[5]);                                   \
+        s6 += (uint64_t)__builtin_popcountll(x_ ^ (b)[6]);                                   \
+        s7 += (uint64_t)__builtin_popcountll(x_ ^ (b)[7]);                                   \
+    } while (0)
+
 /* C[i, j:j+ncols] from one row of A and a panel of XNOR_P_NR interleaved
  * columns, over nw words.  One row by eight columns keeps the accumulators,
  * the word of A and the pointers in the 15 usable general registers (a 2 x 4
@@ -54,15 +68,7 @@ XNOR_ATTR static void XNOR_FN(ukernel)(const uint64_t *const *a, const uint64_t 
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
     const uint64_t *b = panel;
     for (int64_t w = 0; w < nw; w++, b += XNOR_P_NR) {
-        uint64_t x = a0[w];
-        s0 += (uint64_t)__builtin_popcountll(x ^ b[0]);
-        s1 += (uint64_t)__builtin_popcountll(x ^ b[1]);
-        s2 += (uint64_t)__builtin_popcountll(x ^ b[2]);
-        s3 += (uint64_t)__builtin_popcountll(x ^ b[3]);
-        s4 += (uint64_t)__builtin_popcountll(x ^ b[4]);
-        s5 += (uint64_t)__builtin_popcountll(x ^ b[5]);
-        s6 += (uint64_t)__builtin_popcountll(x ^ b[6]);
-        s7 += (uint64_t)__builtin_popcountll(x ^ b[7]);
+        XNOR_P_STEP(a0[w], b);
     }
     uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
     (void)mr; /* always 1 */
@@ -80,15 +86,7 @@ XNOR_ATTR static void XNOR_FN(conv_ukernel)(const uint64_t *const *a, int taps,
     for (int t = 0; t < taps; t++) {
         const uint64_t *a0 = a[t];
         for (int64_t w = 0; w < nw; w++, b += XNOR_P_NR) {
-            uint64_t x = a0[w];
-            s0 += (uint64_t)__builtin_popcountll(x ^ b[0]);
-            s1 += (uint64_t)__builtin_popcountll(x ^ b[1]);
-            s2 += (uint64_t)__builtin_popcountll(x ^ b[2]);
-            s3 += (uint64_t)__builtin_popcountll(x ^ b[3]);
-            s4 += (uint64_t)__builtin_popcountll(x ^ b[4]);
-            s5 += (uint64_t)__builtin_popcountll(x ^ b[5]);
-            s6 += (uint64_t)__builtin_popcountll(x ^ b[6]);
-            s7 += (uint64_t)__builtin_popcountll(x ^ b[7]);
+            XNOR_P_STEP(a0[w], b);
         }
     }
     uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
@@ -108,5 +106,6 @@ XNOR_ATTR static void XNOR_FN(threshold_pack)(const int32_t *z, const int8_t *di
     }
 }
 
+#undef XNOR_P_STEP
 #undef XNOR_P_MR
 #undef XNOR_P_NR
