@@ -23,6 +23,8 @@ except ImportError as _exc:
 from .ops import (  # noqa: E402
     WORD_BITS,
     PackedBits,
+    binary_conv2d,
+    binary_conv2d_threshold_pack,
     binary_matmul,
     get_array_module,
     pack_bits,
@@ -35,6 +37,8 @@ __all__ = [
     "BNNClassifier",
     "WORD_BITS",
     "PackedBits",
+    "binary_conv2d",
+    "binary_conv2d_threshold_pack",
     "binary_matmul",
     "get_array_module",
     "get_config",

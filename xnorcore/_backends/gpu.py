@@ -135,7 +135,9 @@ def _module(stem):
     """The ``cupy.RawModule`` of ``kernels/<stem>.cu``; CuPy compiles it once per device."""
     module = _modules.get(stem)
     if module is None:
-        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17",))
+        # -I: the kernels include kernels/xnor_layout.h, the bit layout stated once.
+        include = f"-I{importlib.resources.files('xnorcore.kernels')}"
+        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17", include))
     return module
 
 
@@ -447,3 +449,13 @@ def input_layer(x, prepared):
 def real_layer(words, k, w):
     """``unpack(words) @ w`` in float64; see :mod:`xnorcore._backends`."""
     return _common.real_layer(words, k, w)
+
+
+def _no_conv(*args, **kwargs):
+    raise NotImplementedError(
+        "binary_conv2d has no GPU kernel yet: copy the arrays with cupy.asnumpy to run it on the CPU"
+    )
+
+
+# The conv operations of the contract: no CUDA kernel for them yet.
+conv2d = conv2d_threshold_pack = real_conv2d = _no_conv
