@@ -23,6 +23,9 @@
 // - PINGPONG (128 x 128 tiles): the warpgroups take alternate tiles of the
 //   block's sequence.  The ring is filled in tile order, so one warpgroup's
 //   main loop runs while the other stores its finished tile.
+// The loader uses PINGPONG; COOPERATIVE stays for comparison (both are tested).
+// Inner tiles store without per-element bounds tests: the bounds-tested path
+// compiles to a branch per element and made the epilogue the bottleneck.
 // Tiles are visited in groups of GROUP_M tile rows so that the blocks running
 // at one time share their a and b slices in L2.
 //
@@ -299,6 +302,28 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
         // is row 16 wq + g (+8 for r >= 2), column 8 j + 2 t + r % 2.
         const bool pairs = (n % 2) == 0;  // then (row * n + even col) is 8-byte aligned
         const int* pb = counts + m;
+        const long long row0 = (long long)tm * BM + (a_off / WG_ROW_BYTES);
+        const long long col0 = (long long)tn * BN + 2 * t;
+        if (pairs && (long long)(tm + 1) * BM <= m && (long long)(tn + 1) * BN <= n) {
+            // Inner tile: no bounds to test, so no branch per element.
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const long long row = row0 + 64 * i + 16 * wq + g + 8 * h;
+                    const int base_v = (int)k - 2 * __ldg(counts + row);
+                    int* out_row = out + row * n + col0;
+                    const int* pb_row = pb + col0;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+                        const int v0 = base_v - 2 * __ldg(pb_row + 8 * j) + 4 * acc[i][4 * j + 2 * h];
+                        const int v1 = base_v - 2 * __ldg(pb_row + 8 * j + 1) + 4 * acc[i][4 * j + 2 * h + 1];
+                        __stcs(reinterpret_cast<int2*>(out_row + 8 * j), make_int2(v0, v1));
+                    }
+                }
+            }
+            continue;
+        }
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
 #pragma unroll

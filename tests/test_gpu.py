@@ -218,8 +218,8 @@ class TestGPU:
         monkeypatch.delenv(_gpu.KERNEL_ENV, raising=False)
         if _kernel_runs_here("wgmma"):
             pytest.skip(_kernel_runs_here("wgmma"))
-        width = 4096 // 64
-        assert _gpu._plan(4096, 4096, width, 4096).variant == "wgmma"
+        width = 8192 // 64
+        assert _gpu._plan(8192, 8192, width, 8192).variant == "wgmma"
         assert _gpu._plan(64, 64, 2, 100).variant == "small"
         assert _gpu.config()["kernel"] == "wgmma"
         a = cupy.asarray(np.random.default_rng(2).standard_normal((1200, 1500)))

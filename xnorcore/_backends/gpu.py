@@ -370,10 +370,11 @@ def _current_stream_ptr():
 
 #: wgmma variants, by the file's constant prefix: "coop" (128 x 256 tiles, both
 #: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating).
-_WGMMA_VARIANT = "coop"
+_WGMMA_VARIANT = "ping"
 #: Products below this many multiply-accumulates go to the mma kernel when the
-#: kernel is chosen automatically: there host time and launches dominate.
-_WGMMA_MIN_MACS = 2 * 1024**3
+#: kernel is chosen automatically: below it the mma kernel measured as fast or
+#: faster (benchmarks/RESULTS.md).
+_WGMMA_MIN_MACS = 2**36
 
 _CU_TENSOR_MAP = {"uint64": 4, "swizzle_128b": 3, "l2_256b": 3}
 _tensor_map_encode = None
