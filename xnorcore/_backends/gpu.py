@@ -14,8 +14,8 @@ Three GEMM kernels exist:
     compute capability 9.0 alone (its code is built for ``sm_90a``, which no
     other architecture runs): a persistent kernel fed by TMA copies through a
     shared-memory ring, row popcounts from the same small kernel as ``mma``'s
-    large tiles.  Products too small to fill the multiprocessors go to ``mma``,
-    whose small tiles count the popcounts themselves in one launch.
+    large tiles.  Products below ``_WGMMA_MIN_MACS`` go to ``mma``, which is
+    as fast or faster there (host time and launches dominate).
 ``mma``
     Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
     capability 8.0 and newer.  It needs the row popcounts of both operands:
