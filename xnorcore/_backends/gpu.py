@@ -186,8 +186,13 @@ def _function(stem, name, dynamic_smem=0):
 
 def _kernel_choice():
     """Which GEMM kernel runs on the current device: 'wgmma', 'mma' or 'popc'."""
-    forced = os.environ.get(KERNEL_ENV, "").strip().lower()
-    cc = _device()[0]
+    return _choose_kernel(os.environ.get(KERNEL_ENV, ""), _device()[0])
+
+
+def _choose_kernel(forced, cc):
+    """The GEMM kernel for compute capability ``cc`` (major * 10 + minor) and the
+    value ``forced`` of ``XNORCORE_GPU_KERNEL`` ("" where unset)."""
+    forced = forced.strip().lower()
     if forced:
         if forced not in _KERNELS:
             raise ValueError(f"{KERNEL_ENV} must be one of {_KERNELS} or unset, got {KERNEL_ENV}={forced!r}")
@@ -454,21 +459,30 @@ class _WgmmaLaunch:
             )
 
 
+def _wgmma_shape(variant):
+    """(BM, BN, dynamic shared memory in bytes) of wgmma schedule ``variant``: the stages, their
+    barriers and the slack that aligns the ring to the 1024 bytes of the 128-byte swizzle."""
+    def const(name):
+        return _constant("xnor_gemm_wgmma", f"{variant.upper()}_{name}")
+
+    bm, bn = const("BM"), const("BN")
+    row_bytes = _constant("xnor_gemm_wgmma", "WG_ROW_BYTES")
+    # Per stage: the A and B rows and a full and an empty mbarrier; then the two order barriers.
+    return bm, bn, 1024 + const("STAGES") * ((bm + bn) * row_bytes + 16) + 16
+
+
 def _wgmma_plan(m, n, width, k):
     """A :class:`_WgmmaLaunch`, or None where the kernel cannot take the shape."""
-    prefix = _WGMMA_VARIANT.upper()
-    bm, bn = _constant("xnor_gemm_wgmma", f"{prefix}_BM"), _constant("xnor_gemm_wgmma", f"{prefix}_BN")
+    bm, bn, smem = _wgmma_shape(_WGMMA_VARIANT)
     if max(m, n) + max(bm, bn) >= 2**31 or k >= 2**31:  # TMA coordinates and the kernel's tile indices are int32
         return None
-    stages = _constant("xnor_gemm_wgmma", f"{prefix}_STAGES")
-    smem = 1024 + stages * ((bm + bn) * 128 + 16) + 16
     function = _function("xnor_gemm_wgmma", f"xnor_gemm_wgmma_{_WGMMA_VARIANT}", smem)
     tiles = -(-m // bm) * -(-n // bn)
     return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k)
 
 
 def _plan(m, n, width, k):
-    """The :class:`_GemmLaunch` of an (m, n) product over ``width`` words of ``k`` bits.
+    """The launch (:class:`_GemmLaunch`, :class:`_WgmmaLaunch`) of an (m, n) product over ``width`` words of ``k`` bits.
 
     Cached per device, kernel choice and shape, so that a call of a shape seen
     before spends its host time on the launch alone.
@@ -534,7 +548,7 @@ def config():
     -------
     info : dict
         ``cupy`` (version or None), ``device``, ``compute_capability``,
-        ``kernel`` ("mma" or "popc") with ``kernel_detail`` and, where the GPU
+        ``kernel`` ("wgmma", "mma" or "popc") with ``kernel_detail`` and, where the GPU
         cannot be used, ``unavailable`` with the reason.
     """
     info = {"cupy": None, "device": None, "compute_capability": None, "kernel": None}
