@@ -74,7 +74,7 @@ def _kernel_runs_here(name):
     return None
 
 
-@pytest.fixture(params=["wgmma", "wgmma-ping", "mma", "popc"])
+@pytest.fixture(params=["wgmma", "wgmma-coop", "mma", "popc"])
 def kernel(request, monkeypatch):
     """Run the test once per GEMM kernel (and wgmma schedule) that the device has."""
     reason = _kernel_runs_here(request.param)
