@@ -65,6 +65,7 @@ def check(shapes=None):
     rs = cupy.random.RandomState(5)
     failures = 0
     os.environ[_gpu.KERNEL_ENV] = "wgmma"
+    default = _gpu._WGMMA_VARIANT
     for m, k, n in shapes:
         a32 = rs.standard_normal((m, k), dtype=np.float32)
         b32 = rs.standard_normal((k, n), dtype=np.float32)
@@ -81,6 +82,7 @@ def check(shapes=None):
             if bad and m * n <= 64:
                 print("  got ", cupy.asnumpy(got).ravel()[:16], "\n  want", cupy.asnumpy(want).ravel()[:16])
     os.environ.pop(_gpu.KERNEL_ENV)
+    _gpu._WGMMA_VARIANT = default
     print(f"check: {failures} failures", flush=True)
     return failures
 
@@ -143,6 +145,7 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
     from xnorcore import binary_matmul, pack_bits
     from xnorcore._backends import gpu as _gpu
 
+    default = _gpu._WGMMA_VARIANT  # what the automatic choice runs
     rows = []
     for m, k, n in [(s, s, s) for s in sizes] + ([tuple(layer)] if layer else []):
         ops = 2.0 * m * n * k
@@ -165,13 +168,13 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
                     os.environ[_gpu.KERNEL_ENV] = forced
                 else:
                     os.environ.pop(_gpu.KERNEL_ENV, None)
-                for variant in VARIANTS if forced == "wgmma" else ("coop",):
+                for variant in VARIANTS if forced == "wgmma" else (default,):
                     _gpu._WGMMA_VARIANT = variant
                     name = f"binary_matmul {forced or 'auto'}{' ' + variant if forced == 'wgmma' else ''}"
                     res[f"{name} per call r{r}"] = per_call_ms(lambda: binary_matmul(pa, pb))
                     res[f"{name} queued r{r}"] = back_to_back_ms(lambda: binary_matmul(pa, pb))
             os.environ.pop(_gpu.KERNEL_ENV, None)
-        _gpu._WGMMA_VARIANT = "coop"
+        _gpu._WGMMA_VARIANT = default
         for name, ms in res.items():
             rows.append((f"{m}x{k}x{n}", name, ms, ops / ms / 1e9))
             print(f"| {m}x{k}x{n} | {name} | {ms * 1e3:.1f} us | {ops / ms / 1e9:.0f} TOPS |", flush=True)
