@@ -7,7 +7,7 @@ told apart in one way everywhere.
 
 import numpy as np
 
-__all__ = ["get_array_module", "is_cupy", "is_dask", "to_numpy", "to_module"]
+__all__ = ["get_array_module", "is_cupy", "is_dask", "reject_masked", "to_numpy", "to_module"]
 
 # PackedBits is defined in xnorcore.ops, which imports this module: it is
 # recognised by its module name instead of an import cycle.
@@ -59,3 +59,12 @@ def to_module(a, xp):
     if isinstance(a, np.ndarray):
         return xp.asarray(a)
     return a
+
+
+def reject_masked(value, name):
+    """Refuse a numpy masked array: kernels would read the data hidden under its mask."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a masked array (numpy.ma): the data hidden under its mask "
+            f"would be used; fill or drop the masked entries first, e.g. {name}.filled(0)"
+        )

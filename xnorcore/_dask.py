@@ -200,6 +200,17 @@ def _packed_words(p, klens, free_chunks, axis):
     return da.from_array(words, chunks=chunks)
 
 
+def _operand_words(x, packed, klens, axis, name, backend, n_threads):
+    """(chunks of the free axis, dask words split at ``klens``) of one operand packed along ``axis``."""
+    free_axis = 1 - axis
+    if packed:
+        free = x.words.chunks[0] if is_dask(x.words) else (x.shape[free_axis],)
+        return free, _packed_words(x, klens, free, axis)
+    free = x.chunks[free_axis] if is_dask(x) else (x.shape[free_axis],)
+    chunks = (free, klens) if axis == 1 else (klens, free)
+    return free, _words_of(_as_dask(x, chunks).rechunk(chunks), axis, name, backend, n_threads)
+
+
 def _klens_of_words(word_chunks, length):
     """Values of K in each block of words that cover the whole of K."""
     starts = np.cumsum((0,) + tuple(word_chunks[:-1]))
@@ -214,15 +225,10 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     memory); ``compute()`` gives exactly what the numpy path gives.
     """
     n_threads = ops._check_n_threads(n_threads)
-    if backend not in ops._BACKENDS:
-        raise ValueError(f"backend must be one of {ops._BACKENDS}, got backend={backend!r}")
+    ops._check_backend(backend)
     a = _operand(a, "a", 1)
     b = _operand(b, "b", 0)
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(
-            "a and b must have matching inner dimensions, got "
-            f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
-        )
+    ops._check_inner(a, b)
     k_total = a.shape[1]
     if k_total > ops._MAX_INNER and a.shape[0] and b.shape[1]:
         raise ValueError(
@@ -248,20 +254,8 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
     if not klens:  # K = 0 gives one empty block
         klens = (0,)
 
-    if a_packed:
-        a_free = a.words.chunks[0] if is_dask(a.words) else (a.shape[0],)
-        a_words = _packed_words(a, klens, a_free, 1)
-    else:
-        a_free = a.chunks[0] if is_dask(a) else (a.shape[0],)
-        a_raw = _as_dask(a, (a_free, klens)).rechunk((a_free, klens))
-        a_words = _words_of(a_raw, 1, "a", backend, n_threads)
-    if b_packed:
-        b_free = b.words.chunks[0] if is_dask(b.words) else (b.shape[1],)
-        b_words = _packed_words(b, klens, b_free, 0)
-    else:
-        b_free = b.chunks[1] if is_dask(b) else (b.shape[1],)
-        b_raw = _as_dask(b, (klens, b_free)).rechunk((klens, b_free))
-        b_words = _words_of(b_raw, 0, "b", backend, n_threads)
+    a_free, a_words = _operand_words(a, a_packed, klens, 1, "a", backend, n_threads)
+    b_free, b_words = _operand_words(b, b_packed, klens, 0, "b", backend, n_threads)
 
     meta = meta_from_array(a_words._meta, ndim=2, dtype=np.int32)
     return da.blockwise(

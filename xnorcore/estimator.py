@@ -1,8 +1,8 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
 import copy
-import warnings
 import math
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +19,7 @@ from sklearn.utils.validation import (
 )
 
 from . import _summary
+from ._array import reject_masked
 from ._backends import cpu, gpu
 from .nn import Adam, Network
 from .nn._inference import PackedModel, float_decision_function
@@ -34,14 +35,6 @@ _F32 = np.float32
 _MAX_EXPONENT = 40
 #: Rows per chunk of the float64 passes over X.
 _CHUNK_ROWS = 8192
-
-
-def _reject_masked(value, name):
-    if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name} must not be a masked array (numpy.ma): BNNClassifier would use the data "
-            f"hidden under the mask; fill or drop the masked entries first, e.g. {name}.filled(value)"
-        )
 
 
 def _input_exponent(X):
@@ -408,9 +401,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             )
 
     def _fit_once(self, X, y, incremental, classes, sample_weight, rollback):
-        _reject_masked(X, "X")
-        _reject_masked(y, "y")
-        _reject_masked(classes, "classes")
+        reject_masked(X, "X")
+        reject_masked(y, "y")
+        reject_masked(classes, "classes")
         fitted = hasattr(self, "network_")
         if incremental and not fitted and classes is None:
             raise ValueError(
@@ -620,7 +613,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
-        _reject_masked(X, "X")
+        reject_masked(X, "X")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
         X = self._model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:

@@ -48,7 +48,7 @@ import operator
 
 import numpy as np
 
-from ._array import get_array_module, is_cupy, is_dask
+from ._array import get_array_module, is_cupy, is_dask, reject_masked
 from ._threads import check_n_threads
 
 __all__ = [
@@ -239,11 +239,7 @@ def _is_sparse(x):
 
 def _check_array(x, name):
     """Return ``x`` as a numpy or cupy array of a real numeric dtype in native byte order."""
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name} must not be a masked array (numpy.ma): its masked entries would be used "
-            f"through the data hidden under the mask; fill them first, e.g. {name}.filled(0)"
-        )
+    reject_masked(x, name)
     if _is_sparse(x):
         raise TypeError(
             f"{name} must be a dense array, got a sparse {type(x).__name__}: sign maps 0 to +1, "
@@ -269,8 +265,7 @@ def _check_array(x, name):
 
 def _backend_module(backend, *operands, names):
     """Pick the backend module for ``operands`` and check that they agree."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    _check_backend(backend)
     kinds = [is_cupy(x) for x in operands]
     on_gpu = kinds[0]
     if kinds.count(on_gpu) != len(kinds):
@@ -346,6 +341,20 @@ def _normalize_axis(axis, ndim, name="axis"):
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of bounds for an array of ndim={ndim}")
     return axis % ndim
+
+
+def _check_backend(backend):
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+
+
+def _check_inner(a, b):
+    """``a`` (M, K) and ``b`` (K, N), arrays or PackedBits, agree on K."""
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            "a and b must have matching inner dimensions, got "
+            f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
+        )
 
 
 def _check_n_threads(n_threads):
@@ -587,17 +596,12 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
            [0]], dtype=int32)
     """
     n_threads = _check_n_threads(n_threads)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    _check_backend(backend)
     if is_dask(a) or is_dask(b):
         return _dask().binary_matmul(a, b, backend=backend, n_threads=n_threads)
     a = _matmul_operand(a, "a", 1)
     b = _matmul_operand(b, "b", 0)
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(
-            "a and b must have matching inner dimensions, got "
-            f"a.shape={tuple(a.shape)} and b.shape={tuple(b.shape)}"
-        )
+    _check_inner(a, b)
     if a.shape[1] > _MAX_INNER and a.shape[0] and b.shape[1]:
         raise ValueError(
             f"the inner dimension must be at most {_MAX_INNER} for an int32 result, got "
@@ -730,8 +734,7 @@ def _conv_operand(x, name, axis):
 def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, backend):
     """Validate binary_conv2d's arguments; return (x words (N, H, W, G, cwg), w words, geometry, cg)."""
     n_threads = _check_n_threads(n_threads)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    _check_backend(backend)
     if backend == "gpu":
         raise NotImplementedError("binary_conv2d has no GPU kernel yet: use backend='auto' or 'cpu'")
     x = _conv_operand(x, "x", 3)
