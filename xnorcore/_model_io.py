@@ -59,6 +59,7 @@ import json
 import math
 import numbers
 import os
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -493,13 +494,15 @@ def _read_npy(zf, info, expected, path):
 
 def _open_archive(path):
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        with open(path, "rb"):
+            pass
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such model file") from None
     except IsADirectoryError:
         raise ModelFileError(f"{path}: is a folder, not a model file") from None
-    if head[:1] == b"\x80" or head[:1] in (b"(", b"}"):
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not zipfile.is_zipfile(path) and _is_pickle(path):
         raise _fail(path, "is a pickle, not an xnorcore model file: load_model never unpickles (loading a "
                           "pickle runs code); load it with pickle only if you trust where it came from")
     try:
@@ -765,6 +768,18 @@ def _load(zf, meta, path):
     if compiled != recorded:
         raise _fail(path, "the inference metadata disagrees with the packed model these arrays make")
     return estimator
+
+
+def _is_pickle(path):
+    """Whether the file parses as a pickle, to say so in the error (pickletools only parses: it runs nothing)."""
+    try:
+        with open(path, "rb") as f:
+            last = None
+            for last, _, _ in pickletools.genops(f):
+                pass
+        return last is not None and last.name == "STOP"
+    except Exception:  # anything that is not a well-formed pickle
+        return False
 
 
 def _is_pickle_path(path):
