@@ -347,7 +347,7 @@ def save_model(estimator, path, *, training_state=True):
     >>> clf = BNNClassifier((64,), max_iter=2, random_state=0).fit(X, y)
     >>> path = os.path.join(tempfile.mkdtemp(), "digits.xnor")
     >>> save_model(clf, path)
-    >>> (load_model(path).decision_function(X) == clf.decision_function(X)).all()
+    >>> bool((load_model(path).decision_function(X) == clf.decision_function(X)).all())
     True
     """
     from .estimator import BNNClassifier
