@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
-import xnorcore
-from xnorcore import PackedBits, binary_matmul, pack_bits, sign, unpack_bits
-from xnorcore import cli
+from xnorcore import BNNClassifier, PackedBits, binary_matmul, cli, pack_bits, sign, unpack_bits
 from xnorcore._backends import cpu as _cpu
 from xnorcore._io import atomic_write
 from xnorcore._threads import available_cpus, kernel_threads
 from xnorcore.datasets import DatasetError, load_idx, load_mnist
+from xnorcore.nn import Network
 
 from conftest import matmul_ref, sign_ref
 
@@ -936,11 +936,6 @@ def test_ctrl_c_during_later_steps_exits_130_with_a_model(tmp_path):
 
 # ================================================================= estimator
 
-
-from sklearn.datasets import load_digits  # noqa: E402
-
-from xnorcore import BNNClassifier  # noqa: E402
-from xnorcore.nn import Network  # noqa: E402
 
 TINY_CLF = dict(hidden_layer_sizes=(16,), max_iter=2, batch_size=50, random_state=0, device="cpu")
 
