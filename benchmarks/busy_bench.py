@@ -74,8 +74,8 @@ def _cases():
     return cases
 
 
-def measure(rounds):
-    cases = _cases()
+def measure(rounds, only=None):
+    cases = {name: fn for name, fn in _cases().items() if only is None or only in name}
     quiet = {name: [] for name in cases}
     busy = {name: [] for name in cases}
     for _ in range(rounds):
@@ -100,16 +100,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--only", metavar="TEXT", help="run only the cases whose name holds TEXT")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (used with --env)")
     args = parser.parse_args(argv)
     if args.env:
         env = dict(os.environ)
         env.update(item.split("=", 1) for item in args.env)
-        out = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--json"], env=env,
+        extra = [] if args.only is None else ["--only", args.only]
+        out = subprocess.run([sys.executable, __file__, "--rounds", str(args.rounds), "--json", *extra], env=env,
                              check=True, capture_output=True, text=True).stdout
         results = {k: tuple(v) for k, v in json.loads(out).items()}
     else:
-        results = measure(args.rounds)
+        results = measure(args.rounds, args.only)
     if args.json:
         print(json.dumps(results))
         return

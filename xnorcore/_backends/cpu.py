@@ -83,6 +83,9 @@ _NS_PER_PACKED_ELEMENT = 0.2  # one element of pack_rows / pack_cols
 _NS_PER_SIGNED_TERM = 0.12    # one term of signed_sums: rows x inputs x units
 _NS_PER_INPUT_TERM = 0.03     # one term of input_sums: rows x features x units
 _NS_PER_BLAS_FLOP = 0.02      # float32 GEMM on one core
+#: Multiply-adds (m * n * k) from which OpenBLAS runs a GEMM on several threads
+#: (its SMP_THRESHOLD_MIN times GEMM_MULTITHREAD_THRESHOLD).
+BLAS_THREADED_MACS = 65536 * 4
 
 
 def _threads(n_threads, work_ns=None):
@@ -213,8 +216,11 @@ def input_layer(x, prepared):
         return sums
     # A small product on one BLAS thread: BLAS threads that spin after the
     # call would take the cores from the OpenMP kernels of the next layer.
-    with _one_blas_thread() if 2 * dense.size * w.size * _NS_PER_BLAS_FLOP < 2 * MIN_THREAD_WORK_NS \
-            else contextlib.nullcontext():
+    # Below BLAS_THREADED_MACS OpenBLAS uses one thread by itself, and setting
+    # the limit would cost more than the product.
+    macs = dense.size * w.size
+    small = BLAS_THREADED_MACS <= macs and 2 * macs * _NS_PER_BLAS_FLOP < 2 * MIN_THREAD_WORK_NS
+    with _one_blas_thread() if small else contextlib.nullcontext():
         if dense.size == len(x):
             sums = x @ w
             sums += init
