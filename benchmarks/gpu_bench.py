@@ -119,7 +119,9 @@ def _plan_launcher(a_words, b_words, k):
     m, n = a_words.shape[0], b_words.shape[0]
     out = cupy.empty((m, n), dtype=np.int32)
     launch = _gpu._plan(m, n, a_words.shape[1], k)
-    counts = _gpu._row_popcounts(a_words, b_words) if launch.variant == "medium" else out
+    if launch.variant is None:  # popc: no row popcounts
+        return lambda: launch(a_words, b_words, out)
+    counts = _gpu._row_popcounts(a_words, b_words) if launch.variant in ("medium", "wgmma") else out
     return lambda: launch(a_words, b_words, counts, out)
 
 

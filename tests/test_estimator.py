@@ -2,13 +2,14 @@
 
 import io
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.datasets import load_digits
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -389,3 +390,109 @@ def test_gpu_fit_predicts_identically_on_cpu(digits):
     buf = io.BytesIO()
     pickle.dump(clf, buf)
     assert all(isinstance(v, np.ndarray) for v in pickle.loads(buf.getvalue()).network_.histograms().values())
+
+
+# -- sample_weight and convergence ----------------------------------------------
+
+
+def _fit_quiet(clf, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return clf.fit(*args, **kwargs)
+
+
+def test_sample_weight_of_ones_is_the_unweighted_fit(digits):
+    X_train, X_test, y_train, y_test = digits
+    plain = _fit_quiet(BNNClassifier(**SMALL), X_train, y_train)
+    ones = _fit_quiet(BNNClassifier(**SMALL), X_train, y_train, sample_weight=np.ones(len(y_train)))
+    assert ones.loss_curve_ == plain.loss_curve_
+    np.testing.assert_array_equal(ones.predict_proba(X_test), plain.predict_proba(X_test))
+    # A common scale changes nothing either: the loss is a weighted mean.
+    quarter = _fit_quiet(BNNClassifier(**SMALL), X_train, y_train, sample_weight=np.full(len(y_train), 0.25))
+    np.testing.assert_array_equal(quarter.predict_proba(X_test), plain.predict_proba(X_test))
+    a, b = BNNClassifier(**SMALL), BNNClassifier(**SMALL)
+    for start in range(0, len(X_train), 100):
+        rows = slice(start, start + 100)
+        a.partial_fit(X_train[rows], y_train[rows], classes=np.arange(10))
+        b.partial_fit(X_train[rows], y_train[rows], classes=np.arange(10), sample_weight=np.ones(len(y_train[rows])))
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+
+
+# One full batch, no batch norm: weights and repeated samples differ only in rounding.
+FULL_BATCH = dict(SMALL, batch_norm=False, batch_size=10_000, shuffle=False)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_zero_weights_remove_and_integer_weights_repeat_samples(digits, binary):
+    X_train, X_test, y_train, y_test = digits
+    rng = np.random.default_rng(0)
+    weights = rng.integers(0, 4, size=len(y_train))
+    params = dict(FULL_BATCH, binary=binary)
+    weighted = _fit_quiet(BNNClassifier(**params), X_train, y_train, sample_weight=weights)
+    repeated = _fit_quiet(BNNClassifier(**params), X_train.repeat(weights, axis=0), y_train.repeat(weights))
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-4)
+    agree = (weighted.predict(X_test) == repeated.predict(X_test)).mean()
+    assert agree > 0.97, agree
+    # The unweighted fit is a different model.
+    plain = _fit_quiet(BNNClassifier(**params), X_train, y_train)
+    assert not np.allclose(plain.loss_curve_, weighted.loss_curve_, rtol=1e-2)
+
+
+def test_sample_weight_shifts_predictions_toward_heavy_classes(digits):
+    X_train, X_test, y_train, y_test = digits
+    weights = np.where(y_train == 3, 20.0, 1.0)
+    plain = _fit_quiet(BNNClassifier(**SMALL), X_train, y_train)
+    heavy = _fit_quiet(BNNClassifier(**SMALL), X_train, y_train, sample_weight=weights)
+    assert (heavy.predict(X_test) == 3).sum() > (plain.predict(X_test) == 3).sum()
+    assert heavy.score(X_test, y_test, sample_weight=(y_test == 3)) >= plain.score(X_test, y_test, sample_weight=(y_test == 3))
+
+
+def test_sample_weight_with_early_stopping(digits):
+    X_train, X_test, y_train, y_test = digits
+    weights = np.linspace(0.5, 2.0, len(y_train))
+    clf = _fit_quiet(BNNClassifier(**dict(SMALL, early_stopping=True, max_iter=5)), X_train, y_train,
+                     sample_weight=weights)
+    assert len(clf.validation_scores_) == clf.n_iter_ and clf.score(X_test, y_test) > 0.7
+
+
+@pytest.mark.parametrize("weights, match", [
+    (lambda n: -np.ones(n), "Negative values in data passed to `sample_weight`"),
+    (lambda n: np.full(n, np.nan), "Input sample_weight contains NaN"),
+    (lambda n: np.ones(n + 1), r"sample_weight.shape == \(\d+,\), expected \(\d+,\)"),
+    (lambda n: np.zeros(n), "Sample weights must contain at least one non-zero number"),
+])
+def test_bad_sample_weight_is_rejected(digits, weights, match):
+    X_train, X_test, y_train, y_test = digits
+    for call in (lambda clf, w: clf.fit(X_train, y_train, sample_weight=w),
+                 lambda clf, w: clf.partial_fit(X_train, y_train, classes=np.arange(10), sample_weight=w)):
+        clf = BNNClassifier(**SMALL)
+        with pytest.raises(ValueError, match=match):
+            call(clf, weights(len(y_train)))
+        assert not hasattr(clf, "network_")
+
+
+def test_sample_weight_leaving_one_class_is_rejected(digits):
+    X_train, X_test, y_train, y_test = digits
+    with pytest.raises(ValueError, match="needs at least 2 classes in y with positive sample_weight, got 1 class: 4"):
+        BNNClassifier(**SMALL).fit(X_train, y_train, sample_weight=(y_train == 4).astype(float))
+
+
+def test_convergence_warning_when_max_iter_cuts_training_short(digits):
+    X_train, X_test, y_train, y_test = digits
+    with pytest.warns(ConvergenceWarning, match=r"stopped at max_iter=3 epochs while the training loss "
+                                                r"was still improving by more than tol=0.0001"):
+        BNNClassifier(**dict(SMALL, max_iter=3)).fit(X_train, y_train)
+    with pytest.warns(ConvergenceWarning, match="while the validation score was still improving"):
+        BNNClassifier(**dict(SMALL, max_iter=1, early_stopping=True)).fit(X_train, y_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        # A loss that stopped improving by more than tol: converged, as far as tol goes.
+        clf = BNNClassifier(**dict(SMALL, max_iter=3, tol=100.0)).fit(X_train, y_train)
+        assert clf.n_iter_ == 3
+        # Stopped by n_iter_no_change before max_iter.
+        # (the first epoch improves on nothing; two more without improvement stop it)
+        clf = BNNClassifier(**dict(SMALL, max_iter=50, tol=100.0, n_iter_no_change=2)).fit(X_train, y_train)
+        assert clf.n_iter_ == 3
+        # partial_fit runs one pass by design.
+        BNNClassifier(**SMALL).partial_fit(X_train, y_train, classes=np.arange(10))

@@ -62,16 +62,29 @@ SHAPES = [  # (M, K, N): not multiples of 64, single rows and columns, odd word 
 ]
 
 
-@pytest.fixture(params=["mma", "popc"])
-def kernel(request, monkeypatch):
-    """Run the test once per GEMM kernel (mma only where the device has it)."""
+def _kernel_runs_here(name):
+    """None if GEMM kernel ``name`` runs on the current device, else why not."""
     import cupy
 
     cc = int(cupy.cuda.Device().compute_capability)
-    if request.param == "mma" and cc < 80:
-        pytest.skip(f"the mma kernel needs compute capability >= 8.0, this device has {cc}")
-    monkeypatch.setenv(_gpu.KERNEL_ENV, request.param)
-    return request.param
+    if name == "mma" and cc < 80:
+        return f"the mma kernel needs compute capability >= 8.0, this device has {cc}"
+    if name.startswith("wgmma") and cc != 90:
+        return f"the wgmma kernel needs compute capability 9.0, this device has {cc}"
+    return None
+
+
+@pytest.fixture(params=["wgmma", "wgmma-coop", "mma", "popc"])
+def kernel(request, monkeypatch):
+    """Run the test once per GEMM kernel (and wgmma schedule) that the device has."""
+    reason = _kernel_runs_here(request.param)
+    if reason:
+        pytest.skip(reason)
+    name, _, schedule = request.param.partition("-")
+    monkeypatch.setenv(_gpu.KERNEL_ENV, name)
+    if schedule:
+        monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", schedule)
+    return name
 
 
 def _signs(x):
@@ -152,8 +165,8 @@ class TestGPU:
             ia = cupy.asarray(_signs(a).astype(np.int32))
             ib = cupy.asarray(_signs(b).astype(np.int32))
             want = cupy.asnumpy(ia @ ib)
-            for name in ("popc", "mma"):
-                if name == "mma" and int(cupy.cuda.Device().compute_capability) < 80:
+            for name in ("popc", "mma", "wgmma"):
+                if _kernel_runs_here(name):
                     continue
                 monkeypatch.setenv(_gpu.KERNEL_ENV, name)
                 got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
@@ -175,6 +188,58 @@ class TestGPU:
             _poison_pool((m, n))
             got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
             np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b), err_msg=f"{variant} {(m, k, n)}")
+
+    @pytest.mark.parametrize("schedule", ["coop", "ping"])
+    def test_wgmma_tiles_and_k_tails(self, schedule, monkeypatch):
+        """Each wgmma schedule at every K tail of its 1024-bit stages and across tile edges,
+        with more tiles than multiprocessors so that each block runs several."""
+        import cupy
+
+        reason = _kernel_runs_here("wgmma")
+        if reason:
+            pytest.skip(reason)
+        monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+        monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", schedule)
+        rs = cupy.random.RandomState(13)
+        shapes = [(1, 1, 1), (128, 1024, 256), (129, 1025, 257), (64, 960, 1), (1, 3073, 300),
+                  (255, 4097, 511), (3000, 2111, 2900), (5000, 130, 4100)]
+        for m, k, n in shapes:
+            a = rs.standard_normal((m, k), dtype=np.float32)
+            b = rs.standard_normal((k, n), dtype=np.float32)
+            want = cupy.where(a >= 0, 1.0, -1.0) @ cupy.where(b >= 0, 1.0, -1.0)  # float64: exact
+            _poison_pool((m, n))
+            got = binary_matmul(a, b)
+            assert bool((got == want.astype(np.int32)).all()), f"{schedule} {(m, k, n)}"
+
+    def test_wgmma_is_the_default_on_hopper(self, monkeypatch):
+        """Large products take wgmma on compute capability 9.0, small ones the mma kernel."""
+        import cupy
+
+        monkeypatch.delenv(_gpu.KERNEL_ENV, raising=False)
+        if _kernel_runs_here("wgmma"):
+            pytest.skip(_kernel_runs_here("wgmma"))
+        width = 8192 // 64
+        assert _gpu._plan(8192, 8192, width, 8192).variant == "wgmma"
+        assert _gpu._plan(64, 64, 2, 100).variant == "small"
+        assert _gpu.config()["kernel"] == "wgmma"
+        a = cupy.asarray(np.random.default_rng(2).standard_normal((1200, 1500)))
+        b = cupy.asarray(np.random.default_rng(3).standard_normal((1500, 1300)))
+        got = binary_matmul(a, b)
+        np.testing.assert_array_equal(cupy.asnumpy(got), _reference(cupy.asnumpy(a), cupy.asnumpy(b)))
+
+    def test_unaligned_words_are_copied(self):
+        """Packed rows starting 8 bytes past an aligned address (TMA and cp.async need 16)."""
+        import cupy
+
+        rng = np.random.default_rng(8)
+        a, b = rng.standard_normal((300, 640)), rng.standard_normal((640, 200))
+        pa, pb = pack_bits(a, axis=1), pack_bits(b, axis=0)
+        flat = cupy.zeros(pa.words.size + 1, dtype=np.uint64)
+        flat[1:] = cupy.asarray(pa.words.ravel())
+        shifted = PackedBits(flat[1:].reshape(pa.words.shape), pa.shape, 1)
+        assert shifted.words.data.ptr % 16 == 8
+        got = binary_matmul(shifted, _gpu.to_device(pb))
+        np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b))
 
     @pytest.mark.parametrize(
         "dtype", [np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.uint8, bool]
@@ -274,7 +339,7 @@ class TestGPU:
         import cupy
 
         monkeypatch.setenv(_gpu.KERNEL_ENV, "fast")
-        with pytest.raises(ValueError, match=r"XNORCORE_GPU_KERNEL must be one of \('mma', 'popc'\)"):
+        with pytest.raises(ValueError, match=r"XNORCORE_GPU_KERNEL must be one of \('wgmma', 'mma', 'popc'\)"):
             binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)))
 
     def test_config_reports_the_device(self, monkeypatch):
@@ -286,7 +351,7 @@ class TestGPU:
         assert info["cupy"] == cupy.__version__ and info["device"]
         cc = int(cupy.cuda.Device().compute_capability)
         assert info["compute_capability"] == f"{cc // 10}.{cc % 10}"
-        assert info["kernel"] == ("mma" if cc >= 80 else "popc")
+        assert info["kernel"] == ("wgmma" if cc == 90 else "mma" if cc >= 80 else "popc")
         monkeypatch.setenv(_gpu.KERNEL_ENV, "bogus")
         assert "XNORCORE_GPU_KERNEL" in _gpu.config()["unavailable"]  # reported, not raised
 

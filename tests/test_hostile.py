@@ -897,6 +897,9 @@ def test_atomic_write_refuses_non_regular_targets(tmp_path):
 # partial_fit runs for the first time.
 _SIGINT_FIRST_STEP = """
 import os, signal, sys
+# As from a shell: Ctrl-C raises KeyboardInterrupt even where the test runner
+# handed down an ignored SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from xnorcore.estimator import BNNClassifier
 original = BNNClassifier.partial_fit
 def partial_fit(self, *args, **kwargs):
@@ -921,7 +924,9 @@ def test_ctrl_c_during_later_steps_exits_130_with_a_model(tmp_path):
     argv = [sys.executable, "-m", "xnorcore", "train", "--max_steps", "100000", "--eval_every_n", "1",
             "--layers", "8,8", "--batch_size", "20"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=_TESTS,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"})
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"},
+                            # As from a shell, even where the runner ignores SIGINT.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()
         assert first.startswith("step 0, loss = "), first

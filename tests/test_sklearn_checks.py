@@ -1,5 +1,6 @@
 """scikit-learn's own estimator checks on BNNClassifier."""
 
+import pytest
 from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
 from xnorcore import BNNClassifier
@@ -8,8 +9,21 @@ from xnorcore import BNNClassifier
 _ESTIMATOR = BNNClassifier(hidden_layer_sizes=(32,), max_iter=30, batch_size=32, random_state=0,
                            device="cpu")
 
+# 30 epochs on the checks' tiny data sets stop at max_iter while still improving.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 # Checks that cannot pass, with the reason.
-EXPECTED_FAILED_CHECKS = {}
+EXPECTED_FAILED_CHECKS = {
+    # sample_weight scales each sample's loss (and the input standardization),
+    # as MLPClassifier's stochastic solvers do, but batch norm's statistics
+    # stay unweighted, and float32 training rounds a doubled sample and a
+    # repeated one differently (sign amplifies that): tests/test_estimator.py
+    # checks the equivalence without batch norm, to a tolerance.
+    "check_sample_weight_equivalence_on_dense_data": (
+        "batch norm statistics are unweighted and float32 minibatch training is not "
+        "exactly equivalent to repeating samples"
+    ),
+}
 
 
 @parametrize_with_checks([_ESTIMATOR], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)

@@ -7,7 +7,7 @@ told apart in one way everywhere.
 
 import numpy as np
 
-__all__ = ["get_array_module", "is_cupy", "to_numpy", "to_module"]
+__all__ = ["get_array_module", "is_cupy", "is_dask", "to_numpy", "to_module"]
 
 # PackedBits is defined in xnorcore.ops, which imports this module: it is
 # recognised by its module name instead of an import cycle.
@@ -19,6 +19,14 @@ def is_cupy(x):
     if type(x).__module__ == _PACKED_MODULE:
         x = x.words
     return type(x).__module__.partition(".")[0] == "cupy"
+
+
+def is_dask(x):
+    """Whether ``x`` is a dask array, or a PackedBits whose words are one
+    (told by module name: dask is imported only by those who use it)."""
+    if type(x).__module__ == _PACKED_MODULE:
+        x = x.words
+    return type(x).__module__.partition(".")[0] == "dask"
 
 
 def get_array_module(*arrays):

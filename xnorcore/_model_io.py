@@ -426,7 +426,7 @@ def save_model(estimator, path, *, training_state=True):
     if names is not None and not all(isinstance(n, str) for n in names.tolist()):
         raise TypeError("feature_names_in_ must hold strings to be saved")
 
-    from . import __version__
+    from ._version import __version__
 
     arrays = {name: _little(a) for name, a in arrays.items()}
     metadata = {

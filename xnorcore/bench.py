@@ -10,6 +10,7 @@ binary_matmul is faster.
 """
 
 import statistics
+import textwrap
 import time
 
 import numpy as np
@@ -158,6 +159,19 @@ def format_table(rows, device="cpu"):
     return "\n".join(table_header(device) + [format_row(r) for r in rows])
 
 
+#: Characters per title line that fit the 6-inch-wide figure at matplotlib's
+#: default title size.
+_TITLE_WIDTH = 50
+
+
+def _wrap_title(title):
+    """The parenthesized details on a line of their own, long lines wrapped,
+    so that the title fits the figure."""
+    head, sep, details = title.partition(" (")
+    lines = [head] + ([sep.strip() + details] if sep else [])
+    return "\n".join(textwrap.fill(line, _TITLE_WIDTH) for line in lines)
+
+
 def plot_speedup(rows, path, *, device="cpu", title=None):
     """Draw speedup (float time / binary time) against N and save it to ``path``.
 
@@ -186,7 +200,7 @@ def plot_speedup(rows, path, *, device="cpu", title=None):
     baseline = "numpy float32" if device == "cpu" else "cuBLAS float32"
     ax.set_ylabel(f"speedup over {baseline}")
     ax.set_ylim(bottom=0)
-    ax.set_title(title or f"binary_matmul vs {baseline} ({device.upper()})")
+    ax.set_title(_wrap_title(title or f"binary_matmul vs {baseline} ({device.upper()})"))
     ax.legend()
     try:
         fig.savefig(path, dpi=120)

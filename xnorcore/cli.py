@@ -121,7 +121,7 @@ def _add(parser, name, *more, **kwargs):
 
 def build_parser():
     """Return the argparse parser of the ``xnorcore`` command."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog="xnorcore",
@@ -528,12 +528,17 @@ def cmd_bench(args):
 # -- info ---------------------------------------------------------------------
 
 
-def _version(module):
-    try:
-        mod = __import__(module)
-    except Exception:
-        return "not installed"
-    return getattr(mod, "__version__", "installed")
+def _version(*distributions):
+    """Installed version of the first of ``distributions`` found, read from
+    the package metadata without importing the package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in distributions:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def _print_blas():
@@ -553,25 +558,18 @@ def _print_blas():
 
 
 def cmd_info(args):
-    import xnorcore
+    from ._config import show_config
 
-    show = getattr(xnorcore, "show_config", None)
-    if callable(show):
-        show()
-    else:
-        import platform
-
-        print(f"xnorcore {xnorcore.__version__}")
-        print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
-        for name in ("numpy", "sklearn", "cupy"):
-            print(f"{name} {_version(name)}")
-        print("(detailed build and CPU information needs xnorcore.show_config, not available in this build)")
+    show_config()
     _print_blas()
-    print(f"scikit-learn {_version('sklearn')}")
+    print(f"scikit-learn {_version('scikit-learn')}")
     print("command line extras:")
     for name, extra in (("tensorboardX", "tensorboard"), ("matplotlib", "plot"), ("tqdm", None)):
-        hint = f" (pip install 'xnorcore[{extra}]')" if extra and _version(name) == "not installed" else ""
-        print(f"  {name}: {_version(name)}{hint}")
+        found = _version(name)
+        hint = f" (pip install 'xnorcore[{extra}]')" if extra and found == "not installed" else ""
+        print(f"  {name}: {found}{hint}")
+    print(f"  dask: {_version('dask')}, distributed: {_version('distributed')}"
+          + (" (pip install 'xnorcore[dask]')" if _version("distributed") == "not installed" else ""))
     return 0
 
 

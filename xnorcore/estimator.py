@@ -1,14 +1,22 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
 import copy
+import warnings
 import math
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, check_random_state, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    check_random_state,
+    column_or_1d,
+    validate_data,
+)
 
 from . import _summary
 from ._backends import cpu, gpu
@@ -321,17 +329,32 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return np.searchsorted(classes, y).astype(np.int64)
 
     @staticmethod
-    def _input_stats(X):
+    def _input_stats(X, sample_weight=None):
         # Per-feature centring but one global scale: a per-feature scale blows
         # up features that happen to be constant in the first batch of
         # partial_fit (MNIST border pixels).  Sums run in float64 over chunks
         # of rows, so that neither the squares of large values nor those of
-        # small ones leave the range (X is already scaled near 1).
-        mean = X.mean(axis=0, dtype=np.float64)
+        # small ones leave the range (X is already scaled near 1).  Weighted as
+        # the loss is, so that a sample of weight 0 changes nothing.
+        if sample_weight is None:
+            mean = X.mean(axis=0, dtype=np.float64)
+            count = X.size
+        else:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+            if not weights.sum() > 0:
+                raise ValueError("sample_weight must have a positive sum, got all zeros")
+            mean = np.zeros(X.shape[1])
+            for start in range(0, X.shape[0], _CHUNK_ROWS):
+                rows = slice(start, start + _CHUNK_ROWS)
+                mean += weights[rows] @ X[rows].astype(np.float64)
+            mean /= weights.sum()
+            count = weights.sum() * X.shape[1]
         total = 0.0
         for start in range(0, X.shape[0], _CHUNK_ROWS):
-            total += float((np.square(X[start:start + _CHUNK_ROWS] - mean, dtype=np.float64)).sum())
-        scale = math.sqrt(total / max(X.size, 1))
+            rows = slice(start, start + _CHUNK_ROWS)
+            squares = np.square(X[rows] - mean, dtype=np.float64)
+            total += float(squares.sum() if sample_weight is None else weights[rows] @ squares.sum(axis=1))
+        scale = math.sqrt(total / max(count, 1))
         largest = float(np.max(np.abs(X))) if X.size else 0.0
         # Constant data: rounding noise only, nothing to scale by.
         if not math.isfinite(scale) or scale <= 1e-12 * largest or scale == 0:
@@ -339,7 +362,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return mean.astype(_F32), _F32(scale)
 
     # ------------------------------------------------------------ training
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
 
         ``fit`` trains ``max_iter`` epochs with the schedule (continuing the
@@ -350,7 +373,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         saved = dict(self.__dict__)
         rollback = {}
         try:
-            return self._fit_once(X, y, incremental, classes, rollback)
+            return self._fit_once(X, y, incremental, classes, sample_weight, rollback)
         except BaseException:
             if "network" in rollback:
                 # partial_fit trained the fitted network in place: put back its
@@ -384,7 +407,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"(warm_start=False)"
             )
 
-    def _fit_once(self, X, y, incremental, classes, rollback):
+    def _fit_once(self, X, y, incremental, classes, sample_weight, rollback):
         _reject_masked(X, "X")
         _reject_masked(y, "y")
         _reject_masked(classes, "classes")
@@ -404,6 +427,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 )
             self._check_same_network(sizes, incremental)
         X, y = self._validate_Xy(X, y, reset=not resume)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if resume:
             all_classes = self.classes_
             if classes is not None and not np.array_equal(np.unique(classes), all_classes):
@@ -425,6 +450,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     f"classes must be labels of one sortable type, got classes={classes.tolist()}"
                 ) from None
             self._check_classes(all_classes, "y" if classes is None else "classes")
+        if sample_weight is not None and not incremental:
+            self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
         y_idx = self._encode(y, all_classes)
         xp, backend = self._backend()
         xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
@@ -455,7 +482,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             exponent = _input_exponent(X)
             X = self._model_input(X, exponent)
             rng = check_random_state(self.random_state)
-            mean, scale = self._input_stats(X)
+            mean, scale = self._input_stats(X, sample_weight)
             net = Network(
                 X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
                 dropout=self.dropout, binarize_first=self.binarize_first, binarize_last=self.binarize_last,
@@ -467,10 +494,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         has_batch_norm = net.batch_norm or net.binarize_last
 
         early_stopping = self.early_stopping and not incremental
-        X_fit, y_fit, validation = X, y_idx, None
+        X_fit, y_fit, w_fit, validation = X, y_idx, sample_weight, None
         if early_stopping:
-            X_fit, X_val, y_fit, y_val = validation_split(X, y_idx, self.validation_fraction, rng)
-            validation = (xp.asarray((X_val - mean) / scale), y_val)
+            X_fit, X_val, y_fit, y_val, w_fit, w_val = validation_split(
+                X, y_idx, self.validation_fraction, rng, sample_weight)
+            validation = (xp.asarray((X_val - mean) / scale), y_val, w_val)
             history.validation_scores = []
         if has_batch_norm and min(self.batch_size, len(X_fit)) < 2:
             raise ValueError(
@@ -486,7 +514,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
             rng=rng, validation=validation, tol=self.tol,
             n_iter_no_change=None if incremental else self.n_iter_no_change, verbose=self.verbose,
+            sample_weight=w_fit,
         )
+        if history.improving and not incremental:
+            # As MLPClassifier: the last epoch still improved by more than tol.
+            what = "validation score" if early_stopping else "training loss"
+            warnings.warn(
+                f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
+                f"was still improving by more than tol={self.tol}; a larger max_iter may "
+                "give a better model",
+                ConvergenceWarning,
+                stacklevel=4,  # the caller of fit, past _fit and _fit_context
+            )
 
         # Everything succeeded: only now does the estimator change.
         if not resume:
@@ -511,7 +550,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -520,6 +559,13 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             Training data (dense; NaN and inf are rejected).
         y : array-like of shape (n_samples,)
             Class labels (at least two classes; any hashable labels).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample's loss: each minibatch minimizes the
+            weighted mean of its samples' cross-entropy, as scikit-learn's
+            ``MLPClassifier`` does; the input standardization and the early
+            stopping score are weighted too, batch norm's statistics are not.
+            Non-negative, finite, not all zero; at least two classes need
+            positive weight.
 
         Returns
         -------
@@ -532,11 +578,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             On NaN/inf or sparse X, a single class, or bad hyper-parameters.
         RuntimeError
             If ``device="gpu"`` and CuPy or a CUDA device is missing.
+
+        Warns
+        -----
+        ConvergenceWarning
+            If training stops at ``max_iter`` while the training loss (the
+            validation score with ``early_stopping``) was still improving by
+            more than ``tol`` in the last epoch.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One pass over (X, y) in minibatches of ``batch_size``.
 
         With ``len(X) == batch_size`` this is exactly one Adam step.  The
@@ -549,12 +602,14 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
         classes : array-like of shape (n_classes,), default=None
             All the classes that will ever appear; required on the first call.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample's loss, as in :meth:`fit`.
 
         Returns
         -------
         self : BNNClassifier
         """
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     # ------------------------------------------------------------ inference
     def _compile(self):

@@ -51,8 +51,18 @@ Operations
     (``BNNClassifier(xnor="auto")``): whichever trained faster on this device
     in ``benchmarks/train_bench.py``.
 
-Binary convolutions (``binary_conv2d``) come next, as one more operation of
-both modules.
+``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads) -> int32 (N, OH, OW, O)``
+    The binary convolution (``binary_conv2d``) of NHWC words ``x_words``
+    (N, H, W, groups, words per group) with HWIO weight words ``w_words``
+    (KH, KW, O, words per group); ``geometry`` is ``ops._conv_geometry``'s
+    (H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR), ``cg`` the
+    channels per group and ``pad_value`` (0, 1 or -1) what padding counts.
+``conv2d_threshold_pack(..., direction, threshold, pool, n_threads) -> words (N, OH', OW', ceil(O / 64))``
+    The fused binary conv layer: ``threshold_pack`` of ``conv2d`` along O,
+    then, with ``pool``, a 2x2 max-pool (stride 2) on the bits.
+``real_conv2d(x, w, geometry) -> float32 (N, OH, OW, O)``
+    A real-valued, zero-padded convolution: the first layer of a binary CNN.
+    The GPU module has no conv kernels yet and raises NotImplementedError.
 """
 
 from .._array import is_cupy

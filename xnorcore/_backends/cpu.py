@@ -1,6 +1,7 @@
 """CPU backend: the operations of the :mod:`xnorcore._backends` contract over the Cython kernels.
 
-The kernels live in ``xnorcore._bitpack``; this module adds what the contract
+The kernels live in ``xnorcore._bitpack`` (the conv operations, over
+``xnorcore._conv``, in :mod:`xnorcore._backends.cpu_conv`); this module adds what the contract
 asks beyond them (the real first and last layers around BLAS) and the choice
 of the popcount variant: the fastest that the CPU supports (``"avx512"``,
 ``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
@@ -18,6 +19,7 @@ import numpy as np
 from .. import _bitpack
 from .._threads import kernel_threads
 from . import _common
+from .cpu_conv import conv2d, conv2d_threshold_pack, real_conv2d  # noqa: F401 (operations of the contract)
 
 NAME = "cpu"
 

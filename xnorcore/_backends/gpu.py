@@ -7,8 +7,15 @@ package data of ``xnorcore.kernels``; :func:`_module` reads one and makes one
 ``cupy.RawModule`` of it, which compiles it with NVRTC once per device (and
 caches the binary on disk).
 
-Two GEMM kernels exist:
+Three GEMM kernels exist:
 
+``wgmma``
+    Hopper's warpgroup tensor cores (``wgmma ... m64nNk256 ... .and.popc``),
+    compute capability 9.0 alone (its code is built for ``sm_90a``, which no
+    other architecture runs): a persistent kernel fed by TMA copies through a
+    shared-memory ring, row popcounts from the same small kernel as ``mma``'s
+    large tiles.  Products below ``_WGMMA_MIN_MACS`` go to ``mma``, which is
+    as fast or faster there (host time and launches dominate).
 ``mma``
     Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
     capability 8.0 and newer.  It needs the row popcounts of both operands:
@@ -18,8 +25,9 @@ Two GEMM kernels exist:
 ``popc``
     CUDA cores with ``__popc``, for older GPUs.
 
-The environment variable ``XNORCORE_GPU_KERNEL`` (``mma`` or ``popc``) forces
-one, for testing and benchmarking; it is read at each call.
+The environment variable ``XNORCORE_GPU_KERNEL`` (``wgmma``, ``mma`` or
+``popc``) forces one for every shape, for testing and benchmarking; it is read
+at each call.
 """
 
 import ctypes
@@ -43,14 +51,20 @@ prefers_xnor_training = False
 
 #: Environment variable that forces a GEMM kernel.
 KERNEL_ENV = "XNORCORE_GPU_KERNEL"
-_KERNELS = ("mma", "popc")
+_KERNELS = ("wgmma", "mma", "popc")
 #: Oldest compute capability (major * 10 + minor) with b1 mma.sync m16n8k256.
 _MMA_MIN_CC = 80
+#: The one compute capability that runs sm_90a code (wgmma).
+_WGMMA_CC = 90
+#: NVRTC options of one kernel file beyond those of every file (see _compile_options):
+#: wgmma exists only in the arch-specific sm_90a target.
+_ARCH_OPTIONS = {"xnor_gemm_wgmma": ("-arch=sm_90a",)}
 
 #: Benchmarks set this to "medium" or "small" to time one tile shape of the mma kernel.
 _FORCE_MMA_VARIANT = None
 
 _KERNEL_DETAIL = {
+    "wgmma": "Hopper warpgroup tensor cores, wgmma m64nNk256 b1 AND + popcount, TMA-fed (mma for small products)",
     "mma": "bit tensor cores, mma.sync m16n8k256 b1 AND + popcount",
     "popc": "CUDA cores, __popc on 32-bit words",
 }
@@ -60,7 +74,7 @@ _INSTALL_HINT = "install it with pip install 'xnorcore[gpu]'"
 _modules = {}  # file stem -> cupy.RawModule (which compiles and keeps it per device)
 _functions = {}  # (device id, kernel name) -> cupy.cuda.Function, launch attributes set
 _launches = {}  # (device id, kernel, tile shape) -> launch parameters, see _gemm_launch
-_plans = {}  # (device id, kernel override, tile override, m, n, width, k) -> _GemmLaunch
+_plans = {}  # (device id, kernel override, mma tile override, wgmma schedule, m, n, width, k) -> launch
 _MAX_PLANS = 4096
 _devices = {}  # device id -> (compute capability as major * 10 + minor, multiprocessors)
 _constants = {}  # file stem -> {NAME: int} of its "static constexpr int NAME = value;"
@@ -131,11 +145,18 @@ def _constant(stem, name):
     return _constants[stem][name]
 
 
+def _compile_options(stem):
+    """The NVRTC options of ``kernels/<stem>.cu``: those of every file, then the file's own."""
+    # -I: the kernels include kernels/xnor_layout.h, the bit layout stated once.
+    include = f"-I{importlib.resources.files('xnorcore.kernels')}"
+    return ("-std=c++17", include) + _ARCH_OPTIONS.get(stem, ())
+
+
 def _module(stem):
     """The ``cupy.RawModule`` of ``kernels/<stem>.cu``; CuPy compiles it once per device."""
     module = _modules.get(stem)
     if module is None:
-        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17",))
+        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=_compile_options(stem))
     return module
 
 
@@ -166,9 +187,14 @@ def _function(stem, name, dynamic_smem=0):
 
 
 def _kernel_choice():
-    """Which GEMM kernel runs on the current device: 'mma' or 'popc'."""
-    forced = os.environ.get(KERNEL_ENV, "").strip().lower()
-    cc = _device()[0]
+    """Which GEMM kernel runs on the current device: 'wgmma', 'mma' or 'popc'."""
+    return _choose_kernel(os.environ.get(KERNEL_ENV, ""), _device()[0])
+
+
+def _choose_kernel(forced, cc):
+    """The GEMM kernel for compute capability ``cc`` (major * 10 + minor) and the
+    value ``forced`` of ``XNORCORE_GPU_KERNEL`` ("" where unset)."""
+    forced = forced.strip().lower()
     if forced:
         if forced not in _KERNELS:
             raise ValueError(f"{KERNEL_ENV} must be one of {_KERNELS} or unset, got {KERNEL_ENV}={forced!r}")
@@ -176,7 +202,13 @@ def _kernel_choice():
             raise RuntimeError(
                 f"{KERNEL_ENV}=mma needs compute capability >= 8.0, this device has {cc // 10}.{cc % 10}"
             )
+        if forced == "wgmma" and cc != _WGMMA_CC:
+            raise RuntimeError(
+                f"{KERNEL_ENV}=wgmma needs compute capability 9.0, this device has {cc // 10}.{cc % 10}"
+            )
         return forced
+    if cc == _WGMMA_CC:
+        return "wgmma"
     return "mma" if cc >= _MMA_MIN_CC else "popc"
 
 
@@ -255,10 +287,13 @@ def _row_popcounts(a_words, b_words):
 
 
 def _even_width(words):
-    """C-contiguous words with an even number of words per row (16-byte aligned rows)."""
+    """C-contiguous words with an even number of words per row, from a 16-byte aligned address:
+    16-byte aligned rows, which both cp.async and TMA need."""
     cupy = _cupy()
     if words.shape[1] % 2 == 0:
-        return words if words.flags.c_contiguous else cupy.ascontiguousarray(words)
+        if not words.flags.c_contiguous:
+            return cupy.ascontiguousarray(words)
+        return words if words.data.ptr % 16 == 0 else words.copy()
     padded = cupy.zeros((words.shape[0], words.shape[1] + 1), dtype=np.uint64)
     padded[:, :-1] = words
     return padded
@@ -338,24 +373,140 @@ def _current_stream_ptr():
     return _cupy().cuda.get_current_stream().ptr
 
 
+# --- wgmma kernel: TMA tensor maps and launch ---------------------------------------
+
+#: wgmma variants, by the file's constant prefix: "coop" (128 x 256 tiles, both
+#: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating).
+_WGMMA_VARIANT = "ping"
+#: Products below this many multiply-accumulates go to the mma kernel when the
+#: kernel is chosen automatically: below it the mma kernel measured as fast or
+#: faster (benchmarks/RESULTS.md).
+_WGMMA_MIN_MACS = 2**36
+
+_CU_TENSOR_MAP = {"uint64": 4, "swizzle_128b": 3, "l2_256b": 3}
+_tensor_map_encode = None
+_tensor_maps = {}  # (device address, rows, words per row, box rows) -> 128 bytes
+_MAX_TENSOR_MAPS = 256
+
+
+def _encode_function():
+    """cuTensorMapEncodeTiled from the driver library (CuPy does not wrap it)."""
+    global _tensor_map_encode
+    if _tensor_map_encode is None:
+        fn = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
+        fn.restype = ctypes.c_int
+        fn.argtypes = [
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+            ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ]
+        _tensor_map_encode = fn
+    return _tensor_map_encode
+
+
+def _tensor_map(ptr, rows, width, box_rows):
+    """The TMA tensor map of ``rows`` x ``width`` uint64 words at ``ptr``: (16, box_rows) boxes,
+    128-byte swizzle, zeros outside.  Kept per address and shape (encoding is host time)."""
+    key = (ptr, rows, width, box_rows)
+    data = _tensor_maps.get(key)
+    if data is None:
+        out = (ctypes.c_uint64 * 16)()
+        dims = (ctypes.c_uint64 * 2)(width, rows)
+        strides = (ctypes.c_uint64 * 1)(8 * width)
+        box = (ctypes.c_uint32 * 2)(_constant("xnor_gemm_wgmma", "WG_STAGE_WORDS"), box_rows)
+        unit = (ctypes.c_uint32 * 2)(1, 1)
+        status = _encode_function()(
+            out, _CU_TENSOR_MAP["uint64"], 2, ptr, dims, strides, box, unit,
+            0, _CU_TENSOR_MAP["swizzle_128b"], _CU_TENSOR_MAP["l2_256b"], 0,
+        )
+        if status != 0:
+            raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {status} for {rows} x {width} words")
+        if len(_tensor_maps) >= _MAX_TENSOR_MAPS:
+            _tensor_maps.clear()
+        data = _tensor_maps[key] = bytes(out)
+    return data
+
+
+class _WgmmaLaunch:
+    """A launch of the wgmma kernel for one device and (m, n, k): like :class:`_GemmLaunch`,
+    with the two 128-byte tensor maps of the operands as the first arguments."""
+
+    __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "maps", "values", "params",
+                 "params_address")
+    variant = "wgmma"
+
+    def __init__(self, function, grid, smem, bm, bn, m, n, width, k):
+        self.function, self.grid, self.smem = function, grid, smem
+        self.bm, self.bn, self.m, self.n, self.width = bm, bn, m, n, width
+        self.maps = ((ctypes.c_uint64 * 16)(), (ctypes.c_uint64 * 16)())
+        self.values = (ctypes.c_uint64 * 6)(0, 0, m, n, width, k)  # counts, out, m, n, words, k
+        base = ctypes.addressof(self.values)
+        pointers = [ctypes.addressof(self.maps[0]), ctypes.addressof(self.maps[1])]
+        pointers += [base + 8 * i for i in range(6)]
+        self.params = (ctypes.c_void_p * 8)(*pointers)
+        self.params_address = ctypes.addressof(self.params)
+
+    def __call__(self, a_words, b_words, counts, out):
+        map_a = _tensor_map(a_words.data.ptr, self.m, self.width, self.bm)
+        map_b = _tensor_map(b_words.data.ptr, self.n, self.width, self.bn)
+        with _launch_lock:
+            ctypes.memmove(self.maps[0], map_a, 128)
+            ctypes.memmove(self.maps[1], map_b, 128)
+            self.values[0] = counts.data.ptr
+            self.values[1] = out.data.ptr
+            _cupy().cuda.driver.launchKernel(
+                self.function.ptr, self.grid, 1, 1, _constant("xnor_gemm_wgmma", "WG_THREADS"), 1, 1,
+                self.smem, _current_stream_ptr(), self.params_address, 0,
+            )
+
+
+def _wgmma_shape(variant):
+    """(BM, BN, dynamic shared memory in bytes) of wgmma schedule ``variant``: the stages, their
+    barriers and the slack that aligns the ring to the 1024 bytes of the 128-byte swizzle."""
+    def const(name):
+        return _constant("xnor_gemm_wgmma", f"{variant.upper()}_{name}")
+
+    bm, bn = const("BM"), const("BN")
+    row_bytes = _constant("xnor_gemm_wgmma", "WG_ROW_BYTES")
+    # Per stage: the A and B rows and a full and an empty mbarrier; then the two order barriers.
+    return bm, bn, 1024 + const("STAGES") * ((bm + bn) * row_bytes + 16) + 16
+
+
+def _wgmma_plan(m, n, width, k):
+    """A :class:`_WgmmaLaunch`, or None where the kernel cannot take the shape."""
+    bm, bn, smem = _wgmma_shape(_WGMMA_VARIANT)
+    if max(m, n) + max(bm, bn) >= 2**31 or k >= 2**31:  # TMA coordinates and the kernel's tile indices are int32
+        return None
+    function = _function("xnor_gemm_wgmma", f"xnor_gemm_wgmma_{_WGMMA_VARIANT}", smem)
+    tiles = -(-m // bm) * -(-n // bn)
+    return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k)
+
+
 def _plan(m, n, width, k):
-    """The :class:`_GemmLaunch` of an (m, n) product over ``width`` words of ``k`` bits.
+    """The launch (:class:`_GemmLaunch`, :class:`_WgmmaLaunch`) of an (m, n) product over ``width`` words of ``k`` bits.
 
     Cached per device, kernel choice and shape, so that a call of a shape seen
     before spends its host time on the launch alone.
     """
     cupy = _cupy()
-    key = (cupy.cuda.runtime.getDevice(), os.environ.get(KERNEL_ENV), _FORCE_MMA_VARIANT, m, n, width, k)
+    forced = os.environ.get(KERNEL_ENV)
+    key = (cupy.cuda.runtime.getDevice(), forced, _FORCE_MMA_VARIANT, _WGMMA_VARIANT, m, n, width, k)
     plan = _plans.get(key)
     if plan is None:
         kernel = _kernel_choice()
-        variant = _mma_variant(m, n) if kernel == "mma" else None
-        function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
+        if kernel == "wgmma":
+            small = not forced and m * n * k < _WGMMA_MIN_MACS
+            plan = None if small else _wgmma_plan(m, n, width, k)
+            if plan is None:
+                kernel = "mma"
+        if kernel != "wgmma":
+            variant = _mma_variant(m, n) if kernel == "mma" else None
+            function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
+            plan = _GemmLaunch(function, (-(-m // bm), -(-n // bn)), (threads,), smem, variant, (m, n, width, k))
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()
-        plan = _plans[key] = _GemmLaunch(
-            function, (-(-m // bm), -(-n // bn)), (threads,), smem, variant, (m, n, width, k)
-        )
+        _plans[key] = plan
     return plan
 
 
@@ -378,12 +529,12 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
     # Rows of an even number of words, back to back: what the kernels read.
     # (Comparing strides costs less host time than building ``flags``.)
     dense = (8 * width, 8)
-    if width % 2 or a_words.strides != dense:
+    if width % 2 or a_words.strides != dense or a_words.data.ptr % 16:
         a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
-    if width % 2 or b_words.strides != dense:
+    if width % 2 or b_words.strides != dense or b_words.data.ptr % 16:
         b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
     launch = _plan(m, n, a_words.shape[1], k)
-    if launch.variant == "medium":
+    if launch.variant in ("medium", "wgmma"):
         launch(a_words, b_words, _row_popcounts(a_words, b_words), out)
     elif launch.variant == "small":  # counts the row popcounts itself; the argument is not read
         launch(a_words, b_words, out, out)
@@ -399,7 +550,7 @@ def config():
     -------
     info : dict
         ``cupy`` (version or None), ``device``, ``compute_capability``,
-        ``kernel`` ("mma" or "popc") with ``kernel_detail`` and, where the GPU
+        ``kernel`` ("wgmma", "mma" or "popc") with ``kernel_detail`` and, where the GPU
         cannot be used, ``unavailable`` with the reason.
     """
     info = {"cupy": None, "device": None, "compute_capability": None, "kernel": None}
@@ -447,3 +598,13 @@ def input_layer(x, prepared):
 def real_layer(words, k, w):
     """``unpack(words) @ w`` in float64; see :mod:`xnorcore._backends`."""
     return _common.real_layer(words, k, w)
+
+
+def _no_conv(*args, **kwargs):
+    raise NotImplementedError(
+        "binary_conv2d has no GPU kernel yet: copy the arrays with cupy.asnumpy to run it on the CPU"
+    )
+
+
+# The conv operations of the contract: no CUDA kernel for them yet.
+conv2d = conv2d_threshold_pack = real_conv2d = _no_conv

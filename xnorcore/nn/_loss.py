@@ -18,13 +18,19 @@ def softmax(logits):
     return xp.exp(log_softmax(logits))
 
 
-def softmax_cross_entropy(logits, y):
+def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None):
     """Mean cross-entropy of integer labels ``y`` and its gradient.
 
     Parameters
     ----------
     logits : ndarray of shape (n_samples, n_classes)
     y : ndarray of shape (n_samples,), integer class indices
+    sample_weight : ndarray of shape (n_samples,), optional
+        Weight of each sample's loss (float32, on the logits' device); the loss
+        is then the weighted mean ``sum(w * loss) / weight_sum``.
+    weight_sum : float, optional
+        ``sample_weight.sum()``, computed on the host (so that the device need
+        not be waited for); must be positive.
 
     Returns
     -------
@@ -37,8 +43,14 @@ def softmax_cross_entropy(logits, y):
     n = logits.shape[0]
     logp = log_softmax(logits)
     rows = xp.arange(n)
-    loss = -logp[rows, y].mean()
     grad = xp.exp(logp)
     grad[rows, y] -= 1
-    grad *= np.float32(1.0 / n)
+    if sample_weight is None:
+        loss = -logp[rows, y].mean()
+        grad *= np.float32(1.0 / n)
+    else:
+        # Weights of ones give the unweighted loss and gradient bit for bit:
+        # the same sum divided by the same count, the same scale 1 / n.
+        loss = -(logp[rows, y] * sample_weight).sum() / weight_sum
+        grad *= (sample_weight * np.float32(1.0 / weight_sum))[:, None]
     return loss, grad

@@ -162,15 +162,19 @@ class Network:
             if grad is None:
                 break
 
-    def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None):
-        """One optimizer step on a minibatch; returns the loss (on the device)."""
+    def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None, sample_weight=None, weight_sum=None):
+        """One optimizer step on a minibatch; returns the loss (on the device).
+
+        ``sample_weight`` (on the device) and its host-side ``weight_sum``
+        weight each sample's loss, as :func:`softmax_cross_entropy` does.
+        """
         if not self.has_training_state:
             raise RuntimeError(
                 "this network's training state was dropped (drop_training_state); "
                 "it can predict but not train"
             )
         logits = self.forward(x, training=True, rng=rng)
-        loss, grad = softmax_cross_entropy(logits, y)
+        loss, grad = softmax_cross_entropy(logits, y, sample_weight, weight_sum)
         self.backward(grad)
         params = self.params()
         if reg:

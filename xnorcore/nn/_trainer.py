@@ -30,18 +30,24 @@ def learning_rate(schedule, lr0, epoch, n_epochs):
     return lr0
 
 
-def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffle, progress=None):
+def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffle, progress=None,
+              sample_weight=None):
     """One pass over (X, y) on their device; returns (mean loss, seconds).
 
-    ``progress``, a description, shows a progress bar on a terminal.  With
-    batch norm, a last batch of one sample joins the batch before it: batch
-    statistics of one sample are zero variance, and the step would train on
-    nothing but the batch norm's offsets.
+    ``progress``, a description, shows a progress bar on a terminal.
+    ``sample_weight`` (numpy float64, one per row) makes the loss of each
+    minibatch, and of the epoch, the weighted mean; a minibatch whose weights
+    are all zero makes no step.  The weights' sums are taken on the host, so
+    that the device is not waited for.  With batch norm, a last batch of one
+    sample joins the batch before it: batch statistics of one sample are zero
+    variance, and the step would train on nothing but the batch norm's offsets.
     """
     xp = get_array_module(X)
     n = X.shape[0]
     batch_size = min(batch_size, n)
-    order = xp.asarray(perm_rng.permutation(n)) if shuffle else None
+    perm = perm_rng.permutation(n) if shuffle else None
+    order = xp.asarray(perm) if shuffle else None
+    weights = None if sample_weight is None else xp.asarray(sample_weight.astype(np.float32))
     bar = None
     if progress is not None and sys.stderr.isatty():
         from tqdm.auto import tqdm
@@ -49,28 +55,39 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
         bar = tqdm(total=n, desc=progress, unit="ex", leave=False, file=sys.stderr)
     t0 = time.perf_counter()
     total = 0.0
+    total_weight = 0.0
     bounds = list(range(0, n, batch_size)) + [n]
     if (net.batch_norm or net.binarize_last) and len(bounds) > 2 and n - bounds[-2] == 1:
         del bounds[-2]
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if order is None:
-            xb, yb = X[start:stop], y[start:stop]
+            idx = host_idx = slice(start, stop)
         else:
-            idx = order[start:stop]
-            xb, yb = X[idx], y[idx]
-        loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
-        total = total + loss * xb.shape[0]
+            idx, host_idx = order[start:stop], perm[start:stop]
+        xb, yb = X[idx], y[idx]
+        if weights is None:
+            weight = xb.shape[0]
+            loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
+        else:
+            weight = float(sample_weight[host_idx].sum())
+            if weight == 0:
+                continue
+            loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng,
+                                  sample_weight=weights[idx], weight_sum=weight)
+        total = total + loss * weight
+        total_weight += weight
         if bar is not None:
             bar.update(xb.shape[0])
-    total = float(total) / n
+    total = float(total) / total_weight
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     return total, seconds
 
 
-def validation_split(X, y, fraction, rng):
-    """``(X_fit, X_val, y_fit, y_val)`` for early stopping, stratified where every class fits both sides."""
+def validation_split(X, y, fraction, rng, sample_weight=None):
+    """``(X_fit, X_val, y_fit, y_val, w_fit, w_val)`` for early stopping, stratified
+    where every class fits both sides (the weights None without ``sample_weight``)."""
     n = len(X)
     n_val = math.ceil(fraction * n)
     if n_val < 1 or n - n_val < 1:
@@ -84,12 +101,24 @@ def validation_split(X, y, fraction, rng):
     # train_test_split stratifies only with 2 samples of every class and room
     # for every class on both sides.
     stratified = counts.min() >= 2 and min(n_val, n - n_val) >= len(counts)
-    return train_test_split(X, y, test_size=n_val, random_state=rng, stratify=y if stratified else None)
+    arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+    split = train_test_split(*arrays, test_size=n_val, random_state=rng, stratify=y if stratified else None)
+    X_fit, X_val, y_fit, y_val = split[:4]
+    w_fit, w_val = split[4:] if sample_weight is not None else (None, None)
+    if w_fit is not None and not w_fit.any():
+        raise ValueError(
+            "early_stopping left only samples of zero sample_weight for training; "
+            "use another random_state or validation_fraction"
+        )
+    return X_fit, X_val, y_fit, y_val, w_fit, w_val
 
 
-def accuracy(net, X, y):
-    """Fraction of rows of X (on the network's device) whose predicted class index is y (numpy)."""
+def accuracy(net, X, y, sample_weight=None):
+    """Fraction (weighted by ``sample_weight`` where given and not all zero) of
+    rows of X (on the network's device) whose predicted class index is y (numpy)."""
     pred = to_numpy(net.forward(X, training=False).argmax(axis=1))
+    if sample_weight is not None and sample_weight.sum() > 0:
+        return float(np.average(pred == y, weights=sample_weight))
     return float((pred == y).mean())
 
 
@@ -105,6 +134,10 @@ class TrainingHistory:
         Training samples seen.
     validation_scores : list of float or None
     best_validation_score : float
+    improving : bool
+        Whether the last epoch of :func:`train` still improved the loss (the
+        validation score with early stopping) by more than ``tol``, and the
+        epochs ran out before ``n_iter_no_change`` stopped it: not converged.
     """
 
     def __init__(self, loss_curve=(), n_iter=0, t=0, validation=False):
@@ -113,15 +146,18 @@ class TrainingHistory:
         self.t = int(t)
         self.validation_scores = [] if validation else None
         self.best_validation_score = -np.inf
+        self.improving = False
 
 
 def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr_schedule, reg, shuffle,
-          rng, validation=None, tol=0.0, n_iter_no_change=None, verbose=False):
+          rng, validation=None, tol=0.0, n_iter_no_change=None, verbose=False, sample_weight=None):
     """Train ``net`` for up to ``epochs`` epochs; returns the network to keep.
 
-    ``X`` and ``y`` are on the network's device.  ``validation``, an
-    ``(X_val, y_val)`` pair (X on the device, y numpy), turns on early
-    stopping on its accuracy: training stops once it has not improved by
+    ``X`` and ``y`` are on the network's device; ``sample_weight`` (numpy,
+    optional) weights each sample's loss, see :func:`run_epoch`.
+    ``validation``, an ``(X_val, y_val)`` or ``(X_val, y_val, w_val)`` tuple
+    (X on the device, the others numpy), turns on early stopping on its
+    (weighted) accuracy: training stops once it has not improved by
     ``tol`` for ``n_iter_no_change`` epochs, and the best network is returned.
     Without it, training stops when the loss has not improved by ``tol`` for
     ``n_iter_no_change`` epochs.  ``history`` (a :class:`TrainingHistory`)
@@ -137,11 +173,13 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
     best_loss = np.inf
     best_net = None
     no_improvement = 0
+    history.improving = False
     for epoch in range(epochs):
         lr = learning_rate(lr_schedule, learning_rate_init, epoch, epochs)
         loss, seconds = run_epoch(
             net, opt, X, y, batch_size=batch_size, lr=lr, reg=reg, perm_rng=rng, drop_rng=drop_rng,
             shuffle=shuffle, progress=f"epoch {history.n_iter + 1}" if verbose else None,
+            sample_weight=sample_weight,
         )
         if not np.isfinite(loss):
             raise FloatingPointError(
@@ -169,4 +207,6 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
             if verbose:
                 print(f"No improvement for {no_improvement} epochs; stopping.", flush=True)
             break
+    else:
+        history.improving = epochs > 0 and no_improvement == 0
     return best_net if best_net is not None else net

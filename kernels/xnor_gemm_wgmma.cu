@@ -1,0 +1,378 @@
+// XNOR GEMM on Hopper's warpgroup tensor cores (sm_90a: wgmma ... .b1.b1.and.popc).
+//
+// Same product and operands as xnor_gemm_mma.cu: a_words (M, W) and b_words
+// (N, W) in the layout of xnor_layout.h, W even; C[i, j] is XNOR_DOT_AND
+// (K - 2 (pa + pb) + 4 popcount(a AND b)) with the row popcounts pa, pb from the row_popcounts kernel
+// (counts: M + N int32, those of a, then those of b).  b1 wgmma has only the
+// AND form.
+//
+// Structure (one persistent block per multiprocessor, 288 threads):
+// - warp 8 is the producer: one lane issues TMA copies (cp.async.bulk.tensor)
+//   of BM x 1024-bit slices of a and BN x 1024-bit slices of b into a ring of
+//   STAGES shared-memory stages, each completing on its "full" mbarrier; the
+//   tensor maps zero-fill rows past M or N and words past W, so the kernel
+//   needs no edge cases in its main loop;
+// - warps 0-3 and 4-7 are two consumer warpgroups issuing wgmma m64nNk256 on
+//   the stages and releasing each through its "empty" mbarrier once the
+//   tensor cores have read it.
+// Two schedules share the code:
+// - COOPERATIVE (128 x 256 tiles): both warpgroups work on one tile, 64 rows
+//   each, so the b slice is read once for 128 rows; the epilogue (int32 stores
+//   straight from the accumulators) overlaps only the producer's prefetch of
+//   the next tile.
+// - PINGPONG (128 x 128 tiles): the warpgroups take alternate tiles of the
+//   block's sequence.  The ring is filled in tile order, so one warpgroup's
+//   main loop runs while the other stores its finished tile.
+// The loader uses PINGPONG; COOPERATIVE stays for comparison (both are tested).
+// Inner tiles store without per-element bounds tests: the bounds-tested path
+// compiles to a branch per element and made the epilogue the bottleneck.
+// Tiles are visited in groups of GROUP_M tile rows so that the blocks running
+// at one time share their a and b slices in L2.
+//
+// Shared-memory layout: each stage holds the a rows then the b rows, 128 bytes
+// (1024 bits of K) per row, in the 128-byte swizzle that TMA writes
+// (CU_TENSOR_MAP_SWIZZLE_128B) and wgmma reads (descriptor layout type 1):
+// 16-byte chunk c of row r sits at chunk c ^ (r % 8), 8-row groups 1024 bytes
+// apart.  A k256 step is 32 bytes of a row, so the four steps of a stage start
+// 0, 32, 64 and 96 bytes into the (1024-byte aligned) stage.
+
+#include "xnor_layout.h"
+
+typedef unsigned int u32;
+typedef xnor_word u64;
+
+// CUtensorMap: 128 opaque bytes built on the host by cuTensorMapEncodeTiled.
+struct alignas(64) TensorMap {
+    u64 opaque[16];
+};
+
+static constexpr int WG_STAGE_WORDS = 16;   // uint64 words of K per stage and row (1024 bits)
+static constexpr int WG_ROW_BYTES = 128;    // bytes per row and stage: one swizzle span
+static constexpr int WG_THREADS = 288;      // two consumer warpgroups and one producer warp
+static constexpr int WG_GROUP_M = 8;        // tile rows per rasterization group
+
+__device__ __forceinline__ u32 smem_u32(const void* p)
+{
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT;\n"
+        "}\n" :: "r"(bar), "r"(parity) : "memory");
+}
+
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int word, int row, u32 bar)
+{
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3}], [%4];\n"
+        :: "r"(dst), "l"(map), "r"(word), "r"(row), "r"(bar) : "memory");
+}
+
+// wgmma shared-memory descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ u64 smem_desc(u32 addr)
+{
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence()
+{
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_commit()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+
+// Keeps the compiler from moving accumulator accesses across wgmma issue and wait.
+template <int R>
+__device__ __forceinline__ void fence_regs(int (&d)[R])
+{
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i]) :: "memory");
+}
+
+__device__ __forceinline__ void wgmma_n256(int (&d)[128], u64 desc_a, u64 desc_b, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k256.s32.b1.b1.and.popc "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+__device__ __forceinline__ void wgmma_n128(int (&d)[64], u64 desc_a, u64 desc_b, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+
+template <int BN>
+struct Wgmma;
+template <>
+struct Wgmma<256> {
+    static __device__ __forceinline__ void run(int (&d)[128], u64 a, u64 b, int s) { wgmma_n256(d, a, b, s); }
+};
+template <>
+struct Wgmma<128> {
+    static __device__ __forceinline__ void run(int (&d)[64], u64 a, u64 b, int s) { wgmma_n128(d, a, b, s); }
+};
+
+__device__ __forceinline__ void tile_coords(int tile, int tiles_m, int tiles_n, int& tm, int& tn)
+{
+    const int per_group = WG_GROUP_M * tiles_n;
+    const int first = (tile / per_group) * WG_GROUP_M;
+    const int rows = min(WG_GROUP_M, tiles_m - first);
+    const int local = tile % per_group;
+    tm = first + local % rows;
+    tn = local / rows;
+}
+
+// MT m64 blocks of BN columns per consumer warpgroup: 128 accumulators per thread either way.
+template <int BM, int BN, int STAGES, bool PINGPONG>
+__device__ __forceinline__ void xnor_gemm_wgmma_body(
+    const TensorMap& map_a, const TensorMap& map_b, const int* __restrict__ counts, int* __restrict__ out,
+    long long m, long long n, long long n_words, long long k)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // Built for another target (the CPU-side compile test builds every file for
+    // sm_80 and sm_90): the loader launches this kernel on 9.0 alone, from sm_90a code.
+    __trap();
+#else
+    constexpr int MT = PINGPONG ? BM / 64 : BM / 128;  // m64 blocks per consumer
+    constexpr int A_BYTES = BM * WG_ROW_BYTES;
+    constexpr int STAGE_BYTES = (BM + BN) * WG_ROW_BYTES;
+    constexpr int ACC = BN / 2;
+    constexpr int CONSUMER_WARPS = PINGPONG ? 4 : 8;  // arrivals that free a stage
+    static_assert(MT >= 1 && ACC * MT <= 128, "tile too large for the accumulators");
+
+    extern __shared__ unsigned char smem_raw[];
+    const u32 base = (smem_u32(smem_raw) + 1023) & ~1023u;
+    const u32 full0 = base + STAGES * STAGE_BYTES;  // STAGES full barriers, STAGES empty ones, 2 order ones
+    const u32 empty0 = full0 + 8 * STAGES;
+    const u32 order0 = empty0 + 8 * STAGES;
+
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, CONSUMER_WARPS);
+        }
+        mbar_init(order0, 1);
+        mbar_init(order0 + 8, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    const int tiles_m = (int)((m + BM - 1) / BM);
+    const int tiles_n = (int)((n + BN - 1) / BN);
+    const int tiles = tiles_m * tiles_n;
+    const int k_tiles = (int)((n_words + WG_STAGE_WORDS - 1) / WG_STAGE_WORDS);
+
+    if (warp == 8) {
+        if (lane == 0) {
+            asm volatile("prefetch.tensormap [%0];\n" :: "l"(&map_a) : "memory");
+            asm volatile("prefetch.tensormap [%0];\n" :: "l"(&map_b) : "memory");
+            u32 it = 0;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int tm, tn;
+                tile_coords(tile, tiles_m, tiles_n, tm, tn);
+                for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+                    const u32 s = it % STAGES;
+                    mbar_wait(empty0 + 8 * s, ((it / STAGES) & 1) ^ 1);
+                    const u32 full = full0 + 8 * s;
+                    mbar_expect_tx(full, STAGE_BYTES);
+                    const u32 dst = base + s * STAGE_BYTES;
+                    tma_load_2d(dst, &map_a, kt * WG_STAGE_WORDS, tm * BM, full);
+                    tma_load_2d(dst + A_BYTES, &map_b, kt * WG_STAGE_WORDS, tn * BN, full);
+                }
+            }
+        }
+        return;
+    }
+
+    const int wg = warp / 4;         // consumer warpgroup
+    const int wq = warp % 4;         // warp within it: rows 16 wq .. 16 wq + 15 of each m64 block
+    const int g = lane / 4;
+    const int t = lane % 4;
+    int acc[MT][ACC];
+    u32 it = 0;
+    int local = 0;  // index of the tile in this block's sequence
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
+        if (PINGPONG && local % 2 != wg) continue;
+        if (PINGPONG) {
+            it = (u32)local * (u32)k_tiles;
+            // A full barrier's parity names its phase only while the waiter is at
+            // most one phase ahead.  This warpgroup skipped the other's stages, so
+            // it waits until the other has seen the last stage of the tile before
+            // this one, whose phases precede every stage this tile will use.
+            if (local > 0) mbar_wait(order0 + 8 * (1 - wg), ((local - 1) / 2) & 1);
+        }
+        int tm, tn;
+        tile_coords(tile, tiles_m, tiles_n, tm, tn);
+        // Row offset of this warpgroup's first m64 block inside the stage's a rows.
+        const u32 a_off = PINGPONG ? 0 : wg * 64 * WG_ROW_BYTES;
+        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+            const u32 s = it % STAGES;
+            mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
+            if (PINGPONG && kt == k_tiles - 1 && wq == 0 && lane == 0) mbar_arrive(order0 + 8 * wg);
+            const u32 stage = base + s * STAGE_BYTES;
+#pragma unroll
+            for (int i = 0; i < MT; ++i) fence_regs(acc[i]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+                    const u64 da = smem_desc(stage + a_off + i * 64 * WG_ROW_BYTES + 32 * kk);
+                    const u64 db = smem_desc(stage + A_BYTES + 32 * kk);
+                    Wgmma<BN>::run(acc[i], da, db, (kt > 0 || kk > 0) ? 1 : 0);
+                }
+            }
+            wgmma_commit();
+#pragma unroll
+            for (int i = 0; i < MT; ++i) fence_regs(acc[i]);
+            if (kt > 0) {
+                // The previous stage's products are done: its tensor-core reads are over.
+                wgmma_wait<1>();
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
+            }
+        }
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < MT; ++i) fence_regs(acc[i]);
+        if (lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
+
+        // Epilogue, straight from the accumulators: value 4 j + r of m64 block i
+        // is row 16 wq + g (+8 for r >= 2), column 8 j + 2 t + r % 2.
+        const bool pairs = (n % 2) == 0;  // then (row * n + even col) is 8-byte aligned
+        const int* pb = counts + m;
+        const long long row0 = (long long)tm * BM + (a_off / WG_ROW_BYTES);
+        const long long col0 = (long long)tn * BN + 2 * t;
+        if (pairs && (long long)(tm + 1) * BM <= m && (long long)(tn + 1) * BN <= n) {
+            // Inner tile: no bounds to test, so no branch per element.
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const long long row = row0 + 64 * i + 16 * wq + g + 8 * h;
+                    const int base_v = (int)k - 2 * __ldg(counts + row);
+                    int* out_row = out + row * n + col0;
+                    const int* pb_row = pb + col0;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+                        const int v0 = base_v - 2 * __ldg(pb_row + 8 * j) + 4 * acc[i][4 * j + 2 * h];
+                        const int v1 = base_v - 2 * __ldg(pb_row + 8 * j + 1) + 4 * acc[i][4 * j + 2 * h + 1];
+                        __stcs(reinterpret_cast<int2*>(out_row + 8 * j), make_int2(v0, v1));
+                    }
+                }
+            }
+            continue;
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long row = (long long)tm * BM + (a_off / WG_ROW_BYTES) + 64 * i + 16 * wq + g + 8 * h;
+                if (row >= m) continue;
+                const int base_v = (int)k - 2 * __ldg(counts + row);
+                int* out_row = out + row * n;
+#pragma unroll
+                for (int j = 0; j < BN / 8; ++j) {
+                    const long long col = (long long)tn * BN + 8 * j + 2 * t;
+                    if (pairs && col + 1 < n) {
+                        const int v0 = base_v - 2 * __ldg(pb + col) + 4 * acc[i][4 * j + 2 * h];
+                        const int v1 = base_v - 2 * __ldg(pb + col + 1) + 4 * acc[i][4 * j + 2 * h + 1];
+                        __stcs(reinterpret_cast<int2*>(out_row + col), make_int2(v0, v1));
+                    } else {
+                        if (col < n) out_row[col] = base_v - 2 * __ldg(pb + col) + 4 * acc[i][4 * j + 2 * h];
+                        if (col + 1 < n)
+                            out_row[col + 1] = base_v - 2 * __ldg(pb + col + 1) + 4 * acc[i][4 * j + 2 * h + 1];
+                    }
+                }
+            }
+        }
+    }
+#endif
+}
+
+// Launch: grid min(tiles, multiprocessors), block WG_THREADS threads, dynamic
+// shared memory 1024 + STAGES * ((BM + BN) * 128 + 16) + 16 bytes; map_a and map_b
+// describe a_words and b_words as (W, rows) uint64 with (16, BM) and (16, BN)
+// boxes and 128-byte swizzle.
+#define XNORCORE_GEMM_WGMMA(NAME, P, PINGPONG)                                                      \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                     \
+    NAME(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,         \
+         const int* __restrict__ counts, int* __restrict__ out,                                     \
+         long long m, long long n, long long n_words, long long k)                                  \
+    {                                                                                               \
+        xnor_gemm_wgmma_body<P##_BM, P##_BN, P##_STAGES, PINGPONG>(map_a, map_b, counts, out,       \
+                                                                  m, n, n_words, k);                \
+    }
+
+static constexpr int COOP_BM = 128;
+static constexpr int COOP_BN = 256;
+static constexpr int COOP_STAGES = 4;
+XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_coop, COOP, false)
+
+static constexpr int PING_BM = 128;
+static constexpr int PING_BN = 128;
+static constexpr int PING_STAGES = 6;
+XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_ping, PING, true)

@@ -1,0 +1,255 @@
+"""The GPU backend's kernel choice and launch plans, on a stand-in for CuPy.
+
+These run everywhere, GPU or not: a stand-in module plays CuPy and the
+driver, recording the compile options, the kernels asked for and every
+``cuLaunchKernel``, so that the host side of each GEMM kernel (which kernel,
+which tiles, which argument block) is checked without a device.  That the
+kernels compute the right numbers is tests/test_gpu.py's job.
+"""
+
+import ctypes
+import re
+import types
+
+import pytest
+
+from xnorcore._backends import gpu as _gpu
+
+#: The opt-in dynamic shared memory limit of a block on compute capability 9.0.
+SM90_MAX_DYNAMIC_SMEM = 227 * 1024
+
+
+class _FakeFunction:
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+        self.ptr = id(self)
+        self.max_dynamic_shared_size_bytes = 0
+
+    @property
+    def kernel(self):
+        return self
+
+
+class _FakeRawModule:
+    def __init__(self, code, options):
+        self.code, self.options = code, options
+
+    def get_function(self, name):
+        # A kernel's name opens its definition or is the first argument of the macro that defines it.
+        assert re.search(rf"\b{name}\s*[(,]", self.code), f"{name} is not in the source"
+        return _FakeFunction(self, name)
+
+
+class _FakeArray:
+    """What the launches read of a cupy array: its device address."""
+
+    def __init__(self, ptr):
+        self.data = types.SimpleNamespace(ptr=ptr)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A CuPy stand-in with one device; ``fake_cupy.cc`` and ``.sms`` set the device."""
+    launches = []
+    fake = types.SimpleNamespace(cc=90, sms=132, launches=launches, modules=[])
+
+    def raw_module(code, options):
+        module = _FakeRawModule(code, options)
+        fake.modules.append(module)
+        return module
+
+    def device(dev=0):
+        return types.SimpleNamespace(
+            id=dev, compute_capability=str(fake.cc), attributes={"MultiProcessorCount": fake.sms}
+        )
+
+    fake.RawModule = raw_module
+    fake.__version__ = "0.0"
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(
+            getDevice=lambda: 0, getDeviceCount=lambda: 1, getDeviceProperties=lambda dev: {"name": b"stand-in"}
+        ),
+        Device=device,
+        driver=types.SimpleNamespace(launchKernel=lambda *args: launches.append(args)),
+        get_current_stream=lambda: types.SimpleNamespace(ptr=4242),
+    )
+    monkeypatch.setattr(_gpu, "_cupy_module", fake)
+    for cache in ("_modules", "_functions", "_launches", "_plans", "_devices", "_tensor_maps"):
+        monkeypatch.setattr(_gpu, cache, {})
+    monkeypatch.delenv(_gpu.KERNEL_ENV, raising=False)
+    return fake
+
+
+@pytest.fixture
+def fake_encode(monkeypatch):
+    """A cuTensorMapEncodeTiled stand-in: records its arguments, fills the map with a marker."""
+    calls = []
+
+    def encode(out, dtype, rank, ptr, dims, strides, box, unit, interleave, swizzle, l2, fill):
+        calls.append(dict(
+            dtype=dtype, rank=rank, ptr=ptr, dims=tuple(dims), strides=tuple(strides), box=tuple(box),
+            unit=tuple(unit), interleave=interleave, swizzle=swizzle, l2=l2, fill=fill,
+        ))
+        for i in range(16):
+            out[i] = ptr + i
+        return 0
+
+    monkeypatch.setattr(_gpu, "_tensor_map_encode", encode)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("forced", "cc", "kernel"),
+    [
+        ("", 90, "wgmma"), ("", 89, "mma"), ("", 86, "mma"), ("", 80, "mma"), ("", 100, "mma"), ("", 120, "mma"),
+        ("", 75, "popc"), ("", 60, "popc"),
+        ("wgmma", 90, "wgmma"), (" WGMMA ", 90, "wgmma"), ("mma", 90, "mma"), ("popc", 90, "popc"),
+        ("mma", 80, "mma"), ("popc", 80, "popc"), ("popc", 75, "popc"),
+    ],
+)
+def test_kernel_choice(forced, cc, kernel):
+    assert _gpu._choose_kernel(forced, cc) == kernel
+
+
+@pytest.mark.parametrize(
+    ("forced", "cc", "message"),
+    [
+        ("wgmma", 80, "XNORCORE_GPU_KERNEL=wgmma needs compute capability 9.0, this device has 8.0"),
+        ("wgmma", 100, "XNORCORE_GPU_KERNEL=wgmma needs compute capability 9.0, this device has 10.0"),
+        ("mma", 75, r"XNORCORE_GPU_KERNEL=mma needs compute capability >= 8.0, this device has 7.5"),
+    ],
+)
+def test_forced_kernel_the_device_lacks(forced, cc, message):
+    with pytest.raises(RuntimeError, match=message):
+        _gpu._choose_kernel(forced, cc)
+
+
+def test_forced_kernel_unknown():
+    with pytest.raises(ValueError, match=r"XNORCORE_GPU_KERNEL must be one of \('wgmma', 'mma', 'popc'\) or unset, "
+                                         r"got XNORCORE_GPU_KERNEL='fast'"):
+        _gpu._choose_kernel("fast", 90)
+
+
+def test_compile_options():
+    """One place for the NVRTC options: the common ones first, sm_90a for wgmma alone
+    (elsewhere CuPy compiles for the device's own architecture)."""
+    for source in ("pack", "xnor_gemm_mma", "xnor_gemm_popc", "xnor_gemm_wgmma"):
+        options = _gpu._compile_options(source)
+        assert options[0] == "-std=c++17"
+        assert any(o.startswith("-arch") for o in options) == (source == "xnor_gemm_wgmma")
+    assert "-arch=sm_90a" in _gpu._compile_options("xnor_gemm_wgmma")
+
+
+@pytest.mark.parametrize("variant", ["coop", "ping"])
+def test_wgmma_shared_memory_fits_sm90(variant):
+    bm, bn, smem = _gpu._wgmma_shape(variant)
+    assert (bm, bn) == {"coop": (128, 256), "ping": (128, 128)}[variant]
+    stages = _gpu._constant("xnor_gemm_wgmma", f"{variant.upper()}_STAGES")
+    assert smem >= 1024 + stages * (bm + bn) * 128  # the ring alone, aligned
+    assert smem <= SM90_MAX_DYNAMIC_SMEM
+
+
+def test_hopper_plans(fake_cupy):
+    """On 9.0: wgmma from 2**36 multiply-accumulates (ping by default), the mma kernel below."""
+    width = 8192 // 64
+    plan = _gpu._plan(8192, 8192, width, 8192)
+    assert plan.variant == "wgmma"
+    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_ping"
+    assert plan.function.module.options == _gpu._compile_options("xnor_gemm_wgmma")
+    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("ping")[2]
+    assert plan.grid == 132  # persistent: one block per multiprocessor
+    assert _gpu._plan(8192, 8192, width, 8192) is plan  # cached
+    assert _gpu._plan(4096, 4096, 64, 4096).variant == "wgmma"  # 4096**3 == 2**36
+    assert _gpu._plan(4096, 4095, 64, 4096).variant == "medium"
+    assert _gpu._plan(64, 64, 2, 100).variant == "small"
+    assert _gpu.config()["kernel"] == "wgmma"
+
+
+def test_hopper_plan_grid_is_the_tile_count_below_one_wave(fake_cupy, monkeypatch):
+    monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "coop")
+    monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+    plan = _gpu._plan(300, 600, 2, 100)  # 3 x 3 tiles of 128 x 256
+    assert (plan.variant, plan.function.name, plan.grid, plan.bm, plan.bn) == (
+        "wgmma", "xnor_gemm_wgmma_coop", 9, 128, 256)
+
+
+def test_forced_wgmma_takes_small_products(fake_cupy, monkeypatch):
+    monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+    assert _gpu._plan(1, 1, 2, 1).variant == "wgmma"
+
+
+def test_wgmma_leaves_shapes_past_int32_to_mma(fake_cupy, monkeypatch):
+    """Rows past what the kernel's int32 tile coordinates reach go to the mma kernel, even forced."""
+    monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+    assert _gpu._plan(2**31 - 64, 1, 2, 100).variant in ("small", "medium")
+    assert _gpu._plan(2**31 - 64 - 256, 1, 2, 100).variant == "wgmma"
+
+
+def test_the_schedule_is_part_of_the_plan(fake_cupy, monkeypatch):
+    ping = _gpu._plan(8192, 8192, 128, 8192)
+    monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "coop")
+    coop = _gpu._plan(8192, 8192, 128, 8192)
+    assert (ping.function.name, coop.function.name) == ("xnor_gemm_wgmma_ping", "xnor_gemm_wgmma_coop")
+    assert (coop.bm, coop.bn) == (128, 256)
+
+
+@pytest.mark.parametrize(("cc", "variant"), [(80, "medium"), (89, "medium"), (100, "medium"), (75, None)])
+def test_plans_off_hopper(fake_cupy, cc, variant):
+    fake_cupy.cc = cc
+    plan = _gpu._plan(8192, 8192, 128, 8192)
+    assert plan.variant == variant
+    assert not any(m.options != ("-std=c++17",) for m in fake_cupy.modules)
+
+
+def _params(launch_args):
+    """The kernel argument addresses of a recorded cuLaunchKernel."""
+    params = launch_args[9]
+    return ctypes.cast(params, ctypes.POINTER(ctypes.c_void_p))
+
+
+@pytest.mark.parametrize("variant", ["coop", "ping"])
+def test_wgmma_launch_arguments(fake_cupy, fake_encode, monkeypatch, variant):
+    """The argument block matches the kernel's signature: two 128-byte tensor maps by value,
+    then counts, out, m, n, n_words and k, each 8 bytes; the maps describe each operand."""
+    monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+    monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", variant)
+    m, n, k = 1000, 3000, 2000
+    width = 32  # n_words(2000) rounded up to even
+    plan = _gpu._plan(m, n, width, k)
+    bm, bn, smem = _gpu._wgmma_shape(variant)
+    grid = min(-(-m // bm) * -(-n // bn), fake_cupy.sms)
+    a, b, counts, out = _FakeArray(1 << 20), _FakeArray(1 << 24), _FakeArray(1 << 28), _FakeArray(1 << 30)
+    plan(a, b, counts, out)
+    (args,) = fake_cupy.launches
+    assert args[0] == plan.function.ptr
+    assert args[1:9] == (grid, 1, 1, _gpu._constant("xnor_gemm_wgmma", "WG_THREADS"), 1, 1, smem, 4242)
+    assert args[10] == 0
+    params = _params(args)
+    for i, operand in enumerate((a, b)):
+        words = (ctypes.c_uint64 * 16).from_address(params[i])
+        assert list(words) == [operand.data.ptr + j for j in range(16)]
+    scalars = [ctypes.c_uint64.from_address(params[2 + i]).value for i in range(6)]
+    assert scalars == [counts.data.ptr, out.data.ptr, m, n, width, k]
+    stage_words = _gpu._constant("xnor_gemm_wgmma", "WG_STAGE_WORDS")
+    assert [call["ptr"] for call in fake_encode] == [a.data.ptr, b.data.ptr]
+    for call, rows, box_rows in zip(fake_encode, (m, n), (bm, bn)):
+        assert call["rank"] == 2 and call["dims"] == (width, rows) and call["strides"] == (8 * width,)
+        assert call["box"] == (stage_words, box_rows) and call["unit"] == (1, 1)
+        assert (call["dtype"], call["swizzle"], call["l2"], call["fill"]) == (4, 3, 3, 0)  # uint64, 128B, 256B, zeros
+
+
+def test_tensor_maps_are_kept_per_address(fake_cupy, fake_encode):
+    plan = _gpu._plan(8192, 8192, 128, 8192)
+    a, b, counts, out = _FakeArray(1 << 20), _FakeArray(1 << 24), _FakeArray(1 << 28), _FakeArray(1 << 30)
+    plan(a, b, counts, out)
+    plan(a, b, counts, out)
+    assert len(fake_encode) == 2
+    plan(_FakeArray(1 << 32), b, counts, out)
+    assert len(fake_encode) == 3
+    assert ctypes.c_uint64.from_address(_params(fake_cupy.launches[-1])[0]).value == 1 << 32
+
+
+def test_tensor_map_failure_names_the_shape(fake_cupy, monkeypatch):
+    monkeypatch.setattr(_gpu, "_tensor_map_encode", lambda *args: 1)
+    with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled failed with CUresult 1 for 300 x 16 words"):
+        _gpu._tensor_map(1 << 20, 300, 16, 128)
