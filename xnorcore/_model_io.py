@@ -61,7 +61,6 @@ import numbers
 import os
 import pickletools
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
@@ -257,7 +256,39 @@ class _MLPKind:
         )
 
 
+    @staticmethod
+    def slots(network, latent):
+        """``{member name: (layer, attribute, dtype, shape)}`` of a network's stored arrays.
+
+        The names and shapes come from the architecture, so that a file is
+        checked against the network its metadata describes, not against itself.
+        Each model kind lays out its own layers' arrays (a conv kind packs its
+        weights differently).
+        """
+        slots = {}
+        for layer in network.layers():
+            base = f"network/{layer.name}/"
+            if hasattr(layer, "weight_packed"):  # a dense layer
+                n_in, n_out = layer.shape
+                if layer.binary_weights and not latent:
+                    # sign(W) packed along the inputs: the words are (outputs, words of the inputs).
+                    slots[base + "weight_bits"] = (layer, "weight_packed", _U8, (n_out, n_words(n_in)))
+                else:
+                    slots[base + "weight"] = (layer, "weight", _F4, (n_in, n_out))
+                if layer.bias is not None:
+                    slots[base + "bias"] = (layer, "bias", _F4, (n_out,))
+            elif hasattr(layer, "running_var"):  # batch norm
+                for name in ("gamma", "beta", "running_mean", "running_var"):
+                    slots[base + name] = (layer, name, _F4, tuple(getattr(layer, name).shape))
+        return slots
+
+
 #: Kinds of network a model file can hold, by the ``model_kind`` it records.
+#: A kind has a ``name``, ``handles(network)``, ``architecture(network)`` (a
+#: JSON object), ``build(architecture, xnor)`` (a network of that architecture
+#: whose arrays are then overwritten) and ``slots(network, latent)`` (where
+#: each stored array goes, and its dtype and shape).  A file of a kind this
+#: version does not have is refused ("unknown model kind").
 MODEL_KINDS = {kind.name: kind for kind in (_MLPKind,)}
 
 
@@ -267,31 +298,6 @@ def _kind_of(network):
             return kind
     raise TypeError(f"save_model cannot save a network of type {type(network).__name__} "
                     f"(model kinds: {sorted(MODEL_KINDS)})")
-
-
-def _layer_arrays(network, latent):
-    """``{member name: (layer, attribute, dtype, shape)}`` of a network's stored arrays.
-
-    The names and shapes come from the architecture, so that a file is checked
-    against the network its metadata describes, not against itself.
-    """
-    slots = {}
-    for layer in network.layers():
-        base = f"network/{layer.name}/"
-        if hasattr(layer, "weight_packed"):  # a dense (or conv) layer
-            shape = layer.shape
-            if layer.binary_weights and not latent:
-                # sign(W) packed along the inputs: the words are (outputs, words of the inputs).
-                inputs = int(np.prod(shape[:-1]))
-                slots[base + "weight_bits"] = (layer, "weight_packed", _U8, (shape[-1], n_words(inputs)))
-            else:
-                slots[base + "weight"] = (layer, "weight", _F4, shape)
-            if layer.bias is not None:
-                slots[base + "bias"] = (layer, "bias", _F4, (shape[-1],))
-        elif hasattr(layer, "running_var"):  # batch norm
-            for name in ("gamma", "beta", "running_mean", "running_var"):
-                slots[base + name] = (layer, name, _F4, tuple(getattr(layer, name).shape))
-    return slots
 
 
 # ------------------------------------------------------------------ saving
@@ -372,7 +378,7 @@ def save_model(estimator, path, *, training_state=True):
         network.drop_training_state()
 
     arrays = {"input_mean": np.asarray(estimator.input_mean_, dtype=np.float32)}
-    for name, (layer, attr, dtype, shape) in _layer_arrays(network, training_state).items():
+    for name, (layer, attr, dtype, shape) in kind.slots(network, training_state).items():
         value = getattr(layer, attr)
         arrays[name] = value.words if isinstance(value, PackedBits) else value
     optimizer = random_state = None
@@ -406,10 +412,12 @@ def save_model(estimator, path, *, training_state=True):
         params[key] = value
 
     names = getattr(estimator, "feature_names_in_", None)
+    if names is not None and not all(isinstance(n, str) for n in np.asarray(names).tolist()):
+        raise TypeError("feature_names_in_ must hold strings to be saved")
     fitted = {
         "classes_": _labels_to_json(estimator.classes_, "classes_"),
         "n_features_in_": int(estimator.n_features_in_),
-        "feature_names_in_": None if names is None else [str(n) for n in _labels_to_json(names, "feature_names_in_")["values"]],
+        "feature_names_in_": None if names is None else list(np.asarray(names).tolist()),
         "input_scale_": float(estimator.input_scale_),
         "input_exponent_": int(getattr(estimator, "input_exponent_", 0)),
         "device_": str(estimator.device_),
@@ -423,9 +431,6 @@ def save_model(estimator, path, *, training_state=True):
         "best_validation_score_": None if estimator.best_validation_score_ is None
         else _json_number(estimator.best_validation_score_, "best_validation_score_"),
     }
-    if names is not None and not all(isinstance(n, str) for n in names.tolist()):
-        raise TypeError("feature_names_in_ must hold strings to be saved")
-
     from ._version import __version__
 
     arrays = {name: _little(a) for name, a in arrays.items()}
@@ -625,7 +630,7 @@ def _load(zf, meta, path):
     arch = meta.sub("architecture")
     network = kind.build(arch, xnor)
     training_state = meta.get("training_state", "bool")
-    slots = _layer_arrays(network, training_state)
+    slots = kind.slots(network, training_state)
     n_features = fitted.get("n_features_in_", "int")
     if n_features != network.n_features:
         raise _fail(path, f"n_features_in_={n_features} but the network reads {network.n_features} features")
@@ -781,7 +786,3 @@ def _is_pickle(path):
     except Exception:  # anything that is not a well-formed pickle
         return False
 
-
-def _is_pickle_path(path):
-    """Whether a path names a pickle by its suffix (``.pkl``, ``.pickle``)."""
-    return Path(path).suffix.lower() in (".pkl", ".pickle")
