@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -48,15 +49,13 @@ def _cases():
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    import warnings
-
     from xnorcore import BNNClassifier, binary_matmul, pack_bits
 
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)
-    bnn = BNNClassifier((256, 256), max_iter=3, random_state=0, device="cpu").fit(X, y)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # 3 epochs are enough to time predict
         warnings.simplefilter("ignore", ConvergenceWarning)
+        bnn = BNNClassifier((256, 256), max_iter=3, random_state=0, device="cpu").fit(X, y)
         mlp = MLPClassifier((256, 256), max_iter=3, random_state=0).fit(X, y)
     cases = {}
     for n in SIZES:

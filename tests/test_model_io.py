@@ -15,6 +15,9 @@ from xnorcore import BNNClassifier, ModelFileError, load_model, save_model
 from xnorcore._backends import gpu as _gpu
 from xnorcore._model_io import FORMAT_VERSION, METADATA, MODEL_KINDS
 
+# Models trained for one or two epochs: short on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 REASON = _gpu.unavailable_reason()
 needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {REASON}")
 
