@@ -5,8 +5,9 @@ The kernels live in ``xnorcore._bitpack`` (the conv operations, over
 asks beyond them (the real first and last layers around BLAS) and the choice
 of the popcount variant: the fastest that the CPU supports (``"avx512"``,
 ``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
-``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means OpenMP's limit,
-which follows ``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
+``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means one thread per
+:data:`MIN_THREAD_WORK_NS` of work, up to OpenMP's limit, which follows
+``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
 :func:`xnorcore._threads.kernel_threads`, so none exceeds the CPUs the process
 may use.
 """
