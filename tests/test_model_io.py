@@ -646,3 +646,41 @@ def test_duplicate_members(saved, tmp_path):
 
 def test_model_kinds_registry():
     assert set(MODEL_KINDS) == {"mlp"}
+
+
+# ---------------------------------------------------------------- the command line
+CLI_TINY = ["--layers", "8,8", "--batch_size", "20", "--reg", "0", "--quiet", "--max_steps", "2"]
+
+
+def test_cli_save_writes_a_model_file_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    from xnorcore import cli
+
+    path = tmp_path / "model.xnor"
+    assert cli.main(["train", "--save", str(path), *CLI_TINY]) == 0
+    loaded = load_model(path)
+    assert loaded.optimizer_ is not None and len(loaded.loss_curve_) == 2
+    before = path.read_bytes()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_disk)
+    capsys.readouterr()
+    assert cli.main(["train", "--restore", str(path), "--save", str(path), *CLI_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xnorcore train: error: --save: cannot write {path}: No space left on device"]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.xnor"]
+
+
+def test_cli_restore_of_a_forged_model_file_is_one_line(saved, tmp_path, capsys):
+    from xnorcore import cli
+
+    def forge(m):
+        m["format_version"] = FORMAT_VERSION + 1
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    assert cli.main(["train", "--restore", str(path), *CLI_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"xnorcore train: error: --restore: {path}: was written in format version "
+                             f"{FORMAT_VERSION + 1}")
