@@ -150,13 +150,13 @@ def test_wgmma_shared_memory_fits_sm90(variant):
 
 
 def test_hopper_plans(fake_cupy):
-    """On 9.0: wgmma from 2**36 multiply-accumulates (ping by default), the mma kernel below."""
+    """On 9.0: wgmma from 2**36 multiply-accumulates (coop by default), the mma kernel below."""
     width = 8192 // 64
     plan = _gpu._plan(8192, 8192, width, 8192)
     assert plan.variant == "wgmma"
-    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_ping"
+    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_coop"
     assert plan.function.module.options == _gpu._compile_options("xnor_gemm_wgmma")
-    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("ping")[2]
+    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("coop")[2]
     assert plan.grid == 132  # persistent: one block per multiprocessor
     assert _gpu._plan(8192, 8192, width, 8192) is plan  # cached
     assert _gpu._plan(4096, 4096, 64, 4096).variant == "wgmma"  # 4096**3 == 2**36
@@ -186,6 +186,7 @@ def test_wgmma_leaves_shapes_past_int32_to_mma(fake_cupy, monkeypatch):
 
 
 def test_the_schedule_is_part_of_the_plan(fake_cupy, monkeypatch):
+    monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "ping")
     ping = _gpu._plan(8192, 8192, 128, 8192)
     monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "coop")
     coop = _gpu._plan(8192, 8192, 128, 8192)
@@ -198,7 +199,9 @@ def test_plans_off_hopper(fake_cupy, cc, variant):
     fake_cupy.cc = cc
     plan = _gpu._plan(8192, 8192, 128, 8192)
     assert plan.variant == variant
-    assert not any(m.options != ("-std=c++17",) for m in fake_cupy.modules)
+    # Off Hopper nothing is compiled for sm_90a: every module has the common options only.
+    common = _gpu._compile_options("xnor_gemm_mma")
+    assert fake_cupy.modules and all(m.options == common for m in fake_cupy.modules)
 
 
 def _params(launch_args):

@@ -377,7 +377,9 @@ def _current_stream_ptr():
 
 #: wgmma variants, by the file's constant prefix: "coop" (128 x 256 tiles, both
 #: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating).
-_WGMMA_VARIANT = "ping"
+#: coop is the one used: ping, faster at 8192^3, hangs on some shapes with a
+#: short K (5000 x 130 x 4100 on an H200), so it stays for benchmarks only.
+_WGMMA_VARIANT = "coop"
 #: Products below this many multiply-accumulates go to the mma kernel when the
 #: kernel is chosen automatically: below it the mma kernel measured as fast or
 #: faster (benchmarks/RESULTS.md).
