@@ -480,6 +480,8 @@ def cmd_train(args):
                 save_model(clf, args.save, training_state=True)
         except OSError as exc:
             raise CLIError(f"--save: cannot write {args.save}: {exc.strerror or exc}") from None
+        except (TypeError, ValueError) as exc:  # a model that the model-file format cannot hold
+            raise CLIError(f"--save: {args.save}: {exc}") from None
         if not args.quiet:
             note = f" (a pickle: {PICKLE_WARNING})" if pickled else ""
             print(f"saved model to {args.save}{note}", file=sys.stderr, flush=True)
