@@ -233,14 +233,53 @@ def test_unwritable_save(tmp_path):
     assert_one_line_error(proc, "--save", "does not exist")
 
 
+PICKLE_WARNING = "a pickle runs code when it is loaded"
+
+
+def assert_pickle_warning_then_error(proc, path, *fragments):
+    """Exit status 2: the warning that unpickling runs code, then one error line holding every fragment."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith(f"xnorcore: warning: --restore {path}: {PICKLE_WARNING}"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[1], (fragment, lines[1])
+
+
 def test_restore_bad_file(tmp_path):
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
-    assert_one_line_error(xnorcore("train", "--restore", bad, "--max_steps", "1"), "--restore", str(bad), "not a saved estimator")
+    assert_pickle_warning_then_error(xnorcore("train", "--restore", bad, "--max_steps", "1"), bad,
+                                     "--restore", str(bad), "not a saved estimator")
     other = tmp_path / "other.pkl"
     other.write_bytes(pickle.dumps({"a": 1}))
-    assert_one_line_error(xnorcore("train", "--restore", other, "--max_steps", "1"), "holds a dict, expected a BNNClassifier")
+    assert_pickle_warning_then_error(xnorcore("train", "--restore", other, "--max_steps", "1"), other,
+                                     "holds a dict, expected a BNNClassifier")
     assert_one_line_error(xnorcore("train", "--restore", tmp_path / "none.pkl"), "file not found")
+    assert_one_line_error(xnorcore("train", "--restore", tmp_path / "none.xnor"), "file not found")
+
+
+def test_restore_bad_model_file_runs_no_code(tmp_path):
+    # A pickle under another name is refused unread: nothing in it runs.
+    marker = tmp_path / "ran"
+    evil = tmp_path / "model.xnor"
+    evil.write_bytes(pickle.dumps(_Touch(str(marker))))
+    proc = xnorcore("train", "--restore", evil, "--max_steps", "1")
+    assert_one_line_error(proc, f"--restore: {evil}: is a pickle, not an xnorcore model file")
+    assert not marker.exists()
+    noise = tmp_path / "noise.xnor"
+    noise.write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(xnorcore("train", "--restore", noise, "--max_steps", "1"),
+                          f"--restore: {noise}: not an xnorcore model file")
+
+
+class _Touch:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def _shadow_module(tmp_path, name):
@@ -360,29 +399,41 @@ def test_log_dir_counter_events_and_csv(tmp_path):
         assert [h.step for h in acc.Histograms(tag)] == [0, 3]
 
 
-def test_save_and_restore(tmp_path):
-    model = tmp_path / "model.pkl"
+@pytest.mark.parametrize("suffix", [".xnor", ".pkl"])
+def test_save_and_restore(tmp_path, suffix):
+    from xnorcore import load_model
+
+    model = tmp_path / f"model{suffix}"
     proc = xnorcore("train", *TINY, "--max_steps", "40", "--eval_every_n", "20", "--save", model)
     assert proc.returncode == 0, proc.stderr
     acc = check_train_output(proc.stdout, 40, 20)
     assert model.is_file()
+    saved_line = proc.stderr.strip().splitlines()[-1]
+    if suffix == ".pkl":
+        assert saved_line.startswith(f"saved model to {model} (a pickle: {PICKLE_WARNING}")
+    else:
+        assert saved_line == f"saved model to {model}"
 
     # --max_steps 0 only evaluates the restored model: the same accuracy.
     again = xnorcore("train", "--restore", model, "--max_steps", "0")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines() == [f"Final test accuracy {acc:.4f}"]
+    assert (PICKLE_WARNING in again.stderr) == (suffix == ".pkl")
 
     # Continuing training updates the model and saves it again; steps go on from 40.
     more = xnorcore("train", *TINY, "--restore", model, "--max_steps", "20", "--eval_every_n", "10", "--save", model)
     assert more.returncode == 0, more.stderr
     check_train_output(more.stdout, 20, 10, first_step=40)
-    with open(model, "rb") as f:
-        clf = pickle.load(f)
+    if suffix == ".pkl":
+        with open(model, "rb") as f:
+            clf = pickle.load(f)
+    else:
+        clf = load_model(model)
     assert len(clf.loss_curve_) == 60
 
 
 def test_restore_feature_mismatch(tmp_path):
-    model = tmp_path / "model.pkl"
+    model = tmp_path / "model.xnor"
     assert xnorcore("train", *TINY, "--max_steps", "2", "--save", model).returncode == 0
     data = make_mnist(tmp_path / "data")
     proc = xnorcore("train", data, "--restore", model, "--max_steps", "1")

@@ -32,9 +32,11 @@ from .ops import (  # noqa: E402
     unpack_bits,
 )
 from ._config import get_config, show_config  # noqa: E402
+from ._model_io import ModelFileError, load_model, save_model  # noqa: E402
 
 __all__ = [
     "BNNClassifier",
+    "ModelFileError",
     "WORD_BITS",
     "PackedBits",
     "binary_conv2d",
@@ -42,7 +44,9 @@ __all__ = [
     "binary_matmul",
     "get_array_module",
     "get_config",
+    "load_model",
     "pack_bits",
+    "save_model",
     "show_config",
     "sign",
     "unpack_bits",

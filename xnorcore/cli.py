@@ -173,9 +173,11 @@ def build_parser():
     _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
     _add(tr, "--seed", type=_seed, default=0, help="seed for weights and batch order (default 0)")
     _add(tr, "--save", metavar="PATH",
-         help="pickle the trained estimator to PATH (written atomically: a failed write keeps an existing file)")
+         help="save the trained estimator to PATH as a model file that holds no code (xnorcore.save_model), "
+         "or as a pickle if PATH ends in .pkl; written atomically: a failed write keeps an existing file")
     _add(tr, "--restore", metavar="PATH",
-         help="continue from an estimator saved with --save: it keeps its architecture "
+         help="continue from an estimator saved with --save (a .pkl path is unpickled, which runs code "
+         "from the file: a warning says so): it keeps its architecture "
          "(layers, --binary, --xnor, --batch_norm) and trains with this command's --lr, "
          "--batch_size, --reg and --device")
     _add(tr, "--quiet", "-q", action="store_true", help="print only the final lines")
@@ -261,16 +263,40 @@ def _require_gpu():
         raise CLIError(str(exc)) from None
 
 
+def _is_pickle_path(path):
+    return Path(path).suffix.lower() in (".pkl", ".pickle")
+
+
+PICKLE_WARNING = ("a pickle runs code when it is loaded: restore only pickles you wrote yourself; "
+                  "--save to a path not ending in .pkl writes a model file that holds no code")
+
+
 def _restore(path, n_features):
-    try:
-        with open(path, "rb") as f:
-            clf = pickle.load(f)
-    except FileNotFoundError:
-        raise CLIError(f"--restore: {path}: file not found") from None
-    except OSError as exc:
-        raise CLIError(f"--restore: {path}: cannot be read ({exc.strerror or exc})") from None
-    except Exception as exc:  # unpickling raises many types for a bad file
-        raise CLIError(f"--restore: {path}: not a saved estimator ({type(exc).__name__}: {exc})") from None
+    """The estimator in ``path``: a model file of :func:`xnorcore.save_model`, or a pickle (``.pkl``)."""
+    from ._model_io import ModelFileError, load_model
+
+    if not os.path.exists(path):
+        raise CLIError(f"--restore: {path}: file not found")
+    if _is_pickle_path(path):
+        print(f"xnorcore: warning: --restore {path}: {PICKLE_WARNING}", file=sys.stderr, flush=True)
+        try:
+            with open(path, "rb") as f:
+                clf = pickle.load(f)
+        except FileNotFoundError:
+            raise CLIError(f"--restore: {path}: file not found") from None
+        except OSError as exc:
+            raise CLIError(f"--restore: {path}: cannot be read ({exc.strerror or exc})") from None
+        except Exception as exc:  # unpickling raises many types for a bad file
+            raise CLIError(f"--restore: {path}: not a saved estimator ({type(exc).__name__}: {exc})") from None
+    else:
+        try:
+            clf = load_model(path)
+        except FileNotFoundError:
+            raise CLIError(f"--restore: {path}: file not found") from None
+        except ModelFileError as exc:
+            raise CLIError(f"--restore: {exc}") from None
+        except OSError as exc:
+            raise CLIError(f"--restore: {path}: cannot be read ({exc.strerror or exc})") from None
     from .estimator import BNNClassifier
 
     if not isinstance(clf, BNNClassifier):
@@ -442,15 +468,23 @@ def cmd_train(args):
         out.line(f"Med ex/s = {statistics.median(rates):.1f}", always=True)
     if args.save is not None:
         from ._io import atomic_write
+        from ._model_io import save_model
 
-        # Atomic: a failed write (a full disk) leaves an earlier model intact.
+        # Atomic either way: a failed write (a full disk) leaves an earlier model intact.
+        pickled = _is_pickle_path(args.save)
         try:
-            with atomic_write(args.save) as f:
-                pickle.dump(clf, f, protocol=pickle.HIGHEST_PROTOCOL)
+            if pickled:
+                with atomic_write(args.save) as f:
+                    pickle.dump(clf, f, protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                save_model(clf, args.save, training_state=True)
         except OSError as exc:
             raise CLIError(f"--save: cannot write {args.save}: {exc.strerror or exc}") from None
+        except (TypeError, ValueError) as exc:  # a model that the model-file format cannot hold
+            raise CLIError(f"--save: {args.save}: {exc}") from None
         if not args.quiet:
-            print(f"saved model to {args.save}", file=sys.stderr, flush=True)
+            note = f" (a pickle: {PICKLE_WARNING})" if pickled else ""
+            print(f"saved model to {args.save}{note}", file=sys.stderr, flush=True)
     return status
 
 

@@ -373,9 +373,9 @@ def pack_bits(x, axis=-1, *, n_threads=None):
     axis : int, default=-1
         Axis to pack.  It becomes the last axis of the words.
     n_threads : int, optional
-        CPU threads to use; by default OpenMP's limit (``OMP_NUM_THREADS`` or a
-        threadpoolctl limit).  Never more than the CPUs this process may run
-        on.  Ignored on the GPU.
+        CPU threads to use; by default one per millisecond of work, up to
+        OpenMP's limit (``OMP_NUM_THREADS`` or a threadpoolctl limit).  Never
+        more than the CPUs this process may run on.  Ignored on the GPU.
 
     Returns
     -------
@@ -564,8 +564,9 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
         "auto" uses the GPU for cupy operands and the CPU for numpy operands.
         "gpu" copies numpy operands to the GPU.
     n_threads : int, optional
-        CPU threads to use; by default OpenMP's limit.  Never more than the
-        CPUs this process may run on.  Ignored on the GPU.
+        CPU threads to use; by default one per millisecond of work, up to
+        OpenMP's limit.  Never more than the CPUs this process may run on.
+        Ignored on the GPU.
 
     Returns
     -------

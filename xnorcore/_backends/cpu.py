@@ -5,12 +5,14 @@ The kernels live in ``xnorcore._bitpack`` (the conv operations, over
 asks beyond them (the real first and last layers around BLAS) and the choice
 of the popcount variant: the fastest that the CPU supports (``"avx512"``,
 ``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
-``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means OpenMP's limit,
-which follows ``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
+``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means one thread per
+:data:`MIN_THREAD_WORK_NS` of work, up to OpenMP's limit, which follows
+``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
 :func:`xnorcore._threads.kernel_threads`, so none exceeds the CPUs the process
 may use.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -67,11 +69,46 @@ def environment_error():
     return None if _variant_error is None else str(_variant_error)
 
 
-def _threads(n_threads):
-    """The thread count for a kernel call; raises first if XNORCORE_POPCOUNT is bad."""
+#: A kernel called with ``n_threads=None`` runs on more than one thread only
+#: when each thread gets at least this much work (nanoseconds on one core, as
+#: estimated from the kernel's size), as OpenBLAS runs small products on one
+#: thread.  Starting and joining threads costs microseconds on a quiet machine,
+#: but on a busy one a thread may wait a whole scheduler time slice for a core,
+#: and the call waits for its share: small calls on several threads then take
+#: many times longer than on one (benchmarks/RESULTS.md).
+MIN_THREAD_WORK_NS = 1_000_000
+
+#: Nanoseconds per unit of work on one core (the avx512 variant; the others
+#: are slower, so their work is underestimated and they thread a little later).
+_NS_PER_GEMM_WORD = 0.12      # one 64-bit word of xnor_gemm: rows x columns x words
+_NS_PER_THRESHOLD = 0.5       # one unit of threshold_pack
+_NS_PER_PACKED_ELEMENT = 0.2  # one element of pack_rows / pack_cols
+_NS_PER_SIGNED_TERM = 0.12    # one term of signed_sums: rows x inputs x units
+_NS_PER_INPUT_TERM = 0.03     # one term of input_sums: rows x features x units
+_NS_PER_BLAS_FLOP = 0.02      # float32 GEMM on one core
+#: Multiply-adds (m * n * k) from which OpenBLAS runs a GEMM on several threads
+#: (its SMP_THRESHOLD_MIN times GEMM_MULTITHREAD_THRESHOLD).
+BLAS_THREADED_MACS = 65536 * 4
+
+
+def _threads(n_threads, work_ns=None):
+    """The thread count for a kernel call; raises first if XNORCORE_POPCOUNT is bad.
+
+    ``n_threads=None`` with a work estimate ``work_ns`` gives one thread per
+    :data:`MIN_THREAD_WORK_NS` of work, up to OpenMP's limit; an explicit
+    ``n_threads`` is used as given (clamped to the CPUs).
+    """
     if _variant_error is not None:
         raise type(_variant_error)(str(_variant_error))
-    return kernel_threads(n_threads)
+    limit = kernel_threads(n_threads)
+    if n_threads is None and work_ns is not None:
+        return max(1, min(limit, int(work_ns // MIN_THREAD_WORK_NS)))
+    return limit
+
+
+def threads_for(work_ns, n_threads=None):
+    """The thread count a kernel with ``work_ns`` of work gets for ``n_threads`` (for tests and benchmarks)."""
+    return _threads(n_threads, work_ns)
 
 
 def set_variant(name):
@@ -112,23 +149,25 @@ def to_device(x):
 
 
 def pack_rows(x, n_threads=None):
-    return _bitpack.pack_rows(x, _threads(n_threads))
+    return _bitpack.pack_rows(x, _threads(n_threads, x.size * _NS_PER_PACKED_ELEMENT))
 
 
 def pack_cols(x, n_threads=None):
-    return _bitpack.pack_cols(x, _threads(n_threads))
+    return _bitpack.pack_cols(x, _threads(n_threads, x.size * _NS_PER_PACKED_ELEMENT))
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):
+    work = a_words.shape[0] * b_words.shape[0] * a_words.shape[1] * _NS_PER_GEMM_WORD
     return _bitpack.xnor_gemm(
-        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), _threads(n_threads)
+        np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), _threads(n_threads, work)
     )
 
 
 def threshold_pack(z, direction, threshold, n_threads=None):
     """Words of the signs of ``direction * z - threshold`` along rows, in one pass."""
     if z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):
-        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold, _threads(n_threads))
+        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold,
+                                       _threads(n_threads, z.size * _NS_PER_THRESHOLD))
     return _common.threshold_pack(z, direction, threshold)
 
 
@@ -137,9 +176,10 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
 
     One pass: the int32 sums of each block of rows stay in a per-thread buffer.
     """
+    work = a_words.shape[0] * b_words.shape[0] * a_words.shape[1] * _NS_PER_GEMM_WORD
     return _bitpack.xnor_gemm_threshold_pack(
         np.ascontiguousarray(a_words), np.ascontiguousarray(b_words), int(k), direction, threshold,
-        _threads(n_threads),
+        _threads(n_threads, work),
     )
 
 
@@ -154,7 +194,8 @@ def input_sums(x, w_blocks, init, n_threads=None, max_density=1.0):
     Returns ``(z, dense)``: rows with more than ``max_density`` of their
     inputs nonzero are listed in ``dense`` and left unwritten in ``z``.
     """
-    return _bitpack.input_sums(x, w_blocks, init, _threads(n_threads), max_density)
+    work = x.size * init.shape[0] * _NS_PER_INPUT_TERM
+    return _bitpack.input_sums(x, w_blocks, init, _threads(n_threads, work), max_density)
 
 
 def prepare_input_layer(w, mean, scale):
@@ -174,18 +215,28 @@ def input_layer(x, prepared):
     w, w_blocks, init = prepared
     x = np.ascontiguousarray(x, dtype=np.float32)
     sums, dense = input_sums(x, w_blocks, init, max_density=SPARSE_INPUT_DENSITY)
-    if dense.size == len(x):
-        sums = x @ w
-        sums += init
-    elif dense.size:
-        sums[dense] = x[dense] @ w + init
+    if not dense.size:
+        return sums
+    # A small product on one BLAS thread: BLAS threads that spin after the
+    # call would take the cores from the OpenMP kernels of the next layer.
+    # Below BLAS_THREADED_MACS OpenBLAS uses one thread by itself, and setting
+    # the limit would cost more than the product.
+    macs = dense.size * w.size
+    small = BLAS_THREADED_MACS <= macs and 2 * macs * _NS_PER_BLAS_FLOP < 2 * MIN_THREAD_WORK_NS
+    with _one_blas_thread() if small else contextlib.nullcontext():
+        if dense.size == len(x):
+            sums = x @ w
+            sums += init
+        else:
+            sums[dense] = x[dense] @ w + init
     return sums
 
 
 def signed_sums(words, k, w, n_threads=None):
     """A real layer (k, N) on packed +-1 rows, each row's terms added in input order, in float64."""
+    work = words.shape[0] * int(k) * w.shape[1] * _NS_PER_SIGNED_TERM
     return _bitpack.signed_sums(np.ascontiguousarray(words), int(k), np.ascontiguousarray(w, dtype=np.float64),
-                                _threads(n_threads))
+                                _threads(n_threads, work))
 
 
 def real_layer(words, k, w):

@@ -1,0 +1,686 @@
+"""save_model / load_model: exact round trips, and a loader that refuses every broken or forged file."""
+
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import xnorcore
+from xnorcore import BNNClassifier, ModelFileError, load_model, save_model
+from xnorcore._backends import gpu as _gpu
+from xnorcore._model_io import FORMAT_VERSION, METADATA, MODEL_KINDS
+
+# Models trained for one or two epochs: short on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+REASON = _gpu.unavailable_reason()
+needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {REASON}")
+
+CONFIGS = {
+    "binary": dict(),
+    "float": dict(binary=False),
+    "binary-ends-no-bn": dict(binarize_first=True, binarize_last=True, batch_norm=False),
+    "dropout-early-stopping": dict(dropout=0.2, early_stopping=True, n_iter_no_change=2),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:600], y[:600]
+
+
+def _fit(X, y, **kw):
+    params = dict(hidden_layer_sizes=(48, 65), max_iter=2, batch_size=100, random_state=0, device="cpu")
+    params.update(kw)
+    return BNNClassifier(**params).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    return _fit(*digits)
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    path = tmp_path / "model.xnor"
+    save_model(model, path)
+    return path
+
+
+def _same_fitted(a, b, X):
+    np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    np.testing.assert_array_equal(a.classes_, b.classes_)
+    assert a.classes_.dtype == b.classes_.dtype
+    assert a.n_features_in_ == b.n_features_in_
+    assert a.get_params() == b.get_params()
+    assert a.loss_curve_ == b.loss_curve_ and a.n_iter_ == b.n_iter_ and a.t_ == b.t_
+    assert a.best_loss_ == b.best_loss_
+    assert a.validation_scores_ == b.validation_scores_
+    assert a.best_validation_score_ == b.best_validation_score_
+    assert a.device_ == b.device_ and a.xnor_ == b.xnor_
+    np.testing.assert_array_equal(a.input_mean_, b.input_mean_)
+    assert a.input_scale_ == b.input_scale_
+
+
+# ---------------------------------------------------------------- round trips
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("training_state", [True, False])
+def test_round_trip_predicts_identically(digits, tmp_path, config, training_state):
+    X, y = digits
+    clf = _fit(X, y, **CONFIGS[config])
+    path = tmp_path / "m.xnor"
+    save_model(clf, path, training_state=training_state)
+    loaded = load_model(path)
+    _same_fitted(clf, loaded, X)
+    assert (loaded.optimizer_ is not None) == training_state
+    assert loaded.summary(as_dict=True)["packed_bytes"] == clf.summary(as_dict=True)["packed_bytes"]
+    if not training_state:
+        with pytest.raises(ValueError, match="training state was dropped"):
+            loaded.partial_fit(X[:100], y[:100])
+
+
+@pytest.mark.parametrize("labels", ["str", "object-str", "float", "bool", "negative-int"])
+def test_labels_round_trip(digits, tmp_path, labels):
+    X, y = digits
+    y = {
+        "str": np.array([f"digit {d}" for d in y]),
+        "object-str": np.array([f"d{d}" for d in y], dtype=object),
+        "float": y.astype(np.float64) * 2 - 3,
+        "bool": y > 4,
+        "negative-int": y.astype(np.int16) - 5,
+    }[labels]
+    clf = _fit(X, y, hidden_layer_sizes=(32,), max_iter=1)
+    save_model(clf, tmp_path / "m.xnor")
+    _same_fitted(clf, load_model(tmp_path / "m.xnor"), X)
+
+
+def test_feature_names_from_a_dataframe(digits, tmp_path):
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    df = pd.DataFrame(X, columns=[f"pixel_{i}" for i in range(X.shape[1])])
+    clf = _fit(df, y, hidden_layer_sizes=(32,), max_iter=1)
+    save_model(clf, tmp_path / "m.xnor")
+    loaded = load_model(tmp_path / "m.xnor")
+    np.testing.assert_array_equal(loaded.feature_names_in_, clf.feature_names_in_)
+    np.testing.assert_array_equal(loaded.decision_function(df), clf.decision_function(df))
+    with pytest.raises(ValueError, match="feature names"):
+        loaded.predict(df.rename(columns={"pixel_0": "other"}))
+
+
+def test_scaled_input_round_trip(digits, tmp_path):
+    X, y = digits
+    clf = _fit(X * 1e-20, y, hidden_layer_sizes=(32,), max_iter=1)
+    save_model(clf, tmp_path / "m.xnor")
+    loaded = load_model(tmp_path / "m.xnor")
+    assert loaded.input_exponent_ == clf.input_exponent_ != 0
+    np.testing.assert_array_equal(loaded.decision_function(X * 1e-20), clf.decision_function(X * 1e-20))
+
+
+@pytest.mark.parametrize("config", ["binary", "float"])
+def test_partial_fit_after_load_equals_partial_fit_on_the_original(digits, tmp_path, config):
+    X, y = digits
+    original = _fit(X, y, dropout=0.1, **CONFIGS[config])
+    save_model(original, tmp_path / "m.xnor")
+    loaded = load_model(tmp_path / "m.xnor")
+    for start in (0, 200, 400):
+        original.partial_fit(X[start:start + 200], y[start:start + 200])
+        loaded.partial_fit(X[start:start + 200], y[start:start + 200])
+    _same_fitted(original, loaded, X)
+    for name, m in original.optimizer_.m.items():
+        np.testing.assert_array_equal(m, loaded.optimizer_.m[name])
+    # and fit with warm_start continues both alike
+    original.set_params(warm_start=True, max_iter=1).fit(X, y)
+    loaded.set_params(warm_start=True, max_iter=1).fit(X, y)
+    _same_fitted(original, loaded, X)
+
+
+def test_save_changes_nothing_and_loads_from_pathlike_and_str(model, digits, tmp_path):
+    X, _ = digits
+    before = model.decision_function(X)
+    save_model(model, str(tmp_path / "a.xnor"), training_state=False)
+    assert model.optimizer_ is not None and model.network_.has_training_state
+    np.testing.assert_array_equal(model.decision_function(X), before)
+    np.testing.assert_array_equal(load_model(str(tmp_path / "a.xnor")).decision_function(X), before)
+
+
+def test_file_is_a_zip_of_json_and_npy(saved):
+    with zipfile.ZipFile(saved) as zf:
+        names = zf.namelist()
+        meta = json.loads(zf.read(METADATA))
+    assert names[0] == METADATA
+    assert all(n == METADATA or (n.startswith("arrays/") and n.endswith(".npy")) for n in names)
+    assert meta["format"] == "xnorcore-model" and meta["format_version"] == FORMAT_VERSION
+    assert meta["xnorcore_version"] == xnorcore.__version__
+    assert meta["model_kind"] == "mlp" and meta["training_state"] is True
+    assert sorted(meta["arrays"]) == sorted(n[len("arrays/"):-len(".npy")] for n in names[1:])
+    # numpy reads every array without pickles
+    with np.load(saved, allow_pickle=False) as npz:
+        for key in npz.files:
+            if key.endswith(".npy") or key.startswith("arrays/"):
+                assert npz[key].dtype != object
+
+
+def test_dropped_training_state_saves_packed_bits(model, tmp_path):
+    dropped = _clone_dropped(model)
+    save_model(dropped, tmp_path / "m.xnor", training_state=False)
+    meta = _meta(tmp_path / "m.xnor")
+    assert meta["arrays"]["network/dense2/weight_bits"] == {"dtype": "<u8", "shape": [65, 1]}
+    assert "network/dense2/weight" not in meta["arrays"]
+    assert meta["optimizer"] is None and meta["random_state"] is None
+    with pytest.raises(ValueError, match="training state was dropped.*training_state=False"):
+        save_model(dropped, tmp_path / "n.xnor", training_state=True)
+
+
+def _clone_dropped(model):
+    return pickle.loads(pickle.dumps(model)).drop_training_state()
+
+
+# ---------------------------------------------------------------- saving: bad arguments, atomic writes
+def test_save_refuses_what_is_not_a_fitted_model(tmp_path):
+    with pytest.raises(TypeError, match="estimator must be a BNNClassifier, got dict"):
+        save_model({}, tmp_path / "m.xnor")
+    with pytest.raises(ValueError, match="estimator must be fitted"):
+        save_model(BNNClassifier(), tmp_path / "m.xnor")
+
+
+def test_save_refuses_bad_training_state(model, tmp_path):
+    with pytest.raises(TypeError, match="training_state must be True or False, got training_state='yes'"):
+        save_model(model, tmp_path / "m.xnor", training_state="yes")
+
+
+def test_save_refuses_labels_that_are_objects(model, tmp_path):
+    forged = pickle.loads(pickle.dumps(model))
+    forged.classes_ = np.array([object()] * len(model.classes_), dtype=object)
+    with pytest.raises(TypeError, match="classes_ can be saved only as numbers or strings"):
+        save_model(forged, tmp_path / "m.xnor")
+    assert not os.listdir(tmp_path)
+
+
+def test_failed_save_keeps_the_old_file(model, tmp_path, monkeypatch):
+    path = tmp_path / "m.xnor"
+    save_model(model, path)
+    before = path.read_bytes()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(model, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.xnor"]  # no temporary file left behind
+
+
+def test_save_over_a_folder_is_refused(model, tmp_path):
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError, match="exists and is not a regular file"):
+        save_model(model, tmp_path / "dir")
+
+
+# ---------------------------------------------------------------- skops
+SKOPS_TRUSTED = [
+    "xnorcore.estimator.BNNClassifier",
+    "xnorcore.nn._network.Network",
+    "xnorcore.nn._network._Block",
+    "xnorcore.nn._layers.Dense",
+    "xnorcore.nn._layers.BatchNorm",
+    "xnorcore.nn._layers.Sign",
+    "xnorcore.nn._layers.ReLU",
+    "xnorcore.nn._optim.Adam",
+    "xnorcore.ops.PackedBits",
+]
+
+
+@pytest.mark.parametrize("config", ["binary", "float", "dropped"])
+def test_skops_round_trip(digits, tmp_path, config):
+    sio = pytest.importorskip("skops.io")
+    X, y = digits
+    clf = _fit(X, y, hidden_layer_sizes=(32, 65), max_iter=1, binary=config != "float")
+    if config == "dropped":
+        clf.drop_training_state()
+    path = tmp_path / "m.skops"
+    sio.dump(clf, path)
+    untrusted = sio.get_untrusted_types(file=path)
+    assert set(untrusted) <= set(SKOPS_TRUSTED)  # the README lists these
+    with pytest.raises(Exception, match="[Uu]ntrusted"):
+        sio.load(path)
+    loaded = sio.load(path, trusted=SKOPS_TRUSTED)
+    _same_fitted(clf, loaded, X)
+
+
+def test_readme_lists_the_skops_types():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    for name in SKOPS_TRUSTED:
+        assert name in readme
+
+
+# ---------------------------------------------------------------- GPU-trained models
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("training_state", [True, False])
+def test_gpu_trained_model_loads_on_cpu(digits, tmp_path, training_state):
+    X, y = digits
+    clf = _fit(X, y, device="gpu")
+    assert clf.device_ == "gpu"
+    save_model(clf, tmp_path / "m.xnor", training_state=training_state)
+    loaded = load_model(tmp_path / "m.xnor")
+    assert isinstance(loaded.input_mean_, np.ndarray)
+    assert all(isinstance(a, np.ndarray) for a in loaded.network_.histograms().values())
+    _same_fitted(clf, loaded, X)
+
+
+# ---------------------------------------------------------------- hostile files
+def _meta(path):
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(METADATA))
+
+
+def _rewrite(src, dst, *, meta=None, members=None, drop=(), add=None):
+    """Copy the model file ``src`` to ``dst``, changing its metadata or members."""
+    with zipfile.ZipFile(src) as zf:
+        contents = {info.filename: zf.read(info) for info in zf.infolist()}
+    m = json.loads(contents[METADATA])
+    if meta is not None:
+        meta(m)
+    contents[METADATA] = json.dumps(m).encode()
+    for name, data in (members or {}).items():
+        contents[name] = data
+    for name in drop:
+        del contents[name]
+    with zipfile.ZipFile(dst, "w") as zf:
+        for name, data in contents.items():
+            zf.writestr(name, data)
+        for name, data in (add or {}).items():
+            zf.writestr(name, data)
+    return dst
+
+
+def _npy(a):
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=True)
+    return buf.getvalue()
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_model(tmp_path / "absent.xnor")
+
+
+def test_folder(tmp_path):
+    with pytest.raises(ModelFileError, match="is a folder, not a model file"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 100, 1000, 3000, -200, -22, -1])
+def test_truncated_file(saved, tmp_path, size):
+    data = saved.read_bytes()
+    cut = data[:size] if size >= 0 else data[:size]
+    path = tmp_path / "cut.xnor"
+    path.write_bytes(cut)
+    with pytest.raises(ModelFileError, match=r"cut\.xnor: .*(not a zip archive|truncated|cannot be read)"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes(tmp_path, seed):
+    path = tmp_path / "noise.xnor"
+    path.write_bytes(np.random.default_rng(seed).bytes(5000))
+    with pytest.raises(ModelFileError, match=r"noise\.xnor: (not an xnorcore model file|is a pickle)"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_pickle_is_refused_unread(model, tmp_path, protocol, monkeypatch):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(_Boom(), protocol=protocol))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(ModelFileError, match=r"model\.pkl: is a pickle, not an xnorcore model file: load_model "
+                                             r"never unpickles"):
+        load_model(path)
+
+
+def test_a_pickled_estimator_is_refused(model, tmp_path):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    with pytest.raises(ModelFileError, match="is a pickle"):
+        load_model(path)
+
+
+def test_zip_with_a_pickle_member(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "f.xnor", add={"payload.pkl": pickle.dumps(_Boom())})
+    with pytest.raises(ModelFileError, match=r"f\.xnor: member 'payload\.pkl' is not listed in the metadata"):
+        load_model(path)
+
+
+def test_object_array_member_listed_as_object(saved, tmp_path):
+    def forge(m):
+        m["arrays"]["input_mean"] = {"dtype": "|O", "shape": [64]}
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge,
+                    members={"arrays/input_mean.npy": _npy(np.array([_Boom()] * 64, dtype=object))})
+    with pytest.raises(ModelFileError, match=r"f\.xnor: array 'input_mean' is recorded as .*needs dtype <f4"):
+        load_model(path)
+
+
+def test_object_array_member_behind_honest_metadata(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "f.xnor",
+                    members={"arrays/input_mean.npy": _npy(np.array([_Boom()] * 64, dtype=object))})
+    with pytest.raises(ModelFileError, match=r"member arrays/input_mean\.npy has dtype \|O, expected <f4"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("member, array, message", [
+    ("arrays/input_mean.npy", np.zeros(64, np.float64), r"has dtype <f8, expected <f4"),
+    ("arrays/input_mean.npy", np.zeros(63, np.float32), r"has shape \(63,\), expected \(64,\)"),
+    ("arrays/input_mean.npy", np.zeros((64, 1), np.float32), r"has shape \(64, 1\), expected \(64,\)"),
+    ("arrays/network/dense1/weight.npy", np.zeros((64, 48), np.float64), r"has dtype <f8, expected <f4"),
+    ("arrays/network/dense2/weight.npy", np.zeros((48, 64), np.float32), r"has shape \(48, 64\), expected \(48, 65\)"),
+    ("arrays/network/dense2/weight.npy", np.zeros((48, 65), ">f4"), r"has dtype >f4, expected <f4"),
+    ("arrays/network/bn1/gamma.npy", np.zeros(48, np.int32), r"has dtype <i4, expected <f4"),
+    ("arrays/random_state/keys.npy", np.zeros(624, np.int64), r"has dtype <i8, expected <u4"),
+])
+def test_member_of_wrong_dtype_or_shape(saved, tmp_path, member, array, message):
+    path = _rewrite(saved, tmp_path / "f.xnor", members={member: _npy(array)})
+    with pytest.raises(ModelFileError, match=r"f\.xnor: member " + member.replace(".", r"\.") + " " + message):
+        load_model(path)
+
+
+def test_metadata_shapes_that_disagree_with_the_architecture(saved, tmp_path):
+    def forge(m):
+        m["arrays"]["network/dense2/weight"]["shape"] = [48, 64]
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=r"array 'network/dense2/weight' is recorded as .*shape \[48, 65\]"):
+        load_model(path)
+
+
+def test_mismatched_layer_chain(saved, tmp_path):
+    def forge(m):
+        m["architecture"]["hidden_layer_sizes"] = [48, 64]
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=r"array 'network/dense2/weight' is recorded as .*architecture needs "
+                                             r"dtype <f4 and shape \[48, 64\]"):
+        load_model(path)
+
+
+def test_mismatched_layer_chain_with_consistent_arrays(saved, tmp_path):
+    # hidden (48, 65): dense2 replaced by a (48, 64) array, everything recorded consistently
+    def forge(m):
+        m["arrays"]["network/dense2/weight"]["shape"] = [48, 64]
+        m["arrays"]["adam/m/dense2/weight"]["shape"] = [48, 64]
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge,
+                    members={"arrays/network/dense2/weight.npy": _npy(np.zeros((48, 64), np.float32))})
+    with pytest.raises(ModelFileError, match=r"network/dense2/weight.*architecture needs.*\[48, 65\]"):
+        load_model(path)
+
+
+def test_more_layers_than_the_architecture(saved, tmp_path):
+    def forge(m):
+        m["arrays"]["network/dense9/weight"] = {"dtype": "<f4", "shape": [2, 2]}
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge,
+                    add={"arrays/network/dense9/weight.npy": _npy(np.zeros((2, 2), np.float32))})
+    with pytest.raises(ModelFileError, match=r"array 'network/dense9/weight' is not part of a mlp model"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("member", ["arrays/input_mean.npy", "arrays/network/dense3/bias.npy",
+                                    "arrays/adam/v/dense1/weight.npy"])
+def test_missing_member(saved, tmp_path, member):
+    path = _rewrite(saved, tmp_path / "f.xnor", drop=[member])
+    key = member[len("arrays/"):-len(".npy")]
+    with pytest.raises(ModelFileError, match=rf"array '{key}' is listed in the metadata but the member .* is missing"):
+        load_model(path)
+
+
+def test_missing_member_and_listing(saved, tmp_path):
+    def forge(m):
+        del m["arrays"]["network/bn1/gamma"]
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge, drop=["arrays/network/bn1/gamma.npy"])
+    with pytest.raises(ModelFileError, match=r"array 'network/bn1/gamma', which the architecture needs, is not"):
+        load_model(path)
+
+
+def test_missing_metadata(saved, tmp_path):
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(tmp_path / "f.xnor", "w") as dst:
+        for info in src.infolist():
+            if info.filename != METADATA:
+                dst.writestr(info.filename, src.read(info))
+    with pytest.raises(ModelFileError, match=r"not an xnorcore model file: it has no metadata\.json member"):
+        load_model(tmp_path / "f.xnor")
+
+
+def test_an_npz_of_arrays_is_not_a_model(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros(3))
+    with pytest.raises(ModelFileError, match=r"a\.npz: not an xnorcore model file: it has no metadata\.json"):
+        load_model(tmp_path / "a.npz")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99])
+def test_version_too_new(saved, tmp_path, version):
+    def forge(m):
+        m["format_version"] = version
+        m["xnorcore_version"] = "9.0"
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=rf"f\.xnor: was written in format version {version} \(by xnorcore "
+                                             rf"'9\.0'\); this xnorcore reads versions up to {FORMAT_VERSION}: "
+                                             r"upgrade xnorcore"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("format", "other", r"not an xnorcore model file: format is 'other'"),
+    ("format_version", "1", r"metadata 'format_version' must be int, got '1'"),
+    ("format_version", 0, r"format_version must be at least 1, got 0"),
+    ("format_version", True, r"metadata 'format_version' must be int, got True"),
+    ("estimator", "MLPClassifier", r"holds a 'MLPClassifier', expected a BNNClassifier"),
+    ("model_kind", "transformer", r"unknown model kind 'transformer': this xnorcore loads \['mlp'\]"),
+    ("training_state", "yes", r"metadata 'training_state' must be bool"),
+    ("arrays", [], r"metadata 'arrays' must be dict"),
+    ("params", None, r"metadata 'params' must be dict"),
+    ("inference", None, r"the inference metadata disagrees"),
+])
+def test_forged_metadata(saved, tmp_path, key, value, message):
+    def forge(m):
+        m[key] = value
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=r"f\.xnor: " + message):
+        load_model(path)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("fitted", "n_features_in_", 63, r"n_features_in_=63 but the network reads 64 features"),
+    ("fitted", "classes_", {"dtype": "<i8", "values": [0, 1]}, r"classes_ has 2 labels but the network has 10"),
+    ("fitted", "classes_", {"dtype": "|O", "values": [[1], 2]}, r"classes_ of dtype object must hold only"),
+    ("fitted", "classes_", {"dtype": "<i8", "values": ["a"] * 10}, r"classes_: values do not match dtype int64"),
+    ("fitted", "classes_", {"dtype": "<i1", "values": list(range(1000, 1010))}, r"classes_: values do not fit"),
+    ("fitted", "classes_", {"dtype": "<M8[s]", "values": list(range(10))}, r"classes_ must be numbers or strings"),
+    ("fitted", "classes_", {"dtype": "nonsense", "values": list(range(10))}, r"classes_ has an unknown dtype"),
+    ("fitted", "classes_", [1, 2], r"metadata 'fitted\.classes_' must be dict, got \[1, 2\]"),
+    ("fitted", "feature_names_in_", ["a"], r"feature_names_in_ must be 64 strings"),
+    ("fitted", "input_scale_", -1.0, r"input_scale_ must be positive"),
+    ("fitted", "input_scale_", "1", r"metadata 'fitted\.input_scale_' must be float"),
+    ("fitted", "device_", "tpu", r"device_ must be 'cpu' or 'gpu', got 'tpu'"),
+    ("fitted", "loss_curve_", [1.0, "x"], r"metadata 'fitted\.loss_curve_' must be a list of finite numbers"),
+    ("fitted", "n_iter_", -1, r"n_iter_ and t_ must be non-negative"),
+    ("fitted", "xnor_", 1, r"metadata 'fitted\.xnor_' must be bool, got 1"),
+    ("architecture", "n_features", 0, r"architecture is not a network"),
+    ("architecture", "hidden_layer_sizes", [48, -1], r"architecture is not a network"),
+    ("architecture", "dropout", 1.5, r"architecture dropout must be in \[0, 1\)"),
+    ("params", "max_iter", 0, r"params are not valid BNNClassifier parameters: .*max_iter"),
+    ("params", "evil", 1, r"params has unknown parameters \['evil'\]"),
+    ("optimizer", "t", "1", r"metadata 'optimizer\.t' must be int"),
+    ("random_state", "pos", 5000, r"random_state has pos=5000"),
+])
+def test_forged_values(saved, tmp_path, section, key, value, message):
+    def forge(m):
+        m[section][key] = value
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=r"f\.xnor: " + message):
+        load_model(path)
+
+
+def test_forged_batch_norm_layers(saved, tmp_path):
+    def forge(m):
+        m["layers"]["bn1"]["eps"] = 0
+    with pytest.raises(ModelFileError, match=r"layer bn1: eps must be > 0"):
+        load_model(_rewrite(saved, tmp_path / "f.xnor", meta=forge))
+
+    def drop(m):
+        del m["layers"]["bn2"]
+    with pytest.raises(ModelFileError, match=r"metadata layers lists \['bn1'\], but .* are \['bn1', 'bn2'\]"):
+        load_model(_rewrite(saved, tmp_path / "g.xnor", meta=drop))
+
+
+@pytest.mark.parametrize("member, value, message", [
+    ("arrays/network/dense1/weight.npy", np.nan, r"array 'network/dense1/weight' holds NaN or infinite values"),
+    ("arrays/input_mean.npy", np.inf, r"array 'input_mean' holds NaN or infinite values"),
+    ("arrays/network/bn1/running_var.npy", -1.0, r"a batch-norm running_var is negative"),
+    ("arrays/adam/v/dense1/weight.npy", -1.0, r"an Adam second moment \(adam/v\) is negative"),
+])
+def test_forged_array_values(saved, tmp_path, member, value, message):
+    with zipfile.ZipFile(saved) as zf:
+        a = np.load(io.BytesIO(zf.read(member)))
+    a = a.copy()
+    a.flat[0] = value
+    path = _rewrite(saved, tmp_path / "f.xnor", members={member: _npy(a)})
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_padding_bits_of_packed_weights(model, tmp_path):
+    path = tmp_path / "m.xnor"
+    save_model(model, path, training_state=False)
+    with zipfile.ZipFile(path) as zf:
+        words = np.load(io.BytesIO(zf.read("arrays/network/dense2/weight_bits.npy"))).copy()
+    words[0, -1] |= np.uint64(1) << np.uint64(63)  # 48 inputs: bits 48..63 are padding
+    forged = _rewrite(path, tmp_path / "f.xnor", members={"arrays/network/dense2/weight_bits.npy": _npy(words)})
+    with pytest.raises(ModelFileError, match=r"array 'network/dense2/weight_bits': words has padding bits set"):
+        load_model(forged)
+
+
+def test_packed_words_of_wrong_count(model, tmp_path):
+    path = tmp_path / "m.xnor"
+    save_model(model, path, training_state=False)
+
+    def forge(m):
+        m["arrays"]["network/dense2/weight_bits"]["shape"] = [65, 2]
+    forged = _rewrite(path, tmp_path / "f.xnor", meta=forge,
+                      members={"arrays/network/dense2/weight_bits.npy": _npy(np.zeros((65, 2), np.uint64))})
+    with pytest.raises(ModelFileError, match=r"weight_bits' is recorded as .*shape \[65, 1\]"):
+        load_model(forged)
+
+
+def test_truncated_member_data(saved, tmp_path):
+    with zipfile.ZipFile(saved) as zf:
+        data = zf.read("arrays/network/dense1/weight.npy")
+    path = _rewrite(saved, tmp_path / "f.xnor", members={"arrays/network/dense1/weight.npy": data[:-4]})
+    with pytest.raises(ModelFileError, match=r"member arrays/network/dense1/weight\.npy is truncated"):
+        load_model(path)
+
+
+def test_trailing_member_data(saved, tmp_path):
+    with zipfile.ZipFile(saved) as zf:
+        data = zf.read("arrays/input_mean.npy")
+    path = _rewrite(saved, tmp_path / "f.xnor", members={"arrays/input_mean.npy": data + b"\0" * 8})
+    with pytest.raises(ModelFileError, match=r"member arrays/input_mean\.npy has data after its array"):
+        load_model(path)
+
+
+def test_member_that_is_not_npy(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "f.xnor", members={"arrays/input_mean.npy": b"hello world, not an array"})
+    with pytest.raises(ModelFileError, match=r"member arrays/input_mean\.npy is not a \.npy array"):
+        load_model(path)
+
+
+def test_corrupt_member_fails_its_checksum(saved, tmp_path):
+    data = bytearray(saved.read_bytes())
+    with zipfile.ZipFile(saved) as zf:
+        info = zf.getinfo("arrays/network/dense1/weight.npy")
+    # flip one byte inside the stored (uncompressed) data of the member
+    offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    data[offset] ^= 0xFF
+    path = tmp_path / "f.xnor"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=r"member arrays/network/dense1/weight\.npy cannot be read "
+                                             r"\(BadZipFile: Bad CRC-32"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"not json", r"metadata\.json is not valid JSON"),
+    (b"[1, 2]", r"metadata\.json must be a JSON object, got list"),
+    (b'{"format": NaN}', r"metadata\.json is not valid JSON \(NaN is not a number in JSON\)"),
+    (b"\xff\xfe", r"metadata\.json is not valid JSON"),
+    (b"[" * 100000, r"metadata\.json is not valid JSON"),
+])
+def test_bad_metadata_text(saved, tmp_path, text, message):
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(tmp_path / "f.xnor", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, text if info.filename == METADATA else src.read(info))
+    with pytest.raises(ModelFileError, match=message):
+        load_model(tmp_path / "f.xnor")
+
+
+def test_duplicate_members(saved, tmp_path):
+    with zipfile.ZipFile(saved) as zf:
+        data = zf.read("arrays/input_mean.npy")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        path = _rewrite(saved, tmp_path / "f.xnor", add={"arrays/input_mean.npy": data})
+    with pytest.raises(ModelFileError, match=r"the archive has duplicate member names"):
+        load_model(path)
+
+
+def test_model_kinds_registry():
+    assert set(MODEL_KINDS) == {"mlp"}
+
+
+# ---------------------------------------------------------------- the command line
+CLI_TINY = ["--layers", "8,8", "--batch_size", "20", "--reg", "0", "--quiet", "--max_steps", "2"]
+
+
+def test_cli_save_writes_a_model_file_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    from xnorcore import cli
+
+    path = tmp_path / "model.xnor"
+    assert cli.main(["train", "--save", str(path), *CLI_TINY]) == 0
+    loaded = load_model(path)
+    assert loaded.optimizer_ is not None and len(loaded.loss_curve_) == 2
+    before = path.read_bytes()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_disk)
+    capsys.readouterr()
+    assert cli.main(["train", "--restore", str(path), "--save", str(path), *CLI_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xnorcore train: error: --save: cannot write {path}: No space left on device"]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.xnor"]
+
+
+def test_cli_restore_of_a_forged_model_file_is_one_line(saved, tmp_path, capsys):
+    from xnorcore import cli
+
+    def forge(m):
+        m["format_version"] = FORMAT_VERSION + 1
+    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    assert cli.main(["train", "--restore", str(path), *CLI_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"xnorcore train: error: --restore: {path}: was written in format version "
+                             f"{FORMAT_VERSION + 1}")
