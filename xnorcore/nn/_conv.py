@@ -26,7 +26,7 @@ import numbers
 
 import numpy as np
 
-from ..ops import get_array_module
+from ..ops import get_array_module, unpack_bits
 from ._layers import BatchNorm, binarize
 
 _F32 = np.float32
@@ -105,12 +105,18 @@ def im2col(x, kernel_hw, stride, dilation, pads):
         xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
         xpad[:, pt:pt + h, pl:pl + w] = x
     else:
-        xpad = x
-    cols = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
-            cols[:, :, :, i, j, :] = xpad[:, rows, columns, :]
+        xpad = xp.ascontiguousarray(x)
+    # One copy out of a strided view of the patches.  Without dilation the
+    # KW taps of a kernel row are KW * C consecutive elements of the input,
+    # so the innermost run of the copy is that long.
+    sn, sh, sw, sc = xpad.strides
+    as_strided = xp.lib.stride_tricks.as_strided
+    if dilation == 1:
+        view = as_strided(xpad, (n, oh, ow, kh, kw * c), (sn, stride * sh, stride * sw, sh, sc))
+    else:
+        view = as_strided(xpad, (n, oh, ow, kh, kw, c),
+                          (sn, stride * sh, stride * sw, dilation * sh, dilation * sw, sc))
+    cols = xp.ascontiguousarray(view)
     return cols.reshape(n * oh * ow, kh * kw * c), oh, ow
 
 
@@ -183,16 +189,19 @@ class Conv2D:
         self.need_input_grad = need_input_grad
         self.weight_grad = None
         self.bias_grad = None
+        # Bit-packed sign(W) (along C) of a binary layer, set for inference;
+        # once the latent weights are dropped it is the only copy of them.
+        self.weight_packed = None
         self._cache = None
 
     @property
     def shape(self):
         """HWIO shape of the weights."""
-        return tuple(self.weight.shape)
+        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
 
     @property
     def kernel_size(self):
-        return tuple(self.weight.shape[:2])
+        return self.shape[:2]
 
     def pads(self, in_hw):
         """``((top, bottom), (left, right))`` zero padding for an input of ``in_hw``."""
@@ -205,10 +214,12 @@ class Conv2D:
         kh, kw = self.kernel_size
         return (conv_output_size(h, kh, self.stride, self.dilation, pt + pb),
                 conv_output_size(w, kw, self.stride, self.dilation, pl + pr),
-                self.weight.shape[3])
+                self.shape[3])
 
     def effective_weight(self):
         """The weights the forward pass uses (``sign(W)`` if binary)."""
+        if self.weight is None:
+            return unpack_bits(self.weight_packed, dtype=_F32)
         return binarize(self.weight) if self.binary_weights else self.weight
 
     def params(self):
@@ -219,7 +230,7 @@ class Conv2D:
 
     def forward(self, x, training, rng=None):
         n = x.shape[0]
-        kh, kw, c, o = self.weight.shape
+        kh, kw, c, o = self.shape
         if x.ndim != 4 or x.shape[3] != c:
             raise ValueError(f"{self.name} expects NHWC input with {c} channels, got shape {x.shape}")
         pads = self.pads(x.shape[1:3])
@@ -240,7 +251,12 @@ class Conv2D:
             self.bias_grad = dz2.sum(axis=0)
         # As for dense layers, the straight-through mask of binary weights is
         # identically one: the optimizer keeps latent weights in [-1, 1].
-        self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
+        # BLAS is several times faster on the product with the narrower
+        # matrix as its result's rows (a first layer has few columns).
+        if cols.shape[1] < o:
+            self.weight_grad = (dz2.T @ cols).T.reshape(kh, kw, c, o)
+        else:
+            self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:
             return None
         dcols = dz2 @ w.T
@@ -252,15 +268,50 @@ class ChannelBatchNorm(BatchNorm):
 
     The statistics of channel ``c`` are taken over every ``(n, h, w)``, as in
     convolutional batch norm; parameters as in :class:`~xnorcore.nn.BatchNorm`.
+    The arithmetic is that of :class:`~xnorcore.nn.BatchNorm` on the rows of
+    ``z.reshape(-1, C)``, with its per-channel sums as products by a vector of
+    ones and ``einsum`` (BLAS-speed reductions over many rows of few columns)
+    and in-place updates: at the resolution of the first layers these arrays
+    are the largest of the network.
     """
 
     def forward(self, z, training, rng=None):
+        xp = get_array_module(z)
         shape = z.shape
-        return super().forward(z.reshape(-1, shape[-1]), training, rng).reshape(shape)
+        z = z.reshape(-1, shape[-1])
+        if not training:
+            return super().forward(z, training, rng).reshape(shape)
+        m = z.shape[0]
+        ones = xp.ones(m, dtype=z.dtype)
+        mean = (ones @ z) / z.dtype.type(m)
+        xhat = z - mean
+        var = xp.einsum("ij,ij->j", xhat, xhat) / z.dtype.type(m)
+        mom = _F32(self.momentum)
+        self.running_mean *= mom
+        self.running_mean += (1 - mom) * mean
+        self.running_var *= mom
+        self.running_var += (1 - mom) * var * _F32(m / max(m - 1, 1))
+        inv_std = 1 / (var + _F32(self.eps)) ** _F32(0.5)
+        xhat *= inv_std
+        self._cache = (xhat, inv_std, ones)
+        out = xhat * self.gamma
+        out += self.beta
+        return out.reshape(shape)
 
     def backward(self, dy):
+        xp = get_array_module(dy)
         shape = dy.shape
-        return super().backward(dy.reshape(-1, shape[-1])).reshape(shape)
+        dy = dy.reshape(-1, shape[-1])
+        xhat, inv_std, ones = self._cache
+        m = dy.dtype.type(dy.shape[0])
+        self.beta_grad = ones @ dy
+        self.gamma_grad = xp.einsum("ij,ij->j", dy, xhat)
+        # d/dz of gamma * xhat + beta: gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+        dz = xhat * (self.gamma_grad / m)
+        dz += self.beta_grad / m
+        xp.subtract(dy, dz, out=dz)
+        dz *= self.gamma * inv_std
+        return dz.reshape(shape)
 
 
 class MaxPool2D:

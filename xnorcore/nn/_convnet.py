@@ -1,0 +1,463 @@
+"""The convolutional front of a binary CNN: conv blocks and max-pools on NHWC images.
+
+Layout of a binary network with ``conv_layers=(32, "pool", 64, "pool")`` on
+28x28x1 images, before the dense layers of :class:`~xnorcore.nn.Network`::
+
+    x (real, NHWC) -> conv1 -> bn -> sign -> pool -> conv2 -> bn -> sign -> pool -> flatten
+                      real W                          sign(W), +-1 in
+
+The first convolution reads the real-valued pixels and has real weights, as in
+BinaryNet; every later one has binary weights and +-1 inputs.  Max-pools follow
+the sign, so in the packed form they are an OR of set bits.  The real-valued
+network (``binary=False``) has ReLU in place of sign.
+
+:meth:`ConvFeatures.pack` folds each block's batch norm into one threshold per
+channel, as :meth:`Network.pack` does for dense layers, and
+:meth:`ConvFeatures.forward_packed` then runs binary blocks layer to layer on
+packed NHWC bits (convolution, threshold, sign, packing and pooling in one
+kernel per block), equal to the float path.
+"""
+
+import copy
+import numbers
+
+import numpy as np
+
+from ..ops import PackedBits, get_array_module, n_words, pack_bits, unpack_bits
+from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight
+from ._layers import ReLU, Sign
+
+_F32 = np.float32
+
+
+def normalize_conv_layers(conv_layers, name="conv_layers"):
+    """Parse conv layer items into ``("conv", filters, (kh, kw))`` and ``("pool",)`` tuples.
+
+    An item is an int ``c`` (3x3 convolution, stride 1, "same" zero padding,
+    ``c`` output channels, then batch norm and sign), ``"pool"`` (2x2 max-pool
+    with stride 2) or a tuple ``(c, k)`` with ``k`` an int or ``(kh, kw)``:
+    the convolution with that kernel size.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and the offending item.
+    """
+    if isinstance(conv_layers, (str, bytes)) or not hasattr(conv_layers, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of ints, (channels, kernel_size) tuples and "
+                         f"'pool', got {name}={conv_layers!r}")
+    out = []
+
+    def positive(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+    for item in conv_layers:
+        if isinstance(item, str) and item == "pool":
+            out.append(("pool",))
+            continue
+        if positive(item):
+            out.append(("conv", int(item), (3, 3)))
+            continue
+        if isinstance(item, tuple) and len(item) == 2 and positive(item[0]):
+            k = item[1]
+            if positive(k):
+                out.append(("conv", int(item[0]), (int(k), int(k))))
+                continue
+            if isinstance(k, tuple) and len(k) == 2 and all(positive(v) for v in k):
+                out.append(("conv", int(item[0]), (int(k[0]), int(k[1]))))
+                continue
+        raise ValueError(
+            f"{name} items must be a positive int (3x3 conv channels), 'pool', or a tuple "
+            f"(channels, kernel_size) of positive ints, got {item!r} in {name}={conv_layers!r}"
+        )
+    return tuple(out)
+
+
+def _to_numpy(a):
+    if isinstance(a, PackedBits):
+        return PackedBits(_to_numpy(a.words), a.shape, a.axis)
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return a
+
+
+def _to_module(a, xp):
+    if isinstance(a, PackedBits):
+        return PackedBits(_to_module(a.words, xp), a.shape, a.axis)
+    if isinstance(a, np.ndarray):
+        return xp.asarray(a)
+    return a
+
+
+def fold_batch_norm(bias, bn, n_out, k, integer, xp):
+    """Per-unit ``(direction, threshold)`` such that ``sign(bn(z + bias))`` is ``direction * z >= threshold``.
+
+    The rule of :meth:`xnorcore.nn.Network.pack`: ``bn(z) >= 0`` is ``z >= t``
+    for a positive batch-norm scale and ``z <= t`` for a negative one; a zero
+    scale makes the unit a constant.  For integer sums bounded by ``k`` the
+    threshold is rounded with the direction and clipped to ``+-(k + 1)``, so
+    the integer comparison is exact.
+    """
+    bias = _to_numpy(bias).astype(np.float64) if bias is not None else np.zeros(n_out)
+    if bn is not None:
+        inv_std = 1.0 / np.sqrt(_to_numpy(bn.running_var).astype(np.float64) + bn.eps)
+        alpha = _to_numpy(bn.gamma).astype(np.float64) * inv_std
+        offset = alpha * (bias - _to_numpy(bn.running_mean)) + _to_numpy(bn.beta)
+    else:
+        alpha = np.ones(n_out)
+        offset = bias
+    direction = np.sign(alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = np.where(alpha != 0, -offset / np.where(alpha != 0, alpha, 1), 0.0)
+    if integer:
+        tau = np.clip(tau, -k - 1, k + 1)
+        tau = np.where(direction > 0, np.ceil(tau), np.floor(tau))
+    threshold = direction * tau
+    constant = direction == 0
+    threshold[constant] = np.where(offset[constant] >= 0, -1, 1)
+    dtype = np.int32 if integer else _F32
+    return xp.asarray(direction.astype(np.int8)), xp.asarray(threshold.astype(dtype))
+
+
+def pool_packed(h, size=2):
+    """Max-pool of packed +-1 NHWC bits: the OR of each window's words."""
+    n, hh, ww, c = h.shape
+    oh, ow = hh // size, ww // size
+    words = None
+    for i in range(size):
+        for j in range(size):
+            tap = h.words[:, i:i + size * (oh - 1) + 1:size, j:j + size * (ow - 1) + 1:size]
+            words = tap.copy() if words is None else (words | tap)
+    return PackedBits(words, (n, oh, ow, c), 3)
+
+
+class ConvBlock:
+    """One convolution with its batch norm, activation and optional max-pool after it."""
+
+    def __init__(self, conv, bn, act, pool=None):
+        self.conv = conv
+        self.bn = bn
+        self.act = act
+        self.pool = pool
+        self.activation = None  # output of the last forward, for histograms
+        # Folded batch norm and sign (filled by ConvFeatures.pack).
+        self.threshold = None
+        self.direction = None
+
+    @property
+    def name(self):
+        return self.conv.name
+
+    def layers(self):
+        return [layer for layer in (self.conv, self.bn, self.act, self.pool) if layer is not None]
+
+
+class ConvFeatures:
+    """Conv blocks and max-pools from NHWC images to flat features for the dense layers.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(H, W, C)`` of the input images.
+    conv_layers : sequence
+        Items as accepted by :func:`normalize_conv_layers`.
+    binary : bool
+        Binary weights (but in the first convolution) and sign activations,
+        else a real-valued ReLU network.
+    random_state : numpy.random.RandomState
+    xp : module
+        numpy or cupy.
+    """
+
+    def __init__(self, image_shape, conv_layers, *, binary=True, random_state=None, xp=np):
+        rng = random_state if random_state is not None else np.random.RandomState(0)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.conv_layers = normalize_conv_layers(conv_layers)
+        self.binary = bool(binary)
+        # Items: ConvBlock, or MaxPool2D for a pool with no convolution before it.
+        self.items = []
+        h, w, c = self.image_shape
+        n_conv = 0
+        for spec in self.conv_layers:
+            if spec[0] == "pool":
+                pool_name = f"pool{len(self.items) + 1}"
+                if h < 2 or w < 2:
+                    raise ValueError(
+                        f"conv_layers={conv_layers!r} pools an {h}x{w} image: a 2x2 max-pool needs "
+                        f"at least 2x2 (image_shape={self.image_shape})"
+                    )
+                pool = MaxPool2D(pool_name)
+                last = self.items[-1] if self.items else None
+                if isinstance(last, ConvBlock) and last.pool is None:
+                    last.pool = pool
+                else:
+                    self.items.append(pool)
+                h, w = h // 2, w // 2
+                continue
+            _, filters, kernel = spec
+            n_conv += 1
+            first = n_conv == 1
+            weight = xp.asarray(glorot_conv_weight(rng, kernel, c, filters))
+            conv = Conv2D(
+                f"conv{n_conv}", weight, binary_weights=self.binary and not first,
+                binary_input=self.binary and not first, padding="same",
+                need_input_grad=not first,
+            )
+            bn = ChannelBatchNorm(f"conv_bn{n_conv}", filters, xp)
+            act = Sign(f"conv_sign{n_conv}") if self.binary else ReLU(f"conv_relu{n_conv}")
+            self.items.append(ConvBlock(conv, bn, act))
+            h, w, c = conv.output_shape((h, w, c))
+        self.output_shape = (h, w, c)
+        self.flatten = Flatten("flatten")
+        self._packed = False
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def n_features(self):
+        h, w, c = self.output_shape
+        return h * w * c
+
+    @property
+    def blocks(self):
+        return [item for item in self.items if isinstance(item, ConvBlock)]
+
+    def layers(self):
+        out = []
+        for item in self.items:
+            out.extend(item.layers() if isinstance(item, ConvBlock) else [item])
+        return out + [self.flatten]
+
+    def params(self):
+        return [p for layer in self.layers() for p in layer.params()]
+
+    @property
+    def has_training_state(self):
+        return all(b.conv.weight is not None for b in self.blocks)
+
+    def set_xnor(self, xnor):
+        """Kept for symmetry with the dense layers: training convolutions use BLAS."""
+
+    # ---------------------------------------------------------------- training
+    def forward(self, x, training=False, rng=None):
+        """Flat features ``(n_samples, n_features)`` of NHWC ``x`` through the float path."""
+        h = x
+        for item in self.items:
+            if isinstance(item, ConvBlock):
+                for layer in item.layers():
+                    h = layer.forward(h, training, rng)
+                item.activation = h
+            else:
+                h = item.forward(h, training, rng)
+        return self.flatten.forward(h, training, rng)
+
+    def backward(self, grad):
+        for layer in reversed(self.layers()):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    # -------------------------------------------------------------- inference
+    def pack(self):
+        """Fold batch norm and sign into per-channel thresholds; pack binary weights."""
+        if self._packed:
+            return self
+        xp = self.xp
+        for block in self.blocks:
+            conv = block.conv
+            kh, kw, c, o = conv.shape
+            integer = conv.binary_weights and conv.binary_input
+            if conv.binary_weights and conv.weight is not None:
+                conv.weight_packed = pack_bits(conv.weight, axis=2)
+            if isinstance(block.act, Sign):
+                block.direction, block.threshold = fold_batch_norm(
+                    conv.bias, block.bn, o, kh * kw * c, integer, xp)
+        self._packed = True
+        return self
+
+    @property
+    def xp(self):
+        block = self.blocks[0] if self.blocks else None
+        if block is None:
+            return np
+        return get_array_module(block.conv.weight if block.conv.weight is not None else block.conv.weight_packed)
+
+    def forward_packed(self, x):
+        """Packed flat features of NHWC ``x``: PackedBits of shape (n_samples, n_features).
+
+        Binary networks only.  Real-valued blocks (the first convolution)
+        compute their sums as the float path does, then threshold and pack
+        them; binary blocks map packed bits to packed bits with
+        :func:`xnorcore.binary_conv2d_threshold_pack`, pooling included.
+        """
+        from ..ops import binary_conv2d_threshold_pack
+
+        if not self.binary:
+            raise ValueError("the packed path exists only for binary networks")
+        self.pack()
+        h = x
+        for item in self.items:
+            if not isinstance(item, ConvBlock):
+                h = pool_packed(h) if isinstance(h, PackedBits) else item.forward(h, False)
+                continue
+            conv = item.conv
+            if isinstance(h, PackedBits):
+                h = binary_conv2d_threshold_pack(
+                    h, conv.weight_packed, item.direction, item.threshold, pool=item.pool is not None,
+                    stride=conv.stride, padding=conv.pads(h.shape[1:3]), dilation=conv.dilation,
+                )
+            else:
+                z = conv.forward(h, False)
+                n, oh, ow, o = z.shape
+                flat = _threshold_pack(z.reshape(-1, o), item.direction, item.threshold)
+                h = PackedBits(flat.words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
+                if item.pool is not None:
+                    h = pool_packed(h)
+            item.activation = h
+        return flatten_packed(h)
+
+    def drop_training_state(self):
+        """Keep only what inference needs: packed binary weights, no latent ones."""
+        self.pack()
+        for block in self.blocks:
+            conv = block.conv
+            if conv.binary_weights:
+                conv.weight = None
+            conv.weight_grad = conv.bias_grad = None
+            block.activation = None
+            for layer in block.layers():
+                _clear_caches(layer)
+        return self
+
+    # -------------------------------------------------------------- reporting
+    def histograms(self):
+        """``conv{i}/weight``, ``/weight_binary``, ``/activation``, ``/weight_grad`` and batch norm arrays."""
+        out = {}
+        for block in self.blocks:
+            conv, name = block.conv, block.name
+            if conv.weight is not None:
+                out[f"{name}/weight"] = _to_numpy(conv.weight).copy()
+            if conv.binary_weights:
+                out[f"{name}/weight_binary"] = _to_numpy(conv.effective_weight())
+            if block.activation is not None:
+                act = block.activation
+                if isinstance(act, PackedBits):
+                    act = unpack_bits(act, dtype=_F32)
+                out[f"{name}/activation"] = _to_numpy(act).copy()
+            if conv.weight_grad is not None:
+                out[f"{name}/weight_grad"] = _to_numpy(conv.weight_grad).copy()
+            out[f"{block.bn.name}/gamma"] = _to_numpy(block.bn.gamma).copy()
+            out[f"{block.bn.name}/beta"] = _to_numpy(block.bn.beta).copy()
+        return out
+
+    def memory_rows(self):
+        """Per-block parameter memory, packed vs float32 (the keys of :meth:`Network.memory_rows`).
+
+        Binary weights are packed along their input channels (``KH * KW * O``
+        rows of ``ceil(C / 64)`` words); a block followed by sign keeps one
+        4-byte threshold and one int8 direction per channel in place of batch
+        norm.  ``shape`` is the HWIO weight shape.
+        """
+        self.pack()
+        rows = []
+        for block in self.blocks:
+            conv = block.conv
+            kh, kw, c, o = conv.shape
+            n_params = kh * kw * c * o
+            extra = (o if conv.bias is not None else 0) + 4 * o
+            float_bytes = 4 * (n_params + extra)
+            per_unit = 5 * o if block.threshold is not None else 4 * extra
+            if conv.binary_weights:
+                packed = 8 * kh * kw * o * n_words(c) + per_unit
+            else:
+                packed = 4 * n_params + per_unit
+            rows.append({
+                "layer": conv.name, "shape": (kh, kw, c, o), "binary": conv.binary_weights,
+                "n_params": n_params + extra, "float32_bytes": float_bytes, "packed_bytes": packed,
+            })
+        return rows
+
+    def training_state_nbytes(self):
+        return sum(b.conv.weight.nbytes for b in self.blocks
+                   if b.conv.binary_weights and b.conv.weight is not None)
+
+    # ------------------------------------------------------------ persistence
+    def to(self, xp):
+        """Move every array to ``xp`` (numpy or cupy), in place."""
+        conv = _to_numpy if xp is np else (lambda a: _to_module(a, xp))
+        for block in self.blocks:
+            for obj in (block, *block.layers()):
+                for key, value in vars(obj).items():
+                    if isinstance(value, (np.ndarray, PackedBits)) or (
+                        type(value).__module__.split(".")[0] == "cupy"
+                    ):
+                        setattr(obj, key, conv(value))
+        return self
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        items = []
+        for item in self.items:
+            if isinstance(item, ConvBlock):
+                b = copy.copy(item)
+                b.conv, b.bn, b.act = copy.copy(item.conv), copy.copy(item.bn), copy.copy(item.act)
+                b.pool = copy.copy(item.pool) if item.pool is not None else None
+                b.activation = None
+                b.conv.weight_grad = b.conv.bias_grad = None
+                b.bn.gamma_grad = b.bn.beta_grad = None
+                for layer in b.layers():
+                    _clear_caches(layer)
+                for obj in (b, *b.layers()):
+                    for key, value in list(vars(obj).items()):
+                        setattr(obj, key, _to_numpy(value))
+                items.append(b)
+            else:
+                p = copy.copy(item)
+                _clear_caches(p)
+                items.append(p)
+        state["items"] = items
+        state["flatten"] = Flatten("flatten")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._packed = False
+
+
+def _clear_caches(layer):
+    for key in ("_cache", "_x", "_shape"):
+        if hasattr(layer, key):
+            setattr(layer, key, None)
+
+
+def flatten_packed(h):
+    """Packed NHWC bits as rows of ``H * W * C`` packed features (channels fastest)."""
+    n, hh, ww, c = h.shape
+    if c % 64 == 0:
+        # Each pixel fills whole words: the NHWC words are the packed flat rows.
+        return PackedBits(h.words.reshape(n, -1), (n, hh * ww * c), 1)
+    return pack_bits(unpack_bits(h, dtype=np.int8).reshape(n, -1), axis=1)
+
+
+def _threshold_pack(z, direction, threshold):
+    from ._network import _threshold_pack as fused
+
+    return fused(z, direction, threshold)
+
+
+def check_image_shape(image_shape, name="image_shape"):
+    """``(H, W, C)`` of positive ints, or a ValueError naming ``name``."""
+    try:
+        shape = tuple(image_shape)
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 3 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+    ):
+        raise ValueError(f"{name} must be a tuple (height, width, channels) of positive ints, "
+                         f"got {name}={image_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+__all__ = ["ConvBlock", "ConvFeatures", "check_image_shape", "conv_padding", "fold_batch_norm",
+           "flatten_packed", "normalize_conv_layers", "pool_packed"]
