@@ -23,9 +23,13 @@ import numbers
 
 import numpy as np
 
-from ..ops import PackedBits, get_array_module, n_words, pack_bits, unpack_bits
+from .._array import get_array_module, is_cupy, to_module, to_numpy
+from .._backends import backend_for
+from ..ops import PackedBits, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight
+from ._inference import PREDICT_ROWS, PackedModel
 from ._layers import ReLU, Sign
+from ._network import Network
 
 _F32 = np.float32
 
@@ -52,6 +56,11 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
     for item in conv_layers:
+        # (the normalized items themselves are accepted too)
+        if isinstance(item, tuple) and item == ("pool",):
+            item = "pool"
+        elif isinstance(item, tuple) and len(item) == 3 and item[0] == "conv":
+            item = item[1:]
         if isinstance(item, str) and item == "pool":
             out.append(("pool",))
             continue
@@ -73,22 +82,6 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
     return tuple(out)
 
 
-def _to_numpy(a):
-    if isinstance(a, PackedBits):
-        return PackedBits(_to_numpy(a.words), a.shape, a.axis)
-    if type(a).__module__.split(".")[0] == "cupy":
-        return a.get()
-    return a
-
-
-def _to_module(a, xp):
-    if isinstance(a, PackedBits):
-        return PackedBits(_to_module(a.words, xp), a.shape, a.axis)
-    if isinstance(a, np.ndarray):
-        return xp.asarray(a)
-    return a
-
-
 def fold_batch_norm(bias, bn, n_out, k, integer, xp):
     """Per-unit ``(direction, threshold)`` such that ``sign(bn(z + bias))`` is ``direction * z >= threshold``.
 
@@ -98,11 +91,11 @@ def fold_batch_norm(bias, bn, n_out, k, integer, xp):
     threshold is rounded with the direction and clipped to ``+-(k + 1)``, so
     the integer comparison is exact.
     """
-    bias = _to_numpy(bias).astype(np.float64) if bias is not None else np.zeros(n_out)
+    bias = to_numpy(bias).astype(np.float64) if bias is not None else np.zeros(n_out)
     if bn is not None:
-        inv_std = 1.0 / np.sqrt(_to_numpy(bn.running_var).astype(np.float64) + bn.eps)
-        alpha = _to_numpy(bn.gamma).astype(np.float64) * inv_std
-        offset = alpha * (bias - _to_numpy(bn.running_mean)) + _to_numpy(bn.beta)
+        inv_std = 1.0 / np.sqrt(to_numpy(bn.running_var).astype(np.float64) + bn.eps)
+        alpha = to_numpy(bn.gamma).astype(np.float64) * inv_std
+        offset = alpha * (bias - to_numpy(bn.running_mean)) + to_numpy(bn.beta)
     else:
         alpha = np.ones(n_out)
         offset = bias
@@ -240,6 +233,8 @@ class ConvFeatures:
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):
         """Flat features ``(n_samples, n_features)`` of NHWC ``x`` through the float path."""
+        if training:
+            self._packed = False  # the folded thresholds are out of date
         h = x
         for item in self.items:
             if isinstance(item, ConvBlock):
@@ -290,8 +285,10 @@ class ConvFeatures:
         them; binary blocks map packed bits to packed bits with
         :func:`xnorcore.binary_conv2d_threshold_pack`, pooling included.
         """
-        from ..ops import binary_conv2d_threshold_pack
-
+        try:
+            from ..ops import binary_conv2d_threshold_pack
+        except ImportError:
+            binary_conv2d_threshold_pack = None
         if not self.binary:
             raise ValueError("the packed path exists only for binary networks")
         self.pack()
@@ -301,7 +298,16 @@ class ConvFeatures:
                 h = pool_packed(h) if isinstance(h, PackedBits) else item.forward(h, False)
                 continue
             conv = item.conv
-            if isinstance(h, PackedBits):
+            if isinstance(h, PackedBits) and (binary_conv2d_threshold_pack is None or is_cupy(h)):
+                # The float product of the +-1 values: the same integer sums.
+                z = conv.forward(unpack_bits(h, dtype=_F32), False)
+                n, oh, ow, o = z.shape
+                words = backend_for(z).threshold_pack(z.reshape(-1, o).astype(np.int32), item.direction,
+                                                      item.threshold)
+                h = PackedBits(words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
+                if item.pool is not None:
+                    h = pool_packed(h)
+            elif isinstance(h, PackedBits):
                 h = binary_conv2d_threshold_pack(
                     h, conv.weight_packed, item.direction, item.threshold, pool=item.pool is not None,
                     stride=conv.stride, padding=conv.pads(h.shape[1:3]), dilation=conv.dilation,
@@ -309,8 +315,8 @@ class ConvFeatures:
             else:
                 z = conv.forward(h, False)
                 n, oh, ow, o = z.shape
-                flat = _threshold_pack(z.reshape(-1, o), item.direction, item.threshold)
-                h = PackedBits(flat.words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
+                words = backend_for(z).threshold_pack(z.reshape(-1, o), item.direction, item.threshold)
+                h = PackedBits(words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
                 if item.pool is not None:
                     h = pool_packed(h)
             item.activation = h
@@ -336,18 +342,18 @@ class ConvFeatures:
         for block in self.blocks:
             conv, name = block.conv, block.name
             if conv.weight is not None:
-                out[f"{name}/weight"] = _to_numpy(conv.weight).copy()
+                out[f"{name}/weight"] = to_numpy(conv.weight).copy()
             if conv.binary_weights:
-                out[f"{name}/weight_binary"] = _to_numpy(conv.effective_weight())
+                out[f"{name}/weight_binary"] = to_numpy(conv.effective_weight())
             if block.activation is not None:
                 act = block.activation
                 if isinstance(act, PackedBits):
                     act = unpack_bits(act, dtype=_F32)
-                out[f"{name}/activation"] = _to_numpy(act).copy()
+                out[f"{name}/activation"] = to_numpy(act).copy()
             if conv.weight_grad is not None:
-                out[f"{name}/weight_grad"] = _to_numpy(conv.weight_grad).copy()
-            out[f"{block.bn.name}/gamma"] = _to_numpy(block.bn.gamma).copy()
-            out[f"{block.bn.name}/beta"] = _to_numpy(block.bn.beta).copy()
+                out[f"{name}/weight_grad"] = to_numpy(conv.weight_grad).copy()
+            out[f"{block.bn.name}/gamma"] = to_numpy(block.bn.gamma).copy()
+            out[f"{block.bn.name}/beta"] = to_numpy(block.bn.beta).copy()
         return out
 
     def memory_rows(self):
@@ -358,7 +364,6 @@ class ConvFeatures:
         4-byte threshold and one int8 direction per channel in place of batch
         norm.  ``shape`` is the HWIO weight shape.
         """
-        self.pack()
         rows = []
         for block in self.blocks:
             conv = block.conv
@@ -366,7 +371,7 @@ class ConvFeatures:
             n_params = kh * kw * c * o
             extra = (o if conv.bias is not None else 0) + 4 * o
             float_bytes = 4 * (n_params + extra)
-            per_unit = 5 * o if block.threshold is not None else 4 * extra
+            per_unit = 5 * o if isinstance(block.act, Sign) else 4 * extra
             if conv.binary_weights:
                 packed = 8 * kh * kw * o * n_words(c) + per_unit
             else:
@@ -384,14 +389,11 @@ class ConvFeatures:
     # ------------------------------------------------------------ persistence
     def to(self, xp):
         """Move every array to ``xp`` (numpy or cupy), in place."""
-        conv = _to_numpy if xp is np else (lambda a: _to_module(a, xp))
         for block in self.blocks:
             for obj in (block, *block.layers()):
                 for key, value in vars(obj).items():
-                    if isinstance(value, (np.ndarray, PackedBits)) or (
-                        type(value).__module__.split(".")[0] == "cupy"
-                    ):
-                        setattr(obj, key, conv(value))
+                    if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
+                        setattr(obj, key, to_module(value, xp))
         return self
 
     def __getstate__(self):
@@ -409,7 +411,7 @@ class ConvFeatures:
                     _clear_caches(layer)
                 for obj in (b, *b.layers()):
                     for key, value in list(vars(obj).items()):
-                        setattr(obj, key, _to_numpy(value))
+                        setattr(obj, key, to_numpy(value))
                 items.append(b)
             else:
                 p = copy.copy(item)
@@ -439,10 +441,174 @@ def flatten_packed(h):
     return pack_bits(unpack_bits(h, dtype=np.int8).reshape(n, -1), axis=1)
 
 
-def _threshold_pack(z, direction, threshold):
-    from ._network import _threshold_pack as fused
+class ConvNetwork:
+    """A CNN for training: :class:`ConvFeatures` then the dense layers of a :class:`Network`.
 
-    return fused(z, direction, threshold)
+    It takes the rows that :class:`Network` takes, ``(n_samples, H * W * C)``
+    (an image's pixels in NHWC order, channels fastest), and reshapes them to
+    NHWC images; it offers the methods of :class:`Network` that training,
+    inference and the estimator use.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(H, W, C)``.
+    conv_layers : sequence
+        Items as accepted by :func:`normalize_conv_layers`.
+    n_outputs : int
+    hidden_layer_sizes : tuple of int
+        Dense layers after the conv layers.
+    binary, batch_norm, dropout, binarize_last, xnor, random_state, xp
+        As for :class:`Network`; ``dropout`` applies to the input of every
+        dense layer, the flattened conv features included.
+    """
+
+    def __init__(self, image_shape, conv_layers, n_outputs, hidden_layer_sizes, *, binary=True,
+                 batch_norm=True, dropout=0.0, binarize_last=False, xnor=False, random_state=None, xp=np):
+        rng = random_state if random_state is not None else np.random.RandomState(0)
+        self.features = ConvFeatures(image_shape, conv_layers, binary=binary, random_state=rng, xp=xp)
+        self.head = Network(
+            self.features.n_features, n_outputs, hidden_layer_sizes, binary=binary, batch_norm=batch_norm,
+            dropout=dropout, binarize_last=binarize_last, xnor=xnor, conv_input=True, random_state=rng, xp=xp,
+        )
+
+    # ------------------------------------------------------------------ basics
+    binary = property(lambda self: self.head.binary)
+    hidden_layer_sizes = property(lambda self: self.head.hidden_layer_sizes)
+    n_outputs = property(lambda self: self.head.n_outputs)
+    image_shape = property(lambda self: self.features.image_shape)
+    conv_layers = property(lambda self: self.features.conv_layers)
+    xp = property(lambda self: self.head.xp)
+    xnor = property(lambda self: self.head.xnor)
+    blocks = property(lambda self: self.head.blocks)
+
+    @property
+    def n_features(self):
+        h, w, c = self.image_shape
+        return h * w * c
+
+    def set_xnor(self, xnor):
+        self.head.set_xnor(xnor)
+
+    @property
+    def has_training_state(self):
+        return self.features.has_training_state and self.head.has_training_state
+
+    def layers(self):
+        return self.features.layers() + self.head.layers()
+
+    def params(self):
+        return self.features.params() + self.head.params()
+
+    # ---------------------------------------------------------------- training
+    def images(self, x):
+        """Rows of ``H * W * C`` pixels (or NHWC images) as NHWC images."""
+        return x.reshape((x.shape[0],) + self.image_shape)
+
+    def forward(self, x, training=False, rng=None):
+        """Logits of rows ``x``; see :meth:`Network.forward`."""
+        return self.head.forward(self.features.forward(self.images(x), training, rng), training, rng)
+
+    def backward(self, grad):
+        self.features.backward(self.head.backward(grad))
+
+    train_step = Network.train_step
+
+    # -------------------------------------------------------------- inference
+    def drop_training_state(self):
+        self.features.drop_training_state()
+        self.head.drop_training_state()
+        return self
+
+    def histograms(self):
+        """The arrays of :meth:`ConvFeatures.histograms` and :meth:`Network.histograms`."""
+        return {**self.features.histograms(), **self.head.histograms()}
+
+    def training_state_nbytes(self):
+        return self.features.training_state_nbytes() + self.head.training_state_nbytes()
+
+    def to(self, xp):
+        self.features.to(xp)
+        self.head.to(xp)
+        return self
+
+
+class PackedConvModel:
+    """Inference-only form of a trained binary :class:`ConvNetwork`, on packed bits.
+
+    The conv blocks run layer to layer on packed NHWC bits
+    (:meth:`ConvFeatures.forward_packed`), the dense layers as in
+    :class:`PackedModel`.  Raw rows are standardized as for the float path
+    (``(x - mean) / scale``, then reshaped to images), so both paths give the
+    first convolution the same float32 input and the same sums.
+
+    Parameters
+    ----------
+    features : ConvFeatures
+        Packed, without training state; on the CPU.
+    head : PackedModel
+        The dense layers, their first one reading packed bits.
+    input_mean : ndarray of shape (H * W * C,)
+    input_scale : float
+    """
+
+    def __init__(self, features, head, input_mean, input_scale):
+        self.features = features
+        self.head = head
+        self.input_mean = np.asarray(input_mean, dtype=_F32)
+        self.input_scale = _F32(input_scale)
+
+    @classmethod
+    def from_network(cls, network, input_mean=None, input_scale=1.0):
+        """Compile a trained binary :class:`ConvNetwork` (a copy: the network is left as it is)."""
+        if not network.binary:
+            raise ValueError("the packed path exists only for binary networks")
+        features = copy.deepcopy(network.features).to(np).drop_training_state()
+        head = PackedModel.from_network(network.head).to(np)
+        if input_mean is None:
+            input_mean = np.zeros(network.features.n_features, dtype=_F32)
+        return cls(features, head, input_mean, input_scale)
+
+    @property
+    def n_features(self):
+        return self.input_mean.shape[0]
+
+    def forward(self, x, activations=None):
+        """Logits (float64) of raw float32 rows ``x``."""
+        rows = (x - self.input_mean) / self.input_scale
+        h = self.features.forward_packed(rows.reshape((rows.shape[0],) + self.features.image_shape))
+        if activations is not None:
+            activations.extend(block.activation for block in self.features.blocks)
+        for layer in self.head.layers:
+            h = layer.forward(h, backend_for(layer.weight), None)
+            if activations is not None:
+                activations.append(h)
+        return h
+
+    def decision_function(self, X):
+        """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path."""
+        blocks = [to_numpy(self.forward(X[start:start + PREDICT_ROWS])).astype(np.float64)
+                  for start in range(0, max(X.shape[0], 1), PREDICT_ROWS)]
+        return np.concatenate(blocks)
+
+
+def recommended_conv_layers(image_shape):
+    """The conv layers that ``conv_layers="auto"`` gives for images of ``image_shape``.
+
+    Stages of a 3x3 convolution and a 2x2 max-pool, 32 channels in the first
+    and twice as many in each next one, as long as the pooled image keeps at
+    least 4 pixels a side (three stages at most): ``(32, "pool", 64, "pool")``
+    for 28x28 MNIST digits.  Images too small to pool get one convolution.
+    """
+    h, w, _ = image_shape
+    side = min(h, w)
+    out = []
+    channels = 32
+    while side // 2 >= 4 and len(out) < 6:
+        out += [channels, "pool"]
+        channels *= 2
+        side //= 2
+    return tuple(out) if out else (32,)
 
 
 def check_image_shape(image_shape, name="image_shape"):
@@ -459,5 +625,5 @@ def check_image_shape(image_shape, name="image_shape"):
     return tuple(int(s) for s in shape)
 
 
-__all__ = ["ConvBlock", "ConvFeatures", "check_image_shape", "conv_padding", "fold_batch_norm",
-           "flatten_packed", "normalize_conv_layers", "pool_packed"]
+__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "conv_padding",
+           "fold_batch_norm", "flatten_packed", "normalize_conv_layers", "pool_packed", "recommended_conv_layers"]
