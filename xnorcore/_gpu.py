@@ -125,7 +125,7 @@ def _module(stem):
     key = (cupy.cuda.runtime.getDevice(), stem)
     module = _modules.get(key)
     if module is None:
-        module = cupy.RawModule(code=_source(stem), options=("-std=c++17",))
+        module = cupy.RawModule(code=_source(stem), options=("-std=c++17", f"-I{importlib.resources.files('xnorcore.kernels')}"))
         module.compile()
         _modules[key] = module
     return module

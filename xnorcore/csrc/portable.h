@@ -1,8 +1,9 @@
-/* Portable kernels, included twice by _xnor_simd.h: once as the "generic"
- * variant (any CPU; __builtin_popcountll may become a library call) and once
- * as the "scalar" variant compiled for the POPCNT instruction.
+/* Portable kernels in plain C, a template included twice: by generic.h as the
+ * "generic" variant (any CPU; __builtin_popcountll may become a library call)
+ * and by scalar.h as the "scalar" variant compiled for the POPCNT instruction.
  *
  * The includer defines XNOR_SFX (name suffix) and XNOR_ATTR (target attribute).
+ * No include guard: each inclusion defines a new set of functions.
  */
 
 #define XNOR_P_MR 1 /* rows of A per micro-tile */
