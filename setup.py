@@ -1,5 +1,5 @@
 """Build script: the package, its CUDA sources as package data, and the Cython
-CPU kernels (xnorcore._bitpack), compiled with OpenMP.
+CPU kernels (xnorcore._bitpack, xnorcore._conv), compiled with OpenMP.
 
 The C kernels in xnorcore/csrc/ include kernels/xnor_layout.h, the bit layout
 that the CUDA sources share, so both folders are on the include path.
@@ -27,14 +27,15 @@ CSRC = sorted(glob.glob("xnorcore/csrc/*.h")) + ["kernels/xnor_layout.h"]
 
 extensions = [
     Extension(
-        "xnorcore._bitpack",
-        ["xnorcore/_bitpack.pyx"],
+        name,
+        [f"{name.replace('.', '/')}.pyx"],
         include_dirs=[np.get_include(), "xnorcore/csrc", "kernels"],
         depends=CSRC,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
+    for name in ("xnorcore._bitpack", "xnorcore._conv")
 ]
 
 setup(

@@ -151,6 +151,71 @@ XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uin
     xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, first);
 }
 
+/* The convolution tile: the 4 x 8 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[4 t + r].  The byte counters are
+ * flushed every 31 words, across segment boundaries. */
+XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int taps,
+                                                  const uint64_t *panel, int64_t nw, int32_t *c,
+                                                  int64_t ldc, int mr, int ncols, int64_t k)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
+    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
+    __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
+    int pending = 0;
+#define XNOR_NIB(acc, v)                                                                     \
+    do {                                                                                     \
+        __m256i lo_ = _mm256_and_si256((v), low4);                                           \
+        __m256i hi_ = _mm256_and_si256(_mm256_srli_epi16((v), 4), low4);                     \
+        acc = _mm256_add_epi8(acc, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo_),            \
+                                                   _mm256_shuffle_epi8(lut, hi_)));          \
+    } while (0)
+#define XNOR_AVX2_ROW(ar, s0, s1)                                                            \
+    do {                                                                                     \
+        __m256i x_ = _mm256_set1_epi64x((long long)ar[w]);                                   \
+        XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
+        XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
+    } while (0)
+#define XNOR_SAD(t, s) t = _mm256_add_epi64(t, _mm256_sad_epu8(s, zero)), s = zero
+    const uint64_t *b = panel;
+    for (int tap = 0; tap < taps; tap++) {
+        const uint64_t *a0 = a[4 * tap], *a1 = a[4 * tap + 1];
+        const uint64_t *a2 = a[4 * tap + 2], *a3 = a[4 * tap + 3];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX2_NR) {
+            __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
+            XNOR_AVX2_ROW(a0, s00, s01);
+            XNOR_AVX2_ROW(a1, s10, s11);
+            XNOR_AVX2_ROW(a2, s20, s21);
+            XNOR_AVX2_ROW(a3, s30, s31);
+            if (++pending == 31) {
+                XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
+                XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
+                pending = 0;
+            }
+        }
+    }
+    XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
+    XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
+#undef XNOR_SAD
+#undef XNOR_AVX2_ROW
+#undef XNOR_NIB
+    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
+    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
+    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
+    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
+    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
+    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
+    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
+    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
+    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
+    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, 1);
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
 #endif /* XNOR_X86 */

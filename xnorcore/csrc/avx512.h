@@ -261,6 +261,75 @@ XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
 #undef XNOR_512_STORE1
 }
 
+/* The convolution tile: the 8 x 24 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[8 t + r], summed in registers
+ * across all segments (no store between them). */
+XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, int taps,
+                                                      const uint64_t *panel, int64_t nw,
+                                                      int32_t *c, int64_t ldc, int mr,
+                                                      int ncols, int64_t k)
+{
+    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
+    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
+    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
+#define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
+#define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
+    do {                                                                                     \
+        __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
+        XNOR_CNT(t0, x_, b0);                                                                \
+        XNOR_CNT(t1, x_, b1);                                                                \
+        XNOR_CNT(t2, x_, b2);                                                                \
+    } while (0)
+    const uint64_t *b = panel;
+    for (int tap = 0; tap < taps; tap++) {
+        const uint64_t *const *at = a + 8 * tap;
+        const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
+        const uint64_t *a4 = at[4], *a5 = at[5], *a6 = at[6], *a7 = at[7];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX512_NR) {
+            __m512i b0 = _mm512_loadu_si512(b);
+            __m512i b1 = _mm512_loadu_si512(b + 8);
+            __m512i b2 = _mm512_loadu_si512(b + 16);
+            XNOR_512_ROW(a0, s00, s01, s02);
+            XNOR_512_ROW(a1, s10, s11, s12);
+            XNOR_512_ROW(a2, s20, s21, s22);
+            XNOR_512_ROW(a3, s30, s31, s32);
+            XNOR_512_ROW(a4, s40, s41, s42);
+            XNOR_512_ROW(a5, s50, s51, s52);
+            XNOR_512_ROW(a6, s60, s61, s62);
+            XNOR_512_ROW(a7, s70, s71, s72);
+        }
+    }
+#undef XNOR_512_ROW
+#undef XNOR_CNT
+    const __m256i kv = _mm256_set1_epi32((int32_t)k);
+    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
+    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
+    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
+#define XNOR_512_STORE1(r, s, g, lanes)                                                      \
+    do {                                                                                     \
+        __m256i cnt_ = _mm512_cvtepi64_epi32(s);                                             \
+        _mm256_mask_storeu_epi32(c + (r) * ldc + 8 * (g), lanes,                             \
+                                 _mm256_sub_epi32(kv, _mm256_add_epi32(cnt_, cnt_)));        \
+    } while (0)
+#define XNOR_512_STORE(r, t0, t1, t2)                                                        \
+    if ((r) < mr) {                                                                          \
+        XNOR_512_STORE1(r, t0, 0, lanes0);                                                   \
+        XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
+        XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
+    }
+    XNOR_512_STORE(0, s00, s01, s02)
+    XNOR_512_STORE(1, s10, s11, s12)
+    XNOR_512_STORE(2, s20, s21, s22)
+    XNOR_512_STORE(3, s30, s31, s32)
+    XNOR_512_STORE(4, s40, s41, s42)
+    XNOR_512_STORE(5, s50, s51, s52)
+    XNOR_512_STORE(6, s60, s61, s62)
+    XNOR_512_STORE(7, s70, s71, s72)
+#undef XNOR_512_STORE
+#undef XNOR_512_STORE1
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
 #endif /* XNOR_X86 */

@@ -27,6 +27,13 @@
 #define XNOR_X86 0
 #endif
 
+/* Each extension module includes every kernel but calls only some. */
+#if defined(__GNUC__) || defined(__clang__)
+#define XNOR_MAYBE_UNUSED __attribute__((unused))
+#else
+#define XNOR_MAYBE_UNUSED
+#endif
+
 /* dtype codes shared with _bitpack.pyx */
 enum { XNOR_I8 = 0, XNOR_I16 = 1, XNOR_I32 = 2, XNOR_I64 = 3, XNOR_F32 = 4, XNOR_F64 = 5 };
 
@@ -41,6 +48,13 @@ typedef uint64_t (*xnor_mask64_fn)(int dtype, const void *p, int n, int *nan);
 typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel, int64_t nw,
                                 int32_t *c, int64_t ldc, int mr, int ncols, int64_t k,
                                 int first);
+/* The same tile for a convolution (conv.h): K is `taps` segments of nw words,
+ * segment t of row r read from a[t * mr_kernel + r] (an indirection buffer:
+ * input pixels, or a padding word block), and panel holds taps x nw words of
+ * nr interleaved columns.  Writes c = k - 2 popcount over all segments. */
+typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
+                                     const uint64_t *panel, int64_t nw, int32_t *c,
+                                     int64_t ldc, int mr, int ncols, int64_t k);
 /* The real-valued first and last layers: see real_layers.h. */
 typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
                                    int64_t rows, const float *w, int64_t f, int64_t n,
@@ -67,6 +81,8 @@ typedef struct {
                           uint64_t *out, int64_t kw, int64_t c0, int64_t c1, uint64_t *buffer);
     xnor_input_sums_fn input_sums;
     xnor_signed_sums_fn signed_sums;
+    /* the binary conv2d tile, same mr x nr as ukernel */
+    xnor_conv_ukernel_fn conv_ukernel;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)

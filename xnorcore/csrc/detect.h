@@ -22,7 +22,7 @@ static int xnor_os_saves(uint64_t mask)
 #endif /* XNOR_X86 */
 
 /* Whether this CPU (and OS) can run variant v. */
-static int xnor_cpu_has(int v)
+XNOR_MAYBE_UNUSED static int xnor_cpu_has(int v)
 {
 #if XNOR_X86
     __builtin_cpu_init();

@@ -12,7 +12,7 @@
 
 /* Copy columns [nr p, nr p + nr) of B (N, W) into panel p: panel[w][jj],
  * zero for columns past N so that edge tiles need no special loads. */
-static void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int nr, int64_t p,
+XNOR_MAYBE_UNUSED static void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int nr, int64_t p,
                             uint64_t *panels)
 {
     uint64_t *dst = panels + p * n_words * nr;
@@ -31,7 +31,7 @@ static void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int n
 
 /* C rows [i0, i1) x panels [p0, p1): K blocks outermost, so that one panel
  * block stays in L1 while the row tiles of A pass under it. */
-static void xnor_gemm_block(const xnor_kernels *kern, const uint64_t *a, int64_t n_words,
+XNOR_MAYBE_UNUSED static void xnor_gemm_block(const xnor_kernels *kern, const uint64_t *a, int64_t n_words,
                             const uint64_t *panels, int32_t *c, int64_t n, int64_t k,
                             int64_t i0, int64_t i1, int64_t p0, int64_t p1)
 {

@@ -69,5 +69,32 @@ XNOR_ATTR static void XNOR_FN(ukernel)(const uint64_t *const *a, const uint64_t 
     xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, first);
 }
 
+/* The convolution tile: the GEMM tile above over an indirection buffer of
+ * `taps` segments (one row, so a[t] is segment t). */
+XNOR_ATTR static void XNOR_FN(conv_ukernel)(const uint64_t *const *a, int taps,
+                                            const uint64_t *panel, int64_t nw, int32_t *c,
+                                            int64_t ldc, int mr, int ncols, int64_t k)
+{
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    const uint64_t *b = panel;
+    for (int t = 0; t < taps; t++) {
+        const uint64_t *a0 = a[t];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_P_NR) {
+            uint64_t x = a0[w];
+            s0 += (uint64_t)__builtin_popcountll(x ^ b[0]);
+            s1 += (uint64_t)__builtin_popcountll(x ^ b[1]);
+            s2 += (uint64_t)__builtin_popcountll(x ^ b[2]);
+            s3 += (uint64_t)__builtin_popcountll(x ^ b[3]);
+            s4 += (uint64_t)__builtin_popcountll(x ^ b[4]);
+            s5 += (uint64_t)__builtin_popcountll(x ^ b[5]);
+            s6 += (uint64_t)__builtin_popcountll(x ^ b[6]);
+            s7 += (uint64_t)__builtin_popcountll(x ^ b[7]);
+        }
+    }
+    uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    (void)mr; /* always 1 */
+    xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, 1);
+}
+
 #undef XNOR_P_MR
 #undef XNOR_P_NR

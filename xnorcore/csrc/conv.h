@@ -1,0 +1,103 @@
+/* The binary conv2d driver over any row of the dispatch table: an implicit
+ * GEMM on packed NHWC words (xnor_layout.h), without im2col.
+ *
+ * Output pixels play the rows of A and output channels the columns of B.
+ * For a tile of mr output pixels the driver writes an indirection buffer of
+ * kh kw x mr pointers, one per (tap, pixel): the words of the input pixel
+ * under that tap, or `pad` where the tap falls in the padding.  The micro-
+ * kernel (conv_ukernel) then sums XOR popcounts over all taps in registers
+ * against panels of the weights laid out as the GEMM's (panel[t][w][jj]),
+ * reusing the GEMM's register tiling.
+ *
+ * `pad` is a block of cwg words: all clear bits stand for -1 padding, the
+ * C / groups valid bits set for +1 padding (padding bits stay 0 either way).
+ * Zero padding (the float convolution of sign(x) with zero padding) is the -1
+ * result plus, for each padded tap, the sum of that tap's weight signs: `corr`
+ * (taps, O) holds those sums, added to the pixels that have padded taps, so the
+ * borders are exact for every stride and dilation at the price of border work.
+ */
+#ifndef XNORCORE_CSRC_CONV_H
+#define XNORCORE_CSRC_CONV_H
+
+#include "common.h"
+
+typedef struct {
+    int64_t h, w;   /* input height, width */
+    int64_t oh, ow; /* output height, width */
+    int64_t kh, kw, sh, sw, dh, dw;
+    int64_t pt, pl; /* padding rows above, columns left of the input */
+    int64_t xs;     /* words per input pixel: groups x cwg */
+    int64_t cwg;    /* words per pixel and group */
+    int64_t og;     /* output channels per group */
+    int64_t o;      /* output channels */
+    int64_t ppg;    /* weight panels per group */
+    int64_t k;      /* bits summed per output: kh kw C / groups */
+} xnor_conv_geom;
+
+/* Point ptrs[t * mr + r] at the words of group `grp` under tap t of output
+ * pixel q + r of one image (x), or at pad; missing rows (q + r >= q1) repeat
+ * pixel q1 - 1: computed, never stored. */
+static inline void xnor_conv_indirection(const xnor_conv_geom *g, const uint64_t *x,
+                                         const uint64_t *pad, int64_t grp, int64_t q,
+                                         int64_t q1, int mr, const uint64_t **ptrs)
+{
+    for (int r = 0; r < mr; r++) {
+        int64_t qq = q + r < q1 ? q + r : q1 - 1;
+        int64_t oy = qq / g->ow, ox = qq % g->ow;
+        int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
+        int t = 0;
+        for (int64_t i = 0; i < g->kh; i++) {
+            int64_t iy = y0 + i * g->dh;
+            int row_in = iy >= 0 && iy < g->h;
+            for (int64_t j = 0; j < g->kw; j++, t++) {
+                int64_t ix = x0 + j * g->dw;
+                ptrs[t * mr + r] = row_in && ix >= 0 && ix < g->w
+                                       ? x + (iy * g->w + ix) * g->xs + grp * g->cwg
+                                       : pad;
+            }
+        }
+    }
+}
+
+/* Output pixels [q0, q1) of one image (x: its H x W x xs words) for weight
+ * panels [p0, p1) (panel p: group p / ppg, channels from (p % ppg) nr of that
+ * group).  c points at the output of pixel q0, channel 0; row stride ldc.
+ * ptrs: scratch of kh kw mr pointers. */
+XNOR_MAYBE_UNUSED static void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g,
+                             const uint64_t *x, const uint64_t *panels, const int32_t *corr,
+                             const uint64_t *pad, int64_t q0, int64_t q1, int64_t p0,
+                             int64_t p1, int32_t *c, int64_t ldc, const uint64_t **ptrs)
+{
+    const int mr = kern->mr, nr = kern->nr;
+    const int taps = (int)(g->kh * g->kw);
+    const int64_t panel_words = (int64_t)taps * g->cwg * nr;
+    for (int64_t q = q0; q < q1; q += mr) {
+        int rows = q1 - q < mr ? (int)(q1 - q) : mr;
+        int64_t built = -1; /* group of the pointers in ptrs */
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t grp = p / g->ppg;
+            int64_t col = grp * g->og + (p % g->ppg) * nr;
+            int64_t left = (grp + 1) * g->og - col;
+            int ncols = left < nr ? (int)left : nr;
+            if (grp != built) {
+                xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
+                built = grp;
+            }
+            int32_t *ct = c + (q - q0) * ldc + col;
+            kern->conv_ukernel(ptrs, taps, panels + p * panel_words, g->cwg, ct, ldc, rows,
+                               ncols, g->k);
+            if (corr == NULL)
+                continue;
+            for (int r = 0; r < rows; r++)
+                for (int t = 0; t < taps; t++)
+                    if (ptrs[t * mr + r] == pad) {
+                        const int32_t *cr = corr + t * g->o + col;
+                        int32_t *dst = ct + r * ldc;
+                        for (int jj = 0; jj < ncols; jj++)
+                            dst[jj] += cr[jj];
+                    }
+        }
+    }
+}
+
+#endif /* XNORCORE_CSRC_CONV_H */
