@@ -49,6 +49,8 @@ cdef extern from "dispatch.h" nogil:
                               uint64_t *buffer) noexcept nogil
         xnor_input_sums_fn input_sums
         xnor_signed_sums_fn signed_sums
+        void (*threshold_pack)(const int32_t *z, const int8_t *direction,
+                               const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
 
     const xnor_kernels xnor_variants[]
     int xnor_cpu_has(int v)
@@ -272,11 +274,15 @@ ctypedef fused _unit_sum:
 cdef inline void _threshold_row(const xnor_kernels *kern, int dtype, const _unit_sum *z,
                                 const int8_t *direction, const _unit_sum *threshold, int64_t n,
                                 _unit_sum *buffer, uint64_t *out) noexcept nogil:
-    # z, direction, threshold: input (n,); buffer: scratch (n,); out: output words.
+    # z, direction, threshold: input (n,); buffer: scratch (n,) for float sums;
+    # out: output words.  Int32 sums go through the table's fused kernel.
     cdef int64_t j
-    for j in range(n):
-        buffer[j] = direction[j] * z[j] - threshold[j]
-    kern.pack_row(dtype, buffer, n, out)
+    if _unit_sum is int32_t:
+        kern.threshold_pack(z, direction, threshold, n, out)
+    else:
+        for j in range(n):
+            buffer[j] = direction[j] * z[j] - threshold[j]
+        kern.pack_row(dtype, buffer, n, out)
 
 
 def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,

@@ -21,21 +21,19 @@ cimport openmp
 
 cdef extern from "dispatch.h" nogil:
     enum:
-        XNOR_I32
         XNOR_N_VARIANTS
 
     ctypedef struct xnor_kernels:
         int mr
         int nr
-        int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out) noexcept nogil
+        void (*threshold_pack)(const int32_t *z, const int8_t *direction,
+                               const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
 
     const xnor_kernels xnor_variants[]
 
     ctypedef struct xnor_conv_geom:
         int64_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, xs, cwg, og, o, ppg, k
 
-    void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int nr, int64_t p,
-                         uint64_t *panels)
     void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
                           const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
                           int64_t q0, int64_t q1, int64_t p0, int64_t p1, int32_t *c,
@@ -53,26 +51,57 @@ cdef inline int _threads(n_threads):
     return max(1, <int>n_threads)
 
 
-def conv_panels(const uint64_t[:, ::1] b, int64_t groups, int variant):
-    """Weight rows b (O, taps x cwg) copied into the panels of each group.
+def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint corrections,
+                 int variant):
+    """Weight panels and zero-padding corrections from words w (KH KW, O, cwg).
 
-    Group g's rows ``[g O / groups, (g + 1) O / groups)`` go into
-    ``ceil(O / groups / nr)`` panels of nr interleaved columns (as the GEMM's
-    ``xnor_pack_panel``), the groups one after the other.
+    Group g's output channels ``[g O / groups, (g + 1) O / groups)`` go into
+    ``ceil(O / groups / nr)`` panels, the groups one after the other; panel p
+    holds ``panel[t][w][jj] = w[t, p nr + jj, w]`` (zero past the group's
+    channels), the GEMM's panel layout with K running over (tap, word).  With
+    ``corrections``, also returns corr (taps, O) int32, ``2 popcount(w[t, o])
+    - cg``: the sum of the weight signs of tap t, which turns the -1 read at a
+    padded tap into a zero contribution.  Otherwise corr is None.
     """
     cdef int nr = xnor_variants[variant].nr
-    cdef int64_t o = b.shape[0], n_words = b.shape[1]
+    cdef int64_t taps = w.shape[0], o = w.shape[1], cwg = w.shape[2]
     cdef int64_t og = o // groups
     cdef int64_t ppg = (og + nr - 1) // nr
-    panels_arr = np.empty(max(1, groups * ppg * n_words * nr), dtype=np.uint64)
-    if o == 0 or n_words == 0:
-        return panels_arr
+    cdef int64_t panel_words = taps * cwg * nr
+    panels_arr = np.zeros(max(1, groups * ppg * panel_words), dtype=np.uint64)
     cdef uint64_t[::1] panels = panels_arr
-    cdef int64_t g, p
-    for g in range(groups):
-        for p in range(ppg):
-            xnor_pack_panel(&b[g * og, 0], og, n_words, nr, p, &panels[g * ppg * n_words * nr])
-    return panels_arr
+    cdef int64_t g, p, t, j, wd, col, base
+    cdef uint64_t *dst
+    with nogil:
+        for g in range(groups):
+            for p in range(ppg):
+                dst = &panels[0] + (g * ppg + p) * panel_words
+                for j in range(min(nr, og - p * nr)):
+                    col = g * og + p * nr + j
+                    for t in range(taps):
+                        for wd in range(cwg):
+                            dst[(t * cwg + wd) * nr + j] = w[t, col, wd]
+    if not corrections:
+        return panels_arr, None
+    corr_arr = np.empty((taps, o), dtype=np.int32)
+    cdef int32_t[:, ::1] corr = corr_arr
+    cdef int count
+    with nogil:
+        for t in range(taps):
+            for col in range(o):
+                count = 0
+                for wd in range(cwg):
+                    count = count + _popcount64(w[t, col, wd])
+                corr[t, col] = <int32_t>(2 * count - cg)
+    return panels_arr, corr_arr
+
+
+cdef inline int _popcount64(uint64_t v) noexcept nogil:
+    # Portable (SWAR): this runs once per weight word, not in the inner loop.
+    v = v - ((v >> 1) & 0x5555555555555555ULL)
+    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL
+    return <int>((v * 0x0101010101010101ULL) >> 56)
 
 
 cdef xnor_conv_geom _geom(tuple geometry, int64_t xs, int64_t cwg, int64_t o, int64_t groups,
@@ -93,8 +122,8 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
            n_threads=None):
     """int32 sums (N, OH, OW, O) of the binary conv2d.
 
-    x (N, H, W, xs) words: input; panels: from :func:`conv_panels`; corr: None
-    or int32 (taps, O), added for padded taps; pad (cwg,) words: the padding.
+    x (N, H, W, xs) words: input; panels, corr: from :func:`conv_weights` (corr None
+    without padding); pad (cwg,) words: what a padded tap reads.
     Work items are blocks of output pixels of one image times blocks of panels.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
@@ -146,16 +175,6 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     return result
 
 
-cdef inline void _threshold_row(const xnor_kernels *kern, const int32_t *z,
-                                const int8_t *direction, const int32_t *threshold, int64_t n,
-                                int32_t *buffer, uint64_t *out) noexcept nogil:
-    # z, direction, threshold: input (n,); buffer: scratch (n,); out: output words.
-    cdef int64_t j
-    for j in range(n):
-        buffer[j] = direction[j] * z[j] - threshold[j]
-    kern.pack_row(XNOR_I32, buffer, n, out)
-
-
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
                           const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups,
                           const int8_t[::1] direction, const int32_t[::1] threshold,
@@ -205,7 +224,6 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef int failed = 0
     cdef const uint64_t **ptrs
     cdef int32_t *sums
-    cdef int32_t *scratch
     cdef uint64_t *bits
     cdef uint64_t *top
     cdef uint64_t *bottom
@@ -214,20 +232,19 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         q0 = (item % per_image) * pix_per
         q1 = min(q0 + pix_per, pixels)
         ptrs = <const uint64_t **>malloc(g.kh * g.kw * mr * sizeof(uint64_t *)
-                                         + (pix_per + 1) * o * sizeof(int32_t)
+                                         + pix_per * o * sizeof(int32_t)
                                          + pix_per * ow_words * sizeof(uint64_t))
         if ptrs == NULL:
             failed += 1
         else:
             bits = <uint64_t *>(ptrs + g.kh * g.kw * mr)
             sums = <int32_t *>(bits + pix_per * ow_words)
-            scratch = sums + pix_per * o
             xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
                              q0, q1, 0, n_panels, sums, o, ptrs)
             if pool:
                 for r in range(q1 - q0):
-                    _threshold_row(kern, sums + r * o, &direction[0], &threshold[0], o, scratch,
-                                   bits + r * ow_words)
+                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
+                                        bits + r * ow_words)
                 for px in range(pw):
                     top = bits + 2 * px * ow_words
                     bottom = top + g.ow * ow_words
@@ -236,8 +253,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
                             top[wd] | top[ow_words + wd] | bottom[wd] | bottom[ow_words + wd])
             else:
                 for r in range(q1 - q0):
-                    _threshold_row(kern, sums + r * o, &direction[0], &threshold[0], o, scratch,
-                                   &out[img, (q0 + r) // g.ow, (q0 + r) % g.ow, 0])
+                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
+                                        &out[img, (q0 + r) // g.ow, (q0 + r) % g.ow, 0])
             free(ptrs)
     if failed:
         raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")

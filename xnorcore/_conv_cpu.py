@@ -27,16 +27,6 @@ from . import _bitpack, _conv
 
 __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
 
-# popcount of each byte value, for numpy versions without bitwise_count
-_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
-
-
-def _popcounts(words):
-    """Set bits of the last axis of a uint64 array, summed: int64 of the other axes."""
-    counts = _BYTE_POPCOUNT[np.ascontiguousarray(words).view(np.uint8)]
-    return counts.reshape(words.shape[:-1] + (-1,)).sum(axis=-1, dtype=np.int64)
-
-
 def _variant():
     return _bitpack.VARIANTS.index(_bitpack.get_variant())
 
@@ -46,19 +36,15 @@ def _operands(x_words, w_words, geometry, groups, cg, pad_value):
     h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     o, cwg = w_words.shape[2], w_words.shape[3]
     variant = _variant()
-    b = np.ascontiguousarray(w_words.transpose(2, 0, 1, 3)).reshape(o, kh * kw * cwg)
-    panels = _conv.conv_panels(b, groups, variant)
+    w3 = np.ascontiguousarray(w_words).reshape(kh * kw, o, cwg)
+    # Zero padding needs corrections only where some tap falls in the padding.
+    panels, corr = _conv.conv_weights(w3, groups, cg, pad_value == 0 and bool(pt or pb or pl or pr), variant)
     pad = np.zeros(max(cwg, 1), dtype=np.uint64)
     if pad_value == 1:
         # +1 padding: the cg valid bits set, the padding bits clear as in any word.
         bits = np.zeros(64 * pad.shape[0], dtype=np.uint8)
         bits[:cg] = 1
         pad = np.packbits(bits, bitorder="little").view(np.uint64).copy()
-    corr = None
-    if pad_value == 0 and (pt or pb or pl or pr):
-        # A padded tap reads all -1 bits; adding the sum of its weight signs,
-        # 2 popcount(w) - cg, turns that into a zero contribution.
-        corr = (2 * _popcounts(w_words) - cg).reshape(kh * kw, o).astype(np.int32)
     x = np.ascontiguousarray(x_words).reshape(x_words.shape[:3] + (-1,))
     c_geometry = (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, kh * kw * cg)
     return x, panels, corr, pad, c_geometry, variant

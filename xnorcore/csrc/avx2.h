@@ -216,6 +216,30 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
     xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, 1);
 }
 
+/* Whole words with 8-lane vectors, the last partial word as the scalar variant. */
+XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8_t *direction,
+                                                    const int32_t *threshold, int64_t n,
+                                                    uint64_t *out)
+{
+    const __m256i minus1 = _mm256_set1_epi32(-1);
+    int64_t w0 = 0;
+    for (; w0 + 64 <= n; w0 += 64) {
+        uint64_t m = 0;
+        for (int g = 0; g < 8; g++) {
+            int64_t j = w0 + 8 * g;
+            __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(direction + j)));
+            __m256i v = _mm256_sub_epi32(
+                _mm256_mullo_epi32(d, _mm256_loadu_si256((const __m256i *)(z + j))),
+                _mm256_loadu_si256((const __m256i *)(threshold + j)));
+            __m256i ge = _mm256_cmpgt_epi32(v, minus1);
+            m |= (uint64_t)(uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(ge)) << (8 * g);
+        }
+        out[w0 / 64] = m;
+    }
+    if (w0 < n)
+        xnor_threshold_pack_scalar(z + w0, direction + w0, threshold + w0, n - w0, out + w0 / 64);
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
 #endif /* XNOR_X86 */

@@ -330,6 +330,27 @@ XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, 
 #undef XNOR_512_STORE1
 }
 
+/* 16 lanes at a time, masked loads for the last word (nothing read past n). */
+XNOR_AVX512_ATTR static void xnor_threshold_pack_avx512(const int32_t *z, const int8_t *direction,
+                                                        const int32_t *threshold, int64_t n,
+                                                        uint64_t *out)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        uint64_t m = 0;
+        for (int g = 0; g < 4; g++) {
+            int64_t j = w0 + 16 * g;
+            __mmask16 lanes = (__mmask16)xnor_lanes64(len - 16 * g);
+            __m512i d = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, direction + j));
+            __m512i v = _mm512_sub_epi32(_mm512_mullo_epi32(d, _mm512_maskz_loadu_epi32(lanes, z + j)),
+                                         _mm512_maskz_loadu_epi32(lanes, threshold + j));
+            m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, v, zero) << (16 * g);
+        }
+        out[w0 / 64] = m;
+    }
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
 #endif /* XNOR_X86 */

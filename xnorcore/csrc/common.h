@@ -55,6 +55,11 @@ typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel,
 typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
                                      const uint64_t *panel, int64_t nw, int32_t *c,
                                      int64_t ldc, int mr, int ncols, int64_t k);
+/* Folded batch norm and sign of one row of int32 sums: bit j of out set where
+ * direction[j] * z[j] - threshold[j] >= 0, computed with int32 wrap-around as
+ * numpy does; padding bits 0. */
+typedef void (*xnor_threshold_pack_fn)(const int32_t *z, const int8_t *direction,
+                                       const int32_t *threshold, int64_t n, uint64_t *out);
 /* The real-valued first and last layers: see real_layers.h. */
 typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
                                    int64_t rows, const float *w, int64_t f, int64_t n,
@@ -83,6 +88,8 @@ typedef struct {
     xnor_signed_sums_fn signed_sums;
     /* the binary conv2d tile, same mr x nr as ukernel */
     xnor_conv_ukernel_fn conv_ukernel;
+    /* the fused output of binary layers (GEMM and conv) */
+    xnor_threshold_pack_fn threshold_pack;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)
@@ -177,6 +184,13 @@ static inline void xnor_store_tile(const uint64_t *s, int lds, int32_t *c, int64
     }                                                                                        \
     *nan |= bad;                                                                             \
     return m;
+
+/* direction * z - threshold >= 0 for one element, wrapping in int32 as numpy. */
+static inline int xnor_threshold_bit(int32_t z, int8_t direction, int32_t threshold)
+{
+    uint32_t v = (uint32_t)(int32_t)direction * (uint32_t)z - (uint32_t)threshold;
+    return (int32_t)v >= 0;
+}
 
 #define XNOR_CAT2(a, b) a##_##b
 #define XNOR_CAT(a, b) XNOR_CAT2(a, b)

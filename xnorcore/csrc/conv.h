@@ -36,27 +36,36 @@ typedef struct {
 
 /* Point ptrs[t * mr + r] at the words of group `grp` under tap t of output
  * pixel q + r of one image (x), or at pad; missing rows (q + r >= q1) repeat
- * pixel q1 - 1: computed, never stored. */
-static inline void xnor_conv_indirection(const xnor_conv_geom *g, const uint64_t *x,
-                                         const uint64_t *pad, int64_t grp, int64_t q,
-                                         int64_t q1, int mr, const uint64_t **ptrs)
+ * pixel q1 - 1: computed, never stored.  Returns a mask of the rows that
+ * have a padded tap (mr is at most 32). */
+static inline uint32_t xnor_conv_indirection(const xnor_conv_geom *g, const uint64_t *x,
+                                             const uint64_t *pad, int64_t grp, int64_t q,
+                                             int64_t q1, int mr, const uint64_t **ptrs)
 {
+    uint32_t border = 0;
+    const uint64_t *xg = x + grp * g->cwg;
+    int64_t oy = q / g->ow, ox = q % g->ow;
     for (int r = 0; r < mr; r++) {
-        int64_t qq = q + r < q1 ? q + r : q1 - 1;
-        int64_t oy = qq / g->ow, ox = qq % g->ow;
+        if (q + r < q1 && r > 0 && ++ox == g->ow) {
+            ox = 0;
+            oy++;
+        }
         int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
+        int padded = 0;
         int t = 0;
         for (int64_t i = 0; i < g->kh; i++) {
             int64_t iy = y0 + i * g->dh;
             int row_in = iy >= 0 && iy < g->h;
             for (int64_t j = 0; j < g->kw; j++, t++) {
                 int64_t ix = x0 + j * g->dw;
-                ptrs[t * mr + r] = row_in && ix >= 0 && ix < g->w
-                                       ? x + (iy * g->w + ix) * g->xs + grp * g->cwg
-                                       : pad;
+                int in = row_in && ix >= 0 && ix < g->w;
+                ptrs[t * mr + r] = in ? xg + (iy * g->w + ix) * g->xs : pad;
+                padded |= !in;
             }
         }
+        border |= (uint32_t)padded << r;
     }
+    return border;
 }
 
 /* Output pixels [q0, q1) of one image (x: its H x W x xs words) for weight
@@ -74,22 +83,23 @@ XNOR_MAYBE_UNUSED static void xnor_conv_pixels(const xnor_kernels *kern, const x
     for (int64_t q = q0; q < q1; q += mr) {
         int rows = q1 - q < mr ? (int)(q1 - q) : mr;
         int64_t built = -1; /* group of the pointers in ptrs */
+        uint32_t border = 0;
         for (int64_t p = p0; p < p1; p++) {
             int64_t grp = p / g->ppg;
             int64_t col = grp * g->og + (p % g->ppg) * nr;
             int64_t left = (grp + 1) * g->og - col;
             int ncols = left < nr ? (int)left : nr;
             if (grp != built) {
-                xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
+                border = xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
                 built = grp;
             }
             int32_t *ct = c + (q - q0) * ldc + col;
             kern->conv_ukernel(ptrs, taps, panels + p * panel_words, g->cwg, ct, ldc, rows,
                                ncols, g->k);
-            if (corr == NULL)
+            if (corr == NULL || border == 0)
                 continue;
             for (int r = 0; r < rows; r++)
-                for (int t = 0; t < taps; t++)
+                for (int t = 0; t < taps && (border >> r & 1); t++)
                     if (ptrs[t * mr + r] == pad) {
                         const int32_t *cr = corr + t * g->o + col;
                         int32_t *dst = ct + r * ldc;

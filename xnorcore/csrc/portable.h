@@ -96,5 +96,17 @@ XNOR_ATTR static void XNOR_FN(conv_ukernel)(const uint64_t *const *a, int taps,
     xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, 1);
 }
 
+XNOR_ATTR static void XNOR_FN(threshold_pack)(const int32_t *z, const int8_t *direction,
+                                              const int32_t *threshold, int64_t n, uint64_t *out)
+{
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        uint64_t m = 0;
+        for (int i = 0; i < len; i++)
+            m |= (uint64_t)xnor_threshold_bit(z[w0 + i], direction[w0 + i], threshold[w0 + i]) << i;
+        out[w0 / 64] = m;
+    }
+}
+
 #undef XNOR_P_MR
 #undef XNOR_P_NR
