@@ -491,10 +491,15 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
 _PAD_VALUES = (0, 1, -1)
 
 
+def _is_int(v):
+    # A plain int first: the abstract-class check costs more than the convolution of a tiny layer.
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+
 def _pair(value, name):
     """An int >= 1 or a pair of them, as a pair."""
     pair = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in pair):
+    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
         raise ValueError(f"{name} must be a positive integer or a pair of them, got {name}={value!r}")
     return int(pair[0]), int(pair[1])
 
@@ -525,12 +530,12 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation):
         rows = cols = padding
     else:
         def count(v):
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+            if not _is_int(v) or v < 0:
                 raise ValueError
             return int(v)
 
         try:
-            if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
+            if _is_int(padding):
                 rows = cols = (count(padding), count(padding))
             else:
                 (t, b), (l, r) = padding
@@ -585,7 +590,7 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
         raise NotImplementedError("binary_conv2d has no GPU kernel yet: use backend='auto' or 'cpu'")
     x = _conv_operand(x, "x", 3)
     w = _conv_operand(w, "w", 2)
-    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive integer, got groups={groups!r}")
     groups = int(groups)
     if pad_value not in _PAD_VALUES or isinstance(pad_value, bool):
@@ -693,6 +698,35 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
     return _backend("_conv_cpu").conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads)
 
 
+def _conv_thresholds(direction, threshold, o):
+    """direction as int8 and threshold as int32, both (O,), checked."""
+    direction = np.asarray(direction)
+    threshold = np.asarray(threshold)
+    if (
+        direction.shape != (o,)
+        or direction.dtype.kind not in "biuf"
+        or (direction.size and not (np.abs(direction).max() <= 1 and (direction == np.trunc(direction)).all()))
+    ):
+        raise ValueError(
+            f"direction must hold O = {o} values in {{-1, 0, 1}}, got shape {direction.shape} and dtype {direction.dtype}"
+        )
+    ok = threshold.shape == (o,) and threshold.dtype.kind in "iuf"
+    if ok and threshold.dtype != np.int32 and threshold.size:
+        info = np.iinfo(np.int32)
+        ok = bool(
+            np.isfinite(threshold).all()
+            and (threshold == np.trunc(threshold)).all()
+            and info.min <= threshold.min()
+            and threshold.max() <= info.max
+        )
+    if not ok:
+        raise ValueError(
+            f"threshold must hold O = {o} integer values within int32, got shape {threshold.shape} "
+            f"and dtype {threshold.dtype}"
+        )
+    return direction.astype(np.int8, copy=False), threshold.astype(np.int32, copy=False)
+
+
 def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stride=1, padding="valid",
                                  dilation=1, groups=1, pad_value=0, n_threads=None, backend="auto"):
     """A binary conv layer in one pass: convolution, folded batch norm, sign, packing (and 2x2 max-pool).
@@ -741,36 +775,18 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
         x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
     )
     n, o = x_words.shape[0], w_words.shape[2]
-    direction = np.asarray(direction)
-    threshold = np.asarray(threshold)
-    if direction.shape != (o,) or direction.dtype.kind not in "biuf" or not np.isin(direction, (-1, 0, 1)).all():
-        raise ValueError(
-            f"direction must hold O = {o} values in {{-1, 0, 1}}, got shape {direction.shape} and dtype {direction.dtype}"
-        )
-    info = np.iinfo(np.int32)
-    if (
-        threshold.shape != (o,)
-        or threshold.dtype.kind not in "iuf"
-        or not np.isfinite(threshold).all()
-        or (threshold != np.round(threshold)).any()
-        or (threshold.size and (threshold.min() < info.min or threshold.max() > info.max))
-    ):
-        raise ValueError(
-            f"threshold must hold O = {o} integer values within int32, got shape {threshold.shape} "
-            f"and dtype {threshold.dtype}"
-        )
+    direction, threshold = _conv_thresholds(direction, threshold, o)
     oh, ow = geometry[2], geometry[3]
     shape = (n, oh // 2, ow // 2, o) if pool else (n, oh, ow, o)
     if cg == 0:
         z = np.zeros((n, oh, ow, o), dtype=np.int32)
         words = _backend("_cpu").threshold_pack(
-            z.reshape(-1, o), direction.astype(np.int8), threshold.astype(np.int32)
+            z.reshape(-1, o), direction, threshold
         ).reshape(n, oh, ow, n_words(o))
         if pool:
             words = words[:, : 2 * shape[1] : 2, : 2 * shape[2] : 2]
         return PackedBits(np.ascontiguousarray(words), shape, 3)
     words = _backend("_conv_cpu").conv2d_threshold_pack(
-        x_words, w_words, geometry, int(groups), cg, pad_value, direction.astype(np.int8),
-        threshold.astype(np.int32), bool(pool), n_threads
+        x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads
     )
     return PackedBits(words, shape, 3)
