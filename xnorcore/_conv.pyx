@@ -76,11 +76,13 @@ def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint c
         for g in range(groups):
             for p in range(ppg):
                 dst = &panels[0] + (g * ppg + p) * panel_words
-                for j in range(min(nr, og - p * nr)):
-                    col = g * og + p * nr + j
-                    for t in range(taps):
+                # reads run along w[t, col0 : col0 + nr, :] (contiguous); the
+                # writes stay within one panel's tap (nr x cwg words, in L1)
+                col = g * og + p * nr
+                for t in range(taps):
+                    for j in range(min(nr, og - p * nr)):
                         for wd in range(cwg):
-                            dst[(t * cwg + wd) * nr + j] = w[t, col, wd]
+                            dst[(t * cwg + wd) * nr + j] = w[t, col + j, wd]
     if not corrections:
         return panels_arr, None
     corr_arr = np.empty((taps, o), dtype=np.int32)
@@ -145,20 +147,23 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
         nt = 1
     # Blocks of up to 64 pixels x 8 panels, shrunk until every thread has
     # several items; pixel blocks stay within one image.
-    cdef int64_t pix_per = 64 if mr <= 8 else mr, panels_per = 8
+    cdef int64_t pix_per = 64, panels_per = 8
     while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < 4 * nt:
         if panels_per > 1:
             panels_per //= 2
         else:
             pix_per //= 2
-    pix_per = max(mr, (pix_per // mr) * mr)
+    # Even blocks (whole tiles of mr) rather than full blocks and a short last one.
     cdef int64_t pix_blocks = (pixels + pix_per - 1) // pix_per
+    pix_per = ((pixels + pix_blocks - 1) // pix_blocks + mr - 1) // mr * mr
+    pix_blocks = (pixels + pix_per - 1) // pix_per
     cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
     cdef int64_t per_image = pix_blocks * col_blocks
     cdef int64_t item, img, q0, p0
     cdef int failed = 0
     cdef const uint64_t **ptrs
-    for item in prange(n * per_image, nogil=True, schedule="static", num_threads=nt):
+    # Dynamic: the items differ in size (edge blocks of pixels and panels).
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
         img = item // per_image
         q0 = ((item % per_image) // col_blocks) * pix_per
         p0 = (item % col_blocks) * panels_per
@@ -218,7 +223,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         pix_per = 64
         while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < 4 * nt:
             pix_per //= 2
-        pix_per = max(mr, (pix_per // mr) * mr)
+        pix_per = (pixels + (pixels + pix_per - 1) // pix_per - 1) // ((pixels + pix_per - 1) // pix_per)
+        pix_per = (pix_per + mr - 1) // mr * mr
     cdef int64_t per_image = ph if pool else (pixels + pix_per - 1) // pix_per
     cdef int64_t item, img, q0, q1, r, px, wd
     cdef int failed = 0
@@ -227,7 +233,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef uint64_t *bits
     cdef uint64_t *top
     cdef uint64_t *bottom
-    for item in prange(n * per_image, nogil=True, schedule="static", num_threads=nt):
+    # Dynamic: the items differ in size (edge blocks of pixels and panels).
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
         img = item // per_image
         q0 = (item % per_image) * pix_per
         q1 = min(q0 + pix_per, pixels)
