@@ -1,10 +1,14 @@
 """Build script: the package, its CUDA sources as package data, and the Cython
-CPU kernels (xnorcore._bitpack), compiled with OpenMP.
+CPU kernels (xnorcore._bitpack, xnorcore._conv), compiled with OpenMP.
+
+The C kernels in xnorcore/csrc/ include kernels/xnor_layout.h, the bit layout
+that the CUDA sources share, so both folders are on the include path.
 
 No -march flag: the SIMD variants carry their own target attributes and are
 chosen at run time, so a wheel built here runs on any x86-64.
 """
 
+import glob
 import sys
 
 import numpy as np
@@ -19,22 +23,25 @@ elif sys.platform == "darwin":
 else:
     compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
 
+CSRC = sorted(glob.glob("xnorcore/csrc/*.h")) + ["kernels/xnor_layout.h"]
+
 extensions = [
     Extension(
-        "xnorcore._bitpack",
-        ["xnorcore/_bitpack.pyx"],
-        include_dirs=[np.get_include(), "xnorcore"],
-        depends=["xnorcore/_xnor_simd.h", "xnorcore/_xnor_portable.h", "xnorcore/_real_layers.h"],
+        name,
+        [f"{name.replace('.', '/')}.pyx"],
+        include_dirs=[np.get_include(), "xnorcore/csrc", "kernels"],
+        depends=CSRC,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
+    for name in ("xnorcore._bitpack", "xnorcore._conv")
 ]
 
 setup(
     packages=find_packages(include=["xnorcore", "xnorcore.*"]) + ["xnorcore.kernels"],
     package_dir={"xnorcore": "xnorcore", "xnorcore.kernels": "kernels"},
-    package_data={"xnorcore.kernels": ["*.cu"]},
+    package_data={"xnorcore.kernels": ["*.cu", "*.h"]},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},

@@ -1,8 +1,7 @@
 // Sign packing and row popcounts.
 //
 // pack_rows_<dtype>: x (rows, length) C-contiguous -> words (rows, n_words) uint64
-// in the layout of xnorcore.ops: element j is bit j % 64 of word j // 64, a set
-// bit means x >= 0 (so -0.0 is +1), padding bits are 0.  One warp builds one
+// in the layout of xnor_layout.h (padding bits 0).  One warp builds one
 // word from two ballots over 32 consecutive elements each, so loads are
 // coalesced.  A NaN sets *has_nan (its bit is 0, but the caller raises).
 //
@@ -11,7 +10,9 @@
 // row_popcounts: popcount of every row of two word arrays, one warp per row
 // (the row popcounts that the mma GEMM kernel needs).
 
-typedef unsigned long long u64;
+#include "xnor_layout.h"
+
+typedef xnor_word u64;
 
 static constexpr int PACK_THREADS = 256;
 static constexpr int POPCOUNT_THREADS = 256;
@@ -32,12 +33,12 @@ __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long row
         bool lo = false, hi = false;
         if (j < length) {
             const T v = row[j];
-            lo = v >= T(0);
+            lo = XNOR_SIGN_BIT(v);
             nan_seen |= v != v;
         }
         if (j + 32 < length) {
             const T v = row[j + 32];
-            hi = v >= T(0);
+            hi = XNOR_SIGN_BIT(v);
             nan_seen |= v != v;
         }
         const unsigned lo_bits = __ballot_sync(0xffffffffu, lo);
@@ -83,7 +84,7 @@ __device__ __forceinline__ void pack_cols(const T* __restrict__ x, long long len
 #pragma unroll 8
         for (int i = 0; i < count; ++i) {
             const T v = p[i * cols];
-            bits |= (u64)(v >= T(0)) << i;
+            bits |= (u64)(XNOR_SIGN_BIT(v)) << i;
             nan_seen |= v != v;
         }
         words[c * n_words + w] = bits;

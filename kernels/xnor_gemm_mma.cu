@@ -1,8 +1,8 @@
 // XNOR GEMM on the bit tensor cores (compute capability >= 8.0).
 //
 // C[i, j] = sum_k sign(a[i, k]) * sign(b[k, j]) from packed operands:
-//   a_words (M, W) and b_words (N, W) uint64, W even, zero padding bits.
-// With +1 stored as a set bit, x.y = K - 2 (pa + pb) + 4 popcount(a AND b),
+//   a_words (M, W) and b_words (N, W) in the layout of xnor_layout.h, W even.
+// x.y = XNOR_DOT_AND(K, pa, pb, popcount(a AND b)) (xnor_layout.h),
 // where pa = popcount(a_words[i]) and pb = popcount(b_words[j]), and
 // popcount(a AND b) is what mma.sync ... .and.popc accumulates.  The AND form
 // is used because the XOR form is emulated (several times slower) on Hopper.
@@ -26,8 +26,10 @@
 // One 128-bit shared load then serves two mma steps, and the eight threads of
 // each load phase read 128 contiguous bytes: no bank conflicts without padding.
 
+#include "xnor_layout.h"
+
 typedef unsigned int u32;
-typedef unsigned long long u64;
+typedef xnor_word u64;
 
 static constexpr int STAGE_WORDS = 8;               // uint64 words of K per stage (512 bits)
 static constexpr int ROW_CHUNKS = STAGE_WORDS / 2;  // 16-byte chunks per row per stage
@@ -238,13 +240,13 @@ __device__ __forceinline__ void xnor_gemm_mma_body(
         for (int h = 0; h < 2; ++h) {
             const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
             if (row >= m) continue;
-            const int base = (int)k - 2 * pop_rows[wm * WM + i * 16 + g + 8 * h];
+            const int pa = pop_rows[wm * WM + i * 16 + g + 8 * h];
             int* out_row = out + row * n;
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
                 const long long col = col0 + wn * WN + j * 8 + 2 * t;
-                const int v0 = base - 2 * pbv[j][0] + 4 * acc[i][j][2 * h];
-                const int v1 = base - 2 * pbv[j][1] + 4 * acc[i][j][2 * h + 1];
+                const int v0 = XNOR_DOT_AND((int)k, pa, pbv[j][0], acc[i][j][2 * h]);
+                const int v1 = XNOR_DOT_AND((int)k, pa, pbv[j][1], acc[i][j][2 * h + 1]);
                 if (pairs && col + 1 < n) {
                     *reinterpret_cast<int2*>(out_row + col) = make_int2(v0, v1);
                 } else {

@@ -1,8 +1,8 @@
 // XNOR GEMM on the CUDA cores with __popc: the path for GPUs without bit
 // tensor cores (compute capability < 8.0), and a reference for the fast path.
 //
-// C[i, j] = k - 2 popcount(a_words[i] XOR b_words[j]) with a_words (M, W),
-// b_words (N, W) uint64 and zero padding bits, read as pairs of 32-bit words
+// C[i, j] = XNOR_DOT_XOR(k, popcount(a_words[i] XOR b_words[j])) with a_words
+// (M, W), b_words (N, W) in the layout of xnor_layout.h, read as pairs of 32-bit words
 // (little-endian, so 32-bit word 2w is the low half of uint64 word w; the
 // order does not matter as long as both operands agree).
 //
@@ -11,8 +11,10 @@
 // 16-byte vectors).  K advances STAGE_U32 32-bit words per stage; the next
 // stage is fetched into registers while the current one is computed.
 
+#include "xnor_layout.h"
+
 typedef unsigned int u32;
-typedef unsigned long long u64;
+typedef xnor_word u64;
 
 static constexpr int BM = 128;
 static constexpr int BN = 128;
@@ -145,7 +147,7 @@ xnor_gemm_popc(const u64* __restrict__ a_words, const u64* __restrict__ b_words,
             const long long col = col0 + h * (BN / 2) + tx * (TN / 2);
             int v[TN / 2];
 #pragma unroll
-            for (int j = 0; j < TN / 2; ++j) v[j] = (int)k - 2 * acc[i][h * (TN / 2) + j];
+            for (int j = 0; j < TN / 2; ++j) v[j] = XNOR_DOT_XOR((int)k, acc[i][h * (TN / 2) + j]);
             if (quads && col + 3 < n) {
                 *reinterpret_cast<int4*>(out_row + col) = make_int4(v[0], v[1], v[2], v[3]);
             } else {

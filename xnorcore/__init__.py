@@ -3,6 +3,8 @@
 from .ops import (
     WORD_BITS,
     PackedBits,
+    binary_conv2d,
+    binary_conv2d_threshold_pack,
     binary_matmul,
     get_array_module,
     pack_bits,
@@ -18,6 +20,8 @@ __all__ = [
     "BNNClassifier",
     "WORD_BITS",
     "PackedBits",
+    "binary_conv2d",
+    "binary_conv2d_threshold_pack",
     "binary_matmul",
     "get_array_module",
     "get_config",

@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""CPU kernels: sign packing and the XNOR-popcount GEMM (private).
+"""CPU kernels: sign packing, the XNOR-popcount GEMM and the real layers (private).
 
-The SIMD code lives in ``_xnor_simd.h``; this module runs it over OpenMP
-threads and holds the popcount variant in use.  Validation is the caller's job
+The C kernels live in ``csrc/`` (one file per instruction set, one dispatch
+table in ``csrc/dispatch.h``) and read and write the bit layout of
+``kernels/xnor_layout.h``; this module runs them over OpenMP threads and holds
+the variant (the row of the dispatch table) in use.  Validation is the caller's job
 (``xnorcore.ops``); the functions here trust shapes and dtypes.
 """
 
@@ -18,7 +20,7 @@ cimport openmp
 cnp.import_array()
 
 
-cdef extern from "_xnor_simd.h" nogil:
+cdef extern from "dispatch.h" nogil:
     enum:
         XNOR_I8
         XNOR_I16
@@ -28,6 +30,14 @@ cdef extern from "_xnor_simd.h" nogil:
         XNOR_F64
         XNOR_N_VARIANTS
         XNOR_STRIP_PAD
+        XNOR_IN_BLOCK
+        XNOR_OUT_WIDTH
+
+    ctypedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows,
+                                         int64_t k, const double *w, double *out) noexcept nogil
+    ctypedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
+                                        int64_t rows, const float *w, int64_t f, int64_t n,
+                                        const float *init, float *z, int64_t z_stride) noexcept nogil
 
     ctypedef struct xnor_kernels:
         const char *name
@@ -37,6 +47,10 @@ cdef extern from "_xnor_simd.h" nogil:
         int (*pack_cols_band)(int dtype, const void *x, int64_t length, int64_t rows,
                               uint64_t *out, int64_t kw, int64_t c0, int64_t c1,
                               uint64_t *buffer) noexcept nogil
+        xnor_input_sums_fn input_sums
+        xnor_signed_sums_fn signed_sums
+        void (*threshold_pack)(const int32_t *z, const int8_t *direction,
+                               const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
 
     const xnor_kernels xnor_variants[]
     int xnor_cpu_has(int v)
@@ -260,11 +274,15 @@ ctypedef fused _unit_sum:
 cdef inline void _threshold_row(const xnor_kernels *kern, int dtype, const _unit_sum *z,
                                 const int8_t *direction, const _unit_sum *threshold, int64_t n,
                                 _unit_sum *buffer, uint64_t *out) noexcept nogil:
-    # z, direction, threshold: input (n,); buffer: scratch (n,); out: output words.
+    # z, direction, threshold: input (n,); buffer: scratch (n,) for float sums;
+    # out: output words.  Int32 sums go through the table's fused kernel.
     cdef int64_t j
-    for j in range(n):
-        buffer[j] = direction[j] * z[j] - threshold[j]
-    kern.pack_row(dtype, buffer, n, out)
+    if _unit_sum is int32_t:
+        kern.threshold_pack(z, direction, threshold, n, out)
+    else:
+        for j in range(n):
+            buffer[j] = direction[j] * z[j] - threshold[j]
+        kern.pack_row(dtype, buffer, n, out)
 
 
 def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
@@ -363,19 +381,6 @@ def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] dire
     return words
 
 
-cdef extern from "_real_layers.h" nogil:
-    enum:
-        XNOR_IN_BLOCK
-        XNOR_OUT_WIDTH
-    ctypedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows,
-                                         int64_t k, const double *w, double *out) noexcept nogil
-    const xnor_signed_sums_fn xnor_signed_sums_variants[]
-    ctypedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
-                                        int64_t rows, const float *w, int64_t f, int64_t n,
-                                        const float *init, float *z, int64_t z_stride) noexcept nogil
-    const xnor_input_sums_fn xnor_input_sums_variants[]
-
-
 def input_weights(w):
     """``w`` (F, N) stored block of columns by block, as :func:`input_sums` reads it."""
     w = np.asarray(w, dtype=np.float32)
@@ -406,7 +411,7 @@ def input_sums(const float[:, ::1] x, const float[::1] w_blocks, const float[::1
         return z, np.flatnonzero(is_dense)
     cdef float[:, ::1] out = z
     cdef uint8_t[::1] dense = is_dense
-    cdef xnor_input_sums_fn kernel = xnor_input_sums_variants[_active_index]
+    cdef xnor_input_sums_fn kernel = _active.input_sums
     cdef int nt = _threads(n_threads)
     if rows * n * f < 1000000:
         nt = 1
@@ -486,7 +491,7 @@ def signed_sums(const uint64_t[:, ::1] words, int64_t k, const double[:, ::1] w,
     ``SIGNED_SUMS_MAX_UNITS``.  Returns out (R, N) float64 with
     ``out[r, c] = sum(s[r, j] * w[j, c] for j in range(k))`` added from 0.0
     in that order, s = +1 for a set bit and -1 for a clear one (see
-    ``_real_layers.h``).
+    ``csrc/real_layers.h``).
     """
     cdef int64_t rows = words.shape[0], n_words = words.shape[1], n = w.shape[1]
     if w.shape[0] != k or n_words != (k + 63) // 64:
@@ -502,7 +507,7 @@ def signed_sums(const uint64_t[:, ::1] words, int64_t k, const double[:, ::1] w,
         return result[:, :n]
     cdef const double[:, ::1] wp = padded
     cdef double[:, ::1] out = result
-    cdef xnor_signed_sums_fn kernel = xnor_signed_sums_variants[_active_index]
+    cdef xnor_signed_sums_fn kernel = _active.signed_sums
     cdef int nt = _threads(n_threads)
     if rows * k < 100000:
         nt = 1

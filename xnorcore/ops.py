@@ -27,6 +27,16 @@ packed along K (``axis=1``, words of shape ``(M, ceil(K / 64))``) and ``b`` of
 shape ``(K, N)`` is packed along K as well (``axis=0``, words of shape
 ``(N, ceil(K / 64))``: one row of words per column of ``b``).
 
+For :func:`binary_conv2d`, activations are NHWC ``(N, H, W, C)`` packed along C
+(``pack_bits(x, axis=-1)``, words of shape ``(N, H, W, ceil(C / 64))``: each
+pixel a whole number of words), and HWIO weights ``(KH, KW, C // groups, O)``
+are packed along their input channels (``pack_bits(w, axis=2)``, words of shape
+``(KH, KW, O, ceil(C // groups / 64))``).  The fused conv outputs are packed
+NHWC activations again, ready for the next layer.  With ``groups > 1`` and
+``C // groups`` not a multiple of 64, each group's channels are packed into
+words of their own, ``(N, H, W, groups, ceil(C // groups / 64))`` (the packed
+input is repacked that way when needed).
+
 This is the one statement of the layout; the kernels (``xnorcore/_bitpack.pyx``
 and its C headers, ``kernels/*.cu``) and the tests refer to it.
 """
@@ -46,6 +56,8 @@ __all__ = [
     "pack_bits",
     "unpack_bits",
     "binary_matmul",
+    "binary_conv2d",
+    "binary_conv2d_threshold_pack",
     "get_array_module",
 ]
 
@@ -456,6 +468,317 @@ def binary_matmul(a, b, *, backend="auto", n_threads=None):
         _check_nan(has_nan, name)
     return out
 
+
+# ------------------------------------------------------------------ conv2d
+
+def _conv_cpu():
+    from . import _conv_cpu
+
+    return _conv_cpu
+
+
+_PAD_VALUES = (0, 1, -1)
+
+
+def _is_int(v):
+    # A plain int first: the abstract-class check costs more than the convolution of a tiny layer.
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+
+def _pair(value, name):
+    """An int >= 1 or a pair of them, as a pair."""
+    pair = value if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive integer or a pair of them, got {name}={value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _conv_padding(padding, size, kernel, stride, dilation):
+    """(before, after) padding of one spatial axis, and the output size."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            before = after = 0
+        else:  # "same", as TensorFlow: the odd row or column goes after
+            out = -(-size // stride)
+            total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            before, after = total // 2, total - total // 2
+    else:
+        before, after = padding
+    return before, after
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation):
+    """(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR), checking the kernel fits."""
+    _, h, w, _ = x_shape
+    kh, kw = w_shape[0], w_shape[1]
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid', 'same', an int or ((top, bottom), (left, right)), got padding={padding!r}")
+        rows = cols = padding
+    else:
+        def count(v):
+            if not _is_int(v) or v < 0:
+                raise ValueError
+            return int(v)
+
+        try:
+            if _is_int(padding):
+                rows = cols = (count(padding), count(padding))
+            else:
+                (t, b), (l, r) = padding
+                rows, cols = (count(t), count(b)), (count(l), count(r))
+        except (TypeError, ValueError):
+            raise ValueError(
+                "padding must be 'valid', 'same', a non-negative int or ((top, bottom), (left, right)) "
+                f"of non-negative ints, got padding={padding!r}"
+            ) from None
+    pt, pb = _conv_padding(rows, h, kh, sh, dh)
+    pl, pr = _conv_padding(cols, w, kw, sw, dw)
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if span_h > h + pt + pb or span_w > w + pl + pr:
+        raise ValueError(
+            f"the kernel is larger than the padded input: w.shape={tuple(w_shape)} with "
+            f"dilation={(dh, dw)} spans {span_h} x {span_w}, x.shape={tuple(x_shape)} padded by "
+            f"{((pt, pb), (pl, pr))} is {h + pt + pb} x {w + pl + pr}"
+        )
+    oh = (h + pt + pb - span_h) // sh + 1
+    ow = (w + pl + pr - span_w) // sw + 1
+    return (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr)
+
+
+def _conv_operand(x, name, axis):
+    """Validate one conv2d operand (4-D array, or PackedBits packed along ``axis``)."""
+    if isinstance(x, PackedBits):
+        if x.ndim != 4 or x.axis != axis:
+            raise ValueError(
+                f"{name} must be a 4-D PackedBits packed along axis={axis} "
+                f"({'pack_bits(x, axis=-1)' if name == 'x' else 'pack_bits(w, axis=2)'}), "
+                f"got a PackedBits of shape {x.shape} packed along axis={x.axis}"
+            )
+    else:
+        x = _check_array(x, name)
+        if x.ndim != 4:
+            layout = "NHWC (N, H, W, C)" if name == "x" else "HWIO (KH, KW, C // groups, O)"
+            raise ValueError(f"{name} must be 4-D {layout}, got {name}.ndim={x.ndim} ({name}.shape={tuple(x.shape)})")
+    if is_cupy(x):
+        raise NotImplementedError(
+            f"binary_conv2d has no GPU kernel yet: {name} is a cupy array; copy it with cupy.asnumpy "
+            "to run the convolution on the CPU"
+        )
+    return x
+
+
+def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, backend):
+    """Validate binary_conv2d's arguments; return (x words (N, H, W, G, cwg), w words, geometry, cg)."""
+    n_threads = _check_n_threads(n_threads)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got backend={backend!r}")
+    if backend == "gpu":
+        raise NotImplementedError("binary_conv2d has no GPU kernel yet: use backend='auto' or 'cpu'")
+    x = _conv_operand(x, "x", 3)
+    w = _conv_operand(w, "w", 2)
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got groups={groups!r}")
+    groups = int(groups)
+    if pad_value not in _PAD_VALUES or isinstance(pad_value, bool):
+        raise ValueError(f"pad_value must be 0, 1 or -1, got pad_value={pad_value!r}")
+    n, h, wd, c = x.shape
+    kh, kw, cg, o = w.shape
+    if c % groups or o % groups:
+        raise ValueError(
+            f"groups={groups} must divide the input channels and the output channels, got "
+            f"x.shape={tuple(x.shape)} (C={c}) and w.shape={tuple(w.shape)} (O={o})"
+        )
+    if cg != c // groups:
+        raise ValueError(
+            f"w must have C // groups = {c // groups} input channels (axis 2), got "
+            f"x.shape={tuple(x.shape)}, w.shape={tuple(w.shape)} and groups={groups}"
+        )
+    if min(kh, kw) < 1:
+        raise ValueError(f"w must have a kernel of at least 1 x 1, got w.shape={tuple(w.shape)}")
+    if kh * kw * cg > _MAX_INNER:
+        raise ValueError(f"KH * KW * C // groups must be at most {_MAX_INNER} for an int32 result, got w.shape={tuple(w.shape)}")
+    geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation)
+    backend = get_backend("cpu")
+    cwg = n_words(cg)
+    if isinstance(x, PackedBits):
+        words = np.ascontiguousarray(x.words)
+        if groups > 1 and cg % WORD_BITS:
+            # Each group's channels must start a word: repack them group by group.
+            signs = unpack_bits(x).reshape(n, h, wd, groups, cg)
+            words = _pack(backend, signs, 4, n_threads, "x").words
+    else:
+        x = np.ascontiguousarray(x)
+        if cg % WORD_BITS == 0 and x.dtype.kind in "if" and x.dtype != np.float16 and x.size:
+            # Whole words per pixel: pack each image row as one long row of bits.
+            words, has_nan = backend.pack_rows(x.reshape(n * h, wd * c), n_threads)
+            _check_nan(has_nan, "x")
+        else:
+            words = _pack(backend, x.reshape(n, h, wd, groups, cg), 4, n_threads, "x").words
+    w_words = w.words if isinstance(w, PackedBits) else _pack(backend, w, 2, n_threads, "w").words
+    return words.reshape(n, h, wd, groups, cwg), np.ascontiguousarray(w_words), geometry, cg, n_threads
+
+
+def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_value=0, n_threads=None,
+                  backend="auto"):
+    """Exact 2-D convolution of ``sign(x)`` with ``sign(w)`` through XNOR and popcount.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, H, W, C), or PackedBits packed along C
+        NHWC input, any real dtype and memory order.  Pack it once with
+        ``pack_bits(x, axis=-1)``; the packed conv layout is in :mod:`xnorcore.ops`.
+    w : array_like of shape (KH, KW, C // groups, O), or PackedBits packed along axis=2
+        HWIO weights.  Pack them once with ``pack_bits(w, axis=2)``.
+    stride, dilation : int or (int, int), default=1
+        Steps between output positions and between kernel taps, (rows, columns).
+    padding : "valid", "same", int or ((top, bottom), (left, right)), default="valid"
+        "same" gives an output of ``ceil(H / stride)`` x ``ceil(W / stride)``,
+        the odd padding row or column at the end, as TensorFlow does.
+    groups : int, default=1
+        Channel groups; it must divide C and O.  ``groups=C`` is depthwise.
+    pad_value : {0, 1, -1}, default=0
+        What a padded position contributes: 0 is true zero padding (the float
+        convolution of ``sign(x)`` with zero padding), +1 or -1 a padding of
+        that sign (Larq Compute Engine's and daBNN's conventions).
+    n_threads : int, optional
+        CPU threads to use; by default OpenMP's limit.
+    backend : {"auto", "cpu", "gpu"}, default="auto"
+        Only the CPU runs convolutions so far; "gpu" and cupy arrays raise
+        NotImplementedError.
+
+    Returns
+    -------
+    out : ndarray of shape (N, OH, OW, O) and dtype int32
+        ``out[n, y, x, o] = sum over i, j, c of sign(x)[n, y*SH + i*DH - PT,
+        x*SW + j*DW - PL, g*Cg + c] * sign(w)[i, j, c, o]`` with ``g`` the group
+        of ``o``, padded positions counting ``pad_value``: exactly.
+
+    Raises
+    ------
+    ValueError
+        If an operand is not 4-D, contains NaN, the channels or ``groups``
+        disagree, the kernel is larger than the padded input, or ``stride``,
+        ``padding``, ``dilation``, ``pad_value`` or ``backend`` is invalid.
+    TypeError
+        If an operand has a complex, object or string dtype.
+    NotImplementedError
+        For cupy operands or ``backend="gpu"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import binary_conv2d
+    >>> x = np.ones((1, 3, 3, 1))
+    >>> w = np.ones((2, 2, 1, 1))
+    >>> binary_conv2d(x, w, padding="same")[0, :, :, 0]
+    array([[4, 4, 2],
+           [4, 4, 2],
+           [2, 2, 1]], dtype=int32)
+    """
+    x_words, w_words, geometry, cg, n_threads = _conv_setup(
+        x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
+    )
+    n, o = x_words.shape[0], w_words.shape[2]
+    if cg == 0:
+        return np.zeros((n, geometry[2], geometry[3], o), dtype=np.int32)
+    return _conv_cpu().conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads)
+
+
+def _conv_thresholds(direction, threshold, o):
+    """direction as int8 and threshold as int32, both (O,), checked."""
+    direction = np.asarray(direction)
+    threshold = np.asarray(threshold)
+    if (
+        direction.shape != (o,)
+        or direction.dtype.kind not in "biuf"
+        or (direction.size and not (np.abs(direction).max() <= 1 and (direction == np.trunc(direction)).all()))
+    ):
+        raise ValueError(
+            f"direction must hold O = {o} values in {{-1, 0, 1}}, got shape {direction.shape} and dtype {direction.dtype}"
+        )
+    ok = threshold.shape == (o,) and threshold.dtype.kind in "iuf"
+    if ok and threshold.dtype != np.int32 and threshold.size:
+        info = np.iinfo(np.int32)
+        ok = bool(
+            np.isfinite(threshold).all()
+            and (threshold == np.trunc(threshold)).all()
+            and info.min <= threshold.min()
+            and threshold.max() <= info.max
+        )
+    if not ok:
+        raise ValueError(
+            f"threshold must hold O = {o} integer values within int32, got shape {threshold.shape} "
+            f"and dtype {threshold.dtype}"
+        )
+    return direction.astype(np.int8, copy=False), threshold.astype(np.int32, copy=False)
+
+
+def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stride=1, padding="valid",
+                                 dilation=1, groups=1, pad_value=0, n_threads=None, backend="auto"):
+    """A binary conv layer in one pass: convolution, folded batch norm, sign, packing (and 2x2 max-pool).
+
+    Computes ``z = binary_conv2d(x, w, ...)`` and returns the signs of
+    ``direction * z - threshold`` packed along the output channels: the
+    packed NHWC input of the next binary conv layer.  The int32 sums of each
+    block of pixels stay in a per-thread buffer; no (N, OH, OW, O) array is
+    written.
+
+    Parameters
+    ----------
+    x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
+        As for :func:`binary_conv2d`.
+    direction : array_like of shape (O,), values in {-1, 0, 1}
+        Sign of each channel's batch-norm scale (0: the channel is constant).
+    threshold : array_like of shape (O,), integer values within int32
+        Per-channel threshold; bit ``o`` is set where ``direction[o] * z[o] -
+        threshold[o] >= 0``.
+    pool : bool, default=False
+        Also max-pool 2x2 with stride 2 (floor: an odd last row or column is
+        dropped).  The max of +-1 values is +1 where any is +1: an OR of the bits.
+
+    Returns
+    -------
+    packed : PackedBits of shape (N, OH, OW, O), or (N, OH // 2, OW // 2, O) with ``pool``
+        Packed along axis 3, in the layout of :mod:`xnorcore.ops`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`binary_conv2d`, and if ``direction`` or ``threshold`` has the
+        wrong shape or values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import binary_conv2d_threshold_pack, unpack_bits
+    >>> x = np.ones((1, 2, 2, 1))
+    >>> w = np.ones((1, 1, 1, 2))
+    >>> p = binary_conv2d_threshold_pack(x, w, [1, -1], [0, 0])
+    >>> unpack_bits(p)[0, 0, 0]
+    array([ 1, -1], dtype=int8)
+    """
+    x_words, w_words, geometry, cg, n_threads = _conv_setup(
+        x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
+    )
+    n, o = x_words.shape[0], w_words.shape[2]
+    direction, threshold = _conv_thresholds(direction, threshold, o)
+    oh, ow = geometry[2], geometry[3]
+    shape = (n, oh // 2, ow // 2, o) if pool else (n, oh, ow, o)
+    if cg == 0:
+        z = np.zeros((n, oh, ow, o), dtype=np.int32)
+        words = get_backend("cpu").threshold_pack(
+            z.reshape(-1, o), direction, threshold
+        ).reshape(n, oh, ow, n_words(o))
+        if pool:
+            words = words[:, : 2 * shape[1] : 2, : 2 * shape[2] : 2]
+        return PackedBits(np.ascontiguousarray(words), shape, 3)
+    words = _conv_cpu().conv2d_threshold_pack(
+        x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads
+    )
+    return PackedBits(words, shape, 3)
 
 # The backends build PackedBits and call pack_bits: they are imported once
 # this module's names exist.

@@ -135,7 +135,9 @@ def _module(stem):
     """The ``cupy.RawModule`` of ``kernels/<stem>.cu``; CuPy compiles it once per device."""
     module = _modules.get(stem)
     if module is None:
-        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17",))
+        # -I: the kernels include kernels/xnor_layout.h, the bit layout stated once.
+        include = f"-I{importlib.resources.files('xnorcore.kernels')}"
+        module = _modules[stem] = _cupy().RawModule(code=_source(stem), options=("-std=c++17", include))
     return module
 
 

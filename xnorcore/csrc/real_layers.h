@@ -1,4 +1,5 @@
-/* The real-valued layers of a binary network at inference, for xnorcore._bitpack.
+/* The real-valued layers of a binary network at inference: code templates that
+ * each instruction set's file instantiates (generic.h, avx2.h, avx512.h).
  *
  * First layer (xnor_input_sums_*):
  *
@@ -18,10 +19,10 @@
  * compiled for the baseline, AVX2 and AVX-512F; each rounds in its own way
  * (AVX-512F contracts to FMA), but one process uses one variant.
  */
-#ifndef XNORCORE_REAL_LAYERS_H
-#define XNORCORE_REAL_LAYERS_H
+#ifndef XNORCORE_CSRC_REAL_LAYERS_H
+#define XNORCORE_CSRC_REAL_LAYERS_H
 
-#include <stdint.h>
+#include "common.h"
 
 /* Columns per block of w.  The caller stores w block by block: the block of
  * columns c0 .. c0 + bw (bw = min(XNOR_IN_BLOCK, n - c0)) at w + c0 * f, row j
@@ -30,10 +31,6 @@
  * rows 4 KiB apart, a block's lines fall into a few cache sets and thrash:
  * that ran 1.3x slower.) */
 #define XNOR_IN_BLOCK 128
-
-typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
-                                   int64_t rows, const float *w, int64_t f, int64_t n,
-                                   const float *init, float *z, int64_t z_stride);
 
 #define XNOR_INPUT_SUMS(NAME, TARGET, VBYTES)                                                      \
     typedef float NAME##_vec __attribute__((vector_size(VBYTES), aligned(4)));                     \
@@ -84,9 +81,6 @@ typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const i
  * additions, each row's own chain of k of them. */
 #define XNOR_OUT_WIDTH 16
 
-typedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows, int64_t k,
-                                    const double *w, double *out);
-
 #define XNOR_SIGNED_SUMS(NAME, TARGET)                                                             \
     TARGET static void NAME(const uint64_t *words, int64_t n_words, int64_t rows, int64_t k,      \
                             const double *w, double *out)                                          \
@@ -111,31 +105,4 @@ typedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int6
         }                                                                                          \
     }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(XNOR_NO_X86)
-XNOR_INPUT_SUMS(xnor_input_sums_base, , 16)
-XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
-XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
-XNOR_SIGNED_SUMS(xnor_signed_sums_base, )
-XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
-XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
-
-/* Indexed like xnor_variants: generic, scalar, avx2, avx512. */
-static const xnor_input_sums_fn xnor_input_sums_variants[4] = {
-    xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_avx2, xnor_input_sums_avx512,
-};
-static const xnor_signed_sums_fn xnor_signed_sums_variants[4] = {
-    xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_avx2, xnor_signed_sums_avx512,
-};
-#else
-XNOR_INPUT_SUMS(xnor_input_sums_base, , 16)
-XNOR_SIGNED_SUMS(xnor_signed_sums_base, )
-
-static const xnor_input_sums_fn xnor_input_sums_variants[4] = {
-    xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_base, xnor_input_sums_base,
-};
-static const xnor_signed_sums_fn xnor_signed_sums_variants[4] = {
-    xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_base, xnor_signed_sums_base,
-};
-#endif
-
-#endif /* XNORCORE_REAL_LAYERS_H */
+#endif /* XNORCORE_CSRC_REAL_LAYERS_H */

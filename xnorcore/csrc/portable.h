@@ -1,8 +1,9 @@
-/* Portable kernels, included twice by _xnor_simd.h: once as the "generic"
- * variant (any CPU; __builtin_popcountll may become a library call) and once
- * as the "scalar" variant compiled for the POPCNT instruction.
+/* Portable kernels in plain C, a template included twice: by generic.h as the
+ * "generic" variant (any CPU; __builtin_popcountll may become a library call)
+ * and by scalar.h as the "scalar" variant compiled for the POPCNT instruction.
  *
  * The includer defines XNOR_SFX (name suffix) and XNOR_ATTR (target attribute).
+ * No include guard: each inclusion defines a new set of functions.
  */
 
 #define XNOR_P_MR 1 /* rows of A per micro-tile */
@@ -66,6 +67,45 @@ XNOR_ATTR static void XNOR_FN(ukernel)(const uint64_t *const *a, const uint64_t 
     uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
     (void)mr; /* always 1 */
     xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, first);
+}
+
+/* The convolution tile: the GEMM tile above over an indirection buffer of
+ * `taps` segments (one row, so a[t] is segment t). */
+XNOR_ATTR static void XNOR_FN(conv_ukernel)(const uint64_t *const *a, int taps,
+                                            const uint64_t *panel, int64_t nw, int32_t *c,
+                                            int64_t ldc, int mr, int ncols, int64_t k)
+{
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    const uint64_t *b = panel;
+    for (int t = 0; t < taps; t++) {
+        const uint64_t *a0 = a[t];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_P_NR) {
+            uint64_t x = a0[w];
+            s0 += (uint64_t)__builtin_popcountll(x ^ b[0]);
+            s1 += (uint64_t)__builtin_popcountll(x ^ b[1]);
+            s2 += (uint64_t)__builtin_popcountll(x ^ b[2]);
+            s3 += (uint64_t)__builtin_popcountll(x ^ b[3]);
+            s4 += (uint64_t)__builtin_popcountll(x ^ b[4]);
+            s5 += (uint64_t)__builtin_popcountll(x ^ b[5]);
+            s6 += (uint64_t)__builtin_popcountll(x ^ b[6]);
+            s7 += (uint64_t)__builtin_popcountll(x ^ b[7]);
+        }
+    }
+    uint64_t s[XNOR_P_NR] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    (void)mr; /* always 1 */
+    xnor_store_tile(s, XNOR_P_NR, c, ldc, 1, ncols, k, 1);
+}
+
+XNOR_ATTR static void XNOR_FN(threshold_pack)(const int32_t *z, const int8_t *direction,
+                                              const int32_t *threshold, int64_t n, uint64_t *out)
+{
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        uint64_t m = 0;
+        for (int i = 0; i < len; i++)
+            m |= (uint64_t)xnor_threshold_bit(z[w0 + i], direction[w0 + i], threshold[w0 + i]) << i;
+        out[w0 / 64] = m;
+    }
 }
 
 #undef XNOR_P_MR

@@ -1,0 +1,359 @@
+"""binary_conv2d and its fused output: exact against a plain numpy reference."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import xnorcore
+from xnorcore import (
+    PackedBits,
+    _bitpack,
+    _conv_cpu,
+    binary_conv2d,
+    binary_conv2d_threshold_pack,
+    pack_bits,
+    unpack_bits,
+)
+from xnorcore._backends import cpu as _cpu
+from xnorcore.ops import _conv_geometry
+
+from conftest import random_matrix, sign_ref
+
+VARIANTS = _bitpack.available_variants()
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    """Run the test with each popcount variant this CPU supports."""
+    previous = _cpu.set_variant(request.param)
+    yield request.param
+    _cpu.set_variant(previous)
+
+
+def pads_of(x_shape, w_shape, stride, padding, dilation):
+    g = _conv_geometry(x_shape, w_shape, stride, padding, dilation)
+    return (g[10], g[11]), (g[12], g[13])
+
+
+def conv_ref(x, w, stride=1, padding="valid", dilation=1, groups=1, pad_value=0):
+    """Sliding windows over sign(x) padded with pad_value, times sign(w), in int64."""
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    dh, dw = (dilation, dilation) if np.isscalar(dilation) else dilation
+    (pt, pb), (pl, pr) = pads_of(x.shape, w.shape, (sh, sw), padding, (dh, dw))
+    sx = np.pad(sign_ref(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
+    sk = sign_ref(w)
+    n, h, wd, c = sx.shape
+    kh, kw, cg, o = w.shape
+    og = o // groups
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd - (kw - 1) * dw - 1) // sw + 1
+    out = np.zeros((n, oh, ow, o), dtype=np.int64)
+    for y in range(oh):
+        for x_ in range(ow):
+            window = sx[:, y * sh : y * sh + (kh - 1) * dh + 1 : dh, x_ * sw : x_ * sw + (kw - 1) * dw + 1 : dw, :]
+            for g in range(groups):
+                patch = window[..., g * cg : (g + 1) * cg].reshape(n, -1)
+                out[:, y, x_, g * og : (g + 1) * og] = patch @ sk[..., g * og : (g + 1) * og].reshape(-1, og)
+    return out
+
+
+def pool_ref(signs):
+    """2x2 max-pool with stride 2 (floor) of +-1 values (N, H, W, C)."""
+    n, h, w, c = signs.shape
+    s = signs[:, : h // 2 * 2, : w // 2 * 2]
+    return s.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def threshold_ref(z, direction, threshold):
+    return np.where(direction.astype(np.int64) * z - threshold >= 0, 1, -1)
+
+
+def layout(x, kind):
+    """The same values in another memory layout."""
+    if kind == "fortran":
+        return np.asfortranarray(x)
+    if kind == "nchw_view":  # a channels-first array seen as NHWC
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    if kind == "strided":
+        big = np.repeat(x, 2, axis=2)
+        return big[:, :, ::2]
+    return x
+
+
+PADDINGS = st.one_of(
+    st.sampled_from(["valid", "same"]),
+    st.integers(0, 2),
+    st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.tuples(st.integers(0, 2), st.integers(0, 2))),
+)
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3, "depthwise"]))
+    cg = draw(st.sampled_from([1, 3, 63, 64, 65, 100, 128, 130]))
+    if groups == "depthwise":
+        groups, cg = draw(st.integers(1, 20)), 1
+    og = draw(st.integers(1, 30))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    dilation = draw(st.one_of(st.integers(1, 2), st.tuples(st.integers(1, 2), st.integers(1, 2))))
+    padding = draw(PADDINGS)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 9)), cg * groups)
+    w_shape = (kh, kw, cg, og * groups)
+    try:
+        _conv_geometry(shape, w_shape, stride, padding, dilation)
+    except ValueError:
+        kh = kw = 1
+        w_shape = (1, 1, cg, og * groups)
+    return dict(
+        shape=shape,
+        w_shape=w_shape,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+        pad_value=draw(st.sampled_from([0, 1, -1])),
+        dtype=draw(st.sampled_from([np.float32, np.float64, np.float16, np.int8, np.int32, np.bool_])),
+        layout=draw(st.sampled_from(["c", "fortran", "nchw_view", "strided"])),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def case_arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    x = layout(random_matrix(rng, case["shape"], case["dtype"], special=0.1), case["layout"])
+    w = random_matrix(rng, case["w_shape"], np.float32, special=0.1)
+    return x, w
+
+
+def conv_kwargs(case):
+    return {k: case[k] for k in ("stride", "padding", "dilation", "groups", "pad_value")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv_cases())
+def test_conv_is_exact(case):
+    x, w = case_arrays(case)
+    got = binary_conv2d(x, w, **conv_kwargs(case))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, conv_ref(x, w, **conv_kwargs(case)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases(), st.booleans())
+def test_fused_threshold_pack_and_pool_match_int32_sums(case, pool):
+    x, w = case_arrays(case)
+    o = w.shape[3]
+    rng = np.random.default_rng(case["seed"] + 1)
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = rng.integers(-6, 7, o).astype(np.int32)
+    z = binary_conv2d(x, w, **conv_kwargs(case))
+    expected = threshold_ref(z, direction, threshold)
+    if pool:
+        expected = pool_ref(expected)
+    packed = binary_conv2d_threshold_pack(x, w, direction, threshold, pool=pool, **conv_kwargs(case))
+    assert isinstance(packed, PackedBits) and packed.axis == 3
+    assert packed.shape == expected.shape
+    np.testing.assert_array_equal(unpack_bits(packed), expected)
+    # padding bits of the packed output are zero, as in every packed array
+    if o % 64:
+        assert not (packed.words[..., -1] >> np.uint64(o % 64)).any()
+
+
+CASES = [
+    # (N, H, W, C), (KH, KW, C // groups, O), stride, padding, dilation, groups
+    ((2, 9, 11, 130), (3, 3, 130, 50), 1, "same", 1, 1),
+    ((1, 12, 10, 64), (3, 3, 64, 64), 2, "same", 1, 1),
+    ((1, 13, 9, 70), (2, 3, 70, 33), (2, 1), ((2, 0), (1, 3)), (2, 3), 1),
+    ((3, 7, 8, 128), (5, 5, 64, 48), 1, 2, 1, 2),
+    ((1, 10, 10, 24), (3, 3, 1, 48), 1, "same", 1, 24),  # depthwise, 2 outputs per channel
+    ((1, 6, 6, 200), (1, 1, 200, 300), 1, "valid", 1, 1),
+]
+
+
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+@pytest.mark.parametrize("case", CASES)
+def test_conv_exact_every_variant(variant, rng, case, pad_value):
+    shape, w_shape, stride, padding, dilation, groups = case
+    x = random_matrix(rng, shape, np.float32, special=0.05)
+    w = random_matrix(rng, w_shape, np.float32, special=0.05)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, pad_value=pad_value)
+    ref = conv_ref(x, w, **kwargs)
+    np.testing.assert_array_equal(binary_conv2d(x, w, **kwargs), ref)
+    o = w_shape[3]
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = rng.integers(-10, 11, o).astype(np.int32)
+    for pool in (False, True):
+        expected = threshold_ref(ref, direction, threshold)
+        expected = pool_ref(expected) if pool else expected
+        packed = binary_conv2d_threshold_pack(x, w, direction, threshold, pool=pool, **kwargs)
+        np.testing.assert_array_equal(unpack_bits(packed), expected)
+
+
+def test_conv_agrees_across_variants(rng):
+    x = random_matrix(rng, (2, 15, 14, 96), np.float32)
+    w = random_matrix(rng, (3, 3, 96, 40), np.float32)
+    previous = _cpu.get_variant()
+    results = []
+    try:
+        for name in VARIANTS:
+            _cpu.set_variant(name)
+            results.append(binary_conv2d(x, w, padding="same", stride=2))
+    finally:
+        _cpu.set_variant(previous)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_one_and_several_threads_give_identical_results(variant, rng):
+    # Large enough that the kernels split the work between threads.
+    x = random_matrix(rng, (2, 20, 20, 128), np.float32)
+    w = random_matrix(rng, (3, 3, 128, 72), np.float32)
+    direction = rng.integers(-1, 2, 72).astype(np.int8)
+    threshold = rng.integers(-20, 20, 72).astype(np.int32)
+    one = binary_conv2d(x, w, padding="same", n_threads=1)
+    np.testing.assert_array_equal(binary_conv2d(x, w, padding="same", n_threads=3), one)
+    np.testing.assert_array_equal(one, conv_ref(x, w, padding="same"))
+    for pool in (False, True):
+        fused1 = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool, n_threads=1)
+        fused3 = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool, n_threads=3)
+        np.testing.assert_array_equal(fused1.words, fused3.words)
+
+
+@pytest.mark.parametrize(
+    "shape, w_shape, groups",
+    [((2, 6, 7, 100), (3, 3, 100, 20), 1), ((1, 5, 5, 128), (3, 3, 64, 8), 2), ((1, 5, 6, 30), (3, 2, 10, 9), 3)],
+)
+def test_packed_operands_give_the_same_result(rng, shape, w_shape, groups):
+    x = random_matrix(rng, shape, np.float64)
+    w = random_matrix(rng, w_shape, np.float32)
+    kwargs = dict(padding="same", groups=groups)
+    expected = binary_conv2d(x, w, **kwargs)
+    xp, wp = pack_bits(x, axis=-1), pack_bits(w, axis=2)
+    for a, b in [(xp, w), (x, wp), (xp, wp)]:
+        np.testing.assert_array_equal(binary_conv2d(a, b, **kwargs), expected)
+    np.testing.assert_array_equal(expected, conv_ref(x, w, **kwargs))
+
+
+def test_fused_output_feeds_the_next_layer(rng):
+    x = random_matrix(rng, (2, 8, 8, 70), np.float32)
+    w1 = random_matrix(rng, (3, 3, 70, 65), np.float32)
+    w2 = random_matrix(rng, (3, 3, 65, 30), np.float32)
+    direction = np.ones(65, dtype=np.int8)
+    threshold = np.zeros(65, dtype=np.int32)
+    h = binary_conv2d_threshold_pack(x, w1, direction, threshold, padding="same", pool=True)
+    signs = pool_ref(threshold_ref(conv_ref(x, w1, padding="same"), direction, threshold))
+    np.testing.assert_array_equal(binary_conv2d(h, w2, padding="same"), conv_ref(signs, w2, padding="same"))
+
+
+def test_zero_padding_equals_the_float_convolution_of_signs(rng):
+    # What training computes: a float conv of sign(x) and sign(w) with zero padding.
+    x = random_matrix(rng, (1, 7, 6, 5), np.float32)
+    w = random_matrix(rng, (3, 3, 5, 4), np.float32)
+    real = _conv_cpu.real_conv2d(xnorcore.sign(x), xnorcore.sign(w), _conv_geometry(x.shape, w.shape, 2, "same", 1))
+    np.testing.assert_array_equal(binary_conv2d(x, w, stride=2, padding="same"), real.astype(np.int32))
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, "valid", 1), (2, "same", 1), (1, ((1, 0), (2, 1)), 2)])
+def test_real_conv2d_matches_a_float64_reference(rng, stride, padding, dilation):
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation)
+    got = _conv_cpu.real_conv2d(x, w, geometry)
+    (pt, pb), (pl, pr) = (geometry[10], geometry[11]), (geometry[12], geometry[13])
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    sh = sw = stride
+    dh = dw = dilation
+    ref = np.zeros(got.shape)
+    for i in range(3):
+        for j in range(3):
+            window = xp[:, i * dh : i * dh + (got.shape[1] - 1) * sh + 1 : sh, j * dw : j * dw + (got.shape[2] - 1) * sw + 1 : sw]
+            ref += window @ w[i, j].astype(np.float64)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_same_padding_puts_the_odd_row_at_the_end():
+    # TensorFlow: H=4, 2x2 kernel, stride 1 pads 0 above and 1 below.
+    assert _conv_geometry((1, 4, 5, 1), (2, 3, 1, 1), 1, "same", 1)[10:] == (0, 1, 1, 1)
+    # output ceil(H / stride) for every stride
+    for s in (1, 2, 3):
+        g = _conv_geometry((1, 7, 8, 1), (3, 3, 1, 1), s, "same", 1)
+        assert g[2:4] == (-(-7 // s), -(-8 // s))
+
+
+def test_docstring_example_of_same_padding():
+    out = binary_conv2d(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1)), padding="same")
+    np.testing.assert_array_equal(out[0, :, :, 0], [[4, 4, 2], [4, 4, 2], [2, 2, 1]])
+
+
+# ------------------------------------------------------------------- bad input
+
+X = np.ones((1, 5, 5, 8), dtype=np.float32)
+W = np.ones((3, 3, 8, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((np.ones((5, 5, 8)), W), {}, ValueError, r"x must be 4-D NHWC \(N, H, W, C\), got x.ndim=3"),
+        ((X, np.ones((3, 3, 8))), {}, ValueError, r"w must be 4-D HWIO \(KH, KW, C // groups, O\), got w.ndim=3"),
+        ((X.astype(complex), W), {}, TypeError, r"x must have a boolean, integer or real floating dtype, got dtype=complex128"),
+        ((X, W.astype(object)), {}, TypeError, r"w must have a boolean, integer or real floating dtype"),
+        ((np.where(X > 0, np.nan, X), W), {}, ValueError, "x must not contain NaN"),
+        ((X, np.where(W > 0, np.nan, W)), {}, ValueError, "w must not contain NaN"),
+        ((X, np.ones((3, 3, 7, 4))), {}, ValueError, r"w must have C // groups = 8 input channels \(axis 2\), got x.shape=\(1, 5, 5, 8\), w.shape=\(3, 3, 7, 4\)"),
+        ((X, np.ones((3, 3, 4, 4))), {"groups": 3}, ValueError, r"groups=3 must divide the input channels and the output channels"),
+        ((X, np.ones((3, 3, 4, 3))), {"groups": 2}, ValueError, r"groups=2 must divide .* \(O=3\)"),
+        ((X, np.ones((6, 3, 8, 4))), {}, ValueError, r"the kernel is larger than the padded input: w.shape=\(6, 3, 8, 4\) .* x.shape=\(1, 5, 5, 8\)"),
+        ((X, W), {"dilation": 3}, ValueError, r"the kernel is larger than the padded input: .* spans 7 x 7"),
+        ((X, W), {"backend": "tpu"}, ValueError, r"backend must be one of \('auto', 'cpu', 'gpu'\), got backend='tpu'"),
+        ((X, W), {"backend": "gpu"}, NotImplementedError, "binary_conv2d has no GPU kernel yet"),
+        ((X, W), {"stride": 0}, ValueError, r"stride must be a positive integer or a pair of them, got stride=0"),
+        ((X, W), {"stride": (1, 2, 3)}, ValueError, r"stride must be a positive integer or a pair"),
+        ((X, W), {"dilation": 1.5}, ValueError, r"dilation must be a positive integer or a pair of them, got dilation=1.5"),
+        ((X, W), {"padding": "full"}, ValueError, r"padding must be 'valid', 'same', an int or \(\(top, bottom\), \(left, right\)\), got padding='full'"),
+        ((X, W), {"padding": -1}, ValueError, r"padding must be .* got padding=-1"),
+        ((X, W), {"padding": ((1, 2), 3)}, ValueError, r"padding must be .* got padding=\(\(1, 2\), 3\)"),
+        ((X, W), {"pad_value": 2}, ValueError, r"pad_value must be 0, 1 or -1, got pad_value=2"),
+        ((X, W), {"groups": 0}, ValueError, r"groups must be a positive integer, got groups=0"),
+        ((X, W), {"n_threads": 0}, ValueError, r"n_threads must be None or a positive integer, got n_threads=0"),
+        ((pack_bits(X, axis=1), W), {}, ValueError, r"x must be a 4-D PackedBits packed along axis=3 \(pack_bits\(x, axis=-1\)\)"),
+        ((X, pack_bits(W, axis=3)), {}, ValueError, r"w must be a 4-D PackedBits packed along axis=2 \(pack_bits\(w, axis=2\)\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        binary_conv2d(*args, **kwargs)
+    with pytest.raises(error, match=match):
+        binary_conv2d_threshold_pack(*args, np.ones(args[1].shape[-1]), np.zeros(args[1].shape[-1]), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "direction, threshold, match",
+    [
+        (np.ones(3), np.zeros(4), r"direction must hold O = 4 values in \{-1, 0, 1\}, got shape \(3,\)"),
+        (np.full(4, 2), np.zeros(4), r"direction must hold O = 4 values in \{-1, 0, 1\}"),
+        (np.full(4, 0.5), np.zeros(4), r"direction must hold O = 4 values"),
+        (np.ones(4), np.zeros(5), r"threshold must hold O = 4 integer values within int32, got shape \(5,\)"),
+        (np.ones(4), np.full(4, 0.5), r"threshold must hold O = 4 integer values within int32"),
+        (np.ones(4), np.full(4, np.nan), r"threshold must hold O = 4 integer values"),
+        (np.ones(4), np.full(4, 2**40), r"threshold must hold O = 4 integer values within int32"),
+    ],
+)
+def test_bad_thresholds_are_a_clear_error(direction, threshold, match):
+    with pytest.raises(ValueError, match=match):
+        binary_conv2d_threshold_pack(X, W, direction, threshold)
+
+
+def test_cupy_input_says_the_gpu_conv_is_not_there_yet(monkeypatch):
+    class FakeCupyArray:  # what ops recognizes as a cupy array, without CuPy
+        __module__ = "cupy._core.core"
+        ndim = 4
+        shape = X.shape
+        dtype = X.dtype
+
+    monkeypatch.setattr(xnorcore.ops, "_check_array", lambda x, name: x)
+    with pytest.raises(NotImplementedError, match=r"binary_conv2d has no GPU kernel yet: x is a cupy array; copy it with cupy.asnumpy"):
+        binary_conv2d(FakeCupyArray(), W)

@@ -1,0 +1,268 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""CPU kernels of the binary conv2d (private): int32 sums, and the fused
+threshold-pack and 2x2 max-pool outputs.
+
+The C code is ``csrc/conv.h`` (the driver) and each instruction set's
+``conv_ukernel`` in the one dispatch table of ``csrc/dispatch.h``; the packed
+layout is that of ``kernels/xnor_layout.h``.  The caller (``xnorcore._conv_cpu``)
+builds the panels, the padding block and the zero-padding corrections and
+passes the variant index in use (``xnorcore._bitpack``'s); the functions here
+trust shapes and dtypes.
+"""
+
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport free, malloc
+cimport openmp
+
+
+cdef extern from "dispatch.h" nogil:
+    enum:
+        XNOR_N_VARIANTS
+
+    ctypedef struct xnor_kernels:
+        int mr
+        int nr
+        void (*threshold_pack)(const int32_t *z, const int8_t *direction,
+                               const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
+
+    const xnor_kernels xnor_variants[]
+
+    ctypedef struct xnor_conv_geom:
+        int64_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, xs, cwg, og, o, ppg, k
+
+    void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
+                          const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
+                          int64_t q0, int64_t q1, int64_t p0, int64_t p1, int32_t *c,
+                          int64_t ldc, const uint64_t **ptrs)
+
+
+def panel_width(int variant):
+    """Columns per weight panel (nr) of dispatch-table row ``variant``."""
+    return xnor_variants[variant].nr
+
+
+cdef inline int _threads(n_threads):
+    if n_threads is None:
+        return openmp.omp_get_max_threads()
+    return max(1, <int>n_threads)
+
+
+def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint corrections,
+                 int variant):
+    """Weight panels and zero-padding corrections from words w (KH KW, O, cwg).
+
+    Group g's output channels ``[g O / groups, (g + 1) O / groups)`` go into
+    ``ceil(O / groups / nr)`` panels, the groups one after the other; panel p
+    holds ``panel[t][w][jj] = w[t, p nr + jj, w]`` (zero past the group's
+    channels), the GEMM's panel layout with K running over (tap, word).  With
+    ``corrections``, also returns corr (taps, O) int32, ``2 popcount(w[t, o])
+    - cg``: the sum of the weight signs of tap t, which turns the -1 read at a
+    padded tap into a zero contribution.  Otherwise corr is None.
+    """
+    cdef int nr = xnor_variants[variant].nr
+    cdef int64_t taps = w.shape[0], o = w.shape[1], cwg = w.shape[2]
+    cdef int64_t og = o // groups
+    cdef int64_t ppg = (og + nr - 1) // nr
+    cdef int64_t panel_words = taps * cwg * nr
+    panels_arr = np.zeros(max(1, groups * ppg * panel_words), dtype=np.uint64)
+    cdef uint64_t[::1] panels = panels_arr
+    cdef int64_t g, p, t, j, wd, col, base
+    cdef uint64_t *dst
+    with nogil:
+        for g in range(groups):
+            for p in range(ppg):
+                dst = &panels[0] + (g * ppg + p) * panel_words
+                # reads run along w[t, col0 : col0 + nr, :] (contiguous); the
+                # writes stay within one panel's tap (nr x cwg words, in L1)
+                col = g * og + p * nr
+                for t in range(taps):
+                    for j in range(min(nr, og - p * nr)):
+                        for wd in range(cwg):
+                            dst[(t * cwg + wd) * nr + j] = w[t, col + j, wd]
+    if not corrections:
+        return panels_arr, None
+    corr_arr = np.empty((taps, o), dtype=np.int32)
+    cdef int32_t[:, ::1] corr = corr_arr
+    cdef int count
+    with nogil:
+        for t in range(taps):
+            for col in range(o):
+                count = 0
+                for wd in range(cwg):
+                    count = count + _popcount64(w[t, col, wd])
+                corr[t, col] = <int32_t>(2 * count - cg)
+    return panels_arr, corr_arr
+
+
+cdef inline int _popcount64(uint64_t v) noexcept nogil:
+    # Portable (SWAR): this runs once per weight word, not in the inner loop.
+    v = v - ((v >> 1) & 0x5555555555555555ULL)
+    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL
+    return <int>((v * 0x0101010101010101ULL) >> 56)
+
+
+cdef xnor_conv_geom _geom(tuple geometry, int64_t xs, int64_t cwg, int64_t o, int64_t groups,
+                          int nr):
+    # geometry: (H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, K)
+    cdef xnor_conv_geom g
+    (g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.k) = geometry
+    g.xs = xs
+    g.cwg = cwg
+    g.o = o
+    g.og = o // groups
+    g.ppg = (g.og + nr - 1) // nr
+    return g
+
+
+def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
+           const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups, int variant,
+           n_threads=None):
+    """int32 sums (N, OH, OW, O) of the binary conv2d.
+
+    x (N, H, W, xs) words: input; panels, corr: from :func:`conv_weights` (corr None
+    without padding); pad (cwg,) words: what a padded tap reads.
+    Work items are blocks of output pixels of one image times blocks of panels.
+    """
+    cdef const xnor_kernels *kern = &xnor_variants[variant]
+    cdef xnor_conv_geom g = _geom(geometry, x.shape[3], pad.shape[0], o, groups, kern.nr)
+    cdef int64_t n = x.shape[0], pixels = g.oh * g.ow
+    result = np.empty((n, g.oh, g.ow, o), dtype=np.int32)
+    if n == 0 or pixels == 0 or o == 0:
+        return result
+    cdef int32_t[:, :, :, ::1] out = result
+    cdef const int32_t[:, ::1] corr_view
+    cdef const int32_t *corr_ptr = NULL
+    if corr is not None:
+        corr_view = corr
+        corr_ptr = &corr_view[0, 0]
+    cdef int mr = kern.mr
+    cdef int64_t n_panels = groups * g.ppg
+    cdef int nt = _threads(n_threads)
+    if n * pixels * o * g.k < 4000000:
+        nt = 1
+    # Blocks of up to 64 pixels x 8 panels, shrunk until every thread has
+    # several items; pixel blocks stay within one image.
+    cdef int64_t pix_per = 64, panels_per = 8
+    while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < 4 * nt:
+        if panels_per > 1:
+            panels_per //= 2
+        else:
+            pix_per //= 2
+    # Even blocks (whole tiles of mr) rather than full blocks and a short last one.
+    cdef int64_t pix_blocks = (pixels + pix_per - 1) // pix_per
+    pix_per = ((pixels + pix_blocks - 1) // pix_blocks + mr - 1) // mr * mr
+    pix_blocks = (pixels + pix_per - 1) // pix_per
+    cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
+    cdef int64_t per_image = pix_blocks * col_blocks
+    cdef int64_t item, img, q0, p0
+    cdef int failed = 0
+    cdef const uint64_t **ptrs
+    # Dynamic: the items differ in size (edge blocks of pixels and panels).
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
+        img = item // per_image
+        q0 = ((item % per_image) // col_blocks) * pix_per
+        p0 = (item % col_blocks) * panels_per
+        ptrs = <const uint64_t **>malloc(g.kh * g.kw * mr * sizeof(uint64_t *))
+        if ptrs == NULL:
+            failed += 1
+        else:
+            xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
+                             q0, min(q0 + pix_per, pixels), p0, min(p0 + panels_per, n_panels),
+                             &out[img, q0 // g.ow, q0 % g.ow, 0], o, ptrs)
+            free(ptrs)
+    if failed:
+        raise MemoryError("conv2d could not allocate its indirection buffer")
+    return result
+
+
+def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
+                          const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups,
+                          const int8_t[::1] direction, const int32_t[::1] threshold,
+                          bint pool, int variant, n_threads=None):
+    """Packed signs of ``direction * conv2d(...) - threshold``, optionally 2x2 max-pooled.
+
+    Arguments as :func:`conv2d`, plus direction (O,) in {-1, 0, 1} and
+    threshold (O,): input, folded batch norm.  Returns words
+    (N, OH, OW, ceil(O / 64)), bit o set where ``direction[o] * z[o] -
+    threshold[o] >= 0``; with ``pool``, words (N, OH // 2, OW // 2, ...) whose
+    bits are the OR over each 2x2 window (stride 2), the max of +-1 values.
+    An item is a block of pixels (pool: two output rows) of one image times
+    all output channels: its int32 sums live only in a per-thread buffer.
+    """
+    cdef const xnor_kernels *kern = &xnor_variants[variant]
+    cdef xnor_conv_geom g = _geom(geometry, x.shape[3], pad.shape[0], o, groups, kern.nr)
+    cdef int64_t n = x.shape[0], pixels = g.oh * g.ow
+    cdef int64_t ow_words = (o + 63) // 64
+    cdef int64_t ph = g.oh // 2 if pool else g.oh
+    cdef int64_t pw = g.ow // 2 if pool else g.ow
+    words = np.zeros((n, ph, pw, ow_words), dtype=np.uint64)
+    if n == 0 or ph == 0 or pw == 0 or o == 0:
+        return words
+    cdef uint64_t[:, :, :, ::1] out = words
+    cdef const int32_t[:, ::1] corr_view
+    cdef const int32_t *corr_ptr = NULL
+    if corr is not None:
+        corr_view = corr
+        corr_ptr = &corr_view[0, 0]
+    cdef int mr = kern.mr
+    cdef int64_t n_panels = groups * g.ppg
+    cdef int nt = _threads(n_threads)
+    if n * pixels * o * g.k < 4000000:
+        nt = 1
+    # Pixels per item: two output rows when pooling, else blocks of up to 64
+    # pixels, shrunk until every thread has several items.
+    cdef int64_t pix_per
+    if pool:
+        pix_per = 2 * g.ow
+    else:
+        pix_per = 64
+        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < 4 * nt:
+            pix_per //= 2
+        pix_per = (pixels + (pixels + pix_per - 1) // pix_per - 1) // ((pixels + pix_per - 1) // pix_per)
+        pix_per = (pix_per + mr - 1) // mr * mr
+    cdef int64_t per_image = ph if pool else (pixels + pix_per - 1) // pix_per
+    cdef int64_t item, img, q0, q1, r, px, wd
+    cdef int failed = 0
+    cdef const uint64_t **ptrs
+    cdef int32_t *sums
+    cdef uint64_t *bits
+    cdef uint64_t *top
+    cdef uint64_t *bottom
+    # Dynamic: the items differ in size (edge blocks of pixels and panels).
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
+        img = item // per_image
+        q0 = (item % per_image) * pix_per
+        q1 = min(q0 + pix_per, pixels)
+        ptrs = <const uint64_t **>malloc(g.kh * g.kw * mr * sizeof(uint64_t *)
+                                         + pix_per * o * sizeof(int32_t)
+                                         + pix_per * ow_words * sizeof(uint64_t))
+        if ptrs == NULL:
+            failed += 1
+        else:
+            bits = <uint64_t *>(ptrs + g.kh * g.kw * mr)
+            sums = <int32_t *>(bits + pix_per * ow_words)
+            xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
+                             q0, q1, 0, n_panels, sums, o, ptrs)
+            if pool:
+                for r in range(q1 - q0):
+                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
+                                        bits + r * ow_words)
+                for px in range(pw):
+                    top = bits + 2 * px * ow_words
+                    bottom = top + g.ow * ow_words
+                    for wd in range(ow_words):
+                        out[img, item % per_image, px, wd] = (
+                            top[wd] | top[ow_words + wd] | bottom[wd] | bottom[ow_words + wd])
+            else:
+                for r in range(q1 - q0):
+                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
+                                        &out[img, (q0 + r) // g.ow, (q0 + r) % g.ow, 0])
+            free(ptrs)
+    if failed:
+        raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")
+    return words

@@ -1,0 +1,247 @@
+/* The "avx2" variant (x86-64 with AVX2 and POPCNT): sign packing with vector
+ * compares and movemask, the 4 x 8 GEMM micro-kernel, and the real-valued
+ * layers on 32-byte vectors. */
+#ifndef XNORCORE_CSRC_AVX2_H
+#define XNORCORE_CSRC_AVX2_H
+
+#include "common.h"
+#include "real_layers.h"
+#include "scalar.h"
+
+#if XNOR_X86
+
+#define XNOR_AVX2_ATTR __attribute__((target("avx2,popcnt")))
+
+XNOR_AVX2_ATTR static uint64_t xnor_mask64_avx2(int dtype, const void *p, int n, int *nan)
+{
+    if (n < 64 || dtype == XNOR_I16)
+        return xnor_mask64_scalar(dtype, p, n, nan);
+    uint64_t m = 0;
+    switch (dtype) {
+    case XNOR_I8: {
+        const __m256i *q = (const __m256i *)p;
+        uint32_t lo = (uint32_t)_mm256_movemask_epi8(_mm256_loadu_si256(q));
+        uint32_t hi = (uint32_t)_mm256_movemask_epi8(_mm256_loadu_si256(q + 1));
+        return ~(((uint64_t)hi << 32) | lo); /* sign bit set = negative */
+    }
+    case XNOR_I32: {
+        const float *q = (const float *)p;
+        for (int g = 0; g < 8; g++)
+            m |= (uint64_t)(uint8_t)_mm256_movemask_ps(_mm256_loadu_ps(q + 8 * g)) << (8 * g);
+        return ~m;
+    }
+    case XNOR_I64: {
+        const double *q = (const double *)p;
+        for (int g = 0; g < 16; g++)
+            m |= (uint64_t)(_mm256_movemask_pd(_mm256_loadu_pd(q + 4 * g)) & 0xF) << (4 * g);
+        return ~m;
+    }
+    case XNOR_F32: {
+        const float *q = (const float *)p;
+        const __m256 zero = _mm256_setzero_ps();
+        int bad = 0;
+        for (int g = 0; g < 8; g++) {
+            __m256 x = _mm256_loadu_ps(q + 8 * g);
+            m |= (uint64_t)(uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_GE_OQ))
+                 << (8 * g);
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        }
+        *nan |= bad != 0;
+        return m;
+    }
+    default: {
+        const double *q = (const double *)p;
+        const __m256d zero = _mm256_setzero_pd();
+        int bad = 0;
+        for (int g = 0; g < 16; g++) {
+            __m256d x = _mm256_loadu_pd(q + 4 * g);
+            m |= (uint64_t)(_mm256_movemask_pd(_mm256_cmp_pd(x, zero, _CMP_GE_OQ)) & 0xF)
+                 << (4 * g);
+            bad |= _mm256_movemask_pd(_mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+        }
+        *nan |= bad != 0;
+        return m;
+    }
+    }
+}
+
+XNOR_AVX2_ATTR static int xnor_pack_row_avx2(int dtype, const void *x, int64_t length,
+                                             uint64_t *out)
+{
+    int nan = 0;
+    const char *p = (const char *)x;
+    size_t step = 64 * xnor_itemsize(dtype);
+    for (int64_t w = 0; w < length; w += 64, p += step) {
+        int n = length - w < 64 ? (int)(length - w) : 64;
+        out[w / 64] = xnor_mask64_avx2(dtype, p, n, &nan);
+    }
+    return nan;
+}
+
+XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int64_t length,
+                                                   int64_t rows, uint64_t *out, int64_t kw,
+                                                   int64_t c0, int64_t c1, uint64_t *buffer)
+{
+    return xnor_pack_cols_band_with(xnor_mask64_avx2, xnor_transpose64, dtype, x, length, rows,
+                                    out, kw, c0, c1, buffer);
+}
+
+/* 4 rows x 8 columns (two ymm of 4 words).  AVX2 has no vector popcount:
+ * count nibbles with a pshufb table (Mula's method) into byte counters, which
+ * hold 31 words (31 x 8 < 256) before they are summed with psadbw. */
+#define XNOR_AVX2_MR 4
+#define XNOR_AVX2_NR 8
+
+XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
+                                             int64_t nw, int32_t *c, int64_t ldc, int mr,
+                                             int ncols, int64_t k, int first)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
+    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+#define XNOR_NIB(acc, v)                                                                     \
+    do {                                                                                     \
+        __m256i lo_ = _mm256_and_si256((v), low4);                                           \
+        __m256i hi_ = _mm256_and_si256(_mm256_srli_epi16((v), 4), low4);                     \
+        acc = _mm256_add_epi8(acc, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo_),            \
+                                                   _mm256_shuffle_epi8(lut, hi_)));          \
+    } while (0)
+#define XNOR_AVX2_ROW(ar, s0, s1)                                                            \
+    do {                                                                                     \
+        __m256i x_ = _mm256_set1_epi64x((long long)ar[w]);                                   \
+        XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
+        XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
+    } while (0)
+    for (int64_t w0 = 0; w0 < nw; w0 += 31) {
+        int64_t w1 = nw - w0 < 31 ? nw : w0 + 31;
+        __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
+        __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
+        for (int64_t w = w0; w < w1; w++) {
+            __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + w * XNOR_AVX2_NR));
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + w * XNOR_AVX2_NR + 4));
+            XNOR_AVX2_ROW(a0, s00, s01);
+            XNOR_AVX2_ROW(a1, s10, s11);
+            XNOR_AVX2_ROW(a2, s20, s21);
+            XNOR_AVX2_ROW(a3, s30, s31);
+        }
+        t00 = _mm256_add_epi64(t00, _mm256_sad_epu8(s00, zero));
+        t01 = _mm256_add_epi64(t01, _mm256_sad_epu8(s01, zero));
+        t10 = _mm256_add_epi64(t10, _mm256_sad_epu8(s10, zero));
+        t11 = _mm256_add_epi64(t11, _mm256_sad_epu8(s11, zero));
+        t20 = _mm256_add_epi64(t20, _mm256_sad_epu8(s20, zero));
+        t21 = _mm256_add_epi64(t21, _mm256_sad_epu8(s21, zero));
+        t30 = _mm256_add_epi64(t30, _mm256_sad_epu8(s30, zero));
+        t31 = _mm256_add_epi64(t31, _mm256_sad_epu8(s31, zero));
+    }
+#undef XNOR_AVX2_ROW
+#undef XNOR_NIB
+    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
+    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
+    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
+    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
+    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
+    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
+    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
+    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
+    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
+    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, first);
+}
+
+/* The convolution tile: the 4 x 8 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[4 t + r].  The byte counters are
+ * flushed every 31 words, across segment boundaries. */
+XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int taps,
+                                                  const uint64_t *panel, int64_t nw, int32_t *c,
+                                                  int64_t ldc, int mr, int ncols, int64_t k)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
+    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
+    __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
+    int pending = 0;
+#define XNOR_NIB(acc, v)                                                                     \
+    do {                                                                                     \
+        __m256i lo_ = _mm256_and_si256((v), low4);                                           \
+        __m256i hi_ = _mm256_and_si256(_mm256_srli_epi16((v), 4), low4);                     \
+        acc = _mm256_add_epi8(acc, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo_),            \
+                                                   _mm256_shuffle_epi8(lut, hi_)));          \
+    } while (0)
+#define XNOR_AVX2_ROW(ar, s0, s1)                                                            \
+    do {                                                                                     \
+        __m256i x_ = _mm256_set1_epi64x((long long)ar[w]);                                   \
+        XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
+        XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
+    } while (0)
+#define XNOR_SAD(t, s) t = _mm256_add_epi64(t, _mm256_sad_epu8(s, zero)), s = zero
+    const uint64_t *b = panel;
+    for (int tap = 0; tap < taps; tap++) {
+        const uint64_t *a0 = a[4 * tap], *a1 = a[4 * tap + 1];
+        const uint64_t *a2 = a[4 * tap + 2], *a3 = a[4 * tap + 3];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX2_NR) {
+            __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
+            XNOR_AVX2_ROW(a0, s00, s01);
+            XNOR_AVX2_ROW(a1, s10, s11);
+            XNOR_AVX2_ROW(a2, s20, s21);
+            XNOR_AVX2_ROW(a3, s30, s31);
+            if (++pending == 31) {
+                XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
+                XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
+                pending = 0;
+            }
+        }
+    }
+    XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
+    XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
+#undef XNOR_SAD
+#undef XNOR_AVX2_ROW
+#undef XNOR_NIB
+    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
+    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
+    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
+    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
+    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
+    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
+    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
+    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
+    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
+    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, 1);
+}
+
+/* Whole words with 8-lane vectors, the last partial word as the scalar variant. */
+XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8_t *direction,
+                                                    const int32_t *threshold, int64_t n,
+                                                    uint64_t *out)
+{
+    const __m256i minus1 = _mm256_set1_epi32(-1);
+    int64_t w0 = 0;
+    for (; w0 + 64 <= n; w0 += 64) {
+        uint64_t m = 0;
+        for (int g = 0; g < 8; g++) {
+            int64_t j = w0 + 8 * g;
+            __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(direction + j)));
+            __m256i v = _mm256_sub_epi32(
+                _mm256_mullo_epi32(d, _mm256_loadu_si256((const __m256i *)(z + j))),
+                _mm256_loadu_si256((const __m256i *)(threshold + j)));
+            __m256i ge = _mm256_cmpgt_epi32(v, minus1);
+            m |= (uint64_t)(uint8_t)_mm256_movemask_ps(_mm256_castsi256_ps(ge)) << (8 * g);
+        }
+        out[w0 / 64] = m;
+    }
+    if (w0 < n)
+        xnor_threshold_pack_scalar(z + w0, direction + w0, threshold + w0, n - w0, out + w0 / 64);
+}
+
+XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
+XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
+#endif /* XNOR_X86 */
+
+#endif /* XNORCORE_CSRC_AVX2_H */

@@ -1,0 +1,358 @@
+/* The "avx512" variant (x86-64 with AVX-512 F, BW, DQ, VL and VPOPCNTDQ):
+ * sign packing with masked loads and compares, a vector 64 x 64 bit transpose,
+ * the 8 x 24 GEMM micro-kernel on vpopcntq, and the real-valued layers on
+ * 64-byte vectors (AVX-512F). */
+#ifndef XNORCORE_CSRC_AVX512_H
+#define XNORCORE_CSRC_AVX512_H
+
+#include "common.h"
+#include "real_layers.h"
+
+#if XNOR_X86
+
+#define XNOR_AVX512_ATTR                                                                     \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq,popcnt")))
+
+static inline XNOR_AVX512_ATTR __mmask64 xnor_lanes64(int n)
+{
+    return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
+}
+
+/* 64 elements (n of them valid) -> one word, with masked loads for the tail
+ * so that no byte past the row is read and padding bits stay 0. */
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f32_avx512(const float *p, int n, int *nan)
+{
+    uint64_t m = 0;
+    __mmask16 bad = 0;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int g = 0; g < 4; g++) {
+        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
+        __m512 x = _mm512_maskz_loadu_ps(lanes, p + 16 * g);
+        m |= (uint64_t)_mm512_mask_cmp_ps_mask(lanes, x, zero, _CMP_GE_OQ) << (16 * g);
+        bad |= _mm512_mask_cmp_ps_mask(lanes, x, x, _CMP_UNORD_Q);
+    }
+    *nan |= bad != 0;
+    return m;
+}
+
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f64_avx512(const double *p, int n, int *nan)
+{
+    uint64_t m = 0;
+    __mmask8 bad = 0;
+    const __m512d zero = _mm512_setzero_pd();
+    for (int g = 0; g < 8; g++) {
+        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
+        __m512d x = _mm512_maskz_loadu_pd(lanes, p + 8 * g);
+        m |= (uint64_t)_mm512_mask_cmp_pd_mask(lanes, x, zero, _CMP_GE_OQ) << (8 * g);
+        bad |= _mm512_mask_cmp_pd_mask(lanes, x, x, _CMP_UNORD_Q);
+    }
+    *nan |= bad != 0;
+    return m;
+}
+
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i8_avx512(const int8_t *p, int n)
+{
+    __mmask64 lanes = xnor_lanes64(n);
+    __m512i x = _mm512_maskz_loadu_epi8(lanes, p);
+    return _mm512_mask_cmpge_epi8_mask(lanes, x, _mm512_setzero_si512());
+}
+
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i16_avx512(const int16_t *p, int n)
+{
+    uint64_t m = 0;
+    for (int g = 0; g < 2; g++) {
+        __mmask32 lanes = (__mmask32)xnor_lanes64(n - 32 * g);
+        __m512i x = _mm512_maskz_loadu_epi16(lanes, p + 32 * g);
+        m |= (uint64_t)_mm512_mask_cmpge_epi16_mask(lanes, x, _mm512_setzero_si512()) << (32 * g);
+    }
+    return m;
+}
+
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i32_avx512(const int32_t *p, int n)
+{
+    uint64_t m = 0;
+    for (int g = 0; g < 4; g++) {
+        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
+        __m512i x = _mm512_maskz_loadu_epi32(lanes, p + 16 * g);
+        m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, x, _mm512_setzero_si512()) << (16 * g);
+    }
+    return m;
+}
+
+XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i64_avx512(const int64_t *p, int n)
+{
+    uint64_t m = 0;
+    for (int g = 0; g < 8; g++) {
+        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
+        __m512i x = _mm512_maskz_loadu_epi64(lanes, p + 8 * g);
+        m |= (uint64_t)_mm512_mask_cmpge_epi64_mask(lanes, x, _mm512_setzero_si512()) << (8 * g);
+    }
+    return m;
+}
+
+XNOR_AVX512_ATTR static uint64_t xnor_mask64_avx512(int dtype, const void *p, int n, int *nan)
+{
+    switch (dtype) {
+    case XNOR_I8: return xnor_m64_i8_avx512((const int8_t *)p, n);
+    case XNOR_I16: return xnor_m64_i16_avx512((const int16_t *)p, n);
+    case XNOR_I32: return xnor_m64_i32_avx512((const int32_t *)p, n);
+    case XNOR_I64: return xnor_m64_i64_avx512((const int64_t *)p, n);
+    case XNOR_F32: return xnor_m64_f32_avx512((const float *)p, n, nan);
+    default: return xnor_m64_f64_avx512((const double *)p, n, nan);
+    }
+}
+
+/* xnor_transpose64 on eight zmm registers (lane l of register i is a[8 i + l]):
+ * the swaps across 32, 16 and 8 rows pair registers, those across 4, 2 and 1
+ * rows pair lanes through a permute.  About 260 vector ops instead of 1300
+ * scalar ones: column packing would otherwise spend most of its time here. */
+XNOR_AVX512_ATTR static void xnor_transpose64_avx512(uint64_t a[64])
+{
+    __m512i v[8];
+    for (int i = 0; i < 8; i++)
+        v[i] = _mm512_loadu_si512(a + 8 * i);
+    static const uint64_t masks[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL,
+                                      0x00FF00FF00FF00FFULL, 0x0F0F0F0F0F0F0F0FULL,
+                                      0x3333333333333333ULL, 0x5555555555555555ULL};
+    for (int stage = 0; stage < 3; stage++) {
+        int j = 32 >> stage, d = j / 8;
+        __m512i m = _mm512_set1_epi64((long long)masks[stage]);
+        __m512i sh = _mm512_set1_epi64(j);
+        for (int i = 0; i < 8; i++) {
+            if (i & d)
+                continue;
+            __m512i t = _mm512_and_si512(_mm512_xor_si512(_mm512_srlv_epi64(v[i], sh), v[i + d]), m);
+            v[i] = _mm512_xor_si512(v[i], _mm512_sllv_epi64(t, sh));
+            v[i + d] = _mm512_xor_si512(v[i + d], t);
+        }
+    }
+    for (int stage = 3; stage < 6; stage++) {
+        int j = 32 >> stage; /* 4, 2, 1: partner lane l ^ j */
+        __m512i m = _mm512_set1_epi64((long long)masks[stage]);
+        __m512i sh = _mm512_set1_epi64(j);
+        __m512i partner = _mm512_set_epi64(7 ^ j, 6 ^ j, 5 ^ j, 4 ^ j, 3 ^ j, 2 ^ j, 1 ^ j, 0 ^ j);
+        /* lanes whose index has bit j clear hold the upper row of their pair */
+        __mmask8 low = (__mmask8)(j == 4 ? 0x0F : j == 2 ? 0x33 : 0x55);
+        for (int i = 0; i < 8; i++) {
+            __m512i p = _mm512_permutexvar_epi64(partner, v[i]);
+            __m512i hi = _mm512_mask_blend_epi64(low, p, v[i]);  /* a[k]     */
+            __m512i lo = _mm512_mask_blend_epi64(low, v[i], p);  /* a[k | j] */
+            __m512i t = _mm512_and_si512(_mm512_xor_si512(_mm512_srlv_epi64(hi, sh), lo), m);
+            __m512i upd = _mm512_mask_blend_epi64(low, t, _mm512_sllv_epi64(t, sh));
+            v[i] = _mm512_xor_si512(v[i], upd);
+        }
+    }
+    for (int i = 0; i < 8; i++)
+        _mm512_storeu_si512(a + 8 * i, v[i]);
+}
+
+/* One loop per dtype so that the full words compile to straight-line code. */
+#define XNOR_PACK_ROW_512(T, CALL)                                                           \
+    {                                                                                        \
+        const T *q = (const T *)x;                                                           \
+        int64_t w = 0;                                                                       \
+        for (; w + 64 <= length; w += 64) {                                                  \
+            const T *p = q + w;                                                              \
+            int n = 64;                                                                      \
+            out[w / 64] = CALL;                                                              \
+        }                                                                                    \
+        if (w < length) {                                                                    \
+            const T *p = q + w;                                                              \
+            int n = (int)(length - w);                                                       \
+            out[w / 64] = CALL;                                                              \
+        }                                                                                    \
+        return nan;                                                                          \
+    }
+
+XNOR_AVX512_ATTR static int xnor_pack_row_avx512(int dtype, const void *x, int64_t length,
+                                                 uint64_t *out)
+{
+    int nan = 0;
+    switch (dtype) {
+    case XNOR_I8: XNOR_PACK_ROW_512(int8_t, xnor_m64_i8_avx512(p, n))
+    case XNOR_I16: XNOR_PACK_ROW_512(int16_t, xnor_m64_i16_avx512(p, n))
+    case XNOR_I32: XNOR_PACK_ROW_512(int32_t, xnor_m64_i32_avx512(p, n))
+    case XNOR_I64: XNOR_PACK_ROW_512(int64_t, xnor_m64_i64_avx512(p, n))
+    case XNOR_F32: XNOR_PACK_ROW_512(float, xnor_m64_f32_avx512(p, n, &nan))
+    default: XNOR_PACK_ROW_512(double, xnor_m64_f64_avx512(p, n, &nan))
+    }
+}
+#undef XNOR_PACK_ROW_512
+
+XNOR_AVX512_ATTR static int xnor_pack_cols_band_avx512(int dtype, const void *x,
+                                                        int64_t length, int64_t rows,
+                                                       uint64_t *out, int64_t kw, int64_t c0,
+                                                       int64_t c1, uint64_t *buffer)
+{
+    return xnor_pack_cols_band_with(xnor_mask64_avx512, xnor_transpose64_avx512, dtype, x,
+                                    length, rows, out, kw, c0, c1, buffer);
+}
+
+/* 8 rows x 24 columns: 24 zmm accumulators of 64-bit counts, 3 zmm of B and
+ * one broadcast word of A in flight (28 of 32 registers); 11 loads feed 72
+ * vector ops.  Three ops per 512 bits (xor, popcount, add) is the floor: a
+ * carry-save (Harley-Seal) sum trades popcounts for as many ternary-logic ops.
+ * On Zen 4 this runs at about 1.5 cycles per 512-bit step, 1.2 T bit-MAC/s on
+ * one core with L1-resident data. */
+#define XNOR_AVX512_MR 8
+#define XNOR_AVX512_NR 24
+
+XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
+                                                 const uint64_t *panel, int64_t nw,
+                                                 int32_t *c, int64_t ldc, int mr, int ncols,
+                                                 int64_t k, int first)
+{
+    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    const uint64_t *a4 = a[4], *a5 = a[5], *a6 = a[6], *a7 = a[7];
+    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
+    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
+    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
+#define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
+#define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
+    do {                                                                                     \
+        __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
+        XNOR_CNT(t0, x_, b0);                                                                \
+        XNOR_CNT(t1, x_, b1);                                                                \
+        XNOR_CNT(t2, x_, b2);                                                                \
+    } while (0)
+    for (int64_t w = 0; w < nw; w++) {
+        const uint64_t *b = panel + w * XNOR_AVX512_NR;
+        __m512i b0 = _mm512_loadu_si512(b);
+        __m512i b1 = _mm512_loadu_si512(b + 8);
+        __m512i b2 = _mm512_loadu_si512(b + 16);
+        XNOR_512_ROW(a0, s00, s01, s02);
+        XNOR_512_ROW(a1, s10, s11, s12);
+        XNOR_512_ROW(a2, s20, s21, s22);
+        XNOR_512_ROW(a3, s30, s31, s32);
+        XNOR_512_ROW(a4, s40, s41, s42);
+        XNOR_512_ROW(a5, s50, s51, s52);
+        XNOR_512_ROW(a6, s60, s61, s62);
+        XNOR_512_ROW(a7, s70, s71, s72);
+    }
+#undef XNOR_512_ROW
+#undef XNOR_CNT
+    const __m256i kv = _mm256_set1_epi32((int32_t)k);
+    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
+    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
+    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
+#define XNOR_512_STORE1(r, s, g, lanes)                                                      \
+    do {                                                                                     \
+        int32_t *dst_ = c + (r) * ldc + 8 * (g);                                             \
+        __m256i cnt_ = _mm512_cvtepi64_epi32(s);                                             \
+        __m256i base_ = first ? kv : _mm256_maskz_loadu_epi32(lanes, dst_);                  \
+        _mm256_mask_storeu_epi32(dst_, lanes, _mm256_sub_epi32(base_, _mm256_add_epi32(cnt_, cnt_))); \
+    } while (0)
+#define XNOR_512_STORE(r, t0, t1, t2)                                                        \
+    if ((r) < mr) {                                                                          \
+        XNOR_512_STORE1(r, t0, 0, lanes0);                                                   \
+        XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
+        XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
+    }
+    XNOR_512_STORE(0, s00, s01, s02)
+    XNOR_512_STORE(1, s10, s11, s12)
+    XNOR_512_STORE(2, s20, s21, s22)
+    XNOR_512_STORE(3, s30, s31, s32)
+    XNOR_512_STORE(4, s40, s41, s42)
+    XNOR_512_STORE(5, s50, s51, s52)
+    XNOR_512_STORE(6, s60, s61, s62)
+    XNOR_512_STORE(7, s70, s71, s72)
+#undef XNOR_512_STORE
+#undef XNOR_512_STORE1
+}
+
+/* The convolution tile: the 8 x 24 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[8 t + r], summed in registers
+ * across all segments (no store between them). */
+XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, int taps,
+                                                      const uint64_t *panel, int64_t nw,
+                                                      int32_t *c, int64_t ldc, int mr,
+                                                      int ncols, int64_t k)
+{
+    __m512i s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32;
+    __m512i s40, s41, s42, s50, s51, s52, s60, s61, s62, s70, s71, s72;
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = _mm512_setzero_si512();
+    s40 = s41 = s42 = s50 = s51 = s52 = s60 = s61 = s62 = s70 = s71 = s72 = s00;
+#define XNOR_CNT(acc, x, b) acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, b)))
+#define XNOR_512_ROW(ar, t0, t1, t2)                                                         \
+    do {                                                                                     \
+        __m512i x_ = _mm512_set1_epi64((long long)ar[w]);                                    \
+        XNOR_CNT(t0, x_, b0);                                                                \
+        XNOR_CNT(t1, x_, b1);                                                                \
+        XNOR_CNT(t2, x_, b2);                                                                \
+    } while (0)
+    const uint64_t *b = panel;
+    for (int tap = 0; tap < taps; tap++) {
+        const uint64_t *const *at = a + 8 * tap;
+        const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
+        const uint64_t *a4 = at[4], *a5 = at[5], *a6 = at[6], *a7 = at[7];
+        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX512_NR) {
+            __m512i b0 = _mm512_loadu_si512(b);
+            __m512i b1 = _mm512_loadu_si512(b + 8);
+            __m512i b2 = _mm512_loadu_si512(b + 16);
+            XNOR_512_ROW(a0, s00, s01, s02);
+            XNOR_512_ROW(a1, s10, s11, s12);
+            XNOR_512_ROW(a2, s20, s21, s22);
+            XNOR_512_ROW(a3, s30, s31, s32);
+            XNOR_512_ROW(a4, s40, s41, s42);
+            XNOR_512_ROW(a5, s50, s51, s52);
+            XNOR_512_ROW(a6, s60, s61, s62);
+            XNOR_512_ROW(a7, s70, s71, s72);
+        }
+    }
+#undef XNOR_512_ROW
+#undef XNOR_CNT
+    const __m256i kv = _mm256_set1_epi32((int32_t)k);
+    __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
+    __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
+    __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
+#define XNOR_512_STORE1(r, s, g, lanes)                                                      \
+    do {                                                                                     \
+        __m256i cnt_ = _mm512_cvtepi64_epi32(s);                                             \
+        _mm256_mask_storeu_epi32(c + (r) * ldc + 8 * (g), lanes,                             \
+                                 _mm256_sub_epi32(kv, _mm256_add_epi32(cnt_, cnt_)));        \
+    } while (0)
+#define XNOR_512_STORE(r, t0, t1, t2)                                                        \
+    if ((r) < mr) {                                                                          \
+        XNOR_512_STORE1(r, t0, 0, lanes0);                                                   \
+        XNOR_512_STORE1(r, t1, 1, lanes1);                                                   \
+        XNOR_512_STORE1(r, t2, 2, lanes2);                                                   \
+    }
+    XNOR_512_STORE(0, s00, s01, s02)
+    XNOR_512_STORE(1, s10, s11, s12)
+    XNOR_512_STORE(2, s20, s21, s22)
+    XNOR_512_STORE(3, s30, s31, s32)
+    XNOR_512_STORE(4, s40, s41, s42)
+    XNOR_512_STORE(5, s50, s51, s52)
+    XNOR_512_STORE(6, s60, s61, s62)
+    XNOR_512_STORE(7, s70, s71, s72)
+#undef XNOR_512_STORE
+#undef XNOR_512_STORE1
+}
+
+/* 16 lanes at a time, masked loads for the last word (nothing read past n). */
+XNOR_AVX512_ATTR static void xnor_threshold_pack_avx512(const int32_t *z, const int8_t *direction,
+                                                        const int32_t *threshold, int64_t n,
+                                                        uint64_t *out)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        uint64_t m = 0;
+        for (int g = 0; g < 4; g++) {
+            int64_t j = w0 + 16 * g;
+            __mmask16 lanes = (__mmask16)xnor_lanes64(len - 16 * g);
+            __m512i d = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, direction + j));
+            __m512i v = _mm512_sub_epi32(_mm512_mullo_epi32(d, _mm512_maskz_loadu_epi32(lanes, z + j)),
+                                         _mm512_maskz_loadu_epi32(lanes, threshold + j));
+            m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, v, zero) << (16 * g);
+        }
+        out[w0 / 64] = m;
+    }
+}
+
+XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
+XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
+#endif /* XNOR_X86 */
+
+#endif /* XNORCORE_CSRC_AVX512_H */

@@ -1,0 +1,124 @@
+/* The binary conv2d driver over any row of the dispatch table: an implicit
+ * GEMM on packed NHWC words (xnor_layout.h), without im2col.
+ *
+ * Output pixels play the rows of A and output channels the columns of B.
+ * For a tile of mr output pixels the driver writes an indirection buffer of
+ * kh kw x mr pointers, one per (tap, pixel): the words of the input pixel
+ * under that tap, or `pad` where the tap falls in the padding.  The micro-
+ * kernel (conv_ukernel) then sums XOR popcounts over all taps in registers
+ * against panels of the weights laid out as the GEMM's (panel[t][w][jj]),
+ * reusing the GEMM's register tiling.
+ *
+ * `pad` is a block of cwg words: all clear bits stand for -1 padding, the
+ * C / groups valid bits set for +1 padding (padding bits stay 0 either way).
+ * Zero padding (the float convolution of sign(x) with zero padding) is the -1
+ * result plus, for each padded tap, the sum of that tap's weight signs: `corr`
+ * (taps, O) holds those sums, added to the pixels that have padded taps, so the
+ * borders are exact for every stride and dilation at the price of border work.
+ */
+#ifndef XNORCORE_CSRC_CONV_H
+#define XNORCORE_CSRC_CONV_H
+
+#include "common.h"
+
+typedef struct {
+    int64_t h, w;   /* input height, width */
+    int64_t oh, ow; /* output height, width */
+    int64_t kh, kw, sh, sw, dh, dw;
+    int64_t pt, pl; /* padding rows above, columns left of the input */
+    int64_t xs;     /* words per input pixel: groups x cwg */
+    int64_t cwg;    /* words per pixel and group */
+    int64_t og;     /* output channels per group */
+    int64_t o;      /* output channels */
+    int64_t ppg;    /* weight panels per group */
+    int64_t k;      /* bits summed per output: kh kw C / groups */
+} xnor_conv_geom;
+
+/* Point ptrs[t * mr + r] at the words of group `grp` under tap t of output
+ * pixel q + r of one image (x), or at pad; missing rows (q + r >= q1) repeat
+ * pixel q1 - 1: computed, never stored.  Returns a mask of the rows that
+ * have a padded tap (mr is at most 32). */
+static inline uint32_t xnor_conv_indirection(const xnor_conv_geom *g, const uint64_t *x,
+                                             const uint64_t *pad, int64_t grp, int64_t q,
+                                             int64_t q1, int mr, const uint64_t **ptrs)
+{
+    uint32_t border = 0;
+    const uint64_t *xg = x + grp * g->cwg;
+    int64_t oy = q / g->ow, ox = q % g->ow;
+    for (int r = 0; r < mr; r++) {
+        if (q + r < q1 && r > 0 && ++ox == g->ow) {
+            ox = 0;
+            oy++;
+        }
+        int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
+        int padded = 0;
+        if (y0 >= 0 && y0 + (g->kh - 1) * g->dh < g->h && x0 >= 0 &&
+            x0 + (g->kw - 1) * g->dw < g->w) {
+            /* the whole window inside the input: no bounds checks per tap */
+            const uint64_t *p = xg + (y0 * g->w + x0) * g->xs;
+            const int64_t row_step = g->dh * g->w * g->xs, col_step = g->dw * g->xs;
+            int t = 0;
+            for (int64_t i = 0; i < g->kh; i++, p += row_step)
+                for (int64_t j = 0; j < g->kw; j++, t++)
+                    ptrs[t * mr + r] = p + j * col_step;
+            continue;
+        }
+        int t = 0;
+        for (int64_t i = 0; i < g->kh; i++) {
+            int64_t iy = y0 + i * g->dh;
+            int row_in = iy >= 0 && iy < g->h;
+            for (int64_t j = 0; j < g->kw; j++, t++) {
+                int64_t ix = x0 + j * g->dw;
+                int in = row_in && ix >= 0 && ix < g->w;
+                ptrs[t * mr + r] = in ? xg + (iy * g->w + ix) * g->xs : pad;
+                padded |= !in;
+            }
+        }
+        border |= (uint32_t)padded << r;
+    }
+    return border;
+}
+
+/* Output pixels [q0, q1) of one image (x: its H x W x xs words) for weight
+ * panels [p0, p1) (panel p: group p / ppg, channels from (p % ppg) nr of that
+ * group).  c points at the output of pixel q0, channel 0; row stride ldc.
+ * ptrs: scratch of kh kw mr pointers. */
+XNOR_MAYBE_UNUSED static void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g,
+                             const uint64_t *x, const uint64_t *panels, const int32_t *corr,
+                             const uint64_t *pad, int64_t q0, int64_t q1, int64_t p0,
+                             int64_t p1, int32_t *c, int64_t ldc, const uint64_t **ptrs)
+{
+    const int mr = kern->mr, nr = kern->nr;
+    const int taps = (int)(g->kh * g->kw);
+    const int64_t panel_words = (int64_t)taps * g->cwg * nr;
+    for (int64_t q = q0; q < q1; q += mr) {
+        int rows = q1 - q < mr ? (int)(q1 - q) : mr;
+        int64_t built = -1; /* group of the pointers in ptrs */
+        uint32_t border = 0;
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t grp = p / g->ppg;
+            int64_t col = grp * g->og + (p % g->ppg) * nr;
+            int64_t left = (grp + 1) * g->og - col;
+            int ncols = left < nr ? (int)left : nr;
+            if (grp != built) {
+                border = xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
+                built = grp;
+            }
+            int32_t *ct = c + (q - q0) * ldc + col;
+            kern->conv_ukernel(ptrs, taps, panels + p * panel_words, g->cwg, ct, ldc, rows,
+                               ncols, g->k);
+            if (corr == NULL || border == 0)
+                continue;
+            for (int r = 0; r < rows; r++)
+                for (int t = 0; t < taps && (border >> r & 1); t++)
+                    if (ptrs[t * mr + r] == pad) {
+                        const int32_t *cr = corr + t * g->o + col;
+                        int32_t *dst = ct + r * ldc;
+                        for (int jj = 0; jj < ncols; jj++)
+                            dst[jj] += cr[jj];
+                    }
+        }
+    }
+}
+
+#endif /* XNORCORE_CSRC_CONV_H */
