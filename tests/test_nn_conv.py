@@ -272,3 +272,30 @@ def test_flatten_is_channels_fastest_and_inverts_in_backward():
     out = flat.forward(x, training=True)
     np.testing.assert_array_equal(out[1, :5], x[1, 0, 0, :].tolist() + [x[1, 0, 1, 0]])
     np.testing.assert_array_equal(flat.backward(out), x)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("conv_layers", [
+    (4, 8, "pool", 8, "pool"),
+    (4, "pool", (8, 1), (16, (2, 3)), "pool", "pool"),
+    ((3, 5), 70, "pool", 65),
+])
+def test_packed_conv_features_equal_the_float_path(seed, conv_layers):
+    from xnorcore import unpack_bits
+    from xnorcore.nn import ConvFeatures
+
+    rng = np.random.RandomState(seed)
+    features = ConvFeatures((9, 10, 3), conv_layers, random_state=rng)
+    for block in features.blocks:
+        bn = block.bn
+        c = bn.gamma.shape[0]
+        # Negative and zero scales too: a pooled channel with a negative scale is an AND of bits.
+        bn.gamma = rng.choice([-1.5, -0.5, 0.0, 0.7, 2.0], c).astype(np.float32)
+        bn.beta = rng.randn(c).astype(np.float32)
+        bn.running_mean = (rng.randn(c) * 3).astype(np.float32)
+        bn.running_var = rng.uniform(0.5, 4, c).astype(np.float32)
+    x = rng.randn(5, 9, 10, 3).astype(np.float32)
+    expected = features.forward(x, training=False)
+    packed = features.forward_packed(x)
+    assert packed.shape == expected.shape
+    np.testing.assert_array_equal(unpack_bits(packed, dtype=np.float32), expected)

@@ -58,7 +58,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Convolutional layers before the dense ones.  Items are an int ``c``
         (a 3x3 convolution with stride 1, "same" zero padding and ``c``
         output channels, then batch norm and sign, or ReLU in a real-valued
-        network), ``"pool"`` (a 2x2 max-pool with stride 2) or a tuple
+        network), ``"pool"`` (a 2x2 max-pool with stride 2; right after a
+        convolution it pools the sums, before batch norm and sign) or a tuple
         ``(c, k)``: the convolution with a ``k x k`` (or, for ``k`` a pair,
         ``kh x kw``) kernel.  The first convolution reads the real-valued
         pixels and has real weights; later ones have binary weights.

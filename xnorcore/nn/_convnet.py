@@ -3,13 +3,18 @@
 Layout of a binary network with ``conv_layers=(32, "pool", 64, "pool")`` on
 28x28x1 images, before the dense layers of :class:`~xnorcore.nn.Network`::
 
-    x (real, NHWC) -> conv1 -> bn -> sign -> pool -> conv2 -> bn -> sign -> pool -> flatten
-                      real W                          sign(W), +-1 in
+    x (real, NHWC) -> conv1 -> pool -> bn -> sign -> conv2 -> pool -> bn -> sign -> flatten
+                      real W                         sign(W), +-1 in
 
 The first convolution reads the real-valued pixels and has real weights, as in
-BinaryNet; every later one has binary weights and +-1 inputs.  Max-pools follow
-the sign, so in the packed form they are an OR of set bits.  The real-valued
-network (``binary=False``) has ReLU in place of sign.
+BinaryNet; every later one has binary weights and +-1 inputs.  A pool right
+after a convolution pools its sums, before batch norm and sign, as BinaryNet
+does: the gradient then goes to the largest sum of each window, where pooling
+the +-1 signs would leave it to the first of many ties.  The function is the
+same as pooling the signs for channels with a positive batch-norm scale (an OR
+of set bits in the packed form) and an AND for a negative one; a pool after a
+pool takes the signs.  The real-valued network (``binary=False``) has ReLU in
+place of sign.
 
 :meth:`ConvFeatures.pack` folds each block's batch norm into one threshold per
 channel, as :meth:`Network.pack` does for dense layers, and
@@ -25,7 +30,7 @@ import numpy as np
 
 from .._array import get_array_module, is_cupy, to_module, to_numpy
 from .._backends import backend_for
-from ..ops import PackedBits, n_words, pack_bits, unpack_bits
+from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight
 from ._inference import PREDICT_ROWS, PackedModel
 from ._layers import ReLU, Sign
@@ -39,7 +44,8 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
 
     An item is an int ``c`` (3x3 convolution, stride 1, "same" zero padding,
     ``c`` output channels, then batch norm and sign), ``"pool"`` (2x2 max-pool
-    with stride 2) or a tuple ``(c, k)`` with ``k`` an int or ``(kh, kw)``:
+    with stride 2: of the sums, before batch norm and sign, when it follows a
+    convolution) or a tuple ``(c, k)`` with ``k`` an int or ``(kh, kw)``:
     the convolution with that kernel size.
 
     Raises
@@ -125,7 +131,7 @@ def pool_packed(h, size=2):
 
 
 class ConvBlock:
-    """One convolution with its batch norm, activation and optional max-pool after it."""
+    """One convolution, its optional max-pool, batch norm and activation, in that order."""
 
     def __init__(self, conv, bn, act, pool=None):
         self.conv = conv
@@ -142,7 +148,7 @@ class ConvBlock:
         return self.conv.name
 
     def layers(self):
-        return [layer for layer in (self.conv, self.bn, self.act, self.pool) if layer is not None]
+        return [layer for layer in (self.conv, self.pool, self.bn, self.act) if layer is not None]
 
 
 class ConvFeatures:
@@ -285,40 +291,48 @@ class ConvFeatures:
         them; binary blocks map packed bits to packed bits with
         :func:`xnorcore.binary_conv2d_threshold_pack`, pooling included.
         """
-        try:
-            from ..ops import binary_conv2d_threshold_pack
-        except ImportError:
-            binary_conv2d_threshold_pack = None
         if not self.binary:
             raise ValueError("the packed path exists only for binary networks")
         self.pack()
         h = x
         for item in self.items:
-            if not isinstance(item, ConvBlock):
+            if not isinstance(item, ConvBlock):  # a pool after a pool (or on the pixels)
                 h = pool_packed(h) if isinstance(h, PackedBits) else item.forward(h, False)
                 continue
             conv = item.conv
-            if isinstance(h, PackedBits) and (binary_conv2d_threshold_pack is None or is_cupy(h)):
-                # The float product of the +-1 values: the same integer sums.
-                z = conv.forward(unpack_bits(h, dtype=_F32), False)
-                n, oh, ow, o = z.shape
-                words = backend_for(z).threshold_pack(z.reshape(-1, o).astype(np.int32), item.direction,
-                                                      item.threshold)
-                h = PackedBits(words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
-                if item.pool is not None:
-                    h = pool_packed(h)
-            elif isinstance(h, PackedBits):
+            pooled = item.pool is not None
+            if isinstance(h, PackedBits) and not is_cupy(h):
+                direction, threshold = item.direction, item.threshold
+                if pooled:
+                    # sign(bn(max z)) over a window is the OR of the signs of its
+                    # sums where the batch-norm scale is positive, their AND where
+                    # it is negative.  The kernel pools with OR, so those channels
+                    # get the complement of their bits (for integer sums, not
+                    # ``d * z - t >= 0`` is ``-d * z - (1 - t) >= 0``), flipped
+                    # back after the pool: not OR(not b) = AND(b).
+                    negative = direction < 0
+                    direction = np.where(negative, -direction, direction).astype(np.int8)
+                    threshold = np.where(negative, 1 - threshold, threshold).astype(np.int32)
                 h = binary_conv2d_threshold_pack(
-                    h, conv.weight_packed, item.direction, item.threshold, pool=item.pool is not None,
+                    h, conv.weight_packed, direction, threshold, pool=pooled,
                     stride=conv.stride, padding=conv.pads(h.shape[1:3]), dilation=conv.dilation,
                 )
+                if pooled and negative.any():
+                    mask = pack_bits(np.where(negative, 1, -1).astype(np.int8)).words
+                    h = PackedBits(h.words ^ mask, h.shape, 3)
             else:
-                z = conv.forward(h, False)
+                # The real first block, or +-1 inputs that no kernel takes (on
+                # the GPU): the float path's sums (integers for +-1 inputs).
+                packed_input = isinstance(h, PackedBits)
+                z = conv.forward(unpack_bits(h, dtype=_F32) if packed_input else h, False)
+                if pooled:
+                    z = item.pool.forward(z, False)
                 n, oh, ow, o = z.shape
-                words = backend_for(z).threshold_pack(z.reshape(-1, o), item.direction, item.threshold)
+                z = z.reshape(-1, o)
+                if packed_input:
+                    z = z.astype(np.int32)
+                words = backend_for(z).threshold_pack(z, item.direction, item.threshold)
                 h = PackedBits(words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
-                if item.pool is not None:
-                    h = pool_packed(h)
             item.activation = h
         return flatten_packed(h)
 
