@@ -5,7 +5,6 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, column_or_1d, validate_data
@@ -22,7 +21,7 @@ from .nn._convnet import (
 )
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
-from .nn._trainer import LR_SCHEDULES, TrainingHistory, train
+from .nn._trainer import LR_SCHEDULES, TrainingHistory, train, validation_split
 
 __all__ = ["BNNClassifier"]
 
@@ -421,15 +420,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         early_stopping = self.early_stopping and not incremental
         X_fit, y_fit, validation = X, y_idx, None
         if early_stopping:
-            stratify = y_idx if np.bincount(y_idx).min() >= 2 else None
-            X_fit, X_val, y_fit, y_val = train_test_split(
-                X, y_idx, test_size=self.validation_fraction, random_state=rng, stratify=stratify
-            )
-            if len(X_fit) == 0 or len(X_val) == 0:
-                raise ValueError(
-                    f"early_stopping needs samples on both sides of the validation split, got "
-                    f"n_samples={len(X)} and validation_fraction={self.validation_fraction}"
-                )
+            X_fit, X_val, y_fit, y_val = validation_split(X, y_idx, self.validation_fraction, rng)
             validation = (xp.asarray((X_val - mean) / scale), y_val)
             history.validation_scores = []
         net = train(

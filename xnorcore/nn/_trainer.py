@@ -10,10 +10,11 @@ import sys
 import time
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from .._array import get_array_module, to_numpy
 
-__all__ = ["LR_SCHEDULES", "learning_rate", "run_epoch", "train", "TrainingHistory"]
+__all__ = ["LR_SCHEDULES", "learning_rate", "run_epoch", "train", "TrainingHistory", "validation_split"]
 
 LR_SCHEDULES = ("cosine", "exponential", "constant")
 
@@ -60,6 +61,18 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     if bar is not None:
         bar.close()
     return total, seconds
+
+
+def validation_split(X, y, fraction, rng):
+    """``(X_fit, X_val, y_fit, y_val)`` for early stopping, stratified where every class has two samples."""
+    stratify = y if np.bincount(y).min() >= 2 else None
+    X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=fraction, random_state=rng, stratify=stratify)
+    if len(X_fit) == 0 or len(X_val) == 0:
+        raise ValueError(
+            f"early_stopping needs samples on both sides of the validation split, got "
+            f"n_samples={len(X)} and validation_fraction={fraction}"
+        )
+    return X_fit, X_val, y_fit, y_val
 
 
 def accuracy(net, X, y):
