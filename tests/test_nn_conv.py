@@ -299,3 +299,22 @@ def test_packed_conv_features_equal_the_float_path(seed, conv_layers):
     packed = features.forward_packed(x)
     assert packed.shape == expected.shape
     np.testing.assert_array_equal(unpack_bits(packed, dtype=np.float32), expected)
+
+
+@pytest.mark.parametrize("hw,kernel,padding", [((28, 28), (3, 3), "same"), ((9, 7), (3, 3), "same"),
+                                               ((9, 10), (2, 3), "same"), ((8, 9), (3, 1), "valid"),
+                                               ((6, 6), (5, 5), 2)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_real_block_sums_equal_convolution_then_pool(hw, kernel, padding, channels):
+    from xnorcore.nn._convnet import ConvBlock, _REAL_BLOCK_IMAGES, real_block_sums
+
+    rng = np.random.RandomState(7)
+    n = _REAL_BLOCK_IMAGES + 3  # more than one block of images
+    x = rng.randn(n, *hw, channels).astype(np.float32)
+    conv = _real_conv(rng.randn(*kernel, channels, 5).astype(np.float32), padding=padding, bias=True)
+    conv.bias = rng.randn(5).astype(np.float32)
+    block = ConvBlock(conv, None, None, MaxPool2D("p"))
+    expected = MaxPool2D("p").forward(conv.forward(x, training=False), training=False)
+    got = real_block_sums(block, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

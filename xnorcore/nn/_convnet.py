@@ -31,7 +31,7 @@ import numpy as np
 from .._array import get_array_module, is_cupy, to_module, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
-from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight
+from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight, im2col
 from ._inference import PREDICT_ROWS, PackedModel
 from ._layers import ReLU, Sign
 from ._network import Network
@@ -244,7 +244,10 @@ class ConvFeatures:
         h = x
         for item in self.items:
             if isinstance(item, ConvBlock):
-                for layer in item.layers():
+                layers = item.layers()
+                if not training and not item.conv.binary_input:
+                    h, layers = real_block_sums(item, h), layers[2 if item.pool is not None else 1:]
+                for layer in layers:
                     h = layer.forward(h, training, rng)
                 item.activation = h
             else:
@@ -324,9 +327,12 @@ class ConvFeatures:
                 # The real first block, or +-1 inputs that no kernel takes (on
                 # the GPU): the float path's sums (integers for +-1 inputs).
                 packed_input = isinstance(h, PackedBits)
-                z = conv.forward(unpack_bits(h, dtype=_F32) if packed_input else h, False)
-                if pooled:
-                    z = item.pool.forward(z, False)
+                if packed_input:
+                    z = conv.forward(unpack_bits(h, dtype=_F32), False)
+                    if pooled:
+                        z = item.pool.forward(z, False)
+                else:
+                    z = real_block_sums(item, h)
                 n, oh, ow, o = z.shape
                 z = z.reshape(-1, o)
                 if packed_input:
@@ -444,6 +450,47 @@ def _clear_caches(layer):
     for key in ("_cache", "_x", "_shape"):
         if hasattr(layer, key):
             setattr(layer, key, None)
+
+
+#: Images per block of the first layer at inference: its sums (28x28x32 float32
+#: for an MNIST digit) stay in cache between the product and the pool.
+_REAL_BLOCK_IMAGES = 64
+
+
+def real_block_sums(block, x):
+    """Inference sums of a block on real input: the convolution, then its max-pool if it has one.
+
+    Both inference paths take the first block's sums from here, so they stay
+    equal.  A 2x2 pool of a stride-1 convolution is one product: each pooled
+    output reads a ``(KH + 1) x (KW + 1)`` patch at stride 2, and the four
+    kernel positions inside it are four column blocks of one weight matrix, so
+    the full-resolution sums are never written out.  Images go through in
+    blocks that keep the intermediates in cache.
+    """
+    conv = block.conv
+    xp = get_array_module(x)
+    kh, kw, c, o = conv.shape
+    if block.pool is None or conv.stride != 1 or conv.dilation != 1:
+        z = conv.forward(x, False)
+        return block.pool.forward(z, False) if block.pool is not None else z
+    w = conv.effective_weight().astype(x.dtype, copy=False)
+    embedded = xp.zeros((kh + 1, kw + 1, c, 2, 2, o), dtype=w.dtype)
+    for a in range(2):
+        for b in range(2):
+            embedded[a:a + kh, b:b + kw, :, a, b, :] = w
+    embedded = embedded.reshape((kh + 1) * (kw + 1) * c, 4 * o)
+    pads = conv.pads(x.shape[1:3])
+    oh, ow = (s // 2 for s in conv.output_shape(x.shape[1:])[:2])
+    out = xp.empty((x.shape[0], oh, ow, o), dtype=x.dtype)
+    for start in range(0, x.shape[0], _REAL_BLOCK_IMAGES):
+        xb = x[start:start + _REAL_BLOCK_IMAGES]
+        cols, ph, pw = im2col(xb, (kh + 1, kw + 1), 2, 1, pads)
+        z = (cols @ embedded).reshape(len(xb), ph, pw, 4, o)[:, :oh, :ow]
+        out[start:start + len(xb)] = xp.maximum(xp.maximum(z[..., 0, :], z[..., 1, :]),
+                                                xp.maximum(z[..., 2, :], z[..., 3, :]))
+    if conv.bias is not None:  # (max(z) + b is max(z + b))
+        out += conv.bias
+    return out
 
 
 def flatten_packed(h):
