@@ -452,9 +452,9 @@ def _clear_caches(layer):
             setattr(layer, key, None)
 
 
-#: Images per block of the first layer at inference: its sums (28x28x32 float32
-#: for an MNIST digit) stay in cache between the product and the pool.
-_REAL_BLOCK_IMAGES = 64
+#: Images per block of the first layer at inference: the products of a block
+#: (14x14x4x32 float32 for an MNIST digit) stay in cache until they are pooled.
+_REAL_BLOCK_IMAGES = 256
 
 
 def real_block_sums(block, x):
@@ -486,8 +486,10 @@ def real_block_sums(block, x):
         xb = x[start:start + _REAL_BLOCK_IMAGES]
         cols, ph, pw = im2col(xb, (kh + 1, kw + 1), 2, 1, pads)
         z = (cols @ embedded).reshape(len(xb), ph, pw, 4, o)[:, :oh, :ow]
-        out[start:start + len(xb)] = xp.maximum(xp.maximum(z[..., 0, :], z[..., 1, :]),
-                                                xp.maximum(z[..., 2, :], z[..., 3, :]))
+        pooled = out[start:start + len(xb)]
+        xp.maximum(z[..., 0, :], z[..., 1, :], out=pooled)
+        xp.maximum(pooled, z[..., 2, :], out=pooled)
+        xp.maximum(pooled, z[..., 3, :], out=pooled)
     if conv.bias is not None:  # (max(z) + b is max(z + b))
         out += conv.bias
     return out
