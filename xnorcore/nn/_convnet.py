@@ -25,16 +25,20 @@ kernel per block), equal to the float path.
 
 import copy
 import numbers
+import types
 
 import numpy as np
 
 from .._array import get_array_module, is_cupy, to_module, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
-from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, conv_padding, glorot_conv_weight, im2col
-from ._inference import PREDICT_ROWS, PackedModel
+from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
+from ._inference import PREDICT_ROWS, PackedModel, fold_threshold
 from ._layers import ReLU, Sign
 from ._network import Network
+
+__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "flatten_packed",
+           "normalize_conv_layers", "pool_packed", "real_block_sums", "recommended_conv_layers"]
 
 _F32 = np.float32
 
@@ -86,36 +90,6 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
             f"(channels, kernel_size) of positive ints, got {item!r} in {name}={conv_layers!r}"
         )
     return tuple(out)
-
-
-def fold_batch_norm(bias, bn, n_out, k, integer, xp):
-    """Per-unit ``(direction, threshold)`` such that ``sign(bn(z + bias))`` is ``direction * z >= threshold``.
-
-    The rule of :meth:`xnorcore.nn.Network.pack`: ``bn(z) >= 0`` is ``z >= t``
-    for a positive batch-norm scale and ``z <= t`` for a negative one; a zero
-    scale makes the unit a constant.  For integer sums bounded by ``k`` the
-    threshold is rounded with the direction and clipped to ``+-(k + 1)``, so
-    the integer comparison is exact.
-    """
-    bias = to_numpy(bias).astype(np.float64) if bias is not None else np.zeros(n_out)
-    if bn is not None:
-        inv_std = 1.0 / np.sqrt(to_numpy(bn.running_var).astype(np.float64) + bn.eps)
-        alpha = to_numpy(bn.gamma).astype(np.float64) * inv_std
-        offset = alpha * (bias - to_numpy(bn.running_mean)) + to_numpy(bn.beta)
-    else:
-        alpha = np.ones(n_out)
-        offset = bias
-    direction = np.sign(alpha)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tau = np.where(alpha != 0, -offset / np.where(alpha != 0, alpha, 1), 0.0)
-    if integer:
-        tau = np.clip(tau, -k - 1, k + 1)
-        tau = np.where(direction > 0, np.ceil(tau), np.floor(tau))
-    threshold = direction * tau
-    constant = direction == 0
-    threshold[constant] = np.where(offset[constant] >= 0, -1, 1)
-    dtype = np.int32 if integer else _F32
-    return xp.asarray(direction.astype(np.int8)), xp.asarray(threshold.astype(dtype))
 
 
 def pool_packed(h, size=2):
@@ -233,9 +207,6 @@ class ConvFeatures:
     def has_training_state(self):
         return all(b.conv.weight is not None for b in self.blocks)
 
-    def set_xnor(self, xnor):
-        """Kept for symmetry with the dense layers: training convolutions use BLAS."""
-
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):
         """Flat features ``(n_samples, n_features)`` of NHWC ``x`` through the float path."""
@@ -274,8 +245,10 @@ class ConvFeatures:
             if conv.binary_weights and conv.weight is not None:
                 conv.weight_packed = pack_bits(conv.weight, axis=2)
             if isinstance(block.act, Sign):
-                block.direction, block.threshold = fold_batch_norm(
-                    conv.bias, block.bn, o, kh * kw * c, integer, xp)
+                # The dense rule with the conv's inner size: |z| <= KH * KW * C.
+                shape = types.SimpleNamespace(shape=(kh * kw * c, o), bias=conv.bias)
+                direction, threshold = fold_threshold(shape, block.bn, integer)
+                block.direction, block.threshold = xp.asarray(direction), xp.asarray(threshold)
         self._packed = True
         return self
 
@@ -686,7 +659,3 @@ def check_image_shape(image_shape, name="image_shape"):
         raise ValueError(f"{name} must be a tuple (height, width, channels) of positive ints, "
                          f"got {name}={image_shape!r}")
     return tuple(int(s) for s in shape)
-
-
-__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "conv_padding",
-           "fold_batch_norm", "flatten_packed", "normalize_conv_layers", "pool_packed", "recommended_conv_layers"]
