@@ -148,6 +148,37 @@ def test_run_subdir_matches_old_readme():
                       batch_size=10, reg=0.5) == Path("fp/hid_64-32/bs_10/0.5")
 
 
+def test_run_subdir_names_conv_layers():
+    from xnorcore.nn._convnet import normalize_conv_layers
+
+    conv = normalize_conv_layers((32, "pool", 64, "pool"))
+    assert run_subdir(binary=True, xnor=True, hidden_layer_sizes=(512,), batch_norm=False, batch_size=100,
+                      reg=0.0, conv_layers=conv) == Path("bin/xnor/conv_32-pool-64-pool/hid_512/bs_100/0.0")
+    conv = normalize_conv_layers((8, (16, (3, 5))))
+    assert run_subdir(binary=False, xnor=False, hidden_layer_sizes=(64,), batch_norm=True, batch_size=10,
+                      reg=0.0, conv_layers=conv) == Path("fp/conv_8-16k3x5/hid_64/batch_norm/bs_10/0.0")
+
+
+def test_conv_needs_square_images():
+    from xnorcore.cli import CLIError, _image_shape
+
+    assert _image_shape(784) == (28, 28, 1)
+    with pytest.raises(CLIError, match="--conv needs square single-channel images, got 50 features"):
+        _image_shape(50)
+
+
+def test_train_conv_digits_names_its_run_folder(tmp_path):
+    pytest.importorskip("tensorboardX")
+    logs = tmp_path / "logs"
+    proc = xnorcore("train", "--conv", "--binary", "--layers", "1", "--n_hidden", "16", "--batch_size", "50",
+                    "--max_steps", "4",
+                    "--eval_every_n", "2", "--log_dir", logs)
+    assert proc.returncode == 0, proc.stderr
+    check_train_output(proc.stdout, 4, 2)
+    # Digits are 8x8: the recommended CNN is one 32-channel convolution and a pool.
+    assert (logs / "bin" / "matmul" / "conv_32-pool" / "hid_16" / "bs_50" / "0.0" / "1").is_dir()
+
+
 def test_next_run_dir(tmp_path):
     assert next_run_dir(tmp_path / "absent") == tmp_path / "absent" / "1"
     assert next_run_dir(tmp_path) == tmp_path / "1"

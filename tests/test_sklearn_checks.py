@@ -12,6 +12,10 @@ _ESTIMATOR = BNNClassifier(hidden_layer_sizes=(32,), max_iter=30, batch_size=32,
 # 30 epochs on the checks' tiny data sets stop at max_iter while still improving.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
+# With conv layers: rows of X are then 1-pixel-high images of n_features pixels.
+_CONV_ESTIMATOR = BNNClassifier(hidden_layer_sizes=(32,), conv_layers=(8, (8, (1, 2))), max_iter=30,
+                                batch_size=32, random_state=0, device="cpu")
+
 # Checks that cannot pass, with the reason.
 EXPECTED_FAILED_CHECKS = {
     # sample_weight scales each sample's loss (and the input standardization),
@@ -26,7 +30,8 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-@parametrize_with_checks([_ESTIMATOR], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@parametrize_with_checks([_ESTIMATOR, _CONV_ESTIMATOR],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 
@@ -34,3 +39,4 @@ def test_sklearn_compatible_estimator(estimator, check):
 def test_declared_parameter_constraints():
     """Every parameter is declared in _parameter_constraints, and fit and partial_fit reject invalid values."""
     check_param_validation("BNNClassifier", _ESTIMATOR)
+    check_param_validation("BNNClassifier", _CONV_ESTIMATOR)

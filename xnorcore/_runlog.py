@@ -52,7 +52,18 @@ def _hidden_name(hidden_layer_sizes):
     return "hid_" + "-".join(str(s) for s in sizes)
 
 
-def run_subdir(*, binary, xnor, hidden_layer_sizes, batch_norm, batch_size, reg):
+def _conv_name(conv_layers):
+    parts = []
+    for item in conv_layers:
+        if item[0] == "pool":
+            parts.append("pool")
+        else:
+            _, channels, (kh, kw) = item
+            parts.append(str(channels) if (kh, kw) == (3, 3) else f"{channels}k{kh}x{kw}")
+    return "conv_" + "-".join(parts)
+
+
+def run_subdir(*, binary, xnor, hidden_layer_sizes, batch_norm, batch_size, reg, conv_layers=()):
     """Relative run path (without the counter) for these training arguments.
 
     Parameters
@@ -67,12 +78,18 @@ def run_subdir(*, binary, xnor, hidden_layer_sizes, batch_norm, batch_size, reg)
     reg : float
         Written as Python prints a float (``0.0``, ``0.0001``), as the old
         script did.
+    conv_layers : sequence of tuples, default=()
+        Normalized conv layers (``xnorcore.nn._convnet.normalize_conv_layers``)
+        of a CNN: a folder ``conv_32-pool-64-pool`` (channels of 3x3
+        convolutions, ``CkKHxKW`` for other kernels) before the hidden widths.
 
     Returns
     -------
     path : pathlib.PurePath
     """
     parts = ["bin", "xnor" if xnor else "matmul"] if binary else ["fp"]
+    if conv_layers:
+        parts.append(_conv_name(conv_layers))
     parts.append(_hidden_name(hidden_layer_sizes))
     if batch_norm:
         parts.append("batch_norm")

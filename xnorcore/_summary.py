@@ -18,7 +18,9 @@ def memory_rows(network):
         4-byte threshold and one int8 direction per unit in place of bias
         and batch norm).
     """
-    rows = []
+    # A CNN lists its conv blocks first (HWIO shapes), then its dense layers.
+    features = getattr(network, "features", None)
+    rows = features.memory_rows() if features is not None else []
     for block in network.blocks:
         d = block.dense
         n_in, n_out = d.shape
@@ -67,7 +69,7 @@ def format_summary(info):
     floats, packed, state = info["float32_bytes"], info["packed_bytes"], info["training_state_bytes"]
     lines = [f"{'layer':<8} {'shape':>14} {'kind':>6} {'params':>10} {'float32':>12} {'packed':>12} {'ratio':>7}"]
     for r in rows:
-        shape = f"{r['shape'][0]}x{r['shape'][1]}"
+        shape = "x".join(str(d) for d in r["shape"])
         kind = "binary" if r["binary"] else "real"
         lines.append(
             f"{r['layer']:<8} {shape:>14} {kind:>6} {r['n_params']:>10,} "

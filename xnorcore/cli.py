@@ -10,6 +10,7 @@ traceback instead.
 
 import argparse
 import json
+import math
 import os
 import pickle
 import statistics
@@ -133,7 +134,7 @@ def build_parser():
     # -- train ----------------------------------------------------------------
     tr = sub.add_parser(
         "train",
-        help="train a fully connected (binary) network on MNIST-format data or digits",
+        help="train a fully connected (binary) network, or a CNN, on MNIST-format data or digits",
         description=(
             "Train a fully connected network with BNNClassifier and report test accuracy "
             "and speed. Flags also work under their mnist_fc_bnn.py names (--n_hidden as --n-hidden)."
@@ -141,7 +142,8 @@ def build_parser():
         epilog=(
             "Without DATA_DIR it trains on scikit-learn's bundled 8x8 digits (1437 train, "
             "360 test images), so it needs no download. With --log_dir each run gets a folder "
-            "LOG_DIR/{bin/xnor,bin/matmul,fp}/hid_N/[batch_norm/]bs_B/REG/RUN (hid_N for three "
+            "LOG_DIR/{bin/xnor,bin/matmul,fp}/[conv_C-pool-.../]hid_N/[batch_norm/]bs_B/REG/RUN (conv_... "
+            "names the conv layers of --conv; hid_N for three "
             "layers of N units, else the widths joined by '-'; RUN counts up from 1) holding "
             "TensorBoard event files (scalars train_loss, test_acc., ex/s; histograms of weights, "
             "binarized weights, activations and gradients), scalars.csv and args.json."
@@ -170,6 +172,10 @@ def build_parser():
     _add(tr, "--binary", action="store_true", help="binary (+1/-1) hidden weights and activations")
     _add(tr, "--xnor", action="store_true", help="with --binary, use the XNOR-popcount product (otherwise float matmul)")
     _add(tr, "--batch_norm", action="store_true", help="batch-normalize activations")
+    _add(tr, "--conv", action="store_true",
+         help="a CNN: the recommended conv layers for the image size (conv_layers='auto', "
+         "for 28x28 digits 3x3 convolutions of 32 and 64 channels, each with a 2x2 max-pool) "
+         "before the hidden layers; the images must be square with one channel")
     _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
     _add(tr, "--seed", type=_seed, default=0, help="seed for weights and batch order (default 0)")
     _add(tr, "--save", metavar="PATH",
@@ -228,6 +234,14 @@ def _hidden_layer_sizes(args):
     if args.n_hidden is not None:
         raise CLIError("give either --n_hidden or --layers with widths, not both")
     return value
+
+
+def _image_shape(n_features):
+    """``(side, side, 1)`` for square single-channel images of ``n_features`` pixels."""
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise CLIError(f"--conv needs square single-channel images, got {n_features} features per image")
+    return (side, side, 1)
 
 
 def _load_data(args):
@@ -309,6 +323,14 @@ def _restore(path, n_features):
     return clf
 
 
+def _conv_layers(clf, n_features):
+    """The normalized conv layers that ``clf`` has (or will have once fitted on ``n_features``)."""
+    network = getattr(clf, "network_", None)
+    if network is not None:
+        return getattr(network, "conv_layers", ())
+    return clf._conv_setup(n_features, None)[1]
+
+
 def _batches(n_samples, batch_size, rng):
     """Endless batches of exactly ``batch_size`` indices from shuffled epochs."""
     order = np.empty(0, dtype=np.intp)
@@ -380,8 +402,12 @@ def cmd_train(args):
     else:
         from .estimator import BNNClassifier
 
+        conv = {}
+        if args.conv:
+            conv = dict(image_shape=_image_shape(X_train.shape[1]), conv_layers="auto")
         clf = BNNClassifier(
             hidden_layer_sizes=hidden,
+            **conv,
             binary=args.binary,
             xnor=args.xnor,
             batch_norm=args.batch_norm,
@@ -405,6 +431,7 @@ def cmd_train(args):
             batch_norm=getattr(clf, "batch_norm", args.batch_norm),
             batch_size=args.batch_size,
             reg=getattr(clf, "reg", args.reg),
+            conv_layers=_conv_layers(clf, X_train.shape[1]),
         )
         logger = RunLogger(run_dir)
         settings = {k: v for k, v in vars(args).items() if k not in ("func", "subparser", "layers", "n_hidden")}

@@ -22,6 +22,13 @@ from . import _summary
 from ._array import reject_masked
 from ._backends import cpu, gpu
 from .nn import Adam, Network
+from .nn._convnet import (
+    ConvNetwork,
+    PackedConvModel,
+    check_image_shape,
+    normalize_conv_layers,
+    recommended_conv_layers,
+)
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
 from .nn._trainer import LR_SCHEDULES, TrainingHistory, train, validation_split
@@ -69,7 +76,28 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     hidden_layer_sizes : tuple of int, default=(1024, 1024, 1024)
-        Width of each hidden layer.
+        Width of each hidden (dense) layer.
+    image_shape : tuple (height, width, channels) or None, default=None
+        Shape of the images that the rows of X hold, pixels in NHWC order
+        (channels fastest): a row of X is ``image.reshape(-1)``.  4-D X of
+        shape ``(n_samples, height, width, channels)`` is accepted as well,
+        and gives ``image_shape`` when it is None.  Without either, a row is
+        taken as a 1-pixel-high image of ``n_features`` pixels and one
+        channel (the conv layers then convolve along the features).
+    conv_layers : sequence or "auto", default=()
+        Convolutional layers before the dense ones.  Items are an int ``c``
+        (a 3x3 convolution with stride 1, "same" zero padding and ``c``
+        output channels, then batch norm and sign, or ReLU in a real-valued
+        network), ``"pool"`` (a 2x2 max-pool with stride 2; right after a
+        convolution it pools the sums, before batch norm and sign) or a tuple
+        ``(c, k)``: the convolution with a ``k x k`` (or, for ``k`` a pair,
+        ``kh x kw``) kernel.  The first convolution reads the real-valued
+        pixels and has real weights; later ones have binary weights.
+        ``"auto"`` is the recommended CNN for the image size, see
+        :func:`xnorcore.nn.recommended_conv_layers` (``(32, "pool", 64,
+        "pool")`` for 28x28 images).  The flattened output of the last one
+        feeds the ``hidden_layer_sizes`` dense layers, which are then all
+        binary (``binarize_first`` does not apply).
     binary : bool, default=True
         Binary hidden weights and activations.  ``False`` trains a real-valued
         network (ReLU, batch norm) with the same code, for comparison.
@@ -157,9 +185,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         data of ordinary scale).
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Feature names, when X has string column names.
-    network_ : xnorcore.nn.Network
+    network_ : xnorcore.nn.Network or xnorcore.nn.ConvNetwork
         The trained network (``network_.histograms()`` gives weights,
-        binarized weights, activations and gradients per layer).
+        binarized weights, activations and gradients per layer); a
+        ConvNetwork when there are conv layers.
+    image_shape_ : tuple of int or None
+        ``(height, width, channels)`` of the images, when there are conv layers.
     optimizer_ : xnorcore.nn.Adam
         Optimizer state, kept for :meth:`partial_fit` and ``warm_start``.
     loss_curve_ : list of float
@@ -191,6 +222,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "image_shape": [None, "array-like"],
+        "conv_layers": [StrOptions({"auto"}), "array-like"],
         "binary": ["boolean"],
         "xnor": [StrOptions({"auto"}), "boolean"],
         "batch_norm": ["boolean"],
@@ -217,6 +250,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self,
         hidden_layer_sizes=(1024, 1024, 1024),
         *,
+        image_shape=None,
+        conv_layers=(),
         binary=True,
         xnor="auto",
         batch_norm=True,
@@ -239,6 +274,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         warm_start=False,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.image_shape = image_shape
+        self.conv_layers = conv_layers
         self.binary = binary
         self.xnor = xnor
         self.batch_norm = batch_norm
@@ -270,6 +307,40 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"hidden_layer_sizes={self.hidden_layer_sizes!r}"
             )
         return tuple(int(h) for h in sizes)
+
+    def _conv_setup(self, n_features, x_image_shape):
+        """``(image_shape, conv_layers)`` of the network to build: ``(None, ())`` without conv layers.
+
+        ``x_image_shape`` is the image shape of 4-D X (None for rows).
+        """
+        if isinstance(self.conv_layers, str):  # "auto" (the constraints allow no other string)
+            conv = "auto"
+        else:
+            conv = normalize_conv_layers(self.conv_layers, "conv_layers")
+        shape = None if self.image_shape is None else check_image_shape(self.image_shape, "image_shape")
+        if shape is not None and x_image_shape is not None and shape != x_image_shape:
+            raise ValueError(f"X holds images of shape {x_image_shape}, but image_shape={self.image_shape!r}")
+        if shape is None:
+            shape = x_image_shape
+        if shape is not None and int(np.prod(shape)) != n_features:
+            raise ValueError(
+                f"image_shape={self.image_shape!r} holds {int(np.prod(shape))} values, but X has "
+                f"n_features={n_features}"
+            )
+        if conv == ():
+            return None, ()
+        if shape is None:
+            shape = (1, n_features, 1)
+        if conv == "auto":
+            conv = normalize_conv_layers(recommended_conv_layers(shape))
+        return shape, conv
+
+    def _rows(self, X):
+        """``(rows, image shape)``: 4-D X flattened to rows of pixels (image shape None for other X)."""
+        if getattr(X, "ndim", None) == 4:
+            X = np.asarray(X)
+            return X.reshape(X.shape[0], -1), tuple(int(s) for s in X.shape[1:])
+        return X, None
 
     def _backend(self):
         """(array module, backend module) to train on."""
@@ -411,6 +482,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 "(all the labels that will ever appear in y)"
             )
         sizes = self._hidden_layer_sizes()
+        X, x_image_shape = self._rows(X)
         resume = fitted and (incremental or self.warm_start)
         if resume:
             if self.optimizer_ is None:
@@ -422,6 +494,15 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         X, y = self._validate_Xy(X, y, reset=not resume)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        image_shape, conv_layers = self._conv_setup(X.shape[1], x_image_shape)
+        if resume and not incremental:
+            fitted_conv = getattr(self.network_, "conv_layers", ())
+            fitted_shape = getattr(self.network_, "image_shape", None)
+            if (image_shape, conv_layers) != (fitted_shape if fitted_conv else None, fitted_conv):
+                raise ValueError(
+                    "warm_start=True needs the same image_shape and conv_layers as the fitted network, got "
+                    f"{image_shape} and {conv_layers}, fitted {fitted_shape} and {fitted_conv}"
+                )
         if resume:
             all_classes = self.classes_
             if classes is not None and not np.array_equal(np.unique(classes), all_classes):
@@ -476,11 +557,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             X = self._model_input(X, exponent)
             rng = check_random_state(self.random_state)
             mean, scale = self._input_stats(X, sample_weight)
-            net = Network(
-                X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
-                dropout=self.dropout, binarize_first=self.binarize_first, binarize_last=self.binarize_last,
-                xnor=xnor, random_state=rng, xp=xp,
-            )
+            if conv_layers:
+                net = ConvNetwork(
+                    image_shape, conv_layers, len(all_classes), sizes, binary=self.binary,
+                    batch_norm=self.batch_norm, dropout=self.dropout, binarize_last=self.binarize_last,
+                    xnor=xnor, random_state=rng, xp=xp,
+                )
+            else:
+                net = Network(
+                    X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
+                    dropout=self.dropout, binarize_first=self.binarize_first,
+                    binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
+                )
             opt = Adam()
             history = TrainingHistory()
         net.set_xnor(xnor)
@@ -525,6 +613,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             self.classes_ = all_classes
             self.input_mean_, self.input_scale_ = mean, scale
             self.input_exponent_ = exponent
+            self.image_shape_ = image_shape
         self._random_state = rng
         if not incremental or not resume:
             self.validation_scores_ = history.validation_scores
@@ -609,11 +698,17 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         """The packed inference model of a binary network (None for a real-valued one)."""
         if not self.network_.binary:
             return None
-        return PackedModel.from_network(self.network_, self.input_mean_, self.input_scale_)
+        compiler = PackedConvModel if isinstance(self.network_, ConvNetwork) else PackedModel
+        return compiler.from_network(self.network_, self.input_mean_, self.input_scale_)
 
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
         reject_masked(X, "X")
+        X, x_image_shape = self._rows(X)
+        fitted_shape = getattr(self.network_, "image_shape", None)
+        if x_image_shape is not None and fitted_shape is not None and x_image_shape != fitted_shape:
+            raise ValueError(f"X holds images of shape {x_image_shape}, but the model was fitted on "
+                             f"images of shape {fitted_shape}")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
         X = self._model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:

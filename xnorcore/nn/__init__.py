@@ -4,6 +4,8 @@ One code path serves the CPU and the GPU: every function takes its array
 module from its inputs (``xp = get_array_module(x)``).
 """
 
+from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D
+from ._convnet import ConvFeatures, ConvNetwork, PackedConvModel, recommended_conv_layers
 from ._layers import BatchNorm, Dense, ReLU, Sign, binarize, ste_mask
 from ._loss import log_softmax, softmax, softmax_cross_entropy
 from ._inference import PackedModel
@@ -13,8 +15,15 @@ from ._optim import Adam
 __all__ = [
     "Adam",
     "BatchNorm",
+    "ChannelBatchNorm",
+    "Conv2D",
+    "ConvFeatures",
+    "ConvNetwork",
     "Dense",
+    "Flatten",
+    "MaxPool2D",
     "Network",
+    "PackedConvModel",
     "PackedModel",
     "ReLU",
     "Sign",
@@ -22,5 +31,6 @@ __all__ = [
     "log_softmax",
     "softmax",
     "softmax_cross_entropy",
+    "recommended_conv_layers",
     "ste_mask",
 ]

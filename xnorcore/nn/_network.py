@@ -66,6 +66,11 @@ class Network:
         Binarize the weights of the first / the output layer as well.
     xnor : bool
         Compute binary x binary products with :func:`~xnorcore.binary_matmul`.
+    conv_input : bool, default=False
+        The input is the flattened output of conv layers
+        (:class:`~xnorcore.nn.ConvFeatures`): the first layer takes dropout
+        and passes its gradient on to them, and in a binary network its
+        input holds only -1 and +1, so it is binary like any later layer.
     random_state : numpy.random.RandomState
         Source of the initial weights (drawn on the CPU, so a network starts
         the same on any device).
@@ -73,9 +78,12 @@ class Network:
         numpy or cupy: where the arrays live.
     """
 
+    #: The default for pickles that do not record it.
+    conv_input = False
+
     def __init__(self, n_features, n_outputs, hidden_layer_sizes, *, binary=True,
                  batch_norm=True, dropout=0.0, binarize_first=False, binarize_last=False,
-                 xnor=False, random_state=None, xp=np):
+                 xnor=False, conv_input=False, random_state=None, xp=np):
         rng = random_state if random_state is not None else np.random.RandomState(0)
         self.binary = bool(binary)
         self.batch_norm = bool(batch_norm)
@@ -84,12 +92,15 @@ class Network:
         self.hidden_layer_sizes = tuple(int(h) for h in hidden_layer_sizes)
         self.binarize_first = bool(binarize_first) and self.binary
         self.binarize_last = bool(binarize_last) and self.binary
+        self.conv_input = bool(conv_input)
         self.blocks = []
         sizes = (self.n_features,) + self.hidden_layer_sizes + (self.n_outputs,)
         n_layers = len(sizes) - 1
         for i in range(n_layers):
             n_in, n_out = sizes[i], sizes[i + 1]
-            first, last = i == 0, i == n_layers - 1
+            last = i == n_layers - 1
+            # After conv layers, the first dense layer is like any later one.
+            first = i == 0 and not self.conv_input
             limit = math.sqrt(6.0 / (n_in + n_out))
             weight = xp.asarray(rng.uniform(-limit, limit, (n_in, n_out)).astype(_F32))
             if self.binary:
@@ -102,7 +113,7 @@ class Network:
             dense = Dense(
                 name, weight, binary_weights=binary_weights, binary_input=binary_input,
                 bias=not has_bn, dropout=0.0 if first else dropout, xnor=xnor,
-                need_input_grad=not first,
+                need_input_grad=i > 0 or self.conv_input,
             )
             bn = BatchNorm(f"bn{i + 1}", n_out, xp) if has_bn else None
             if last:
@@ -157,10 +168,12 @@ class Network:
         return h
 
     def backward(self, grad):
+        """Gradients of every layer; returns that of the input (None unless ``conv_input``)."""
         for layer in reversed(self.layers()):
             grad = layer.backward(grad)
             if grad is None:
                 break
+        return grad
 
     def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None, sample_weight=None, weight_sum=None):
         """One optimizer step on a minibatch; returns the loss (on the device).

@@ -1,0 +1,320 @@
+"""Convolution, channel batch norm, max-pool and flatten layers of xnorcore.nn."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnorcore.nn._conv import (
+    ChannelBatchNorm,
+    Conv2D,
+    Flatten,
+    MaxPool2D,
+    col2im,
+    conv_padding,
+    im2col,
+)
+
+from conftest import sign_ref
+
+
+def conv_ref(x, w, stride=1, pads=((0, 0), (0, 0)), dilation=1):
+    """Plain cross-correlation of NHWC ``x`` by HWIO ``w``, one output pixel at a time."""
+    n, h, wd, c = x.shape
+    kh, kw, _, o = w.shape
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    oh = (xp.shape[1] - dilation * (kh - 1) - 1) // stride + 1
+    ow = (xp.shape[2] - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((n, oh, ow, o), dtype=np.result_type(x, w))
+    for r in range(oh):
+        for q in range(ow):
+            r0, q0 = r * stride, q * stride
+            patch = xp[:, r0:r0 + dilation * (kh - 1) + 1:dilation, q0:q0 + dilation * (kw - 1) + 1:dilation, :]
+            out[:, r, q, :] = np.tensordot(patch, w, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+def pool_ref(x, size=2):
+    n, h, w, c = x.shape
+    oh, ow = h // size, w // size
+    out = np.empty((n, oh, ow, c), dtype=x.dtype)
+    for r in range(oh):
+        for q in range(ow):
+            out[:, r, q] = x[:, r * size:(r + 1) * size, q * size:(q + 1) * size].max(axis=(1, 2))
+    return out
+
+
+def _numeric_grad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def _real_conv(w, **kw):
+    return Conv2D("c", w, binary_weights=False, binary_input=False, **kw)
+
+
+@pytest.mark.parametrize("padding,stride,dilation,kernel", [
+    ("same", 1, 1, (3, 3)),
+    ("valid", 1, 1, (3, 3)),
+    ("same", 2, 1, (3, 3)),
+    ("same", 1, 2, (3, 3)),
+    ("same", 1, 1, (1, 1)),
+    ("valid", 1, 1, (1, 1)),
+    ("same", 3, 1, (5, 2)),
+    (((2, 0), (1, 3)), 2, 1, (2, 4)),
+    (1, 1, 1, (4, 4)),
+])
+def test_conv_forward_matches_reference(padding, stride, dilation, kernel):
+    rng = np.random.RandomState(0)
+    x = rng.randn(3, 9, 8, 5).astype(np.float32)
+    w = rng.randn(*kernel, 5, 7).astype(np.float32)
+    conv = _real_conv(w, padding=padding, stride=stride, dilation=dilation, bias=True)
+    conv.bias = rng.randn(7).astype(np.float32)
+    pads = conv_padding(padding, (9, 8), kernel, stride, dilation)
+    out = conv.forward(x, training=False)
+    ref = conv_ref(x.astype(np.float64), w.astype(np.float64), stride, pads, dilation) + conv.bias
+    assert out.shape == ref.shape == (3, *conv.output_shape((9, 8, 5)))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("size,stride", [(7, 1), (8, 2), (9, 2), (5, 3), (1, 1), (2, 4)])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4])
+def test_same_padding_output_size_and_split(size, stride, kernel):
+    (top, bottom), (left, right) = conv_padding("same", (size, size), (kernel, kernel), stride, 1)
+    assert (top, bottom) == (left, right)
+    assert bottom - top in (0, 1)  # the odd one at the end, as TensorFlow does
+    out = (size + top + bottom - kernel) // stride + 1
+    assert out == -(-size // stride)
+
+
+@pytest.mark.parametrize("padding", ["full", -1, ((1, 2), (3,)), ((1, -2), (0, 0)), True])
+def test_bad_padding_is_named(padding):
+    with pytest.raises(ValueError, match="padding must"):
+        conv_padding(padding, (5, 5), (3, 3), 1, 1)
+
+
+def test_conv_rejects_wrong_channel_count():
+    conv = _real_conv(np.zeros((3, 3, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="expects NHWC input with 4 channels"):
+        conv.forward(np.zeros((1, 5, 5, 3), np.float32), training=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 70),
+    o=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4), stride=st.integers(1, 3),
+    dilation=st.integers(1, 2), padding=st.sampled_from(["same", "valid", 1]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_binary_conv_forward_is_exactly_the_integer_convolution(n, h, w, c, o, kh, kw, stride, dilation,
+                                                                padding, seed):
+    rng = np.random.RandomState(seed)
+    pads = conv_padding(padding, (h, w), (kh, kw), stride, dilation)
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+    if h + sum(pads[0]) < span_h or w + sum(pads[1]) < span_w:
+        return  # the kernel does not fit: no output
+    x = rng.randn(n, h, w, c).astype(np.float32)
+    x[rng.rand(*x.shape) < 0.1] = 0.0  # sign(0) = +1
+    latent = rng.uniform(-1, 1, (kh, kw, c, o)).astype(np.float32)
+    conv = Conv2D("c", latent, binary_weights=True, binary_input=True, stride=stride,
+                  padding=padding, dilation=dilation)
+    s = np.where(x >= 0, 1, -1).astype(np.float32)
+    out = conv.forward(s, training=False)
+    ref = conv_ref(sign_ref(x), sign_ref(latent), stride, pads, dilation)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.astype(np.int64), ref)
+
+
+@pytest.mark.parametrize("padding,stride,dilation,kernel,bias", [
+    ("same", 1, 1, (3, 3), True),
+    ("valid", 2, 1, (3, 2), False),
+    ("same", 2, 2, (2, 3), True),
+    ("same", 1, 1, (1, 1), False),
+])
+def test_conv_gradients_match_finite_differences(padding, stride, dilation, kernel, bias):
+    rng = np.random.RandomState(1)
+    x = rng.randn(2, 6, 5, 3)
+    w = rng.randn(*kernel, 3, 4)
+    conv = _real_conv(w, padding=padding, stride=stride, dilation=dilation, bias=bias)
+    if bias:
+        conv.bias = rng.randn(4)
+    up = rng.randn(2, *conv.output_shape((6, 5, 3)))
+
+    def f():
+        return float((conv.forward(x, training=False) * up).sum())
+
+    conv.forward(x, training=True)
+    dx = conv.backward(up)
+    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(conv.weight_grad, _numeric_grad(f, conv.weight), rtol=1e-6, atol=1e-8)
+    if bias:
+        np.testing.assert_allclose(conv.bias_grad, _numeric_grad(f, conv.bias), rtol=1e-6, atol=1e-8)
+
+
+def test_binary_conv_uses_sign_of_weights_and_straight_through_gradient():
+    rng = np.random.RandomState(2)
+    x = np.where(rng.randn(2, 5, 5, 3) >= 0, 1.0, -1.0)
+    latent = rng.uniform(-1, 1, (3, 3, 3, 4))
+    conv = Conv2D("c", latent, binary_weights=True, binary_input=True)
+    up = rng.randn(2, 5, 5, 4)
+    conv.forward(x, training=True)
+    dx = conv.backward(up)
+    sw = np.where(latent >= 0, 1.0, -1.0)
+    ref = _real_conv(sw)
+    ref.forward(x, training=True)
+    ref_dx = ref.backward(up)
+    np.testing.assert_array_equal(conv.forward(x, training=False), ref.forward(x, training=False))
+    # The gradient reaches the latent weights as if they were sign(W) (straight through).
+    np.testing.assert_allclose(conv.weight_grad, ref.weight_grad)
+    np.testing.assert_allclose(dx, ref_dx)
+
+
+def test_first_layer_computes_no_input_gradient():
+    conv = Conv2D("c", np.ones((3, 3, 1, 2)), binary_weights=False, binary_input=False,
+                  need_input_grad=False)
+    conv.forward(np.ones((1, 4, 4, 1)), training=True)
+    assert conv.backward(np.ones((1, 4, 4, 2))) is None
+    assert conv.weight_grad.shape == (3, 3, 1, 2)
+
+
+@pytest.mark.parametrize("stride,dilation,pads", [(1, 1, ((1, 1), (1, 1))), (2, 1, ((0, 1), (2, 0))),
+                                                  (1, 2, ((2, 2), (0, 0)))])
+def test_col2im_is_the_adjoint_of_im2col(stride, dilation, pads):
+    rng = np.random.RandomState(3)
+    x = rng.randn(2, 7, 6, 3)
+    cols, oh, ow = im2col(x, (3, 2), stride, dilation, pads)
+    g = rng.randn(*cols.shape)
+    back = col2im(g, x.shape, (3, 2), stride, dilation, pads, oh, ow)
+    assert back.shape == x.shape
+    assert np.isclose((cols * g).sum(), (x * back).sum())
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 5, 7, 2), (3, 3, 3, 1)])
+@pytest.mark.parametrize("size", [2, 3])
+def test_max_pool_forward_and_gradient(shape, size):
+    rng = np.random.RandomState(4)
+    x = rng.randn(*shape)  # no ties: finite differences see the gradient of max
+    pool = MaxPool2D("p", size)
+    out = pool.forward(x, training=True)
+    np.testing.assert_array_equal(out, pool_ref(x, size))
+    assert out.shape[1:] == pool.output_shape(shape[1:])
+    up = rng.randn(*out.shape)
+    dx = pool.backward(up)
+
+    def f():
+        return float((pool.forward(x, training=False) * up).sum())
+
+    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+
+
+def test_max_pool_gradient_of_ties_goes_to_the_first_largest_input():
+    # +-1 inputs, as after sign: every window has ties.
+    x = np.array([[1, 1, -1, -1], [1, -1, -1, 1]], np.float32).reshape(1, 2, 4, 1)
+    pool = MaxPool2D("p")
+    out = pool.forward(x, training=True)
+    np.testing.assert_array_equal(out.ravel(), [1, 1])
+    dx = pool.backward(np.array([5.0, 7.0], np.float32).reshape(1, 1, 2, 1))
+    np.testing.assert_array_equal(dx.reshape(2, 4), [[5, 0, 0, 0], [0, 0, 0, 7]])
+
+
+def test_max_pool_of_an_input_smaller_than_the_window_is_an_error():
+    with pytest.raises(ValueError, match="leaves nothing"):
+        MaxPool2D("p", 2).forward(np.zeros((1, 1, 4, 2)), training=False)
+
+
+def test_channel_batch_norm_gradients_match_finite_differences():
+    rng = np.random.RandomState(5)
+    z = rng.randn(2, 3, 4, 3)
+    bn = ChannelBatchNorm("bn", 3, np)
+    bn.gamma = rng.randn(3)
+    bn.beta = rng.randn(3)
+    up = rng.randn(*z.shape)
+
+    def f():
+        saved = bn.running_mean.copy(), bn.running_var.copy()
+        out = float((bn.forward(z, training=True) * up).sum())
+        bn.running_mean, bn.running_var = saved
+        return out
+
+    bn.forward(z, training=True)
+    dz = bn.backward(up)
+    np.testing.assert_allclose(dz, _numeric_grad(f, z, eps=1e-5), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(bn.gamma_grad, _numeric_grad(f, bn.gamma, eps=1e-5), rtol=1e-4)
+    np.testing.assert_allclose(bn.beta_grad, _numeric_grad(f, bn.beta, eps=1e-5), rtol=1e-4)
+
+
+def test_channel_batch_norm_normalizes_each_channel_over_samples_and_positions():
+    rng = np.random.RandomState(6)
+    scale = np.array([1.0, 10.0, 0.5], np.float32)
+    z = (rng.randn(8, 5, 5, 3) * scale + [3, -2, 7]).astype(np.float32)
+    bn = ChannelBatchNorm("bn", 3, np, momentum=0.0)
+    out = bn.forward(z, training=True)
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1, atol=1e-3)
+    np.testing.assert_allclose(bn.running_var, z.reshape(-1, 3).var(0, ddof=1), rtol=1e-4)
+    expected = (z - bn.running_mean) / np.sqrt(bn.running_var + bn.eps)
+    np.testing.assert_allclose(bn.forward(z, training=False), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_is_channels_fastest_and_inverts_in_backward():
+    x = np.arange(2 * 3 * 2 * 4, dtype=np.float32).reshape(2, 3, 2, 4)
+    flat = Flatten("f")
+    out = flat.forward(x, training=True)
+    np.testing.assert_array_equal(out[1, :5], x[1, 0, 0, :].tolist() + [x[1, 0, 1, 0]])
+    np.testing.assert_array_equal(flat.backward(out), x)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("conv_layers", [
+    (4, 8, "pool", 8, "pool"),
+    (4, "pool", (8, 1), (16, (2, 3)), "pool", "pool"),
+    ((3, 5), 70, "pool", 65),
+])
+def test_packed_conv_features_equal_the_float_path(seed, conv_layers):
+    from xnorcore import unpack_bits
+    from xnorcore.nn import ConvFeatures
+
+    rng = np.random.RandomState(seed)
+    features = ConvFeatures((9, 10, 3), conv_layers, random_state=rng)
+    for block in features.blocks:
+        bn = block.bn
+        c = bn.gamma.shape[0]
+        # Negative and zero scales too: a pooled channel with a negative scale is an AND of bits.
+        bn.gamma = rng.choice([-1.5, -0.5, 0.0, 0.7, 2.0], c).astype(np.float32)
+        bn.beta = rng.randn(c).astype(np.float32)
+        bn.running_mean = (rng.randn(c) * 3).astype(np.float32)
+        bn.running_var = rng.uniform(0.5, 4, c).astype(np.float32)
+    x = rng.randn(5, 9, 10, 3).astype(np.float32)
+    expected = features.forward(x, training=False)
+    packed = features.forward_packed(x)
+    assert packed.shape == expected.shape
+    np.testing.assert_array_equal(unpack_bits(packed, dtype=np.float32), expected)
+
+
+@pytest.mark.parametrize("hw,kernel,padding", [((28, 28), (3, 3), "same"), ((9, 7), (3, 3), "same"),
+                                               ((9, 10), (2, 3), "same"), ((8, 9), (3, 1), "valid"),
+                                               ((6, 6), (5, 5), 2)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_real_block_sums_equal_convolution_then_pool(hw, kernel, padding, channels):
+    from xnorcore.nn._convnet import ConvBlock, _REAL_BLOCK_IMAGES, real_block_sums
+
+    rng = np.random.RandomState(7)
+    n = _REAL_BLOCK_IMAGES + 3  # more than one block of images
+    x = rng.randn(n, *hw, channels).astype(np.float32)
+    conv = _real_conv(rng.randn(*kernel, channels, 5).astype(np.float32), padding=padding, bias=True)
+    conv.bias = rng.randn(5).astype(np.float32)
+    block = ConvBlock(conv, None, None, MaxPool2D("p"))
+    expected = MaxPool2D("p").forward(conv.forward(x, training=False), training=False)
+    got = real_block_sums(block, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

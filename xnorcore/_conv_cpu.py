@@ -1,0 +1,81 @@
+"""CPU backend of the binary conv2d, over the Cython kernels of ``xnorcore._conv``.
+
+Contract (the conv operation of the CPU backend; ``xnorcore.ops`` validates
+and packs, this module trusts its input):
+
+``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads) -> int32 (N, OH, OW, O)``
+    ``x_words`` uint64 (N, H, W, groups, cwg): each group's C / groups = cg
+    channels packed into cwg words of their own (for groups == 1, or cg a
+    multiple of 64, that is just the NHWC words packed along C); ``w_words``
+    uint64 (KH, KW, O, cwg): HWIO weights packed along their input channels.
+    ``geometry`` is ``(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR)``.
+    ``pad_value`` in {0, 1, -1} is what a padded position contributes.
+``conv2d_threshold_pack(..., direction, threshold, pool, n_threads) -> uint64 words``
+    The packed signs of ``direction * conv2d(...) - threshold`` along O,
+    (N, OH, OW, ceil(O / 64)); with ``pool``, max-pooled 2x2 with stride 2
+    on the bits (N, OH // 2, OW // 2, ceil(O / 64)).
+``real_conv2d(x, w, geometry) -> float32 (N, OH, OW, O)``
+    A real-valued convolution (the first layer of a binary CNN: pixels in,
+    real weights), zero padded, by im2col and one BLAS product.
+
+The popcount variant is the one of ``xnorcore._cpu`` (``set_variant``).
+"""
+
+import numpy as np
+
+from . import _bitpack, _conv
+
+__all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
+
+def _variant():
+    return _bitpack.VARIANTS.index(_bitpack.get_variant())
+
+
+def _operands(x_words, w_words, geometry, groups, cg, pad_value):
+    """Kernel operands: (x (N, H, W, xs), panels, corr or None, pad, geometry for C, variant)."""
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    o, cwg = w_words.shape[2], w_words.shape[3]
+    variant = _variant()
+    w3 = np.ascontiguousarray(w_words).reshape(kh * kw, o, cwg)
+    # Zero padding needs corrections only where some tap falls in the padding.
+    panels, corr = _conv.conv_weights(w3, groups, cg, pad_value == 0 and bool(pt or pb or pl or pr), variant)
+    pad = np.zeros(max(cwg, 1), dtype=np.uint64)
+    if pad_value == 1:
+        # +1 padding: the cg valid bits set, the padding bits clear as in any word.
+        bits = np.zeros(64 * pad.shape[0], dtype=np.uint8)
+        bits[:cg] = 1
+        pad = np.packbits(bits, bitorder="little").view(np.uint64).copy()
+    x = np.ascontiguousarray(x_words).reshape(x_words.shape[:3] + (-1,))
+    c_geometry = (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, kh * kw * cg)
+    return x, panels, corr, pad, c_geometry, variant
+
+
+def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None):
+    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value)
+    return _conv.conv2d(x, panels, corr, pad, c_geometry, w_words.shape[2], groups, variant, n_threads)
+
+
+def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
+                          pool=False, n_threads=None):
+    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value)
+    return _conv.conv2d_threshold_pack(
+        x, panels, corr, pad, c_geometry, w_words.shape[2], groups,
+        np.ascontiguousarray(direction, dtype=np.int8), np.ascontiguousarray(threshold, dtype=np.int32),
+        bool(pool), variant, n_threads,
+    )
+
+
+def real_conv2d(x, w, geometry):
+    """float32 NHWC convolution of x (N, H, W, C) with HWIO w, zero padded (im2col + BLAS)."""
+    h, w_, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    x = np.asarray(x, dtype=np.float32)
+    w = np.asarray(w, dtype=np.float32)
+    n, c, o = x.shape[0], x.shape[3], w.shape[3]
+    padded = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt or pb or pl or pr else x
+    s = padded.strides
+    # cols[n, y, x, i, j, c] = padded[n, y sh + i dh, x sw + j dw, c]: a view, copied once by reshape
+    cols = np.lib.stride_tricks.as_strided(
+        padded, (n, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False
+    )
+    out = cols.reshape(n * oh * ow, kh * kw * c) @ w.reshape(kh * kw * c, o)
+    return out.reshape(n, oh, ow, o)

@@ -1,0 +1,389 @@
+"""Convolution, channel batch norm, max-pool and flatten layers (NHWC).
+
+Activations are NHWC ``(n_samples, height, width, channels)`` and weights HWIO
+``(kernel_height, kernel_width, in_channels, out_channels)``, the channels-last
+layouts of the packed binary convolution.  As in :mod:`xnorcore.nn._layers`,
+every layer takes its array module from its arrays, so the same code trains on
+numpy and on cupy.
+
+A convolution is one matrix product over an im2col matrix: the
+``KH * KW`` shifted views of the (zero-padded) input are copied side by side,
+one strided slice per kernel tap, into an array of shape
+``(N, OH, OW, KH, KW, C)`` that reshapes for free to
+``(N * OH * OW, KH * KW * C)``, and is multiplied by the HWIO weights reshaped
+to ``(KH * KW * C, O)``.  The backward pass reuses that matrix for the weight
+gradient and scatters the input gradient back with the same taps (col2im),
+adding one strided slice per tap.  Python loops run over the taps only, never
+over pixels, and all the arithmetic is one BLAS call per product.
+
+Zero padding is what a binary convolution with ``pad_value=0`` computes: with
+``sign`` inputs and weights the float products here are integers, exactly those
+of :func:`xnorcore.binary_conv2d`.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from ..ops import get_array_module, unpack_bits
+from ._layers import BatchNorm, binarize
+
+_F32 = np.float32
+
+
+def conv_output_size(size, kernel, stride, dilation, pad_total):
+    """Output length of a convolution along one axis."""
+    span = dilation * (kernel - 1) + 1
+    return (size + pad_total - span) // stride + 1
+
+
+def conv_padding(padding, in_hw, kernel_hw, stride, dilation):
+    """Normalize ``padding`` to ``((top, bottom), (left, right))``.
+
+    ``"same"`` gives an output of ``ceil(size / stride)``, the extra row or
+    column at the end when the total is odd (as TensorFlow does); ``"valid"``
+    pads nothing; an int pads every side by that amount.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding != "same":
+            raise ValueError(f"padding must be 'same', 'valid', an int or ((top, bottom), (left, right)), "
+                             f"got padding={padding!r}")
+        pads = []
+        for size, k in zip(in_hw, kernel_hw):
+            span = dilation * (k - 1) + 1
+            out = -(-size // stride)
+            total = max((out - 1) * stride + span - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got padding={padding!r}")
+        p = int(padding)
+        return ((p, p), (p, p))
+    try:
+        (t, b), (l, r) = padding
+        pads = ((int(t), int(b)), (int(l), int(r)))
+    except (TypeError, ValueError):
+        pads = None
+    if pads is None or min(pads[0] + pads[1]) < 0:
+        raise ValueError(f"padding must be 'same', 'valid', an int or ((top, bottom), (left, right)) "
+                         f"of non-negative ints, got padding={padding!r}")
+    return pads
+
+
+def _tap_slices(i, j, oh, ow, stride, dilation):
+    """Rows and columns of the padded input that kernel tap (i, j) reads."""
+    r0, c0 = i * dilation, j * dilation
+    return (slice(r0, r0 + stride * (oh - 1) + 1, stride),
+            slice(c0, c0 + stride * (ow - 1) + 1, stride))
+
+
+def im2col(x, kernel_hw, stride, dilation, pads):
+    """The patches of NHWC ``x`` as a matrix of shape ``(N * OH * OW, KH * KW * C)``.
+
+    Column ``(i * KW + j) * C + c`` holds channel ``c`` under kernel tap
+    ``(i, j)``, the row order of HWIO weights reshaped to ``(KH * KW * C, O)``.
+
+    Returns
+    -------
+    cols : ndarray of shape (N * OH * OW, KH * KW * C)
+    oh, ow : int
+        Output height and width.
+    """
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    kh, kw = kernel_hw
+    (pt, pb), (pl, pr) = pads
+    oh = conv_output_size(h, kh, stride, dilation, pt + pb)
+    ow = conv_output_size(w, kw, stride, dilation, pl + pr)
+    if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
+        return xp.ascontiguousarray(x).reshape(n * h * w, c), h, w
+    if any(pads[0] + pads[1]):
+        xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
+        xpad[:, pt:pt + h, pl:pl + w] = x
+    else:
+        xpad = xp.ascontiguousarray(x)
+    # One copy out of a strided view of the patches.  Without dilation the
+    # KW taps of a kernel row are KW * C consecutive elements of the input,
+    # so the innermost run of the copy is that long.
+    sn, sh, sw, sc = xpad.strides
+    as_strided = xp.lib.stride_tricks.as_strided
+    if dilation == 1:
+        view = as_strided(xpad, (n, oh, ow, kh, kw * c), (sn, stride * sh, stride * sw, sh, sc))
+    else:
+        view = as_strided(xpad, (n, oh, ow, kh, kw, c),
+                          (sn, stride * sh, stride * sw, dilation * sh, dilation * sw, sc))
+    cols = xp.ascontiguousarray(view)
+    return cols.reshape(n * oh * ow, kh * kw * c), oh, ow
+
+
+def col2im(dcols, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
+    """Adjoint of :func:`im2col`: add each patch gradient back onto the input."""
+    xp = get_array_module(dcols)
+    n, h, w, c = x_shape
+    kh, kw = kernel_hw
+    (pt, pb), (pl, pr) = pads
+    if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
+        return dcols.reshape(n, h, w, c)
+    dcols = dcols.reshape(n, oh, ow, kh, kw, c)
+    dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
+            dxpad[:, rows, columns, :] += dcols[:, :, :, i, j, :]
+    if any(pads[0] + pads[1]):
+        return xp.ascontiguousarray(dxpad[:, pt:pt + h, pl:pl + w])
+    return dxpad
+
+
+def glorot_conv_weight(rng, kernel_hw, in_channels, out_channels):
+    """Glorot-uniform HWIO weights (float32, numpy) for a convolution."""
+    kh, kw = kernel_hw
+    fan_in, fan_out = kh * kw * in_channels, kh * kw * out_channels
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (kh, kw, in_channels, out_channels)).astype(_F32)
+
+
+class Conv2D:
+    """2-D convolution of NHWC activations by HWIO weights (cross-correlation).
+
+    Parameters
+    ----------
+    name : str
+        Name used in histograms and summaries ("conv1", ...).
+    weight : ndarray of shape (KH, KW, C, O)
+        Initial latent weights (numpy or cupy, float32).
+    binary_weights : bool
+        Use ``sign(W)`` in the forward pass (latent weights are clipped to
+        [-1, 1] by the optimizer and trained through the straight-through
+        estimator, as for :class:`~xnorcore.nn.Dense`).
+    binary_input : bool
+        The input holds only -1 and +1 (the output of a sign activation or of
+        a max-pool over one).
+    bias : bool
+        Add a trainable bias per output channel.
+    stride, dilation : int, default=1
+    padding : "same", "valid", int or ((top, bottom), (left, right)), default="same"
+        Zero padding (see :func:`conv_padding`).
+    need_input_grad : bool, default=True
+        Compute the gradient with respect to the input (not needed for the
+        first layer).
+    """
+
+    def __init__(self, name, weight, *, binary_weights, binary_input, bias=False, stride=1,
+                 padding="same", dilation=1, need_input_grad=True):
+        xp = get_array_module(weight)
+        if weight.ndim != 4:
+            raise ValueError(f"weight must have shape (KH, KW, C, O), got weight.shape={weight.shape}")
+        self.name = name
+        self.weight = weight
+        self.bias = xp.zeros(weight.shape[3], dtype=_F32) if bias else None
+        self.binary_weights = bool(binary_weights)
+        self.binary_input = bool(binary_input)
+        self.stride = int(stride)
+        self.dilation = int(dilation)
+        self.padding = padding
+        self.need_input_grad = need_input_grad
+        self.weight_grad = None
+        self.bias_grad = None
+        # Bit-packed sign(W) (along C) of a binary layer, set for inference;
+        # once the latent weights are dropped it is the only copy of them.
+        self.weight_packed = None
+        self._cache = None
+
+    @property
+    def shape(self):
+        """HWIO shape of the weights."""
+        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
+
+    @property
+    def kernel_size(self):
+        return self.shape[:2]
+
+    def pads(self, in_hw):
+        """``((top, bottom), (left, right))`` zero padding for an input of ``in_hw``."""
+        return conv_padding(self.padding, in_hw, self.kernel_size, self.stride, self.dilation)
+
+    def output_shape(self, in_shape):
+        """``(OH, OW, O)`` for an input of shape ``(H, W, C)``."""
+        h, w = in_shape[:2]
+        (pt, pb), (pl, pr) = self.pads((h, w))
+        kh, kw = self.kernel_size
+        return (conv_output_size(h, kh, self.stride, self.dilation, pt + pb),
+                conv_output_size(w, kw, self.stride, self.dilation, pl + pr),
+                self.shape[3])
+
+    def effective_weight(self):
+        """The weights the forward pass uses (``sign(W)`` if binary)."""
+        if self.weight is None:
+            return unpack_bits(self.weight_packed, dtype=_F32)
+        return binarize(self.weight) if self.binary_weights else self.weight
+
+    def params(self):
+        out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
+        if self.bias is not None:
+            out.append((f"{self.name}/bias", self.bias, self.bias_grad, False))
+        return out
+
+    def forward(self, x, training, rng=None):
+        n = x.shape[0]
+        kh, kw, c, o = self.shape
+        if x.ndim != 4 or x.shape[3] != c:
+            raise ValueError(f"{self.name} expects NHWC input with {c} channels, got shape {x.shape}")
+        pads = self.pads(x.shape[1:3])
+        cols, oh, ow = im2col(x, (kh, kw), self.stride, self.dilation, pads)
+        w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
+        z = (cols @ w).reshape(n, oh, ow, o)
+        if self.bias is not None:
+            z += self.bias
+        if training:
+            self._cache = (cols, w, x.shape, pads, oh, ow)
+        return z
+
+    def backward(self, dz):
+        cols, w, x_shape, pads, oh, ow = self._cache
+        kh, kw, c, o = self.weight.shape
+        dz2 = dz.reshape(-1, o)
+        if self.bias is not None:
+            self.bias_grad = dz2.sum(axis=0)
+        # As for dense layers, the straight-through mask of binary weights is
+        # identically one: the optimizer keeps latent weights in [-1, 1].
+        # BLAS is several times faster on the product with the narrower
+        # matrix as its result's rows (a first layer has few columns).
+        if cols.shape[1] < o:
+            self.weight_grad = (dz2.T @ cols).T.reshape(kh, kw, c, o)
+        else:
+            self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
+        if not self.need_input_grad:
+            return None
+        dcols = dz2 @ w.T
+        return col2im(dcols, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
+
+
+class ChannelBatchNorm(BatchNorm):
+    """Batch normalization of NHWC activations over samples and positions, per channel.
+
+    The statistics of channel ``c`` are taken over every ``(n, h, w)``, as in
+    convolutional batch norm; parameters as in :class:`~xnorcore.nn.BatchNorm`.
+    The arithmetic is that of :class:`~xnorcore.nn.BatchNorm` on the rows of
+    ``z.reshape(-1, C)``, with its per-channel sums as products by a vector of
+    ones and ``einsum`` (BLAS-speed reductions over many rows of few columns)
+    and in-place updates: at the resolution of the first layers these arrays
+    are the largest of the network.
+    """
+
+    def forward(self, z, training, rng=None):
+        xp = get_array_module(z)
+        shape = z.shape
+        z = z.reshape(-1, shape[-1])
+        if not training:
+            return super().forward(z, training, rng).reshape(shape)
+        m = z.shape[0]
+        ones = xp.ones(m, dtype=z.dtype)
+        mean = (ones @ z) / z.dtype.type(m)
+        xhat = z - mean
+        var = xp.einsum("ij,ij->j", xhat, xhat) / z.dtype.type(m)
+        mom = _F32(self.momentum)
+        self.running_mean *= mom
+        self.running_mean += (1 - mom) * mean
+        self.running_var *= mom
+        self.running_var += (1 - mom) * var * _F32(m / max(m - 1, 1))
+        inv_std = 1 / (var + _F32(self.eps)) ** _F32(0.5)
+        xhat *= inv_std
+        self._cache = (xhat, inv_std, ones)
+        out = xhat * self.gamma
+        out += self.beta
+        return out.reshape(shape)
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        shape = dy.shape
+        dy = dy.reshape(-1, shape[-1])
+        xhat, inv_std, ones = self._cache
+        m = dy.dtype.type(dy.shape[0])
+        self.beta_grad = ones @ dy
+        self.gamma_grad = xp.einsum("ij,ij->j", dy, xhat)
+        # d/dz of gamma * xhat + beta: gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+        dz = xhat * (self.gamma_grad / m)
+        dz += self.beta_grad / m
+        xp.subtract(dy, dz, out=dz)
+        dz *= self.gamma * inv_std
+        return dz.reshape(shape)
+
+
+class MaxPool2D:
+    """Max-pool of NHWC activations over ``size x size`` windows with stride ``size``.
+
+    Rows and columns that do not fill a window are dropped (``floor``, as
+    "valid" pooling does).  On +-1 inputs the result is +1 where any input of
+    the window is +1, an OR of the set bits of the packed form.  The gradient
+    of a window goes to its first largest input in row-major order (ties are
+    the rule on +-1 inputs).
+    """
+
+    def __init__(self, name, size=2):
+        self.name = name
+        self.size = int(size)
+        self._cache = None
+
+    def params(self):
+        return []
+
+    def output_shape(self, in_shape):
+        h, w, c = in_shape
+        return (h // self.size, w // self.size, c)
+
+    def _taps(self, oh, ow):
+        s = self.size
+        for i in range(s):
+            for j in range(s):
+                yield (slice(None), slice(i, i + s * (oh - 1) + 1, s), slice(j, j + s * (ow - 1) + 1, s))
+
+    def forward(self, x, training, rng=None):
+        xp = get_array_module(x)
+        n, h, w, c = x.shape
+        oh, ow = h // self.size, w // self.size
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self.name}: {self.size}x{self.size} max-pool of an input of "
+                             f"height and width {(h, w)} leaves nothing")
+        out = None
+        for tap in self._taps(oh, ow):
+            out = x[tap].copy() if out is None else xp.maximum(out, x[tap], out=out)
+        if training:
+            self._cache = (x, out)
+        return out
+
+    def backward(self, dy):
+        x, out = self._cache
+        xp = get_array_module(x)
+        oh, ow = out.shape[1:3]
+        dx = xp.zeros_like(x)
+        free = xp.ones(out.shape, dtype=bool)
+        for tap in self._taps(oh, ow):
+            hit = x[tap] == out
+            hit &= free
+            free &= ~hit
+            dx[tap] = dy * hit
+        return dx
+
+
+class Flatten:
+    """NHWC activations to rows of ``H * W * C`` features (channels fastest)."""
+
+    def __init__(self, name):
+        self.name = name
+        self._shape = None
+
+    def params(self):
+        return []
+
+    def forward(self, x, training, rng=None):
+        if training:
+            self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
