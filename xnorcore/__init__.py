@@ -22,12 +22,14 @@ except ImportError as _exc:
 
 from .ops import (  # noqa: E402
     WORD_BITS,
+    ConvWeights,
     PackedBits,
     binary_conv2d,
     binary_conv2d_threshold_pack,
     binary_matmul,
     get_array_module,
     pack_bits,
+    pack_conv_weights,
     sign,
     unpack_bits,
 )
@@ -36,6 +38,7 @@ from ._config import get_config, show_config  # noqa: E402
 __all__ = [
     "BNNClassifier",
     "WORD_BITS",
+    "ConvWeights",
     "PackedBits",
     "binary_conv2d",
     "binary_conv2d_threshold_pack",
@@ -43,6 +46,7 @@ __all__ = [
     "get_array_module",
     "get_config",
     "pack_bits",
+    "pack_conv_weights",
     "show_config",
     "sign",
     "unpack_bits",
