@@ -472,3 +472,22 @@ def test_threshold_pack_kernel_wraps_as_numpy_every_variant(variant, rng, n):
         expected = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
     words = _cpu.threshold_pack(z, direction, threshold)
     np.testing.assert_array_equal(unpack_bits(PackedBits(words, (9, n), 1)), expected)
+
+
+@pytest.mark.parametrize("o", [1, 17, 64, 65, 130])
+@pytest.mark.parametrize("pool", [False, True])
+def test_fused_conv_thresholds_wrap_as_the_row_kernel_every_variant(variant, rng, o, pool):
+    # The fused conv packs blocks of pixels at once: extreme thresholds give
+    # the bits of the one-row kernel, numpy's int32 wrap-around, on its sums.
+    x = random_matrix(rng, (2, 7, 6, 70), np.float32)
+    w = random_matrix(rng, (3, 3, 70, o), np.float32)
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = rng.integers(-(2**31), 2**31, o, dtype=np.int64).astype(np.int32)
+    threshold[: o // 2] = rng.integers(-8, 9, o // 2)
+    threshold[-1] = np.iinfo(np.int32).min
+    z = binary_conv2d(x, w, padding="same")
+    with np.errstate(over="ignore"):
+        expected = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
+    expected = pool_ref(expected) if pool else expected
+    packed = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool)
+    np.testing.assert_array_equal(unpack_bits(packed), expected)

@@ -28,6 +28,9 @@ cdef extern from "dispatch.h" nogil:
         int nr
         void (*threshold_pack)(const int32_t *z, const int8_t *direction,
                                const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
+        void (*threshold_pack_rows)(const int32_t *z, int64_t ldz, const int8_t *direction,
+                                    const int32_t *threshold, int64_t n, int64_t rows,
+                                    uint64_t *out, int64_t ldo) noexcept nogil
 
     const xnor_kernels xnor_variants[]
 
@@ -188,6 +191,18 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     return result
 
 
+cdef inline void _threshold_rows(const xnor_kernels *kern, const int32_t *sums, int64_t o,
+                                 const int8_t *direction, const int32_t *threshold, int64_t rows,
+                                 uint64_t *out, int64_t ldo) noexcept nogil:
+    # rows of o sums (stride o) -> rows of words (stride ldo)
+    cdef int64_t r
+    if kern.threshold_pack_rows != NULL:
+        kern.threshold_pack_rows(sums, o, direction, threshold, o, rows, out, ldo)
+    else:
+        for r in range(rows):
+            kern.threshold_pack(sums + r * o, direction, threshold, o, out + r * ldo)
+
+
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
                           const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups,
                           const int8_t[::1] direction, const int32_t[::1] threshold,
@@ -251,9 +266,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
             xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
                              q0, q1, 0, n_panels, sums, o, ptrs)
             if pool:
-                for r in range(q1 - q0):
-                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
-                                        bits + r * ow_words)
+                _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0, bits,
+                                ow_words)
                 for px in range(pw):
                     top = bits + 2 * px * ow_words
                     bottom = top + g.ow * ow_words
@@ -261,9 +275,9 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
                         out[img, item % per_image, px, wd] = (
                             top[wd] | top[ow_words + wd] | bottom[wd] | bottom[ow_words + wd])
             else:
-                for r in range(q1 - q0):
-                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
-                                        &out[img, (q0 + r) // g.ow, (q0 + r) % g.ow, 0])
+                # the pixels q0 .. q1 - 1 of one image: consecutive rows of words
+                _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0,
+                                &out[img, q0 // g.ow, q0 % g.ow, 0], ow_words)
             free(ptrs)
     if failed:
         raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")
