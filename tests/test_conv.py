@@ -491,3 +491,19 @@ def test_fused_conv_thresholds_wrap_as_the_row_kernel_every_variant(variant, rng
     expected = pool_ref(expected) if pool else expected
     packed = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool)
     np.testing.assert_array_equal(unpack_bits(packed), expected)
+
+
+def test_checked_geometry_is_reused_only_for_the_same_arguments():
+    # A geometry kept from a valid call never lets a bad argument through.
+    x, w = np.ones((1, 5, 5, 3)), np.ones((3, 3, 3, 2))
+    binary_conv2d(x, w, stride=1, dilation=1, padding=1)
+    for kwargs, match in [
+        (dict(stride=True), "stride must be a positive integer"),
+        (dict(dilation=True), "dilation must be a positive integer"),
+        (dict(padding=True), "padding must be"),
+        (dict(dilation=4), "the kernel is larger than the padded input"),
+    ]:
+        for _ in range(2):
+            with pytest.raises(ValueError, match=match):
+                binary_conv2d(x, w, **{**dict(stride=1, dilation=1, padding=1), **kwargs})
+    np.testing.assert_array_equal(binary_conv2d(x, w, padding=1), conv_ref(x, w, padding=1))

@@ -138,6 +138,17 @@ class PackedBits:
         self._init(words, shape, axis, check_padding=False)
         return self
 
+    @classmethod
+    def _of_kernel(cls, words, shape, axis):
+        """A PackedBits of the C-contiguous numpy words a CPU kernel just wrote in
+        the layout of (shape, axis), tuple of ints: nothing to check."""
+        self = cls.__new__(cls)
+        words.flags.writeable = False
+        object.__setattr__(self, "_words", words)
+        object.__setattr__(self, "_shape", shape)
+        object.__setattr__(self, "_axis", axis)
+        return self
+
     def _init(self, words, shape, axis, check_padding):
         try:
             shape = tuple(operator.index(s) for s in shape)
@@ -666,8 +677,29 @@ def _conv_padding(padding, size, kernel, stride, dilation):
     return before, after
 
 
+# Geometries of plain int / str arguments already checked: a layer called
+# again skips the checks (keyed by the argument types too, so that True never
+# passes for 1).  Bounded: cleared when full.
+_GEOMETRIES = {}
+
+
 def _conv_geometry(x_shape, w_shape, stride, padding, dilation):
     """(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR), checking the kernel fits."""
+    key = None
+    if type(stride) is int and type(dilation) is int and type(padding) in (int, str):
+        key = (x_shape[1], x_shape[2], w_shape[0], w_shape[1], stride, dilation, padding, type(padding))
+        geometry = _GEOMETRIES.get(key)
+        if geometry is not None:
+            return geometry
+    geometry = _check_conv_geometry(x_shape, w_shape, stride, padding, dilation)
+    if key is not None:
+        if len(_GEOMETRIES) >= 1024:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = geometry
+    return geometry
+
+
+def _check_conv_geometry(x_shape, w_shape, stride, padding, dilation):
     _, h, w, _ = x_shape
     kh, kw = w_shape[0], w_shape[1]
     sh, sw = _pair(stride, "stride")
@@ -878,7 +910,8 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
     if kh * kw * cg > _MAX_INNER:
         raise ValueError(f"KH * KW * C // groups must be at most {_MAX_INNER} for an int32 result, got w.shape={tuple(w.shape)}")
     geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation)
-    backend = backend_for(x, w)
+    # ConvWeights hold numpy words: the operands' backend is x's.
+    backend = backend_for(x) if prepared is not None else backend_for(x, w)
     cwg = n_words(cg)
     if isinstance(x, PackedBits):
         words = np.ascontiguousarray(x.words)
@@ -1054,12 +1087,12 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
         ).reshape(n, oh, ow, n_words(o))
         if pool:
             words = words[:, : 2 * shape[1] : 2, : 2 * shape[2] : 2]
-        return PackedBits(np.ascontiguousarray(words), shape, 3)
+        return PackedBits._trusted(np.ascontiguousarray(words), shape, 3)
     words = backend.conv2d_threshold_pack(
         x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads,
         prepared,
     )
-    return PackedBits(words, shape, 3)
+    return PackedBits._of_kernel(words, shape, 3)
 
 
 # The backends build PackedBits and call pack_bits: they are imported once
