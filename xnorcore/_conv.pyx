@@ -118,6 +118,12 @@ cdef const int32_t *_corr_pointer(corr):
     return &view[0, 0]
 
 
+# Work items per thread to aim for: with the dynamic schedule the threads
+# finish at most one item apart, so a few percent of the work at 2 threads.
+cdef enum:
+    _ITEMS_PER_THREAD = 16
+
+
 cdef int _conv_threads(n_threads, int64_t work):
     # Small convolutions are not worth waking the thread team.
     return 1 if work < 4000000 else _threads(n_threads)
@@ -156,19 +162,24 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
     cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
-    # Blocks of up to 64 pixels x 8 panels, shrunk until every thread has
-    # several items; pixel blocks stay within one image.
+    # Blocks of up to 64 pixels x 8 panels, shrunk (pixels first: the panels
+    # of one pixel tile share its indirection buffer) until every thread has
+    # _ITEMS_PER_THREAD items; pixel blocks stay within one image.
     cdef int64_t pix_per = 64, panels_per = 8
-    while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < 4 * nt:
-        if panels_per > 1:
+    while n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < _ITEMS_PER_THREAD * nt:
+        if pix_per > mr:
+            pix_per //= 2
+        elif panels_per > 1:
             panels_per //= 2
         else:
-            pix_per //= 2
+            break
     # Even blocks (whole tiles of mr) rather than full blocks and a short last one.
     cdef int64_t pix_blocks = (pixels + pix_per - 1) // pix_per
     pix_per = ((pixels + pix_blocks - 1) // pix_blocks + mr - 1) // mr * mr
     pix_blocks = (pixels + pix_per - 1) // pix_per
     cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
+    panels_per = (n_panels + col_blocks - 1) // col_blocks
+    col_blocks = (n_panels + panels_per - 1) // panels_per
     cdef int64_t per_image = pix_blocks * col_blocks
     cdef int64_t item, img, q0, p0
     cdef int failed = 0
@@ -238,7 +249,7 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         pix_per = 2 * g.ow
     else:
         pix_per = 64
-        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < 4 * nt:
+        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < _ITEMS_PER_THREAD * nt:
             pix_per //= 2
         pix_per = (pixels + (pixels + pix_per - 1) // pix_per - 1) // ((pixels + pix_per - 1) // pix_per)
         pix_per = (pix_per + mr - 1) // mr * mr
