@@ -439,6 +439,11 @@ def test_bad_input_is_a_clear_error(args, kwargs, error, match):
         (np.ones(4), np.full(4, 0.5), r"threshold must hold O = 4 integer values within int32"),
         (np.ones(4), np.full(4, np.nan), r"threshold must hold O = 4 integer values"),
         (np.ones(4), np.full(4, 2**40), r"threshold must hold O = 4 integer values within int32"),
+        # int8 and int32, as the layers keep them
+        (np.array([1, 0, 2, -1], dtype=np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in"),
+        (np.array([1, -128, 0, -1], dtype=np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in"),
+        (np.ones(5, np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in \{-1, 0, 1\}, got shape \(5,\)"),
+        (np.ones(4, np.int8), np.zeros(5, np.int32), r"threshold must hold O = 4 integer values within int32, got shape \(5,\)"),
     ],
 )
 def test_bad_thresholds_are_a_clear_error(direction, threshold, match):

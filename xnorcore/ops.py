@@ -1001,6 +1001,14 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
 
 def _conv_thresholds(direction, threshold, o):
     """direction as int8 and threshold as int32, both (O,), checked."""
+    if (
+        type(direction) is np.ndarray and type(threshold) is np.ndarray
+        and direction.dtype == np.int8 and threshold.dtype == np.int32
+        and direction.shape == (o,) and threshold.shape == (o,)
+        # the bytes of -1, 0 and 1 deleted leave nothing: one C pass, no reductions
+        and not direction.tobytes().translate(None, b"\xff\x00\x01")
+    ):
+        return direction, threshold  # a folded batch norm as the layers keep it
     direction = np.asarray(direction)
     threshold = np.asarray(threshold)
     ok = direction.shape == (o,) and direction.dtype.kind in "biuf"
