@@ -31,7 +31,9 @@ For :func:`binary_conv2d`, activations are NHWC ``(N, H, W, C)`` packed along C
 (``pack_bits(x, axis=-1)``, words of shape ``(N, H, W, ceil(C / 64))``: each
 pixel a whole number of words), and HWIO weights ``(KH, KW, C // groups, O)``
 are packed along their input channels (``pack_bits(w, axis=2)``, words of shape
-``(KH, KW, O, ceil(C // groups / 64))``).  The fused conv outputs are packed
+``(KH, KW, O, ceil(C // groups / 64))``); :func:`pack_conv_weights` packs them
+in the same layout and keeps the CPU kernel's panels with them, for the layers
+of a packed model (:class:`ConvWeights`).  The fused conv outputs are packed
 NHWC activations again, ready for the next layer.  With ``groups > 1`` and
 ``C // groups`` not a multiple of 64, each group's channels are packed into
 words of their own, ``(N, H, W, groups, ceil(C // groups / 64))`` (the packed
