@@ -4,12 +4,15 @@
 
 For each layer (batch 1, 3x3, "same") and thread count, one round times in
 turn: PyTorch float32 ``conv2d`` on channels_last tensors, ``binary_conv2d`` on
-packed input and weights (int32 output), ``binary_conv2d_threshold_pack`` (the
-fused packed output), ``binary_matmul`` on prepacked operands of the same GEMM
+packed input and weights (int32 output) and ``binary_conv2d_threshold_pack``
+(the fused packed output), each with the weights as ``pack_conv_weights``
+gives them (a layer of a packed model: panels prepared once) and as
+``pack_bits(w, axis=2)`` (prepared on every call), ``binary_matmul`` on prepacked operands of the same GEMM
 size, ``pack_bits`` of the float32 NHWC input, and ``binary_conv2d`` on that
 float input (its packing cost is the difference to the packed-input conv).  Rounds alternate the
 contenders so that load on a shared machine hits all of them alike; the table
-gives each one's minimum over the rounds and the ratios to PyTorch.  PyTorch
+gives each one's minimum over the rounds, the ratios of the minima to PyTorch's
+and, in brackets, the median over the rounds of the ratio within a round.  PyTorch
 is optional: without it the ratio columns are empty.
 """
 
@@ -21,6 +24,11 @@ import time
 import numpy as np
 
 from xnorcore import binary_conv2d, binary_conv2d_threshold_pack, binary_matmul, pack_bits
+
+try:
+    from xnorcore import pack_conv_weights
+except ImportError:  # an older xnorcore, for before/after figures
+    pack_conv_weights = None
 from xnorcore._backends import cpu as _cpu
 
 try:
@@ -60,11 +68,18 @@ def _contenders(n, hw, c, o, nt, rng):
                 torch.nn.functional.conv2d(xt, wt, padding=1)
 
         fns["torch fp32"] = torch_conv
-    fns["conv int32"] = lambda: binary_conv2d(xp, wp, padding="same", n_threads=nt)
+    # The ratio columns use the prepared weights where there are any.
+    wl = pack_conv_weights(wp) if pack_conv_weights is not None else wp
+    fns["conv int32"] = lambda: binary_conv2d(xp, wl, padding="same", n_threads=nt)
     fns["conv fused"] = lambda: binary_conv2d_threshold_pack(
-        xp, wp, direction, threshold, padding="same", n_threads=nt
+        xp, wl, direction, threshold, padding="same", n_threads=nt
     )
-    fns["conv float x"] = lambda: binary_conv2d(x, wp, padding="same", n_threads=nt)
+    if pack_conv_weights is not None:
+        fns["int32, w PackedBits"] = lambda: binary_conv2d(xp, wp, padding="same", n_threads=nt)
+        fns["fused, w PackedBits"] = lambda: binary_conv2d_threshold_pack(
+            xp, wp, direction, threshold, padding="same", n_threads=nt
+        )
+    fns["conv float x"] = lambda: binary_conv2d(x, wl, padding="same", n_threads=nt)
     fns["matmul"] = lambda: binary_matmul(a, b, n_threads=nt)
     fns["pack x"] = lambda: pack_bits(x, axis=-1, n_threads=nt)
     return fns
@@ -75,28 +90,41 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layers", type=int, nargs="+", default=list(range(len(LAYERS))),
+                        help="indices into LAYERS")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    import xnorcore
+
+    print(f"# xnorcore {os.path.dirname(xnorcore.__file__)}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, popcount {_cpu.get_variant()}, "
           f"torch {torch.__version__ if torch else 'absent'}, load {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}")
     rows = []
-    for n, hw, c, o in LAYERS:
+    for n, hw, c, o in [LAYERS[i] for i in args.layers]:
         for nt in args.threads:
             fns = _contenders(n, hw, c, o, nt, rng)
             repeat = max(3, args.repeat // n)
-            best = {k: float("inf") for k in fns}
+            rounds = {k: [] for k in fns}
             for _ in range(args.rounds):
                 for k, fn in fns.items():
-                    best[k] = min(best[k], _best(fn, repeat))
-            rows.append((f"{n}x{hw}x{hw}x{c}->{o}", nt, best))
+                    rounds[k].append(_best(fn, repeat))
+            rows.append((f"{n}x{hw}x{hw}x{c}->{o}", nt, rounds))
     names = list(rows[0][2])
-    print("| layer | threads | " + " | ".join(f"{k} ms" for k in names) + " | torch / int32 | torch / fused | pack / int32 | packing in conv / int32 |")
+    print("| layer | threads | " + " | ".join(f"{k} ms" for k in names)
+          + " | torch / int32 (median) | torch / fused (median) | pack / int32 | packing in conv / int32 |")
     print("|---|---|" + "---|" * (len(names) + 4))
-    for layer, nt, best in rows:
-        t = best.get("torch fp32")
-        ratio = lambda v: f"{t / v:.1f}x" if t else ""
+    for layer, nt, rounds in rows:
+        best = {k: min(v) for k, v in rounds.items()}
+        t = rounds.get("torch fp32")
+
+        def ratio(k):
+            # best over best, and the median of the per-round ratios (same load)
+            if not t:
+                return ""
+            return f"{min(t) / best[k]:.1f}x ({np.median(np.divide(t, rounds[k])):.1f}x)"
+
         print(f"| {layer} | {nt} | " + " | ".join(f"{best[k] * 1e3:.3f}" for k in names)
-              + f" | {ratio(best['conv int32'])} | {ratio(best['conv fused'])} | {best['pack x'] / best['conv int32']:.0%}"
+              + f" | {ratio('conv int32')} | {ratio('conv fused')} | {best['pack x'] / best['conv int32']:.0%}"
               + f" | {(best['conv float x'] - best['conv int32']) / best['conv int32']:.0%} |")
     print(f"# load after: {os.getloadavg()[0]:.2f}")
 

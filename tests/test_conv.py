@@ -7,11 +7,13 @@ from hypothesis import strategies as st
 
 import xnorcore
 from xnorcore import (
+    ConvWeights,
     PackedBits,
     _bitpack,
     binary_conv2d,
     binary_conv2d_threshold_pack,
     pack_bits,
+    pack_conv_weights,
     unpack_bits,
 )
 from xnorcore._backends import cpu as _cpu
@@ -235,6 +237,104 @@ def test_packed_operands_give_the_same_result(rng, shape, w_shape, groups):
     np.testing.assert_array_equal(expected, conv_ref(x, w, **kwargs))
 
 
+@settings(max_examples=60, deadline=None)
+@given(conv_cases())
+def test_prepared_weights_give_identical_results(case):
+    # One ConvWeights through every configuration of the case: each call must
+    # use what was prepared for its own (variant, groups, padding), never another's.
+    x, w = case_arrays(case)
+    o = w.shape[3]
+    rng = np.random.default_rng(case["seed"] + 2)
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = rng.integers(-6, 7, o).astype(np.int32)
+    cw = pack_conv_weights(w)
+    assert isinstance(cw, ConvWeights) and cw.shape == w.shape
+    kwargs = conv_kwargs(case)
+    for pad_value in (kwargs["pad_value"], 0, 1, -1, kwargs["pad_value"]):
+        for padding in (kwargs["padding"], "valid", "same"):
+            k = dict(kwargs, pad_value=pad_value, padding=padding)
+            try:
+                expected = binary_conv2d(x, w, **k)
+            except ValueError:  # the kernel does not fit this padding
+                continue
+            for _ in range(2):  # the second call reads what the first prepared
+                np.testing.assert_array_equal(binary_conv2d(x, cw, **k), expected)
+                np.testing.assert_array_equal(
+                    binary_conv2d_threshold_pack(x, cw, direction, threshold, **k).words,
+                    binary_conv2d_threshold_pack(x, w, direction, threshold, **k).words,
+                )
+    np.testing.assert_array_equal(binary_conv2d(x, cw, **kwargs), conv_ref(x, w, **kwargs))
+
+
+def test_prepared_weights_across_variants_and_groups(rng):
+    x = random_matrix(rng, (1, 7, 6, 128), np.float32)
+    w = random_matrix(rng, (3, 3, 64, 40), np.float32)
+    w1 = random_matrix(rng, (3, 3, 128, 40), np.float32)
+    cw, cw1 = pack_conv_weights(pack_bits(w, axis=2)), pack_conv_weights(w1)
+    previous = _cpu.get_variant()
+    try:
+        for _ in range(2):
+            for name in VARIANTS:
+                _cpu.set_variant(name)
+                np.testing.assert_array_equal(
+                    binary_conv2d(x, cw, padding="same", groups=2), conv_ref(x, w, padding="same", groups=2)
+                )
+                np.testing.assert_array_equal(binary_conv2d(x, cw1, padding="same"), conv_ref(x, w1, padding="same"))
+    finally:
+        _cpu.set_variant(previous)
+
+
+def test_prepared_weights_cannot_go_stale(rng):
+    # The words are a private copy: writing the caller's words or arrays
+    # afterwards changes nothing, and the ConvWeights itself cannot be written.
+    x = random_matrix(rng, (1, 6, 6, 70), np.float32)
+    w = random_matrix(rng, (3, 3, 70, 9), np.float32)
+    words = pack_bits(w, axis=2).words.copy()
+    cw = pack_conv_weights(PackedBits(words, w.shape, 2))
+    expected = conv_ref(x, w, padding="same")
+    np.testing.assert_array_equal(binary_conv2d(x, cw, padding="same"), expected)
+    words[...] = ~words & np.uint64(2**6 - 1)
+    np.testing.assert_array_equal(binary_conv2d(x, cw, padding="same"), expected)
+    with pytest.raises(ValueError, match="read-only"):
+        cw.packed.words[0, 0, 0, 0] = 0
+    with pytest.raises(AttributeError, match="immutable"):
+        cw.packed = pack_bits(-w, axis=2)
+    assert pack_conv_weights(cw) is cw
+
+
+def test_prepared_weights_pickle_to_words_only(rng):
+    import pickle
+
+    x = random_matrix(rng, (1, 5, 5, 3), np.float32)
+    w = random_matrix(rng, (3, 3, 3, 4), np.float32)
+    cw = pack_conv_weights(w)
+    expected = binary_conv2d(x, cw, padding="same")
+    loaded = pickle.loads(pickle.dumps(cw))
+    assert isinstance(loaded, ConvWeights) and loaded.shape == cw.shape and not loaded._prepared
+    np.testing.assert_array_equal(binary_conv2d(x, loaded, padding="same"), expected)
+
+
+@pytest.mark.parametrize(
+    "w, error, match",
+    [
+        (np.ones((3, 3, 2)), ValueError, "w must be 4-D HWIO"),
+        (np.full((1, 1, 2, 2), np.nan), ValueError, "NaN"),
+        (pack_bits(np.ones((3, 3, 2, 2)), axis=3), ValueError, "packed along axis=2"),
+        (np.ones((1, 1, 2, 2), dtype=complex), TypeError, "complex"),
+    ],
+)
+def test_pack_conv_weights_bad_input_is_a_clear_error(w, error, match):
+    with pytest.raises(error, match=match):
+        pack_conv_weights(w)
+
+
+def test_conv_weights_needs_packed_hwio_weights():
+    with pytest.raises(TypeError, match="4-D PackedBits packed along axis=2"):
+        ConvWeights(np.ones((3, 3, 2, 2)))
+    with pytest.raises(ValueError, match="channels"):
+        binary_conv2d(np.ones((1, 4, 4, 3)), pack_conv_weights(np.ones((3, 3, 2, 2))))
+
+
 def test_fused_output_feeds_the_next_layer(rng):
     x = random_matrix(rng, (2, 8, 8, 70), np.float32)
     w1 = random_matrix(rng, (3, 3, 70, 65), np.float32)
@@ -339,6 +439,11 @@ def test_bad_input_is_a_clear_error(args, kwargs, error, match):
         (np.ones(4), np.full(4, 0.5), r"threshold must hold O = 4 integer values within int32"),
         (np.ones(4), np.full(4, np.nan), r"threshold must hold O = 4 integer values"),
         (np.ones(4), np.full(4, 2**40), r"threshold must hold O = 4 integer values within int32"),
+        # int8 and int32, as the layers keep them
+        (np.array([1, 0, 2, -1], dtype=np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in"),
+        (np.array([1, -128, 0, -1], dtype=np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in"),
+        (np.ones(5, np.int8), np.zeros(4, np.int32), r"direction must hold O = 4 values in \{-1, 0, 1\}, got shape \(5,\)"),
+        (np.ones(4, np.int8), np.zeros(5, np.int32), r"threshold must hold O = 4 integer values within int32, got shape \(5,\)"),
     ],
 )
 def test_bad_thresholds_are_a_clear_error(direction, threshold, match):
@@ -372,3 +477,38 @@ def test_threshold_pack_kernel_wraps_as_numpy_every_variant(variant, rng, n):
         expected = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
     words = _cpu.threshold_pack(z, direction, threshold)
     np.testing.assert_array_equal(unpack_bits(PackedBits(words, (9, n), 1)), expected)
+
+
+@pytest.mark.parametrize("o", [1, 17, 64, 65, 130])
+@pytest.mark.parametrize("pool", [False, True])
+def test_fused_conv_thresholds_wrap_as_the_row_kernel_every_variant(variant, rng, o, pool):
+    # The fused conv packs blocks of pixels at once: extreme thresholds give
+    # the bits of the one-row kernel, numpy's int32 wrap-around, on its sums.
+    x = random_matrix(rng, (2, 7, 6, 70), np.float32)
+    w = random_matrix(rng, (3, 3, 70, o), np.float32)
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = rng.integers(-(2**31), 2**31, o, dtype=np.int64).astype(np.int32)
+    threshold[: o // 2] = rng.integers(-8, 9, o // 2)
+    threshold[-1] = np.iinfo(np.int32).min
+    z = binary_conv2d(x, w, padding="same")
+    with np.errstate(over="ignore"):
+        expected = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
+    expected = pool_ref(expected) if pool else expected
+    packed = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool)
+    np.testing.assert_array_equal(unpack_bits(packed), expected)
+
+
+def test_checked_geometry_is_reused_only_for_the_same_arguments():
+    # A geometry kept from a valid call never lets a bad argument through.
+    x, w = np.ones((1, 5, 5, 3)), np.ones((3, 3, 3, 2))
+    binary_conv2d(x, w, stride=1, dilation=1, padding=1)
+    for kwargs, match in [
+        (dict(stride=True), "stride must be a positive integer"),
+        (dict(dilation=True), "dilation must be a positive integer"),
+        (dict(padding=True), "padding must be"),
+        (dict(dilation=4), "the kernel is larger than the padded input"),
+    ]:
+        for _ in range(2):
+            with pytest.raises(ValueError, match=match):
+                binary_conv2d(x, w, **{**dict(stride=1, dilation=1, padding=1), **kwargs})
+    np.testing.assert_array_equal(binary_conv2d(x, w, padding=1), conv_ref(x, w, padding=1))

@@ -22,12 +22,14 @@ except ImportError as _exc:
 
 from .ops import (  # noqa: E402
     WORD_BITS,
+    ConvWeights,
     PackedBits,
     binary_conv2d,
     binary_conv2d_threshold_pack,
     binary_matmul,
     get_array_module,
     pack_bits,
+    pack_conv_weights,
     sign,
     unpack_bits,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "BNNClassifier",
     "ModelFileError",
     "WORD_BITS",
+    "ConvWeights",
     "PackedBits",
     "binary_conv2d",
     "binary_conv2d_threshold_pack",
@@ -46,6 +49,7 @@ __all__ = [
     "get_config",
     "load_model",
     "pack_bits",
+    "pack_conv_weights",
     "save_model",
     "show_config",
     "sign",

@@ -28,6 +28,9 @@ cdef extern from "dispatch.h" nogil:
         int nr
         void (*threshold_pack)(const int32_t *z, const int8_t *direction,
                                const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
+        void (*threshold_pack_rows)(const int32_t *z, int64_t ldz, const int8_t *direction,
+                                    const int32_t *threshold, int64_t n, int64_t rows,
+                                    uint64_t *out, int64_t ldo) noexcept nogil
 
     const xnor_kernels xnor_variants[]
 
@@ -115,6 +118,12 @@ cdef const int32_t *_corr_pointer(corr):
     return &view[0, 0]
 
 
+# Work items per thread to aim for: with the dynamic schedule the threads
+# finish at most one item apart, so a few percent of the work at 2 threads.
+cdef enum:
+    _ITEMS_PER_THREAD = 16
+
+
 cdef int _conv_threads(n_threads, int64_t work):
     # Small convolutions are not worth waking the thread team.
     return 1 if work < 4000000 else _threads(n_threads)
@@ -153,19 +162,24 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
     cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
-    # Blocks of up to 64 pixels x 8 panels, shrunk until every thread has
-    # several items; pixel blocks stay within one image.
+    # Blocks of up to 64 pixels x 8 panels, shrunk (pixels first: the panels
+    # of one pixel tile share its indirection buffer) until every thread has
+    # _ITEMS_PER_THREAD items; pixel blocks stay within one image.
     cdef int64_t pix_per = 64, panels_per = 8
-    while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < 4 * nt:
-        if panels_per > 1:
+    while n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < _ITEMS_PER_THREAD * nt:
+        if pix_per > mr:
+            pix_per //= 2
+        elif panels_per > 1:
             panels_per //= 2
         else:
-            pix_per //= 2
+            break
     # Even blocks (whole tiles of mr) rather than full blocks and a short last one.
     cdef int64_t pix_blocks = (pixels + pix_per - 1) // pix_per
     pix_per = ((pixels + pix_blocks - 1) // pix_blocks + mr - 1) // mr * mr
     pix_blocks = (pixels + pix_per - 1) // pix_per
     cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
+    panels_per = (n_panels + col_blocks - 1) // col_blocks
+    col_blocks = (n_panels + panels_per - 1) // panels_per
     cdef int64_t per_image = pix_blocks * col_blocks
     cdef int64_t item, img, q0, p0
     cdef int failed = 0
@@ -186,6 +200,18 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     if failed:
         raise MemoryError("conv2d could not allocate its indirection buffer")
     return result
+
+
+cdef inline void _threshold_rows(const xnor_kernels *kern, const int32_t *sums, int64_t o,
+                                 const int8_t *direction, const int32_t *threshold, int64_t rows,
+                                 uint64_t *out, int64_t ldo) noexcept nogil:
+    # rows of o sums (stride o) -> rows of words (stride ldo)
+    cdef int64_t r
+    if kern.threshold_pack_rows != NULL:
+        kern.threshold_pack_rows(sums, o, direction, threshold, o, rows, out, ldo)
+    else:
+        for r in range(rows):
+            kern.threshold_pack(sums + r * o, direction, threshold, o, out + r * ldo)
 
 
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
@@ -223,7 +249,7 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         pix_per = 2 * g.ow
     else:
         pix_per = 64
-        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < 4 * nt:
+        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < _ITEMS_PER_THREAD * nt:
             pix_per //= 2
         pix_per = (pixels + (pixels + pix_per - 1) // pix_per - 1) // ((pixels + pix_per - 1) // pix_per)
         pix_per = (pix_per + mr - 1) // mr * mr
@@ -251,9 +277,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
             xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
                              q0, q1, 0, n_panels, sums, o, ptrs)
             if pool:
-                for r in range(q1 - q0):
-                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
-                                        bits + r * ow_words)
+                _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0, bits,
+                                ow_words)
                 for px in range(pw):
                     top = bits + 2 * px * ow_words
                     bottom = top + g.ow * ow_words
@@ -261,9 +286,9 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
                         out[img, item % per_image, px, wd] = (
                             top[wd] | top[ow_words + wd] | bottom[wd] | bottom[ow_words + wd])
             else:
-                for r in range(q1 - q0):
-                    kern.threshold_pack(sums + r * o, &direction[0], &threshold[0], o,
-                                        &out[img, (q0 + r) // g.ow, (q0 + r) % g.ow, 0])
+                # the pixels q0 .. q1 - 1 of one image: consecutive rows of words
+                _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0,
+                                &out[img, q0 // g.ow, q0 % g.ow, 0], ow_words)
             free(ptrs)
     if failed:
         raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")

@@ -31,7 +31,9 @@ For :func:`binary_conv2d`, activations are NHWC ``(N, H, W, C)`` packed along C
 (``pack_bits(x, axis=-1)``, words of shape ``(N, H, W, ceil(C / 64))``: each
 pixel a whole number of words), and HWIO weights ``(KH, KW, C // groups, O)``
 are packed along their input channels (``pack_bits(w, axis=2)``, words of shape
-``(KH, KW, O, ceil(C // groups / 64))``).  The fused conv outputs are packed
+``(KH, KW, O, ceil(C // groups / 64))``); :func:`pack_conv_weights` packs them
+in the same layout and keeps the CPU kernel's panels with them, for the layers
+of a packed model (:class:`ConvWeights`).  The fused conv outputs are packed
 NHWC activations again, ready for the next layer.  With ``groups > 1`` and
 ``C // groups`` not a multiple of 64, each group's channels are packed into
 words of their own, ``(N, H, W, groups, ceil(C // groups / 64))`` (the packed
@@ -60,6 +62,8 @@ __all__ = [
     "binary_matmul",
     "binary_conv2d",
     "binary_conv2d_threshold_pack",
+    "ConvWeights",
+    "pack_conv_weights",
     "get_array_module",
 ]
 
@@ -134,6 +138,17 @@ class PackedBits:
         """A PackedBits of words that a kernel wrote, whose padding is zero by construction."""
         self = cls.__new__(cls)
         self._init(words, shape, axis, check_padding=False)
+        return self
+
+    @classmethod
+    def _of_kernel(cls, words, shape, axis):
+        """A PackedBits of the C-contiguous numpy words a CPU kernel just wrote in
+        the layout of (shape, axis), tuple of ints: nothing to check."""
+        self = cls.__new__(cls)
+        words.flags.writeable = False
+        object.__setattr__(self, "_words", words)
+        object.__setattr__(self, "_shape", shape)
+        object.__setattr__(self, "_axis", axis)
         return self
 
     def _init(self, words, shape, axis, check_padding):
@@ -669,8 +684,29 @@ def _conv_padding(padding, size, kernel, stride, dilation):
     return before, after
 
 
+# Geometries of plain int / str arguments already checked: a layer called
+# again skips the checks (keyed by the argument types too, so that True never
+# passes for 1).  Bounded: cleared when full.
+_GEOMETRIES = {}
+
+
 def _conv_geometry(x_shape, w_shape, stride, padding, dilation):
     """(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR), checking the kernel fits."""
+    key = None
+    if type(stride) is int and type(dilation) is int and type(padding) in (int, str):
+        key = (x_shape[1], x_shape[2], w_shape[0], w_shape[1], stride, dilation, padding, type(padding))
+        geometry = _GEOMETRIES.get(key)
+        if geometry is not None:
+            return geometry
+    geometry = _check_conv_geometry(x_shape, w_shape, stride, padding, dilation)
+    if key is not None:
+        if len(_GEOMETRIES) >= 1024:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = geometry
+    return geometry
+
+
+def _check_conv_geometry(x_shape, w_shape, stride, padding, dilation):
     _, h, w, _ = x_shape
     kh, kw = w_shape[0], w_shape[1]
     sh, sw = _pair(stride, "stride")
@@ -732,14 +768,132 @@ def _conv_operand(x, name, axis):
     return x
 
 
+class ConvWeights:
+    """HWIO binary conv weights packed once, for the layers of a packed model.
+
+    Made by :func:`pack_conv_weights`.  Besides the packed words it keeps what
+    the CPU kernel builds from them (the weight panels of the popcount variant
+    in use and the zero-padding corrections), built at the first convolution
+    of each configuration (variant, groups, padding) and reused by every
+    later one: pass it as ``w`` to :func:`binary_conv2d` and
+    :func:`binary_conv2d_threshold_pack`.  The words are a private read-only
+    copy, so what was prepared from them cannot go stale; like PackedBits, a
+    ConvWeights is immutable.  Pickling keeps the words only.
+
+    Attributes
+    ----------
+    packed : PackedBits
+        The weights packed along axis 2 (words ``(KH, KW, O, ceil(C // groups / 64))``).
+    shape : tuple of int
+        ``(KH, KW, C // groups, O)``.
+    """
+
+    __slots__ = ("_packed", "_prepared")
+
+    def __init__(self, packed):
+        if not isinstance(packed, PackedBits) or packed.ndim != 4 or packed.axis != 2:
+            raise TypeError(
+                "ConvWeights needs a 4-D PackedBits packed along axis=2; make one with "
+                f"pack_conv_weights(w), got {type(packed).__name__}"
+                + (f" of shape {packed.shape} packed along axis={packed.axis}" if isinstance(packed, PackedBits) else "")
+            )
+        if is_cupy(packed.words) or is_dask(packed.words):
+            raise NotImplementedError("ConvWeights holds numpy words only: binary_conv2d runs on the CPU")
+        # Our own copy: nobody else can write the words the prepared panels came from.
+        words = np.array(packed.words, dtype=np.uint64, order="C", copy=True)
+        words.flags.writeable = False
+        object.__setattr__(self, "_packed", PackedBits._trusted(words, packed.shape, 2))
+        # (backend key) -> what the backend prepared; filled by the backend.
+        object.__setattr__(self, "_prepared", {})
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"ConvWeights is immutable: cannot set {name!r}; make a new one with pack_conv_weights")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"ConvWeights is immutable: cannot delete {name!r}")
+
+    @property
+    def packed(self):
+        return self._packed
+
+    @property
+    def shape(self):
+        return self._packed.shape
+
+    def __getstate__(self):
+        return {"packed": self._packed}
+
+    def __setstate__(self, state):
+        try:
+            packed = state["packed"]
+        except (TypeError, KeyError):
+            raise ValueError("not the state of a ConvWeights: expected packed") from None
+        ConvWeights.__init__(self, packed)
+
+    def __repr__(self):
+        return f"ConvWeights(shape={self.shape}, prepared={len(self._prepared)})"
+
+
+def pack_conv_weights(w, *, n_threads=None):
+    """Pack HWIO conv weights once and keep the kernel's preparation of them.
+
+    Parameters
+    ----------
+    w : array_like of shape (KH, KW, C // groups, O), or PackedBits packed along axis=2
+        HWIO weights, any real dtype (binarized with :func:`sign`).
+    n_threads : int, optional
+        CPU threads for the packing.
+
+    Returns
+    -------
+    ConvWeights
+        To pass as ``w`` to :func:`binary_conv2d` and
+        :func:`binary_conv2d_threshold_pack`: the same results as the packed
+        weights, without rebuilding the weight panels on every call.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`binary_conv2d` for ``w``.
+    NotImplementedError
+        For cupy weights (no GPU conv kernel yet).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xnorcore import binary_conv2d, pack_conv_weights
+    >>> w = pack_conv_weights(np.ones((2, 2, 1, 1)))
+    >>> binary_conv2d(np.ones((1, 3, 3, 1)), w, padding="same")[0, :, :, 0]
+    array([[4, 4, 2],
+           [4, 4, 2],
+           [2, 2, 1]], dtype=int32)
+    """
+    n_threads = _check_n_threads(n_threads)
+    if isinstance(w, ConvWeights):
+        return w
+    w = _conv_operand(w, "w", 2)
+    if not isinstance(w, PackedBits):
+        w = _pack(backend_for(w), w, 2, n_threads, "w")
+    return ConvWeights(w)
+
+
 def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, backend):
-    """Validate binary_conv2d's arguments; return (x words (N, H, W, G, cwg), w words, geometry, cg)."""
+    """Validate binary_conv2d's arguments.
+
+    Returns (x words (N, H, W, G, cwg), w words, geometry, cg, n_threads,
+    backend, prepared): ``prepared`` is the dict of a ConvWeights ``w`` in which
+    the backend keeps its preparation of the weights, else None.
+    """
     n_threads = _check_n_threads(n_threads)
     _check_backend(backend)
     if backend == "gpu":
         raise NotImplementedError("binary_conv2d has no GPU kernel yet: use backend='auto' or 'cpu'")
     x = _conv_operand(x, "x", 3)
-    w = _conv_operand(w, "w", 2)
+    prepared = None
+    if isinstance(w, ConvWeights):
+        w, prepared = w._packed, w._prepared
+    else:
+        w = _conv_operand(w, "w", 2)
     if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive integer, got groups={groups!r}")
     groups = int(groups)
@@ -762,7 +916,8 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
     if kh * kw * cg > _MAX_INNER:
         raise ValueError(f"KH * KW * C // groups must be at most {_MAX_INNER} for an int32 result, got w.shape={tuple(w.shape)}")
     geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation)
-    backend = backend_for(x, w)
+    # ConvWeights hold numpy words: the operands' backend is x's.
+    backend = backend_for(x) if prepared is not None else backend_for(x, w)
     cwg = n_words(cg)
     if isinstance(x, PackedBits):
         words = np.ascontiguousarray(x.words)
@@ -779,7 +934,7 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
         else:
             words = _pack(backend, x.reshape(n, h, wd, groups, cg), 4, n_threads, "x").words
     w_words = w.words if isinstance(w, PackedBits) else _pack(backend, w, 2, n_threads, "w").words
-    return words.reshape(n, h, wd, groups, cwg), np.ascontiguousarray(w_words), geometry, cg, n_threads, backend
+    return words.reshape(n, h, wd, groups, cwg), np.ascontiguousarray(w_words), geometry, cg, n_threads, backend, prepared
 
 
 def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_value=0, n_threads=None,
@@ -791,8 +946,10 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
     x : array_like of shape (N, H, W, C), or PackedBits packed along C
         NHWC input, any real dtype and memory order.  Pack it once with
         ``pack_bits(x, axis=-1)``; the packed conv layout is in :mod:`xnorcore.ops`.
-    w : array_like of shape (KH, KW, C // groups, O), or PackedBits packed along axis=2
-        HWIO weights.  Pack them once with ``pack_bits(w, axis=2)``.
+    w : array_like of shape (KH, KW, C // groups, O), PackedBits packed along axis=2, or ConvWeights
+        HWIO weights.  Pack them once with :func:`pack_conv_weights` (which
+        also keeps the kernel's weight panels from one call to the next) or
+        ``pack_bits(w, axis=2)``.
     stride, dilation : int or (int, int), default=1
         Steps between output positions and between kernel taps, (rows, columns).
     padding : "valid", "same", int or ((top, bottom), (left, right)), default="valid"
@@ -839,17 +996,25 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
            [4, 4, 2],
            [2, 2, 1]], dtype=int32)
     """
-    x_words, w_words, geometry, cg, n_threads, backend = _conv_setup(
+    x_words, w_words, geometry, cg, n_threads, backend, prepared = _conv_setup(
         x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
     )
     n, o = x_words.shape[0], w_words.shape[2]
     if cg == 0:
         return np.zeros((n, geometry[2], geometry[3], o), dtype=np.int32)
-    return backend.conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads)
+    return backend.conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads, prepared)
 
 
 def _conv_thresholds(direction, threshold, o):
     """direction as int8 and threshold as int32, both (O,), checked."""
+    if (
+        type(direction) is np.ndarray and type(threshold) is np.ndarray
+        and direction.dtype == np.int8 and threshold.dtype == np.int32
+        and direction.shape == (o,) and threshold.shape == (o,)
+        # the bytes of -1, 0 and 1 deleted leave nothing: one C pass, no reductions
+        and not direction.tobytes().translate(None, b"\xff\x00\x01")
+    ):
+        return direction, threshold  # a folded batch norm as the layers keep it
     direction = np.asarray(direction)
     threshold = np.asarray(threshold)
     ok = direction.shape == (o,) and direction.dtype.kind in "biuf"
@@ -922,7 +1087,7 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
     >>> unpack_bits(p)[0, 0, 0]
     array([ 1, -1], dtype=int8)
     """
-    x_words, w_words, geometry, cg, n_threads, backend = _conv_setup(
+    x_words, w_words, geometry, cg, n_threads, backend, prepared = _conv_setup(
         x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
     )
     n, o = x_words.shape[0], w_words.shape[2]
@@ -936,11 +1101,12 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
         ).reshape(n, oh, ow, n_words(o))
         if pool:
             words = words[:, : 2 * shape[1] : 2, : 2 * shape[2] : 2]
-        return PackedBits(np.ascontiguousarray(words), shape, 3)
+        return PackedBits._trusted(np.ascontiguousarray(words), shape, 3)
     words = backend.conv2d_threshold_pack(
-        x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads
+        x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads,
+        prepared,
     )
-    return PackedBits(words, shape, 3)
+    return PackedBits._of_kernel(words, shape, 3)
 
 
 # The backends build PackedBits and call pack_bits: they are imported once

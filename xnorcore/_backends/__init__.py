@@ -51,13 +51,15 @@ Operations
     (``BNNClassifier(xnor="auto")``): whichever trained faster on this device
     in ``benchmarks/train_bench.py``.
 
-``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads) -> int32 (N, OH, OW, O)``
+``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads, prepared=None) -> int32 (N, OH, OW, O)``
     The binary convolution (``binary_conv2d``) of NHWC words ``x_words``
     (N, H, W, groups, words per group) with HWIO weight words ``w_words``
     (KH, KW, O, words per group); ``geometry`` is ``ops._conv_geometry``'s
     (H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR), ``cg`` the
     channels per group and ``pad_value`` (0, 1 or -1) what padding counts.
-``conv2d_threshold_pack(..., direction, threshold, pool, n_threads) -> words (N, OH', OW', ceil(O / 64))``
+    ``prepared`` is None or the dict of a ``ConvWeights`` (the same words
+    each call): the backend may keep what it builds from the weights there.
+``conv2d_threshold_pack(..., direction, threshold, pool, n_threads, prepared=None) -> words (N, OH', OW', ceil(O / 64))``
     The fused binary conv layer: ``threshold_pack`` of ``conv2d`` along O,
     then, with ``pool``, a 2x2 max-pool (stride 2) on the bits.
 ``real_conv2d(x, w, geometry) -> float32 (N, OH, OW, O)``

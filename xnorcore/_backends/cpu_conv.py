@@ -3,14 +3,16 @@
 :mod:`xnorcore._backends.cpu` exports them; ``xnorcore.ops`` validates and
 packs, this module trusts its input:
 
-``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads) -> int32 (N, OH, OW, O)``
+``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads, prepared) -> int32 (N, OH, OW, O)``
     ``x_words`` uint64 (N, H, W, groups, cwg): each group's C / groups = cg
     channels packed into cwg words of their own (for groups == 1, or cg a
     multiple of 64, that is just the NHWC words packed along C); ``w_words``
     uint64 (KH, KW, O, cwg): HWIO weights packed along their input channels.
     ``geometry`` is ``(H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PB, PL, PR)``.
     ``pad_value`` in {0, 1, -1} is what a padded position contributes.
-``conv2d_threshold_pack(..., direction, threshold, pool, n_threads) -> uint64 words``
+    ``prepared``: None or a ConvWeights' dict, which keeps the panels,
+    corrections and padding block per (variant, groups, pad_value, corrections).
+``conv2d_threshold_pack(..., direction, threshold, pool, n_threads, prepared) -> uint64 words``
     The packed signs of ``direction * conv2d(...) - threshold`` along O,
     (N, OH, OW, ceil(O / 64)); with ``pool``, max-pooled 2x2 with stride 2
     on the bits (N, OH // 2, OW // 2, ceil(O / 64)).
@@ -32,34 +34,58 @@ def _variant():
     return _bitpack.VARIANTS.index(_bitpack.get_variant())
 
 
-def _operands(x_words, w_words, geometry, groups, cg, pad_value):
-    """Kernel operands: (x (N, H, W, xs), panels, corr or None, pad, geometry for C, variant)."""
-    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
-    o, cwg = w_words.shape[2], w_words.shape[3]
-    variant = _variant()
+def _weights(w_words, groups, cg, pad_value, corrections, variant):
+    """(panels, corr or None, pad block): what the kernels read of the weights."""
+    kh, kw, o, cwg = w_words.shape
     w3 = np.ascontiguousarray(w_words).reshape(kh * kw, o, cwg)
-    # Zero padding needs corrections only where some tap falls in the padding.
-    panels, corr = _conv.conv_weights(w3, groups, cg, pad_value == 0 and bool(pt or pb or pl or pr), variant)
+    panels, corr = _conv.conv_weights(w3, groups, cg, corrections, variant)
     pad = np.zeros(max(cwg, 1), dtype=np.uint64)
     if pad_value == 1:
         # +1 padding: the cg valid bits set, the padding bits clear as in any word.
         bits = np.zeros(64 * pad.shape[0], dtype=np.uint8)
         bits[:cg] = 1
         pad = np.packbits(bits, bitorder="little").view(np.uint64).copy()
-    x = np.ascontiguousarray(x_words).reshape(x_words.shape[:3] + (-1,))
+    for a in (panels, corr, pad):
+        if a is not None:
+            a.flags.writeable = False
+    return panels, corr, pad
+
+
+def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None):
+    """Kernel operands: (x (N, H, W, xs), panels, corr or None, pad, geometry for C, variant).
+
+    ``prepared``: None, or a ConvWeights' dict (always the same words), where
+    the weights' operands are kept under their configuration.
+    """
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    variant = _variant()
+    # Zero padding needs corrections only where some tap falls in the padding.
+    corrections = pad_value == 0 and bool(pt or pb or pl or pr)
+    key = (variant, groups, pad_value, corrections)
+    weights = None if prepared is None else prepared.get(key)
+    if weights is None:
+        weights = _weights(w_words, groups, cg, pad_value, corrections, variant)
+        if prepared is not None:
+            prepared[key] = weights
+    panels, corr, pad = weights
+    x = x_words.reshape(x_words.shape[:3] + (-1,))
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
     c_geometry = (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, kh * kw * cg)
     return x, panels, corr, pad, c_geometry, variant
 
 
-def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None):
-    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value)
+def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
+    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value,
+                                                          prepared)
     return _conv.conv2d(x, panels, corr, pad, c_geometry, w_words.shape[2], groups, variant,
                         kernel_threads(n_threads))
 
 
 def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
-                          pool=False, n_threads=None):
-    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value)
+                          pool=False, n_threads=None, prepared=None):
+    x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value,
+                                                          prepared)
     return _conv.conv2d_threshold_pack(
         x, panels, corr, pad, c_geometry, w_words.shape[2], groups,
         np.ascontiguousarray(direction, dtype=np.int8), np.ascontiguousarray(threshold, dtype=np.int32),

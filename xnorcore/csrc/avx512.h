@@ -337,6 +337,44 @@ XNOR_AVX512_ATTR static void xnor_threshold_pack_avx512(const int32_t *z, const 
     }
 }
 
+/* The same over rows: the direction masks and thresholds of each 64
+ * channels are loaded once and kept in registers for all rows, leaving per
+ * 16 sums a load, two subtractions and a compare. */
+XNOR_AVX512_ATTR static void xnor_threshold_pack_rows_avx512(const int32_t *z, int64_t ldz,
+                                                             const int8_t *direction,
+                                                             const int32_t *threshold, int64_t n,
+                                                             int64_t rows, uint64_t *out,
+                                                             int64_t ldo)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t w0 = 0; w0 < n; w0 += 64) {
+        int len = n - w0 < 64 ? (int)(n - w0) : 64;
+        __mmask16 lanes[4], nonzero[4], negative[4];
+        __m512i t[4];
+        for (int g = 0; g < 4; g++) {
+            int64_t j = w0 + 16 * g;
+            lanes[g] = (__mmask16)xnor_lanes64(len - 16 * g);
+            __m128i d = _mm_maskz_loadu_epi8(lanes[g], direction + j);
+            nonzero[g] = _mm_mask_test_epi8_mask(lanes[g], d, d);
+            negative[g] = _mm_mask_cmplt_epi8_mask(lanes[g], d, _mm_setzero_si128());
+            t[g] = _mm512_maskz_loadu_epi32(lanes[g], threshold + j);
+        }
+        const int32_t *zr = z + w0;
+        uint64_t *o = out + w0 / 64;
+        for (int64_t r = 0; r < rows; r++, zr += ldz, o += ldo) {
+            uint64_t m = 0;
+            for (int g = 0; g < 4; g++) {
+                /* as threshold_pack: z where 1, 0 - z where -1, 0 where 0 */
+                __m512i dz = _mm512_maskz_loadu_epi32(nonzero[g], zr + 16 * g);
+                dz = _mm512_mask_sub_epi32(dz, negative[g], zero, dz);
+                __m512i v = _mm512_sub_epi32(dz, t[g]);
+                m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes[g], v, zero) << (16 * g);
+            }
+            *o = m;
+        }
+    }
+}
+
 XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, int taps,
                                                       const uint64_t *panel, int64_t nw,
                                                       int32_t *c, int64_t ldc, int mr,

@@ -60,6 +60,11 @@ typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
  * numpy does; padding bits 0. */
 typedef void (*xnor_threshold_pack_fn)(const int32_t *z, const int8_t *direction,
                                        const int32_t *threshold, int64_t n, uint64_t *out);
+/* threshold_pack of `rows` rows of n sums (row stride ldz) with the same
+ * direction and threshold, into out (row stride ldo words). */
+typedef void (*xnor_threshold_pack_rows_fn)(const int32_t *z, int64_t ldz, const int8_t *direction,
+                                            const int32_t *threshold, int64_t n, int64_t rows,
+                                            uint64_t *out, int64_t ldo);
 /* The real-valued first and last layers: see real_layers.h. */
 typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const int64_t *start,
                                    int64_t rows, const float *w, int64_t f, int64_t n,
@@ -90,6 +95,9 @@ typedef struct {
     xnor_conv_ukernel_fn conv_ukernel;
     /* the fused output of binary layers (GEMM and conv) */
     xnor_threshold_pack_fn threshold_pack;
+    /* the same over rows, the per-channel work done once per 64 channels
+     * rather than per row; NULL where a loop over threshold_pack is as fast */
+    xnor_threshold_pack_rows_fn threshold_pack_rows;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)
