@@ -25,6 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from gpu_bench import back_to_back_ms  # noqa: E402
+
 VARIANTS = ("coop", "ping")
 
 
@@ -85,20 +87,6 @@ def check(shapes=None):
     _gpu._WGMMA_VARIANT = default
     print(f"check: {failures} failures", flush=True)
     return failures
-
-
-def back_to_back_ms(fn, repeat=20, warmup=3):
-    import cupy
-
-    for _ in range(warmup):
-        fn()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    for _ in range(repeat):
-        fn()
-    end.record()
-    end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end) / repeat
 
 
 def per_call_ms(fn, repeat=30, warmup=3):
