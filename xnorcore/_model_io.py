@@ -579,10 +579,14 @@ def load_model(path):
         return _load(zf, _Reader(path, meta), path)
 
 
+def _as_tuples(value):
+    """``value`` with every list in it, nested ones too, turned into a tuple."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def _load(zf, meta, path):
     from .estimator import BNNClassifier
     from .nn import Adam
-    from .nn._inference import PackedModel
 
     fmt = meta.data.get("format")
     if fmt != FORMAT:
@@ -701,8 +705,10 @@ def _load(zf, meta, path):
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise _fail(path, f"params has unknown parameters {unknown} for this xnorcore's BNNClassifier")
-    if isinstance(params.get("hidden_layer_sizes"), list):
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    # JSON keeps tuples as lists: give the sequence parameters back as tuples.
+    for key in ("hidden_layer_sizes", "image_shape", "conv_layers"):
+        if isinstance(params.get(key), list):
+            params[key] = _as_tuples(params[key])
     estimator = BNNClassifier(**params)
     try:
         estimator._validate_params()

@@ -33,7 +33,7 @@ from .._array import get_array_module, is_cupy, to_module, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
-from ._inference import PREDICT_ROWS, PackedModel, fold_threshold
+from ._inference import PackedModel, blocked_logits, fold_threshold
 from ._layers import ReLU, Sign
 from ._network import Network
 
@@ -510,6 +510,9 @@ class ConvNetwork:
 
     # ------------------------------------------------------------------ basics
     binary = property(lambda self: self.head.binary)
+    batch_norm = property(lambda self: self.head.batch_norm)
+    binarize_first = property(lambda self: self.head.binarize_first)
+    binarize_last = property(lambda self: self.head.binarize_last)
     hidden_layer_sizes = property(lambda self: self.head.hidden_layer_sizes)
     n_outputs = property(lambda self: self.head.n_outputs)
     image_shape = property(lambda self: self.features.image_shape)
@@ -623,9 +626,7 @@ class PackedConvModel:
 
     def decision_function(self, X):
         """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path."""
-        blocks = [to_numpy(self.forward(X[start:start + PREDICT_ROWS])).astype(np.float64)
-                  for start in range(0, max(X.shape[0], 1), PREDICT_ROWS)]
-        return np.concatenate(blocks)
+        return blocked_logits(self.forward, X)
 
 
 def recommended_conv_layers(image_shape):

@@ -36,6 +36,13 @@ PREDICT_ROWS = 4096
 _FORMAT_VERSION = 1
 
 
+def blocked_logits(forward, X):
+    """``forward`` over blocks of ``PREDICT_ROWS`` rows of ``X``, as one float64 numpy array."""
+    blocks = [to_numpy(forward(X[start:start + PREDICT_ROWS])).astype(np.float64)
+              for start in range(0, max(X.shape[0], 1), PREDICT_ROWS)]
+    return np.concatenate(blocks)
+
+
 def fold_threshold(dense, bn, integer):
     """(direction int8, threshold) of a unit's ``sign(bn(z + bias))`` as ``direction * z - threshold >= 0``.
 
@@ -230,9 +237,7 @@ class PackedModel:
 
     def decision_function(self, X):
         """Logits of raw rows ``X`` (float32 numpy array), as a float64 numpy array, in blocks of rows."""
-        blocks = [to_numpy(self.forward(X[start:start + PREDICT_ROWS])).astype(np.float64)
-                  for start in range(0, max(X.shape[0], 1), PREDICT_ROWS)]
-        return np.concatenate(blocks)
+        return blocked_logits(self.forward, X)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):
