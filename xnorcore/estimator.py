@@ -1,7 +1,6 @@
 """BNNClassifier: a scikit-learn classifier backed by a binary neural network."""
 
 import copy
-import math
 import warnings
 from numbers import Integral, Real
 
@@ -29,6 +28,7 @@ from .nn._convnet import (
     normalize_conv_layers,
     recommended_conv_layers,
 )
+from .nn._input import input_exponent, input_stats, model_input
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
 from .nn._trainer import LR_SCHEDULES, TrainingHistory, train, validation_split
@@ -37,26 +37,6 @@ __all__ = ["BNNClassifier"]
 
 _F32 = np.float32
 
-#: Data whose largest magnitude lies outside [2**-_MAX_EXPONENT, 2**_MAX_EXPONENT]
-#: is scaled by a power of two first (see input_exponent_).
-_MAX_EXPONENT = 40
-#: Rows per chunk of the float64 passes over X.
-_CHUNK_ROWS = 8192
-
-
-def _input_exponent(X):
-    """``k`` such that ``X * 2**k`` has its largest magnitude near 1, or 0 for data of ordinary scale.
-
-    float32 training and the first layer of prediction (which folds the
-    standardization into the weights) then neither overflow nor underflow,
-    whatever the units of X.  A power of two scales exactly.
-    """
-    if X.size == 0:
-        return 0
-    largest = float(np.max(np.abs(X)))
-    if largest == 0 or 2.0**-_MAX_EXPONENT <= largest <= 2.0**_MAX_EXPONENT:
-        return 0
-    return -math.frexp(largest)[1]
 
 
 class BNNClassifier(ClassifierMixin, BaseEstimator):
@@ -360,19 +340,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         return X, y
 
-    def _model_input(self, X, exponent):
-        """Validated X (float32 or float64) scaled by ``2**exponent`` as the float32 rows the network takes."""
-        if exponent:
-            X = np.ldexp(X, exponent)
-        if X.dtype == np.float64 and X.size:
-            largest = float(np.max(np.abs(X)))
-            if largest > float(np.finfo(_F32).max):
-                raise ValueError(
-                    f"X has values up to {largest / 2.0**exponent:.3g} in magnitude, beyond the float32 "
-                    "range in which this model computes; it was fitted on data of much smaller scale"
-                )
-        return np.asarray(X, dtype=_F32)
-
     @staticmethod
     def _check_classes(classes, name):
         if len(classes) < 2:
@@ -391,39 +358,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"classes_={classes.tolist()}"
             )
         return np.searchsorted(classes, y).astype(np.int64)
-
-    @staticmethod
-    def _input_stats(X, sample_weight=None):
-        # Per-feature centring but one global scale: a per-feature scale blows
-        # up features that happen to be constant in the first batch of
-        # partial_fit (MNIST border pixels).  Sums run in float64 over chunks
-        # of rows, so that neither the squares of large values nor those of
-        # small ones leave the range (X is already scaled near 1).  Weighted as
-        # the loss is, so that a sample of weight 0 changes nothing.
-        if sample_weight is None:
-            mean = X.mean(axis=0, dtype=np.float64)
-            count = X.size
-        else:
-            weights = np.asarray(sample_weight, dtype=np.float64)
-            if not weights.sum() > 0:
-                raise ValueError("sample_weight must have a positive sum, got all zeros")
-            mean = np.zeros(X.shape[1])
-            for start in range(0, X.shape[0], _CHUNK_ROWS):
-                rows = slice(start, start + _CHUNK_ROWS)
-                mean += weights[rows] @ X[rows].astype(np.float64)
-            mean /= weights.sum()
-            count = weights.sum() * X.shape[1]
-        total = 0.0
-        for start in range(0, X.shape[0], _CHUNK_ROWS):
-            rows = slice(start, start + _CHUNK_ROWS)
-            squares = np.square(X[rows] - mean, dtype=np.float64)
-            total += float(squares.sum() if sample_weight is None else weights[rows] @ squares.sum(axis=1))
-        scale = math.sqrt(total / max(count, 1))
-        largest = float(np.max(np.abs(X))) if X.size else 0.0
-        # Constant data: rounding noise only, nothing to scale by.
-        if not math.isfinite(scale) or scale <= 1e-12 * largest or scale == 0:
-            scale = 1.0
-        return mean.astype(_F32), _F32(scale)
 
     # ------------------------------------------------------------ training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
@@ -532,7 +466,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
         if resume:
             exponent = getattr(self, "input_exponent_", 0)
-            X = self._model_input(X, exponent)
+            X = model_input(X, exponent)
             # fit keeps the fitted model intact until it succeeds; partial_fit,
             # called once per batch, continues in place (and _fit puts it back
             # on failure).
@@ -553,10 +487,10 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 block.dense.dropout = float(self.dropout)
             history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
         else:
-            exponent = _input_exponent(X)
-            X = self._model_input(X, exponent)
+            exponent = input_exponent(X)
+            X = model_input(X, exponent)
             rng = check_random_state(self.random_state)
-            mean, scale = self._input_stats(X, sample_weight)
+            mean, scale = input_stats(X, sample_weight)
             if conv_layers:
                 net = ConvNetwork(
                     image_shape, conv_layers, len(all_classes), sizes, binary=self.binary,
@@ -710,7 +644,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X holds images of shape {x_image_shape}, but the model was fitted on "
                              f"images of shape {fitted_shape}")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
-        X = self._model_input(X, getattr(self, "input_exponent_", 0))
+        X = model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:
             packed = self.network_.binary
         if not packed:
