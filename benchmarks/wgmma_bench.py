@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpu_bench import back_to_back_ms  # noqa: E402
+from gpu_bench import back_to_back_ms, median_ms  # noqa: E402
 
 VARIANTS = ("coop", "ping")
 
@@ -89,23 +89,6 @@ def check(shapes=None):
     return failures
 
 
-def per_call_ms(fn, repeat=30, warmup=3):
-    import cupy
-
-    for _ in range(warmup):
-        fn()
-    cupy.cuda.Device().synchronize()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(repeat):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)
-
-
 def wgmma_kernel(pa, pb, k, variant, function=None, stages=None):
     """A closure launching the wgmma kernel alone on fixed buffers, and its output."""
     import cupy
@@ -149,7 +132,7 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
             res[f"wgmma {variant} kernel"] = back_to_back_ms(launch)
         res["mma medium kernel"] = back_to_back_ms(gemm_kernel_launcher(pa.words, pb.words, k, "mma", "medium"))
         for r in range(2):  # alternate rounds: cuBLAS heats the card
-            res[f"cuBLAS fp16 per call r{r}"] = per_call_ms(lambda: a16 @ b16)
+            res[f"cuBLAS fp16 per call r{r}"] = median_ms(lambda: a16 @ b16, min_repeat=30, max_repeat=30)
             res[f"cuBLAS fp16 queued r{r}"] = back_to_back_ms(lambda: a16 @ b16)
             for forced in ("wgmma", "mma", None):
                 if forced:
@@ -159,7 +142,7 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
                 for variant in VARIANTS if forced == "wgmma" else (default,):
                     _gpu._WGMMA_VARIANT = variant
                     name = f"binary_matmul {forced or 'auto'}{' ' + variant if forced == 'wgmma' else ''}"
-                    res[f"{name} per call r{r}"] = per_call_ms(lambda: binary_matmul(pa, pb))
+                    res[f"{name} per call r{r}"] = median_ms(lambda: binary_matmul(pa, pb), min_repeat=30, max_repeat=30)
                     res[f"{name} queued r{r}"] = back_to_back_ms(lambda: binary_matmul(pa, pb))
             os.environ.pop(_gpu.KERNEL_ENV, None)
         _gpu._WGMMA_VARIANT = default
