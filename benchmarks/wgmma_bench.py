@@ -16,7 +16,6 @@ import argparse
 import datetime
 import os
 import re
-import statistics
 import subprocess
 import sys
 
