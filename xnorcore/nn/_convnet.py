@@ -29,13 +29,13 @@ import types
 
 import numpy as np
 
-from .._array import get_array_module, is_cupy, to_module, to_numpy
+from .._array import get_array_module, is_cupy, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
 from ._inference import PackedModel, blocked_logits, fold_threshold
 from ._layers import ReLU, Sign
-from ._network import Network
+from ._network import Network, move_blocks
 
 __all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "flatten_packed",
            "normalize_conv_layers", "pool_packed", "real_block_sums", "recommended_conv_layers"]
@@ -382,11 +382,7 @@ class ConvFeatures:
     # ------------------------------------------------------------ persistence
     def to(self, xp):
         """Move every array to ``xp`` (numpy or cupy), in place."""
-        for block in self.blocks:
-            for obj in (block, *block.layers()):
-                for key, value in vars(obj).items():
-                    if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
-                        setattr(obj, key, to_module(value, xp))
+        move_blocks(self.blocks, xp)
         return self
 
     def __getstate__(self):

@@ -27,6 +27,15 @@ from ._loss import softmax_cross_entropy
 _F32 = np.float32
 
 
+def move_blocks(blocks, xp):
+    """Move every array of ``blocks`` and of their layers to ``xp`` (numpy or cupy), in place."""
+    for block in blocks:
+        for obj in (block, *block.layers()):
+            for key, value in vars(obj).items():
+                if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
+                    setattr(obj, key, to_module(value, xp))
+
+
 class _Block:
     """One dense layer with what follows it (batch norm, activation)."""
 
@@ -257,11 +266,7 @@ class Network:
     # ------------------------------------------------------------ persistence
     def to(self, xp):
         """Move every array to ``xp`` (numpy or cupy), in place."""
-        for block in self.blocks:
-            for obj in (block, *block.layers()):
-                for key, value in vars(obj).items():
-                    if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
-                        setattr(obj, key, to_module(value, xp))
+        move_blocks(self.blocks, xp)
         return self
 
     def __getstate__(self):
