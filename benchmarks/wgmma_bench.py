@@ -88,8 +88,9 @@ def check(shapes=None):
     return failures
 
 
-def wgmma_kernel(pa, pb, k, variant, function=None, stages=None):
-    """A closure launching the wgmma kernel alone on fixed buffers, and its output."""
+def wgmma_kernel(pa, pb, k, variant, function=None, stages=None, pack=False):
+    """A closure launching the wgmma kernel alone on fixed buffers, and its output.
+    With ``pack``, the fused layer's kernel (direction +1, threshold 0: the signs of the sums)."""
     import cupy
 
     from xnorcore._backends import gpu as _gpu
@@ -97,7 +98,17 @@ def wgmma_kernel(pa, pb, k, variant, function=None, stages=None):
     a, b = _gpu._even_width(pa.words), _gpu._even_width(pb.words)
     m, n, width = a.shape[0], b.shape[0], a.shape[1]
     _gpu._WGMMA_VARIANT = variant
-    plan = _gpu._wgmma_plan(m, n, width, k)
+    plan = _gpu._wgmma_plan(m, n, width, k, pack=pack, variant=variant)
+    if pack:
+        counts = _gpu._row_popcounts(a, b)
+        padded = -(-n // plan.bn) * plan.bn
+        bounds = cupy.empty((padded, 2), dtype=np.int32)
+        threads = _gpu._constant("pack", "POPCOUNT_THREADS")
+        _gpu._function("pack", "column_bounds")(
+            _gpu._grid_1d(padded, threads), (threads,),
+            (counts[m:], cupy.ones(n, dtype=np.int8), cupy.zeros(n, dtype=np.int32), np.int64(n), np.int64(padded), bounds))
+        out = cupy.empty((m, -(-n // 64)), dtype=np.uint64)
+        return (lambda: plan(a, b, counts, out, bounds)), out
     if function is not None:
         prefix = variant.upper()
         bm, bn = _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BM"), _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BN")
@@ -129,6 +140,13 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
         for variant in VARIANTS:
             launch, _ = wgmma_kernel(pa, pb, k, variant)
             res[f"wgmma {variant} kernel"] = back_to_back_ms(launch)
+            launch, _ = wgmma_kernel(pa, pb, k, variant, pack=True)
+            res[f"wgmma {variant} fused layer kernel"] = back_to_back_ms(launch)
+        _gpu._WGMMA_VARIANT = default
+        ones, zeros = cupy.ones(n, dtype=np.int8), cupy.zeros(n, dtype=np.int32)
+        layer = lambda: _gpu.xnor_gemm_threshold_pack(pa.words, pb.words, k, ones, zeros)  # noqa: E731
+        res["fused layer per call"] = median_ms(layer, min_repeat=30, max_repeat=30)
+        res["fused layer queued"] = back_to_back_ms(layer)
         res["mma medium kernel"] = back_to_back_ms(gemm_kernel_launcher(pa.words, pb.words, k, "mma", "medium"))
         for r in range(2):  # alternate rounds: cuBLAS heats the card
             res[f"cuBLAS fp16 per call r{r}"] = median_ms(lambda: a16 @ b16, min_repeat=30, max_repeat=30)
@@ -148,7 +166,7 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
         for name, ms in res.items():
             rows.append((f"{m}x{k}x{n}", name, ms, ops / ms / 1e9))
             print(f"| {m}x{k}x{n} | {name} | {ms * 1e3:.1f} us | {ops / ms / 1e9:.0f} TOPS |", flush=True)
-        del a16, b16, pa, pb
+        a16 = b16 = pa = pb = None  # free the device buffers before the next size
         cupy.get_default_memory_pool().free_all_blocks()
     return rows
 

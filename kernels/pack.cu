@@ -127,3 +127,26 @@ row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict
         if (lane == 0) counts[r] = c;
     }
 }
+
+// Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over columns).
+// The column tests of the fused wgmma layer (xnor_gemm_wgmma.cu, PACK): with
+// pb = b_counts[j] and v = K - 2 pa + 4 popcount(a AND b) - 2 pb, the layer's bit
+// direction * v - threshold >= 0 is lo <= K - 2 pa + 4 popcount(a AND b) <= hi.
+// Columns from n to padded never pass.
+extern "C" __global__ void __launch_bounds__(POPCOUNT_THREADS)
+column_bounds(const int* __restrict__ b_counts, const signed char* __restrict__ direction,
+              const int* __restrict__ threshold, long long n, long long padded, int2* __restrict__ bounds)
+{
+    const int lowest = -0x7fffffff - 1, highest = 0x7fffffff;
+    for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < padded;
+         j += (long long)gridDim.x * blockDim.x) {
+        int2 b = make_int2(highest, lowest);  // empty
+        if (j < n) {
+            const int d = direction[j], t = threshold[j], pb2 = 2 * b_counts[j];
+            if (d > 0) b = make_int2(t + pb2, highest);
+            else if (d < 0) b = make_int2(lowest, pb2 - t);
+            else if (t <= 0) b = make_int2(lowest, highest);
+        }
+        bounds[j] = b;
+    }
+}

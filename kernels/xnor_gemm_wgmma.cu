@@ -185,10 +185,16 @@ __device__ __forceinline__ void tile_coords(int tile, int tiles_m, int tiles_n, 
 }
 
 // MT m64 blocks of BN columns per consumer warpgroup: 128 accumulators per thread either way.
-template <int BM, int BN, int STAGES, bool PINGPONG>
+// PACK: the fused binary layer.  Instead of the int32 sums, out_words (m, out_w)
+// receives bit j of row i set where lo <= K - 2 pa_i + 4 popcount(a_i AND b_j) <= hi
+// for (lo, hi) = bounds[j], packed along n in the layout of xnor_layout.h; bounds
+// holds a whole number of tiles of columns, and those past n never pass
+// (pack.cu's column_bounds makes them from a threshold and direction per column).
+template <int BM, int BN, int STAGES, bool PINGPONG, bool PACK>
 __device__ __forceinline__ void xnor_gemm_wgmma_body(
     const TensorMap& map_a, const TensorMap& map_b, const int* __restrict__ counts, int* __restrict__ out,
-    long long m, long long n, long long n_words, long long k)
+    long long m, long long n, long long n_words, long long k,
+    const int2* __restrict__ bounds, u64* __restrict__ out_words, long long out_w)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // Built for another target (the CPU-side compile test builds every file for
@@ -215,8 +221,8 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
             mbar_init(full0 + 8 * s, 1);
             mbar_init(empty0 + 8 * s, CONSUMER_WARPS);
         }
-        mbar_init(order0, 1);
-        mbar_init(order0 + 8, 1);
+        mbar_init(order0, 4);  // one arrival per warp of the warpgroup
+        mbar_init(order0 + 8, 4);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -263,6 +269,9 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
             // most one phase ahead.  This warpgroup skipped the other's stages, so
             // it waits until the other has seen the last stage of the tile before
             // this one, whose phases precede every stage this tile will use.
+            // Every warp of the other warpgroup arrives: the warps of one group
+            // drift apart by up to a stage, and with one arrival per group a
+            // lagging warp could find the order barrier itself two phases on.
             if (local > 0) mbar_wait(order0 + 8 * (1 - wg), ((local - 1) / 2) & 1);
         }
         int tm, tn;
@@ -272,7 +281,7 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
         for (int kt = 0; kt < k_tiles; ++kt, ++it) {
             const u32 s = it % STAGES;
             mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
-            if (PINGPONG && kt == k_tiles - 1 && wq == 0 && lane == 0) mbar_arrive(order0 + 8 * wg);
+            if (PINGPONG && kt == k_tiles - 1 && lane == 0) mbar_arrive(order0 + 8 * wg);
             const u32 stage = base + s * STAGE_BYTES;
 #pragma unroll
             for (int i = 0; i < MT; ++i) fence_regs(acc[i]);
@@ -306,6 +315,60 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
         const int* pb = counts + m;
         const long long row0 = (long long)tm * BM + (a_off / WG_ROW_BYTES);
         const long long col0 = (long long)tn * BN + 2 * t;
+        if (PACK) {
+            // The 64 columns of a word are spread over the four lanes of a quad
+            // (8 groups of 8 columns, 2 per lane): each lane sets its bits, an OR
+            // across the quad gathers the word, and lane w stores word w.
+            constexpr int WORDS = BN / 64;
+            static_assert(WORDS >= 1 && WORDS <= 4, "one stored word per lane");
+            const long long word0 = (long long)tn * WORDS;
+            const int4* col_bounds = reinterpret_cast<const int4*>(bounds + col0);  // 2 columns each
+            int base_v[MT][2];
+            u64 bits[MT][2][WORDS];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const long long row = row0 + 64 * i + 16 * wq + g + 8 * h;
+                    base_v[i][h] = (int)k - 2 * __ldg(counts + min(row, m - 1));
+#pragma unroll
+                    for (int w = 0; w < WORDS; ++w) bits[i][h][w] = 0;
+                }
+            }
+            // Column pairs outermost: each pair's bounds are loaded once for all rows.
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+                const int4 b = __ldg(col_bounds + 4 * j);
+                const int shift = 8 * (j % 8) + 2 * t;
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int v0 = base_v[i][h] + 4 * acc[i][4 * j + 2 * h];
+                        const int v1 = base_v[i][h] + 4 * acc[i][4 * j + 2 * h + 1];
+                        bits[i][h][j / 8] |= ((u64)(v0 >= b.x && v0 <= b.y) << shift)
+                                           | ((u64)(v1 >= b.z && v1 <= b.w) << (shift + 1));
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    u64 mine = 0;
+#pragma unroll
+                    for (int w = 0; w < WORDS; ++w) {
+                        u64 word = bits[i][h][w];
+                        word |= __shfl_xor_sync(0xffffffffu, word, 1);
+                        word |= __shfl_xor_sync(0xffffffffu, word, 2);
+                        if (w == t) mine = word;
+                    }
+                    const long long row = row0 + 64 * i + 16 * wq + g + 8 * h;
+                    if (row < m && t < WORDS && word0 + t < out_w) out_words[row * out_w + word0 + t] = mine;
+                }
+            }
+            continue;
+        }
         if (pairs && (long long)(tm + 1) * BM <= m && (long long)(tn + 1) * BN <= n) {
             // Inner tile: no bounds to test, so no branch per element.
 #pragma unroll
@@ -356,15 +419,25 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
 // Launch: grid min(tiles, multiprocessors), block WG_THREADS threads, dynamic
 // shared memory 1024 + STAGES * ((BM + BN) * 128 + 16) + 16 bytes; map_a and map_b
 // describe a_words and b_words as (W, rows) uint64 with (16, BM) and (16, BN)
-// boxes and 128-byte swizzle.
+// boxes and 128-byte swizzle.  The _pack kernels take out_words (m, out_w)
+// instead of out, and the bounds of every column (BN-column tiles of them).
 #define XNORCORE_GEMM_WGMMA(NAME, P, PINGPONG)                                                      \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                     \
     NAME(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,         \
          const int* __restrict__ counts, int* __restrict__ out,                                     \
          long long m, long long n, long long n_words, long long k)                                  \
     {                                                                                               \
-        xnor_gemm_wgmma_body<P##_BM, P##_BN, P##_STAGES, PINGPONG>(map_a, map_b, counts, out,       \
-                                                                  m, n, n_words, k);                \
+        xnor_gemm_wgmma_body<P##_BM, P##_BN, P##_STAGES, PINGPONG, false>(                          \
+            map_a, map_b, counts, out, m, n, n_words, k, nullptr, nullptr, 0);                     \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                     \
+    NAME##_pack(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,  \
+                const int* __restrict__ counts, u64* __restrict__ out_words,                        \
+                long long m, long long n, long long n_words, long long k,                           \
+                const int2* __restrict__ bounds, long long out_w)                                   \
+    {                                                                                               \
+        xnor_gemm_wgmma_body<P##_BM, P##_BN, P##_STAGES, PINGPONG, true>(                           \
+            map_a, map_b, counts, nullptr, m, n, n_words, k, bounds, out_words, out_w);            \
     }
 
 static constexpr int COOP_BM = 128;

@@ -189,11 +189,7 @@ class TestGPU:
             got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
             np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b), err_msg=f"{variant} {(m, k, n)}")
 
-    @pytest.mark.parametrize("schedule", [
-        "coop",
-        pytest.param("ping", marks=pytest.mark.skip(
-            reason="the ping schedule hangs at (5000, 130, 4100); only benchmarks select it")),
-    ])
+    @pytest.mark.parametrize("schedule", ["coop", "ping"])
     def test_wgmma_tiles_and_k_tails(self, schedule, monkeypatch):
         """Each wgmma schedule at every K tail of its 1024-bit stages and across tile edges,
         with more tiles than multiprocessors so that each block runs several."""
@@ -214,6 +210,41 @@ class TestGPU:
             _poison_pool((m, n))
             got = binary_matmul(a, b)
             assert bool((got == want.astype(np.int32)).all()), f"{schedule} {(m, k, n)}"
+
+    @pytest.mark.parametrize("kernel", ["wgmma-coop", "wgmma-ping", "mma", "popc"], indirect=True)
+    def test_fused_layer_is_product_then_threshold_pack(self, kernel, monkeypatch):
+        """The binary layer on the GPU (the fused wgmma kernel, or product then
+        threshold-pack on the other kernels) gives the words of a numpy reference,
+        padding bits included, for every direction (+1, -1, 0) and thresholds
+        around and beyond the range of the sums."""
+        import cupy
+
+        monkeypatch.setattr(_gpu, "_WGMMA_PACK_VARIANT", _gpu._WGMMA_VARIANT)  # the fixture's schedule
+        rng = np.random.default_rng(17)
+        shapes = SHAPES + [(300, 1025, 530), (5000, 130, 4100), (1500, 2111, 1300)]
+        for m, k, n in shapes:
+            a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+            z = (_signs(a).astype(np.float64) @ _signs(b)).astype(np.int64)  # exact: |z| <= k
+            direction = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=n, p=[0.45, 0.1, 0.45])
+            threshold = rng.integers(-k - 2, k + 3, size=n).astype(np.int32)
+            near = rng.random(n) < 0.5  # most thresholds where the sums are
+            threshold[near] = (direction[near] * z[rng.integers(0, m), near]).astype(np.int32)
+            want = pack_bits(np.where(direction * z - threshold >= 0, 1, -1), axis=1).words
+            pa, pb = pack_bits(cupy.asarray(a), axis=1), pack_bits(cupy.asarray(b), axis=0)
+            cupy.full(want.shape, 2**64 - 1, dtype=np.uint64)  # a freed block of set bits where the words may land
+            got = _gpu.xnor_gemm_threshold_pack(pa.words, pb.words, k, cupy.asarray(direction), cupy.asarray(threshold))
+            np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"{kernel} {(m, k, n)}")
+
+    def test_fused_layer_kernel_is_chosen_on_hopper(self, monkeypatch):
+        """Binary layers of every size on compute capability 9.0 run as one fused kernel;
+        with another kernel forced they run as product then threshold-pack."""
+        monkeypatch.delenv(_gpu.KERNEL_ENV, raising=False)
+        if _kernel_runs_here("wgmma"):
+            pytest.skip(_kernel_runs_here("wgmma"))
+        assert _gpu._plan(8192, 8192, 8192 // 64, 8192, pack=True).variant == "wgmma"
+        assert _gpu._plan(64, 64, 2, 100, pack=True).variant == "wgmma"
+        monkeypatch.setenv(_gpu.KERNEL_ENV, "mma")
+        assert _gpu._plan(8192, 8192, 8192 // 64, 8192, pack=True) is None
 
     def test_wgmma_is_the_default_on_hopper(self, monkeypatch):
         """Large products take wgmma on compute capability 9.0, small ones the mma kernel."""

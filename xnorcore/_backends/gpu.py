@@ -376,10 +376,12 @@ def _current_stream_ptr():
 # --- wgmma kernel: TMA tensor maps and launch ---------------------------------------
 
 #: wgmma variants, by the file's constant prefix: "coop" (128 x 256 tiles, both
-#: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating).
-#: coop is the one used: ping, faster at 8192^3, hangs on some shapes with a
-#: short K (5000 x 130 x 4100 on an H200), so it stays for benchmarks only.
-_WGMMA_VARIANT = "coop"
+#: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating),
+#: the one used: one warpgroup's stores overlap the other's products.
+_WGMMA_VARIANT = "ping"
+#: The fused layer's schedule: with no int32 store to hide, coop's larger tiles
+#: (fewer operand bytes per product) are the faster (benchmarks/RESULTS.md).
+_WGMMA_PACK_VARIANT = "coop"
 #: Products below this many multiply-accumulates go to the mma kernel when the
 #: kernel is chosen automatically: below it the mma kernel measured as fast or
 #: faster (benchmarks/RESULTS.md).
@@ -432,24 +434,28 @@ def _tensor_map(ptr, rows, width, box_rows):
 
 class _WgmmaLaunch:
     """A launch of the wgmma kernel for one device and (m, n, k): like :class:`_GemmLaunch`,
-    with the two 128-byte tensor maps of the operands as the first arguments."""
+    with the two 128-byte tensor maps of the operands as the first arguments.  With
+    ``pack`` it is the fused layer's kernel, whose output is words and which reads
+    the column bounds after the kernel's usual arguments."""
 
     __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "maps", "values", "params",
                  "params_address")
     variant = "wgmma"
 
-    def __init__(self, function, grid, smem, bm, bn, m, n, width, k):
+    def __init__(self, function, grid, smem, bm, bn, m, n, width, k, pack=False):
         self.function, self.grid, self.smem = function, grid, smem
         self.bm, self.bn, self.m, self.n, self.width = bm, bn, m, n, width
         self.maps = ((ctypes.c_uint64 * 16)(), (ctypes.c_uint64 * 16)())
-        self.values = (ctypes.c_uint64 * 6)(0, 0, m, n, width, k)  # counts, out, m, n, words, k
+        # counts, out, m, n, words, k (and for pack: bounds, words per output row)
+        values = [0, 0, m, n, width, k] + ([0, n_words(n)] if pack else [])
+        self.values = (ctypes.c_uint64 * len(values))(*values)
         base = ctypes.addressof(self.values)
         pointers = [ctypes.addressof(self.maps[0]), ctypes.addressof(self.maps[1])]
-        pointers += [base + 8 * i for i in range(6)]
-        self.params = (ctypes.c_void_p * 8)(*pointers)
+        pointers += [base + 8 * i for i in range(len(values))]
+        self.params = (ctypes.c_void_p * len(pointers))(*pointers)
         self.params_address = ctypes.addressof(self.params)
 
-    def __call__(self, a_words, b_words, counts, out):
+    def __call__(self, a_words, b_words, counts, out, bounds=None):
         map_a = _tensor_map(a_words.data.ptr, self.m, self.width, self.bm)
         map_b = _tensor_map(b_words.data.ptr, self.n, self.width, self.bn)
         with _launch_lock:
@@ -457,6 +463,8 @@ class _WgmmaLaunch:
             ctypes.memmove(self.maps[1], map_b, 128)
             self.values[0] = counts.data.ptr
             self.values[1] = out.data.ptr
+            if bounds is not None:
+                self.values[6] = bounds.data.ptr
             _cupy().cuda.driver.launchKernel(
                 self.function.ptr, self.grid, 1, 1, _constant("xnor_gemm_wgmma", "WG_THREADS"), 1, 1,
                 self.smem, _current_stream_ptr(), self.params_address, 0,
@@ -475,66 +483,79 @@ def _wgmma_shape(variant):
     return bm, bn, 1024 + const("STAGES") * ((bm + bn) * row_bytes + 16) + 16
 
 
-def _wgmma_plan(m, n, width, k):
+def _wgmma_plan(m, n, width, k, pack=False, variant=None):
     """A :class:`_WgmmaLaunch`, or None where the kernel cannot take the shape."""
-    bm, bn, smem = _wgmma_shape(_WGMMA_VARIANT)
+    variant = variant or (_WGMMA_PACK_VARIANT if pack else _WGMMA_VARIANT)
+    bm, bn, smem = _wgmma_shape(variant)
     if max(m, n) + max(bm, bn) >= 2**31 or k >= 2**31:  # TMA coordinates and the kernel's tile indices are int32
         return None
-    function = _function("xnor_gemm_wgmma", f"xnor_gemm_wgmma_{_WGMMA_VARIANT}", smem)
+    name = f"xnor_gemm_wgmma_{variant}" + ("_pack" if pack else "")
+    function = _function("xnor_gemm_wgmma", name, smem)
     tiles = -(-m // bm) * -(-n // bn)
-    return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k)
+    return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k, pack)
 
 
-def _plan(m, n, width, k):
+def _plan(m, n, width, k, pack=False):
     """The launch (:class:`_GemmLaunch`, :class:`_WgmmaLaunch`) of an (m, n) product over ``width`` words of ``k`` bits.
 
     Cached per device, kernel choice and shape, so that a call of a shape seen
-    before spends its host time on the launch alone.
+    before spends its host time on the launch alone.  With ``pack``, the fused
+    layer's wgmma launch, or None where the wgmma kernel does not run (the layer
+    then runs as a product and a separate threshold-pack, more host time and
+    memory traffic than the fused kernel at any size, so small layers take it too).
     """
     cupy = _cupy()
     forced = os.environ.get(KERNEL_ENV)
-    key = (cupy.cuda.runtime.getDevice(), forced, _FORCE_MMA_VARIANT, _WGMMA_VARIANT, m, n, width, k)
-    plan = _plans.get(key)
-    if plan is None:
-        kernel = _kernel_choice()
-        if kernel == "wgmma":
-            small = not forced and m * n * k < _WGMMA_MIN_MACS
-            plan = None if small else _wgmma_plan(m, n, width, k)
-            if plan is None:
-                kernel = "mma"
-        if kernel != "wgmma":
-            variant = _mma_variant(m, n) if kernel == "mma" else None
-            function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
-            plan = _GemmLaunch(function, (-(-m // bm), -(-n // bn)), (threads,), smem, variant, (m, n, width, k))
-        if len(_plans) >= _MAX_PLANS:
-            _plans.clear()
-        _plans[key] = plan
+    key = (cupy.cuda.runtime.getDevice(), forced, _FORCE_MMA_VARIANT, _WGMMA_VARIANT, _WGMMA_PACK_VARIANT,
+           m, n, width, k, pack)
+    if key in _plans:
+        return _plans[key]
+    kernel = _kernel_choice()
+    plan = None
+    if kernel == "wgmma":
+        small = not forced and not pack and m * n * k < _WGMMA_MIN_MACS
+        plan = None if small else _wgmma_plan(m, n, width, k, pack)
+        if plan is None:
+            kernel = "mma"
+    if kernel != "wgmma" and not pack:
+        variant = _mma_variant(m, n) if kernel == "mma" else None
+        function, bm, bn, threads, smem = _gemm_launch(kernel, variant)
+        plan = _GemmLaunch(function, (-(-m // bm), -(-n // bn)), (threads,), smem, variant, (m, n, width, k))
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = plan
     return plan
 
 
-def xnor_gemm(a_words, b_words, k, n_threads=None):
-    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`."""
-    # The kernels read ceil(k / 64) words per row of both operands: a mismatch
-    # would read past the arrays, so it is checked although ops never passes one.
+def _operands(a_words, b_words, k):
+    """The words of both operands as the kernels read them: ceil(k / 64) words per row
+    (a mismatch would read past the arrays, so it is checked although ops never passes
+    one), rows of an even number of words back to back from 16-byte aligned addresses."""
     width = n_words(k)
-    (m, a_width), (n, b_width) = a_words.shape, b_words.shape
+    a_width, b_width = a_words.shape[1], b_words.shape[1]
     if a_width != width or b_width != width:
         raise ValueError(
             f"a_words and b_words must both have ceil(k / 64) = {width} words per row, "
             f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
         )
-    cupy = _cupy()
-    try:  # _alloc's work, without building its message on every call of this hot path
-        out = cupy.ndarray((m, n), dtype=_INT32)
-    except cupy.cuda.memory.OutOfMemoryError as exc:
-        raise _out_of_memory(4 * m * n, f"hold the ({m}, {n}) int32 product", exc) from None
-    # Rows of an even number of words, back to back: what the kernels read.
     # (Comparing strides costs less host time than building ``flags``.)
     dense = (8 * width, 8)
     if width % 2 or a_words.strides != dense or a_words.data.ptr % 16:
         a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
     if width % 2 or b_words.strides != dense or b_words.data.ptr % 16:
         b_words = _alloc(lambda: _even_width(b_words), b_words.nbytes, "align the words of b")
+    return a_words, b_words
+
+
+def xnor_gemm(a_words, b_words, k, n_threads=None):
+    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`."""
+    a_words, b_words = _operands(a_words, b_words, k)
+    m, n = a_words.shape[0], b_words.shape[0]
+    cupy = _cupy()
+    try:  # _alloc's work, without building its message on every call of this hot path
+        out = cupy.ndarray((m, n), dtype=_INT32)
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        raise _out_of_memory(4 * m * n, f"hold the ({m}, {n}) int32 product", exc) from None
     launch = _plan(m, n, a_words.shape[1], k)
     if launch.variant in ("medium", "wgmma"):
         launch(a_words, b_words, _row_popcounts(a_words, b_words), out)
@@ -579,11 +600,33 @@ def threshold_pack(z, direction, threshold, n_threads=None):
 
 
 def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None):
-    """The binary layer: :func:`xnor_gemm`, then :func:`threshold_pack` on its sums."""
+    """The binary layer: :func:`xnor_gemm`, then :func:`threshold_pack` on its sums.
+
+    Where the wgmma kernel runs the product, one fused kernel: the sums never leave
+    its registers, and only the words are stored.
+    """
+    cupy = _cupy()
     m, n = a_words.shape[0], b_words.shape[0]
     if m == 0 or n == 0:
-        return _cupy().zeros((m, n_words(n)), dtype=np.uint64)
-    return threshold_pack(xnor_gemm(a_words, b_words, k), direction, threshold)
+        return cupy.zeros((m, n_words(n)), dtype=np.uint64)
+    fused = None
+    if np.dtype(threshold.dtype).kind in "iu":  # the kernel compares integers
+        a, b = _operands(a_words, b_words, k)
+        fused = _plan(m, n, a.shape[1], k, pack=True)
+    if fused is None:
+        return threshold_pack(xnor_gemm(a_words, b_words, k), direction, threshold)
+    counts = _row_popcounts(a, b)
+    padded = -(-n // fused.bn) * fused.bn
+    bounds = _alloc(lambda: cupy.empty((padded, 2), dtype=_INT32), 8 * padded, "hold the layer's column bounds")
+    threads = _constant("pack", "POPCOUNT_THREADS")
+    _function("pack", "column_bounds")(
+        _grid_1d(padded, threads), (threads,),
+        (counts[m:], cupy.asarray(direction, dtype=np.int8), cupy.asarray(threshold, dtype=_INT32),
+         np.int64(n), np.int64(padded), bounds),
+    )
+    out = _alloc(lambda: cupy.empty((m, n_words(n)), dtype=np.uint64), 8 * m * n_words(n), "hold the layer's words")
+    fused(a, b, counts, out, bounds)
+    return out
 
 
 def prepare_input_layer(w, mean, scale):
