@@ -484,7 +484,7 @@ def test_version_too_new(saved, tmp_path, version):
     ("format_version", 0, r"format_version must be at least 1, got 0"),
     ("format_version", True, r"metadata 'format_version' must be int, got True"),
     ("estimator", "MLPClassifier", r"holds a 'MLPClassifier', expected a BNNClassifier"),
-    ("model_kind", "transformer", r"unknown model kind 'transformer': this xnorcore loads \['mlp'\]"),
+    ("model_kind", "transformer", r"unknown model kind 'transformer': this xnorcore loads \['cnn', 'mlp'\]"),
     ("training_state", "yes", r"metadata 'training_state' must be bool"),
     ("arrays", [], r"metadata 'arrays' must be dict"),
     ("params", None, r"metadata 'params' must be dict"),
@@ -645,7 +645,7 @@ def test_duplicate_members(saved, tmp_path):
 
 
 def test_model_kinds_registry():
-    assert set(MODEL_KINDS) == {"mlp"}
+    assert set(MODEL_KINDS) == {"mlp", "cnn"}
 
 
 # ---------------------------------------------------------------- the command line

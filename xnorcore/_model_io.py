@@ -61,6 +61,7 @@ import numbers
 import os
 import pickletools
 import zipfile
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -211,10 +212,114 @@ class _Reader:
 
 
 # ------------------------------------------------------------------ model kinds
+class _Slot(NamedTuple):
+    """Where a stored array goes: ``layer.attr``, of ``dtype`` and ``shape``.
+
+    ``bits`` is ``(shape, axis)`` of the :class:`~xnorcore.PackedBits` that
+    the stored words make, or None for an array stored as it is.
+    """
+
+    layer: Any
+    attr: str
+    dtype: np.dtype
+    shape: tuple
+    bits: Optional[tuple] = None
+
+
+def _packed_axis(layer):
+    """The axis that a layer's binary weights are packed along, or None for a layer without weights.
+
+    Dense weights ``(n_in, n_out)`` are packed along their inputs; HWIO conv
+    weights along their input channels, as the kernels read them.
+    """
+    from .nn import Conv2D, Dense
+
+    if isinstance(layer, Dense):
+        return 0
+    if isinstance(layer, Conv2D):
+        return 2
+    return None
+
+
+def _network_slots(network, latent):
+    """``{member name: _Slot}`` of a network's stored arrays.
+
+    The names and shapes come from the network the architecture built, so
+    that a file is checked against the network its metadata describes, not
+    against itself.  Binary weights without their latent values are stored as
+    the words of ``sign(W)`` (``weight_bits``), laid out as
+    :func:`xnorcore.pack_bits` packs them.
+    """
+    slots = {}
+    for layer in network.layers():
+        base = f"network/{layer.name}/"
+        axis = _packed_axis(layer)
+        if axis is not None:
+            shape = tuple(layer.shape)
+            if layer.binary_weights and not latent:
+                words = shape[:axis] + shape[axis + 1:] + (n_words(shape[axis]),)
+                slots[base + "weight_bits"] = _Slot(layer, "weight_packed", _U8, words, (shape, axis))
+            else:
+                slots[base + "weight"] = _Slot(layer, "weight", _F4, shape)
+            if layer.bias is not None:
+                slots[base + "bias"] = _Slot(layer, "bias", _F4, (shape[-1],))
+        elif hasattr(layer, "running_var"):  # batch norm, of dense or conv layers
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                slots[base + name] = _Slot(layer, name, _F4, tuple(getattr(layer, name).shape))
+    return slots
+
+
+def _positive_ints(values):
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                            for v in values)
+
+
+def _dense_architecture(network):
+    """The architecture of a :class:`~xnorcore.nn.Network`'s dense layers, but their input."""
+    return {
+        "n_outputs": network.n_outputs, "hidden_layer_sizes": list(network.hidden_layer_sizes),
+        "binary": network.binary, "batch_norm": network.batch_norm,
+        "dropout": float(network.blocks[-1].dense.dropout), "binarize_last": network.binarize_last,
+    }
+
+
+def _dense_options(arch):
+    """``(n_outputs, hidden_layer_sizes, keyword arguments)`` of the dense layers in ``arch``, checked."""
+    n_outputs = arch.get("n_outputs", "int")
+    sizes = arch.get("hidden_layer_sizes", "list")
+    if n_outputs < 2 or not (sizes == [] or _positive_ints(sizes)):
+        raise _fail(arch.path, f"architecture is not a network: n_outputs={n_outputs}, "
+                               f"hidden_layer_sizes={_short(sizes)}")
+    dropout = arch.get("dropout", "float")
+    if not 0 <= dropout < 1:
+        raise _fail(arch.path, f"architecture dropout must be in [0, 1), got {dropout}")
+    options = dict(binary=arch.get("binary", "bool"), batch_norm=arch.get("batch_norm", "bool"),
+                   dropout=dropout, binarize_last=arch.get("binarize_last", "bool"))
+    return n_outputs, sizes, options
+
+
+def _dense_weights(widths):
+    return sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def _check_weight_count(arch, n_weights, size_limit):
+    """Refuse an architecture with more weights than a file of ``size_limit`` bytes can hold.
+
+    Building the network allocates its weights before any array is read, so
+    a forged architecture of a billion units would exhaust the memory first.
+    A stored weight takes at least one bit (packed), and a deflated member
+    expands at most about 1032 times.
+    """
+    if n_weights > 8 * 1032 * size_limit + (1 << 16):
+        raise _fail(arch.path, f"architecture needs {n_weights} weights, more than a file of {size_limit} "
+                               f"bytes can hold")
+
+
 class _MLPKind:
     """The multilayer perceptron (:class:`xnorcore.nn.Network`)."""
 
     name = "mlp"
+    slots = staticmethod(_network_slots)
 
     @staticmethod
     def handles(network):
@@ -223,73 +328,100 @@ class _MLPKind:
         return type(network) is Network
 
     @staticmethod
-    def architecture(network):
-        return {
-            "n_features": network.n_features, "n_outputs": network.n_outputs,
-            "hidden_layer_sizes": list(network.hidden_layer_sizes), "binary": network.binary,
-            "batch_norm": network.batch_norm, "dropout": float(network.blocks[-1].dense.dropout),
-            "binarize_first": network.binarize_first, "binarize_last": network.binarize_last,
-        }
+    def compiler():
+        from .nn import PackedModel
+
+        return PackedModel
 
     @staticmethod
-    def build(arch, xnor):
+    def architecture(network):
+        return {"n_features": network.n_features, **_dense_architecture(network),
+                "binarize_first": network.binarize_first}
+
+    @staticmethod
+    def build(arch, xnor, size_limit):
         """A network of the recorded architecture (its arrays to be overwritten)."""
         from .nn import Network
 
         n_features = arch.get("n_features", "int")
-        n_outputs = arch.get("n_outputs", "int")
-        sizes = arch.get("hidden_layer_sizes", "list")
-        if n_features < 1 or n_outputs < 2 or not all(isinstance(h, int) and not isinstance(h, bool)
-                                                     and h >= 1 for h in sizes):
+        n_outputs, sizes, options = _dense_options(arch)
+        if n_features < 1:
             raise _fail(arch.path, f"architecture is not a network: n_features={n_features}, "
                                    f"n_outputs={n_outputs}, hidden_layer_sizes={_short(sizes)}")
-        dropout = arch.get("dropout", "float")
-        if not 0 <= dropout < 1:
-            raise _fail(arch.path, f"architecture dropout must be in [0, 1), got {dropout}")
+        _check_weight_count(arch, _dense_weights([n_features, *sizes, n_outputs]), size_limit)
         # Drawing initial weights costs as much as reading the file; they are
         # replaced, so any seed does.
-        return Network(
-            n_features, n_outputs, sizes, binary=arch.get("binary", "bool"),
-            batch_norm=arch.get("batch_norm", "bool"), dropout=dropout,
-            binarize_first=arch.get("binarize_first", "bool"), binarize_last=arch.get("binarize_last", "bool"),
-            xnor=xnor, random_state=np.random.RandomState(0), xp=np,
-        )
+        return Network(n_features, n_outputs, sizes, **options, binarize_first=arch.get("binarize_first", "bool"),
+                       xnor=xnor, random_state=np.random.RandomState(0), xp=np)
 
+
+class _CNNKind:
+    """The convolutional network (:class:`xnorcore.nn.ConvNetwork`): conv blocks, then dense layers."""
+
+    name = "cnn"
+    slots = staticmethod(_network_slots)
 
     @staticmethod
-    def slots(network, latent):
-        """``{member name: (layer, attribute, dtype, shape)}`` of a network's stored arrays.
+    def handles(network):
+        from .nn import ConvNetwork
 
-        The names and shapes come from the architecture, so that a file is
-        checked against the network its metadata describes, not against itself.
-        Each model kind lays out its own layers' arrays (a conv kind packs its
-        weights differently).
-        """
-        slots = {}
-        for layer in network.layers():
-            base = f"network/{layer.name}/"
-            if hasattr(layer, "weight_packed"):  # a dense layer
-                n_in, n_out = layer.shape
-                if layer.binary_weights and not latent:
-                    # sign(W) packed along the inputs: the words are (outputs, words of the inputs).
-                    slots[base + "weight_bits"] = (layer, "weight_packed", _U8, (n_out, n_words(n_in)))
-                else:
-                    slots[base + "weight"] = (layer, "weight", _F4, (n_in, n_out))
-                if layer.bias is not None:
-                    slots[base + "bias"] = (layer, "bias", _F4, (n_out,))
-            elif hasattr(layer, "running_var"):  # batch norm
-                for name in ("gamma", "beta", "running_mean", "running_var"):
-                    slots[base + name] = (layer, name, _F4, tuple(getattr(layer, name).shape))
-        return slots
+        return type(network) is ConvNetwork
+
+    @staticmethod
+    def compiler():
+        from .nn import PackedConvModel
+
+        return PackedConvModel
+
+    @staticmethod
+    def architecture(network):
+        items = [["pool"] if item == ("pool",) else ["conv", item[1], list(item[2])] for item in network.conv_layers]
+        return {"image_shape": list(network.image_shape), "conv_layers": items, **_dense_architecture(network.head)}
+
+    @staticmethod
+    def build(arch, xnor, size_limit):
+        """A network of the recorded architecture (its arrays to be overwritten)."""
+        from .nn import ConvNetwork
+
+        image_shape = arch.get("image_shape", "list")
+        if len(image_shape) != 3 or not _positive_ints(image_shape):
+            raise _fail(arch.path, f"architecture image_shape must be [height, width, channels] of positive "
+                                   f"ints, got {_short(image_shape)}")
+        conv_layers = []
+        n_weights, (h, w, channels) = 0, image_shape
+        for i, item in enumerate(arch.get("conv_layers", "list")):
+            if item == ["pool"]:
+                conv_layers.append(("pool",))
+                h, w = h // 2, w // 2
+            elif (isinstance(item, list) and len(item) == 3 and item[0] == "conv" and _positive_ints(item[1:2])
+                  and isinstance(item[2], list) and len(item[2]) == 2 and _positive_ints(item[2])):
+                conv_layers.append(("conv", item[1], tuple(item[2])))
+                n_weights += item[2][0] * item[2][1] * channels * item[1]
+                channels = item[1]
+            else:
+                raise _fail(arch.path, f"architecture conv_layers[{i}] must be [\"pool\"] or [\"conv\", channels, "
+                                       f"[kernel_height, kernel_width]] of positive ints, got {_short(item)}")
+        if not conv_layers:
+            raise _fail(arch.path, "architecture conv_layers is empty: a cnn has conv layers")
+        n_outputs, sizes, options = _dense_options(arch)
+        # (the convolutions keep the image size: stride 1, "same" padding)
+        _check_weight_count(arch, n_weights + _dense_weights([h * w * channels, *sizes, n_outputs]), size_limit)
+        try:
+            return ConvNetwork(tuple(image_shape), conv_layers, n_outputs, sizes, **options, xnor=xnor,
+                               random_state=np.random.RandomState(0), xp=np)
+        except ValueError as exc:  # layers that do not fit the image
+            raise _fail(arch.path, f"architecture is not a network: {exc}") from None
 
 
 #: Kinds of network a model file can hold, by the ``model_kind`` it records.
-#: A kind has a ``name``, ``handles(network)``, ``architecture(network)`` (a
-#: JSON object), ``build(architecture, xnor)`` (a network of that architecture
-#: whose arrays are then overwritten) and ``slots(network, latent)`` (where
+#: A kind has a ``name``, ``handles(network)``, ``compiler()`` (the class of
+#: its packed inference model), ``architecture(network)`` (a JSON object),
+#: ``build(architecture, xnor, size_limit)`` (a network of that architecture
+#: whose arrays are then overwritten; ``size_limit`` bounds the weights a
+#: file of that many bytes can hold) and ``slots(network, latent)`` (where
 #: each stored array goes, and its dtype and shape).  A file of a kind this
 #: version does not have is refused ("unknown model kind").
-MODEL_KINDS = {kind.name: kind for kind in (_MLPKind,)}
+MODEL_KINDS = {kind.name: kind for kind in (_MLPKind, _CNNKind)}
 
 
 def _kind_of(network):
@@ -357,7 +489,6 @@ def save_model(estimator, path, *, training_state=True):
     True
     """
     from .estimator import BNNClassifier
-    from .nn._inference import PackedModel
 
     if not isinstance(estimator, BNNClassifier):
         raise TypeError(f"estimator must be a BNNClassifier, got {type(estimator).__name__}")
@@ -378,8 +509,8 @@ def save_model(estimator, path, *, training_state=True):
         network.drop_training_state()
 
     arrays = {"input_mean": np.asarray(estimator.input_mean_, dtype=np.float32)}
-    for name, (layer, attr, dtype, shape) in kind.slots(network, training_state).items():
-        value = getattr(layer, attr)
+    for name, slot in kind.slots(network, training_state).items():
+        value = getattr(slot.layer, slot.attr)
         arrays[name] = value.words if isinstance(value, PackedBits) else value
     optimizer = random_state = None
     if training_state:
@@ -399,7 +530,7 @@ def save_model(estimator, path, *, training_state=True):
 
     inference = None
     if network.binary:
-        inference = PackedModel.from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
+        inference = kind.compiler().from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
 
     params = {}
     for key, value in estimator.get_params(deep=False).items():
@@ -632,14 +763,14 @@ def _load(zf, meta, path):
     fitted = meta.sub("fitted")
     xnor = fitted.get("xnor_", "bool")
     arch = meta.sub("architecture")
-    network = kind.build(arch, xnor)
+    network = kind.build(arch, xnor, os.path.getsize(path))
     training_state = meta.get("training_state", "bool")
     slots = kind.slots(network, training_state)
     n_features = fitted.get("n_features_in_", "int")
     if n_features != network.n_features:
         raise _fail(path, f"n_features_in_={n_features} but the network reads {network.n_features} features")
     expected = {"input_mean": (_F4, (n_features,))}
-    expected.update({name: (dtype, shape) for name, (_, _, dtype, shape) in slots.items()})
+    expected.update({name: (slot.dtype, slot.shape) for name, slot in slots.items()})
     opt_meta = meta.sub("optimizer", optional=True)
     rng_meta = meta.sub("random_state", optional=True)
     param_shapes = {p[0]: tuple(p[1].shape) for p in network.params()}
@@ -676,15 +807,15 @@ def _load(zf, meta, path):
         arrays[key] = a
 
     # Fill the network.
-    for name, (layer, attr, _, _) in slots.items():
+    for name, slot in slots.items():
         value = arrays[name]
-        if attr == "weight_packed":
+        if slot.bits is not None:
             try:
-                value = PackedBits(value, layer.shape, 0)
+                value = PackedBits(value, *slot.bits)
             except (TypeError, ValueError) as exc:
                 raise _fail(path, f"array {name!r}: {exc}") from None
-            layer.weight = None
-        setattr(layer, attr, value)
+            slot.layer.weight = None
+        setattr(slot.layer, slot.attr, value)
     layer_meta = meta.get("layers", "dict")
     bn_layers = {layer.name: layer for layer in network.layers() if hasattr(layer, "running_var")}
     if set(layer_meta) != set(bn_layers):
@@ -740,6 +871,7 @@ def _load(zf, meta, path):
     estimator.input_scale_ = np.float32(input_scale)
     estimator.input_exponent_ = fitted.get("input_exponent_", "int")
     estimator.network_ = network
+    estimator.image_shape_ = getattr(network, "image_shape", None)
     estimator.loss_curve_ = loss_curve
     estimator.best_loss_ = fitted.get("best_loss_", "float")
     estimator.n_iter_ = n_iter
@@ -777,8 +909,22 @@ def _load(zf, meta, path):
     recorded = meta.data.get("inference")
     compiled = None if estimator._inference is None else estimator._inference.to_arrays()[0]
     if compiled != recorded:
-        raise _fail(path, "the inference metadata disagrees with the packed model these arrays make")
+        raise _fail(path, "the inference metadata disagrees with the packed model these arrays make "
+                          f"({_difference(recorded, compiled, 'inference')})")
     return estimator
+
+
+def _difference(recorded, made, where):
+    """Where two JSON values first differ, in words."""
+    if isinstance(recorded, dict) and isinstance(made, dict) and set(recorded) == set(made):
+        for key in recorded:
+            if recorded[key] != made[key]:
+                return _difference(recorded[key], made[key], f"{where}.{key}")
+    if isinstance(recorded, list) and isinstance(made, list) and len(recorded) == len(made):
+        for i, (a, b) in enumerate(zip(recorded, made)):
+            if a != b:
+                return _difference(a, b, f"{where}[{i}]")
+    return f"{where}: the file records {_short(recorded)}, the arrays make {_short(made)}"
 
 
 def _is_pickle(path):

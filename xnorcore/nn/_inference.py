@@ -43,6 +43,18 @@ def blocked_logits(forward, X):
     return np.concatenate(blocks)
 
 
+def format_header(name):
+    """The ``format`` and ``version`` keys that the metadata of a ``to_arrays`` starts with."""
+    return {"format": name, "version": _FORMAT_VERSION}
+
+
+def check_format(metadata, name):
+    """Refuse ``metadata`` unless it describes a ``name`` of this format version (a ValueError)."""
+    if not isinstance(metadata, dict) or metadata.get("format") != name or metadata.get("version") != _FORMAT_VERSION:
+        got = metadata if not isinstance(metadata, dict) else {k: metadata.get(k) for k in ("format", "version")}
+        raise ValueError(f"metadata must describe an {name} of version {_FORMAT_VERSION}, got {got!r}")
+
+
 def fold_threshold(dense, bn, integer):
     """(direction int8, threshold) of a unit's ``sign(bn(z + bias))`` as ``direction * z - threshold >= 0``.
 
@@ -260,18 +272,14 @@ class PackedModel:
                 for name, value in zip(PackedLayer._BN, layer.batch_norm):
                     arrays[f"layer{i}/{name}"] = to_numpy(value)
             layers.append(meta)
-        metadata = {"format": "xnorcore.PackedModel", "version": _FORMAT_VERSION,
-                    "input_scale": float(self.input_scale), "layers": layers}
+        metadata = {**format_header("xnorcore.PackedModel"), "input_scale": float(self.input_scale),
+                    "layers": layers}
         return metadata, arrays
 
     @classmethod
     def from_arrays(cls, metadata, arrays):
         """The model that :meth:`to_arrays` described (numpy arrays)."""
-        if metadata.get("format") != "xnorcore.PackedModel" or metadata.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"metadata must describe an xnorcore.PackedModel of version {_FORMAT_VERSION}, got "
-                f"format={metadata.get('format')!r}, version={metadata.get('version')!r}"
-            )
+        check_format(metadata, "xnorcore.PackedModel")
         layers = []
         for i, meta in enumerate(metadata["layers"]):
             weight = arrays[f"layer{i}/weight"]
