@@ -19,21 +19,30 @@ others:
     - ``estimator``: ``"BNNClassifier"``; ``params``: its parameters
       (``get_params()``; a ``random_state`` that is a RandomState instance is
       stored as null).
-    - ``model_kind``: the kind of network (``"mlp"``), a key of
-      :data:`MODEL_KINDS`; ``architecture``: what builds that network
-      (for ``"mlp"``: ``n_features``, ``n_outputs``, ``hidden_layer_sizes``,
-      ``binary``, ``batch_norm``, ``dropout``, ``binarize_first``,
-      ``binarize_last``); ``layers``: per batch-norm layer, its ``eps`` and
-      ``momentum``.
+    - ``model_kind``: the kind of network, a key of :data:`MODEL_KINDS`:
+      ``"mlp"`` (:class:`xnorcore.nn.Network`) or ``"cnn"``
+      (:class:`xnorcore.nn.ConvNetwork`, an estimator with ``conv_layers``);
+      ``architecture``: what builds that network.  Both kinds record the
+      dense layers' ``n_outputs``, ``hidden_layer_sizes``, ``binary``,
+      ``batch_norm``, ``dropout`` and ``binarize_last``; ``"mlp"`` adds
+      ``n_features`` and ``binarize_first``, ``"cnn"`` adds ``image_shape``
+      (``[height, width, channels]``) and ``conv_layers``, the normalized
+      items in order: ``["conv", channels, [kernel_height, kernel_width]]``
+      (stride 1, "same" zero padding, then batch norm and sign, or ReLU) or
+      ``["pool"]`` (2x2 max-pool).  ``layers``: per batch-norm layer, its
+      ``eps`` and ``momentum``.
     - ``fitted``: ``classes_`` (``{"dtype": numpy dtype string, "values":
       [...]}``, numbers or strings), ``n_features_in_``,
       ``feature_names_in_`` (list of str or null), ``input_scale_``,
       ``input_exponent_``, ``device_``, ``xnor_``, ``n_iter_``, ``t_``,
       ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
       ``best_validation_score_``.
-    - ``inference``: metadata of the packed inference model
-      (:meth:`xnorcore.nn.PackedModel.to_arrays`) of a binary network, or
-      null; the model compiled on loading must agree with it.
+    - ``inference``: metadata of the packed inference model of a binary
+      network (:meth:`xnorcore.nn.PackedModel.to_arrays`, or
+      :meth:`xnorcore.nn.PackedConvModel.to_arrays` for a ``"cnn"``: each
+      convolution's kernel, channels, stride, dilation, padding, max-pool,
+      binary weights and input), or null; the model compiled on loading
+      from the arrays must agree with it.
     - ``training_state``: true when the latent weights, the Adam state and the
       random generator are stored (``partial_fit`` can go on); ``optimizer``:
       ``beta1``, ``beta2``, ``eps``, ``t`` (or null); ``random_state``:
@@ -45,12 +54,18 @@ others:
 ``arrays/<name>.npy``
     One array each, in numpy's ``.npy`` format (never of object dtype):
     ``input_mean``; ``network/<layer>/weight`` (float32 latent or real
-    weights), ``network/<layer>/weight_bits`` (uint64 words of a binary
-    layer's ``sign(W)`` packed along its inputs, as
-    :func:`xnorcore.pack_bits` lays them out, when the latent weights are not
-    stored), ``network/<layer>/bias``,
-    ``network/<bn>/{gamma,beta,running_mean,running_var}``; with the training
+    weights: ``(n_in, n_out)`` of a dense layer, HWIO ``(KH, KW, C, O)`` of
+    a convolution), ``network/<layer>/weight_bits`` (uint64 words of a binary
+    layer's ``sign(W)``, as :func:`xnorcore.pack_bits` lays them out, when the
+    latent weights are not stored: a dense layer's packed along its inputs,
+    ``(n_out, words of n_in)``, a convolution's along its input channels,
+    ``(KH, KW, O, words of C)``), ``network/<layer>/bias``,
+    ``network/<bn>/{gamma,beta,running_mean,running_var}`` (``bn<i>`` after
+    dense layers, ``conv_bn<i>`` after convolutions); with the training
     state ``adam/m/<param>``, ``adam/v/<param>`` and ``random_state/keys``.
+
+A packed model's thresholds are not stored: they follow exactly from the
+stored batch-norm statistics, so loading compiles them again, as fitting does.
 """
 
 import copy
@@ -60,6 +75,7 @@ import math
 import numbers
 import os
 import pickletools
+import warnings
 import zipfile
 from typing import Any, NamedTuple, Optional
 
@@ -302,17 +318,26 @@ def _dense_weights(widths):
     return sum(a * b for a, b in zip(widths, widths[1:]))
 
 
-def _check_weight_count(arch, n_weights, size_limit):
-    """Refuse an architecture with more weights than a file of ``size_limit`` bytes can hold.
+def _max_weights(path, infos):
+    """The most weights that the archive at ``path`` with members ``infos`` can hold.
+
+    Every weight is stored, in one bit at least (packed); a stored member
+    holds no more bytes than the file, a deflated one expands at most about
+    1032 times.
+    """
+    deflated = any(info.compress_type != zipfile.ZIP_STORED for info in infos)
+    return 8 * os.path.getsize(path) * (1032 if deflated else 1) + (1 << 16)
+
+
+def _check_weight_count(arch, n_weights, max_weights):
+    """Refuse an architecture with more weights than the file can hold.
 
     Building the network allocates its weights before any array is read, so
     a forged architecture of a billion units would exhaust the memory first.
-    A stored weight takes at least one bit (packed), and a deflated member
-    expands at most about 1032 times.
     """
-    if n_weights > 8 * 1032 * size_limit + (1 << 16):
-        raise _fail(arch.path, f"architecture needs {n_weights} weights, more than a file of {size_limit} "
-                               f"bytes can hold")
+    if n_weights > max_weights:
+        raise _fail(arch.path, f"architecture needs {n_weights} weights, more than the file can hold "
+                               f"({max_weights} at most)")
 
 
 class _MLPKind:
@@ -339,7 +364,7 @@ class _MLPKind:
                 "binarize_first": network.binarize_first}
 
     @staticmethod
-    def build(arch, xnor, size_limit):
+    def build(arch, xnor, max_weights):
         """A network of the recorded architecture (its arrays to be overwritten)."""
         from .nn import Network
 
@@ -348,7 +373,7 @@ class _MLPKind:
         if n_features < 1:
             raise _fail(arch.path, f"architecture is not a network: n_features={n_features}, "
                                    f"n_outputs={n_outputs}, hidden_layer_sizes={_short(sizes)}")
-        _check_weight_count(arch, _dense_weights([n_features, *sizes, n_outputs]), size_limit)
+        _check_weight_count(arch, _dense_weights([n_features, *sizes, n_outputs]), max_weights)
         # Drawing initial weights costs as much as reading the file; they are
         # replaced, so any seed does.
         return Network(n_features, n_outputs, sizes, **options, binarize_first=arch.get("binarize_first", "bool"),
@@ -379,7 +404,7 @@ class _CNNKind:
         return {"image_shape": list(network.image_shape), "conv_layers": items, **_dense_architecture(network.head)}
 
     @staticmethod
-    def build(arch, xnor, size_limit):
+    def build(arch, xnor, max_weights):
         """A network of the recorded architecture (its arrays to be overwritten)."""
         from .nn import ConvNetwork
 
@@ -405,7 +430,7 @@ class _CNNKind:
             raise _fail(arch.path, "architecture conv_layers is empty: a cnn has conv layers")
         n_outputs, sizes, options = _dense_options(arch)
         # (the convolutions keep the image size: stride 1, "same" padding)
-        _check_weight_count(arch, n_weights + _dense_weights([h * w * channels, *sizes, n_outputs]), size_limit)
+        _check_weight_count(arch, n_weights + _dense_weights([h * w * channels, *sizes, n_outputs]), max_weights)
         try:
             return ConvNetwork(tuple(image_shape), conv_layers, n_outputs, sizes, **options, xnor=xnor,
                                random_state=np.random.RandomState(0), xp=np)
@@ -416,9 +441,9 @@ class _CNNKind:
 #: Kinds of network a model file can hold, by the ``model_kind`` it records.
 #: A kind has a ``name``, ``handles(network)``, ``compiler()`` (the class of
 #: its packed inference model), ``architecture(network)`` (a JSON object),
-#: ``build(architecture, xnor, size_limit)`` (a network of that architecture
-#: whose arrays are then overwritten; ``size_limit`` bounds the weights a
-#: file of that many bytes can hold) and ``slots(network, latent)`` (where
+#: ``build(architecture, xnor, max_weights)`` (a network of that architecture
+#: whose arrays are then overwritten, refused if it has more than
+#: ``max_weights`` weights) and ``slots(network, latent)`` (where
 #: each stored array goes, and its dtype and shape).  A file of a kind this
 #: version does not have is refused ("unknown model kind").
 MODEL_KINDS = {kind.name: kind for kind in (_MLPKind, _CNNKind)}
@@ -763,7 +788,7 @@ def _load(zf, meta, path):
     fitted = meta.sub("fitted")
     xnor = fitted.get("xnor_", "bool")
     arch = meta.sub("architecture")
-    network = kind.build(arch, xnor, os.path.getsize(path))
+    network = kind.build(arch, xnor, _max_weights(path, infos))
     training_state = meta.get("training_state", "bool")
     slots = kind.slots(network, training_state)
     n_features = fitted.get("n_features_in_", "int")
@@ -920,7 +945,8 @@ def _difference(recorded, made, where):
         for key in recorded:
             if recorded[key] != made[key]:
                 return _difference(recorded[key], made[key], f"{where}.{key}")
-    if isinstance(recorded, list) and isinstance(made, list) and len(recorded) == len(made):
+    if (isinstance(recorded, list) and isinstance(made, list) and len(recorded) == len(made)
+            and all(isinstance(v, dict) for v in made)):  # (a list of numbers is shown whole)
         for i, (a, b) in enumerate(zip(recorded, made)):
             if a != b:
                 return _difference(a, b, f"{where}[{i}]")
@@ -930,7 +956,9 @@ def _difference(recorded, made, where):
 def _is_pickle(path):
     """Whether the file parses as a pickle, to say so in the error (pickletools only parses: it runs nothing)."""
     try:
-        with open(path, "rb") as f:
+        # (decoding the string operands of arbitrary bytes warns about their escapes)
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             last = None
             for last, _, _ in pickletools.genops(f):
                 pass
