@@ -236,23 +236,38 @@ SKOPS_TRUSTED = [
     "xnorcore.nn._optim.Adam",
     "xnorcore.ops.PackedBits",
 ]
+SKOPS_TRUSTED_CONV = [  # the types that a CNN adds
+    "xnorcore.nn._convnet.ConvNetwork",
+    "xnorcore.nn._convnet.ConvFeatures",
+    "xnorcore.nn._convnet.ConvBlock",
+    "xnorcore.nn._conv.Conv2D",
+    "xnorcore.nn._conv.ChannelBatchNorm",
+    "xnorcore.nn._conv.MaxPool2D",
+    "xnorcore.nn._conv.Flatten",
+]
+SKOPS_TRUSTED += SKOPS_TRUSTED_CONV
 
 
-@pytest.mark.parametrize("config", ["binary", "float", "dropped"])
+@pytest.mark.parametrize("config", ["binary", "float", "dropped", "conv", "conv-float", "conv-dropped"])
 def test_skops_round_trip(digits, tmp_path, config):
     sio = pytest.importorskip("skops.io")
     X, y = digits
-    clf = _fit(X, y, hidden_layer_sizes=(32, 65), max_iter=1, binary=config != "float")
-    if config == "dropped":
+    # The conv layers have a real first convolution, a binary one and a pool after a pool.
+    conv = dict(image_shape=(8, 8, 1), conv_layers=(4, "pool", (8, (3, 2)), "pool", "pool"))
+    clf = _fit(X, y, hidden_layer_sizes=(32, 65), max_iter=1, binary="float" not in config,
+               **(conv if config.startswith("conv") else {}))
+    if config.endswith("dropped"):
         clf.drop_training_state()
     path = tmp_path / "m.skops"
     sio.dump(clf, path)
     untrusted = sio.get_untrusted_types(file=path)
     assert set(untrusted) <= set(SKOPS_TRUSTED)  # the README lists these
+    assert (set(SKOPS_TRUSTED_CONV) <= set(untrusted)) == config.startswith("conv")
     with pytest.raises(Exception, match="[Uu]ntrusted"):
         sio.load(path)
     loaded = sio.load(path, trusted=SKOPS_TRUSTED)
     _same_fitted(clf, loaded, X)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
 def test_readme_lists_the_skops_types():
