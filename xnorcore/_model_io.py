@@ -83,6 +83,8 @@ import numpy as np
 
 from ._array import to_numpy
 from ._io import atomic_write
+from .nn import Adam, Conv2D, ConvNetwork, Dense, Network, PackedConvModel, PackedModel
+from .nn._inference import first_difference
 from .ops import PackedBits, n_words
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_KINDS", "ModelFileError", "load_model", "save_model"]
@@ -248,8 +250,6 @@ def _packed_axis(layer):
     Dense weights ``(n_in, n_out)`` are packed along their inputs; HWIO conv
     weights along their input channels, as the kernels read them.
     """
-    from .nn import Conv2D, Dense
-
     if isinstance(layer, Dense):
         return 0
     if isinstance(layer, Conv2D):
@@ -344,19 +344,9 @@ class _MLPKind:
     """The multilayer perceptron (:class:`xnorcore.nn.Network`)."""
 
     name = "mlp"
+    network = Network
+    compiler = PackedModel
     slots = staticmethod(_network_slots)
-
-    @staticmethod
-    def handles(network):
-        from .nn import Network
-
-        return type(network) is Network
-
-    @staticmethod
-    def compiler():
-        from .nn import PackedModel
-
-        return PackedModel
 
     @staticmethod
     def architecture(network):
@@ -366,8 +356,6 @@ class _MLPKind:
     @staticmethod
     def build(arch, xnor, max_weights):
         """A network of the recorded architecture (its arrays to be overwritten)."""
-        from .nn import Network
-
         n_features = arch.get("n_features", "int")
         n_outputs, sizes, options = _dense_options(arch)
         if n_features < 1:
@@ -384,19 +372,9 @@ class _CNNKind:
     """The convolutional network (:class:`xnorcore.nn.ConvNetwork`): conv blocks, then dense layers."""
 
     name = "cnn"
+    network = ConvNetwork
+    compiler = PackedConvModel
     slots = staticmethod(_network_slots)
-
-    @staticmethod
-    def handles(network):
-        from .nn import ConvNetwork
-
-        return type(network) is ConvNetwork
-
-    @staticmethod
-    def compiler():
-        from .nn import PackedConvModel
-
-        return PackedConvModel
 
     @staticmethod
     def architecture(network):
@@ -406,8 +384,6 @@ class _CNNKind:
     @staticmethod
     def build(arch, xnor, max_weights):
         """A network of the recorded architecture (its arrays to be overwritten)."""
-        from .nn import ConvNetwork
-
         image_shape = arch.get("image_shape", "list")
         if len(image_shape) != 3 or not _positive_ints(image_shape):
             raise _fail(arch.path, f"architecture image_shape must be [height, width, channels] of positive "
@@ -439,8 +415,9 @@ class _CNNKind:
 
 
 #: Kinds of network a model file can hold, by the ``model_kind`` it records.
-#: A kind has a ``name``, ``handles(network)``, ``compiler()`` (the class of
-#: its packed inference model), ``architecture(network)`` (a JSON object),
+#: A kind has a ``name``, ``network`` (the class of its networks),
+#: ``compiler`` (the class of the packed inference model of its binary
+#: networks), ``architecture(network)`` (a JSON object),
 #: ``build(architecture, xnor, max_weights)`` (a network of that architecture
 #: whose arrays are then overwritten, refused if it has more than
 #: ``max_weights`` weights) and ``slots(network, latent)`` (where
@@ -451,7 +428,7 @@ MODEL_KINDS = {kind.name: kind for kind in (_MLPKind, _CNNKind)}
 
 def _kind_of(network):
     for kind in MODEL_KINDS.values():
-        if kind.handles(network):
+        if type(network) is kind.network:
             return kind
     raise TypeError(f"save_model cannot save a network of type {type(network).__name__} "
                     f"(model kinds: {sorted(MODEL_KINDS)})")
@@ -555,7 +532,7 @@ def save_model(estimator, path, *, training_state=True):
 
     inference = None
     if network.binary:
-        inference = kind.compiler().from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
+        inference = kind.compiler.from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
 
     params = {}
     for key, value in estimator.get_params(deep=False).items():
@@ -742,7 +719,6 @@ def _as_tuples(value):
 
 def _load(zf, meta, path):
     from .estimator import BNNClassifier
-    from .nn import Adam
 
     fmt = meta.data.get("format")
     if fmt != FORMAT:
@@ -934,23 +910,11 @@ def _load(zf, meta, path):
     recorded = meta.data.get("inference")
     compiled = None if estimator._inference is None else estimator._inference.to_arrays()[0]
     if compiled != recorded:
+        where, in_file, made = first_difference(recorded, compiled, "inference")
         raise _fail(path, "the inference metadata disagrees with the packed model these arrays make "
-                          f"({_difference(recorded, compiled, 'inference')})")
+                          f"({where}: the file records {_short(in_file)}, the arrays make {_short(made)})")
     return estimator
 
-
-def _difference(recorded, made, where):
-    """Where two JSON values first differ, in words."""
-    if isinstance(recorded, dict) and isinstance(made, dict) and set(recorded) == set(made):
-        for key in recorded:
-            if recorded[key] != made[key]:
-                return _difference(recorded[key], made[key], f"{where}.{key}")
-    if (isinstance(recorded, list) and isinstance(made, list) and len(recorded) == len(made)
-            and all(isinstance(v, dict) for v in made)):  # (a list of numbers is shown whole)
-        for i, (a, b) in enumerate(zip(recorded, made)):
-            if a != b:
-                return _difference(a, b, f"{where}[{i}]")
-    return f"{where}: the file records {_short(recorded)}, the arrays make {_short(made)}"
 
 
 def _is_pickle(path):

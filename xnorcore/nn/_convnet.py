@@ -33,7 +33,7 @@ from .._array import get_array_module, is_cupy, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
-from ._inference import PackedModel, blocked_logits, check_format, fold_threshold, format_header
+from ._inference import PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header
 from ._layers import ReLU, Sign
 from ._network import Network, move_blocks
 
@@ -678,9 +678,11 @@ class PackedConvModel:
             if item.get("kind") == "pool" or item.get("pool"):
                 conv_layers.append(("pool",))
         features = ConvFeatures(metadata["image_shape"], conv_layers)
-        if _describe_items(features) != metadata["conv"]:
+        expected = _describe_items(features)
+        if expected != metadata["conv"]:
+            where, got, made = first_difference(metadata["conv"], expected, "conv")
             raise ValueError(f"metadata conv items are not those of conv layers {conv_layers} on images of shape "
-                             f"{features.image_shape}: got {metadata['conv']}, expected {_describe_items(features)}")
+                             f"{features.image_shape}: {where} is {got!r}, they make {made!r}")
 
         def array(key, dtype, shape):
             a = arrays.get(key)

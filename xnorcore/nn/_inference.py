@@ -55,6 +55,24 @@ def check_format(metadata, name):
         raise ValueError(f"metadata must describe an {name} of version {_FORMAT_VERSION}, got {got!r}")
 
 
+def first_difference(a, b, where):
+    """``(where, part of a, part of b)``: the first place where the JSON values ``a`` and ``b`` differ.
+
+    ``where`` names it as ``where.key[index]...``, going into objects with
+    the same keys and lists of objects of the same length.
+    """
+    if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
+        for key in a:
+            if a[key] != b[key]:
+                return first_difference(a[key], b[key], f"{where}.{key}")
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(v, dict) for v in b)):  # (a list of numbers is shown whole)
+        for i, (u, v) in enumerate(zip(a, b)):
+            if u != v:
+                return first_difference(u, v, f"{where}[{i}]")
+    return where, a, b
+
+
 def fold_threshold(dense, bn, integer):
     """(direction int8, threshold) of a unit's ``sign(bn(z + bias))`` as ``direction * z - threshold >= 0``.
 
