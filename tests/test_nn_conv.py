@@ -384,6 +384,14 @@ def test_packed_conv_model_from_arrays_refuses_what_does_not_fit():
         PackedConvModel.from_arrays(forged, arrays)
     with pytest.raises(ValueError, match=r"metadata conv must be a list of conv items"):
         PackedConvModel.from_arrays({**metadata, "conv": "4, pool"}, arrays)
+    forged = copy.deepcopy(metadata)
+    del forged["conv"][0]["out_channels"]
+    with pytest.raises(ValueError, match=r"metadata does not describe conv layers \(KeyError: 'out_channels'\)"):
+        PackedConvModel.from_arrays(forged, arrays)
+    listed = {**arrays, "input_mean": arrays["input_mean"].tolist()}
+    with pytest.raises(ValueError, match=r"arrays\['input_mean'\] must have dtype float32 and shape \(270,\), "
+                                         r"got a list"):
+        PackedConvModel.from_arrays(metadata, listed)
     bad = {**arrays, "features/conv2/weight_bits": arrays["features/conv2/weight_bits"].astype(np.int64)}
     with pytest.raises(ValueError, match=r"arrays\['features/conv2/weight_bits'\] must have dtype uint64 and shape "
                                          r"\(3, 3, 8, 1\), got dtype int64 and shape \(3, 3, 8, 1\)"):

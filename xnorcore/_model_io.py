@@ -303,7 +303,7 @@ def _dense_options(arch):
     """``(n_outputs, hidden_layer_sizes, keyword arguments)`` of the dense layers in ``arch``, checked."""
     n_outputs = arch.get("n_outputs", "int")
     sizes = arch.get("hidden_layer_sizes", "list")
-    if n_outputs < 2 or not (sizes == [] or _positive_ints(sizes)):
+    if n_outputs < 2 or not _positive_ints(sizes):
         raise _fail(arch.path, f"architecture is not a network: n_outputs={n_outputs}, "
                                f"hidden_layer_sizes={_short(sizes)}")
     dropout = arch.get("dropout", "float")
@@ -458,7 +458,8 @@ def save_model(estimator, path, *, training_state=True):
     Parameters
     ----------
     estimator : BNNClassifier
-        A fitted estimator (trained on any device: arrays are stored from the host).
+        A fitted estimator, an MLP or a CNN (``conv_layers``), trained on any
+        device: arrays are stored from the host.
     path : str or os.PathLike
         File to write (a usual suffix is ``.xnor``).
     training_state : bool, default=True
@@ -680,8 +681,11 @@ def load_model(path):
 
     Nothing is unpickled.  The metadata is checked for the format, its
     version and every key; every array's dtype and shape is checked against
-    the architecture the metadata describes (layer sizes chain, packed word
-    counts, padding bits of packed words zero) before it is used.
+    the architecture the metadata describes (an MLP's or a CNN's: layer sizes
+    chain, conv kernel sizes and channel counts follow from the conv layers,
+    packed word counts, padding bits of packed words zero) before it is used,
+    and the packed model compiled from the arrays must be the one recorded
+    (for a CNN: each convolution's padding, stride and max-pool).
 
     Parameters
     ----------
@@ -914,7 +918,6 @@ def _load(zf, meta, path):
         raise _fail(path, "the inference metadata disagrees with the packed model these arrays make "
                           f"({where}: the file records {_short(in_file)}, the arrays make {_short(made)})")
     return estimator
-
 
 
 def _is_pickle(path):

@@ -672,12 +672,15 @@ class PackedConvModel:
         if not (isinstance(metadata.get("conv"), list) and all(isinstance(item, dict) for item in metadata["conv"])):
             raise ValueError(f"metadata conv must be a list of conv items (dicts), got {metadata.get('conv')!r}")
         conv_layers = []
-        for item in metadata["conv"]:
-            if item.get("kind") == "conv":
-                conv_layers.append(("conv", item["out_channels"], tuple(item["kernel"])))
-            if item.get("kind") == "pool" or item.get("pool"):
-                conv_layers.append(("pool",))
-        features = ConvFeatures(metadata["image_shape"], conv_layers)
+        try:
+            for item in metadata["conv"]:
+                if item.get("kind") == "conv":
+                    conv_layers.append(("conv", item["out_channels"], tuple(item["kernel"])))
+                if item.get("kind") == "pool" or item.get("pool"):
+                    conv_layers.append(("pool",))
+            features = ConvFeatures(metadata["image_shape"], conv_layers)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"metadata does not describe conv layers ({type(exc).__name__}: {exc})") from None
         expected = _describe_items(features)
         if expected != metadata["conv"]:
             where, got, made = first_difference(metadata["conv"], expected, "conv")
@@ -687,8 +690,8 @@ class PackedConvModel:
         def array(key, dtype, shape):
             a = arrays.get(key)
             if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
-                got = "nothing" if a is None else f"dtype {getattr(a, 'dtype', type(a).__name__)} and shape " \
-                                                  f"{getattr(a, 'shape', None)}"
+                got = ("nothing" if a is None else f"a {type(a).__name__}" if not isinstance(a, np.ndarray)
+                       else f"dtype {a.dtype} and shape {a.shape}")
                 raise ValueError(f"arrays[{key!r}] must have dtype {np.dtype(dtype)} and shape {shape}, got {got}")
             return a
 
