@@ -856,9 +856,12 @@ def _architecture_forge(**changes):
      r"kernel_width\]\] of positive ints, got \['conv', 0, \[3, 3\]\]"),
     (dict(conv_layers=[["conv", 4, [3, 3]], ["dense", 4]]), r"architecture conv_layers\[1\] must be .*'dense'"),
     (dict(conv_layers=[["conv", 4, [3]]]), r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3\]\]"),
-    (dict(conv_layers=[["conv", 4, [3, 3], 1]]), r"architecture conv_layers\[0\] must be"),
-    (dict(conv_layers=[["conv", True, [3, 3]]]), r"architecture conv_layers\[0\] must be"),
-    (dict(conv_layers=[["conv", 4, [3, 3.5]]]), r"architecture conv_layers\[0\] must be"),
+    (dict(conv_layers=[["conv", 4, [3, 3], 1]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3, 3\], 1\]$"),
+    (dict(conv_layers=[["conv", True, [3, 3]]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', True, \[3, 3\]\]$"),
+    (dict(conv_layers=[["conv", 4, [3, 3.5]]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3, 3\.5\]\]$"),
     (dict(conv_layers=["pool"]), r"architecture conv_layers\[0\] must be .*got 'pool'"),
     (dict(conv_layers=[]), r"architecture conv_layers is empty: a cnn has conv layers"),
     (dict(conv_layers="auto"), r"metadata 'architecture\.conv_layers' must be list, got 'auto'"),
@@ -866,7 +869,8 @@ def _architecture_forge(**changes):
      r"architecture is not a network: conv_layers=.* pools an 1x1 image"),
     (dict(image_shape=[8, 8]), r"architecture image_shape must be \[height, width, channels\] of positive ints, "
                                r"got \[8, 8\]"),
-    (dict(image_shape=[8, 0, 1]), r"architecture image_shape must be"),
+    (dict(image_shape=[8, 0, 1]), r"architecture image_shape must be \[height, width, channels\] of positive ints, "
+                                  r"got \[8, 0, 1\]$"),
     (dict(image_shape=[8, 8, 2]), r"n_features_in_=64 but the network reads 128 features"),
     (dict(image_shape=[4, 16, 1]), r"the inference metadata disagrees with the packed model these arrays make "
                                    r"\(inference\.image_shape: the file records \[8, 8, 1\], the arrays make "
@@ -881,12 +885,13 @@ def _architecture_forge(**changes):
      r"array 'network/dense1/weight' is recorded as .*needs dtype <f4 and shape \[512, 16\]"),
     # the pool moved behind conv2: every shape is the same, the packed model is not
     (dict(conv_layers=[["conv", 4, [3, 3]], ["conv", 8, [3, 2]], ["pool"]]),
-     r"the inference metadata disagrees .*\(inference\.conv\[0\]\.padding: the file records \[\[1, 1\], \[1, 1\]\]"
-     r"|inference\.conv\[0\]\.pool: the file records 2, the arrays make None"),
+     r"the inference metadata disagrees with the packed model these arrays make \(inference\.conv\[0\]\.pool: "
+     r"the file records 2, the arrays make None\)"),
     (dict(conv_layers=[["conv", 10 ** 6, [3, 3]], ["pool"], ["conv", 8, [3, 2]]]),
      # 9 * 10**6 + 3 * 2 * 10**6 * 8 conv weights, 4 * 4 * 8 * 16 + 16 * 10 dense ones
      r"architecture needs 57002208 weights, more than the file can hold \(\d+ at most\)"),
-    (dict(hidden_layer_sizes=[10 ** 9]), r"architecture needs 1\d{11} weights, more than the file can hold"),
+    # 4 * 4 * 8 * 10**9 + 10**9 * 10 dense weights, 3 * 3 * 4 + 3 * 2 * 4 * 8 conv ones
+    (dict(hidden_layer_sizes=[10 ** 9]), r"architecture needs 138000000228 weights, more than the file can hold"),
     (dict(n_outputs=1), r"architecture is not a network: n_outputs=1"),
     (dict(dropout=-0.5), r"architecture dropout must be in \[0, 1\), got -0\.5"),
     (dict(binary="yes"), r"metadata 'architecture\.binary' must be bool"),
@@ -900,8 +905,7 @@ def test_cnn_forged_architecture(cnn_saved, tmp_path, changes, message):
 def test_cnn_kind_with_the_architecture_of_an_mlp(cnn_saved, saved, tmp_path):
     def forge(m):
         m["model_kind"] = "mlp"
-    with pytest.raises(ModelFileError, match=r"f\.xnor: metadata 'architecture\.n_features' is missing|"
-                                             r"f\.xnor: metadata has no 'architecture\.n_features'"):
+    with pytest.raises(ModelFileError, match=r"f\.xnor: metadata has no 'architecture\.n_features'$"):
         load_model(_rewrite(cnn_saved, tmp_path / "f.xnor", meta=forge))
 
     def as_cnn(m):
