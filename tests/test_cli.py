@@ -463,6 +463,30 @@ def test_save_and_restore(tmp_path, suffix):
     assert len(clf.loss_curve_) == 60
 
 
+def test_save_and_restore_a_cnn(tmp_path, capsys):
+    from xnorcore import cli, load_model
+
+    model = tmp_path / "cnn.xnor"
+    tiny = ["--layers", "1", "--n_hidden", "16", "--batch_size", "20", "--reg", "0", "--quiet"]
+    assert cli.main(["train", "--conv", *tiny, "--max_steps", "3", "--save", str(model)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    acc = float(lines[0].split()[-1])
+    clf = load_model(model)
+    assert clf.network_.conv_layers == (("conv", 32, (3, 3)), ("pool",))  # recommended for 8x8 digits
+    assert clf.image_shape_ == (8, 8, 1) and clf.optimizer_ is not None and len(clf.loss_curve_) == 3
+
+    # --max_steps 0 only evaluates the restored CNN: the same accuracy.
+    assert cli.main(["train", "--restore", str(model), "--max_steps", "0"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"Final test accuracy {acc:.4f}"]
+
+    # Training goes on from the saved state, and the CNN is saved again.
+    assert cli.main(["train", *tiny, "--restore", str(model), "--max_steps", "2", "--save", str(model)]) == 0
+    more = load_model(model)
+    assert more.network_.conv_layers == clf.network_.conv_layers
+    assert more.loss_curve_[:3] == clf.loss_curve_ and len(more.loss_curve_) == 5
+    assert more.optimizer_.t == clf.optimizer_.t + 2
+
+
 def test_restore_feature_mismatch(tmp_path):
     model = tmp_path / "model.xnor"
     assert xnorcore("train", *TINY, "--max_steps", "2", "--save", model).returncode == 0

@@ -27,6 +27,16 @@ CONFIGS = {
     "binary-ends-no-bn": dict(binarize_first=True, binarize_last=True, batch_norm=False),
     "dropout-early-stopping": dict(dropout=0.2, early_stopping=True, n_iter_no_change=2),
 }
+# Digits as 8x8 images; conv2 is binary, with 4 input channels (bits 4..63 of its packed words are padding).
+CNN_BASE = dict(hidden_layer_sizes=(16,), image_shape=(8, 8, 1), conv_layers=(4, "pool", (8, (3, 2))))
+CNN_CONFIGS = {
+    "binary": dict(),
+    "float": dict(binary=False),
+    "pool-after-pool": dict(conv_layers=(4, "pool", "pool")),
+    "no-hidden-layer": dict(hidden_layer_sizes=(), conv_layers=(4, 5, "pool")),
+    "binarize-last-no-bn-dropout-early-stopping": dict(batch_norm=False, binarize_last=True, dropout=0.2,
+                                                       early_stopping=True, n_iter_no_change=2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +56,14 @@ def model(digits):
     return _fit(*digits)
 
 
+def _saved(model, path, **kw):
+    save_model(model, path, **kw)
+    return path
+
+
 @pytest.fixture
 def saved(model, tmp_path):
-    path = tmp_path / "model.xnor"
-    save_model(model, path)
-    return path
+    return _saved(model, tmp_path / "model.xnor")
 
 
 def _same_fitted(a, b, X):
@@ -69,18 +82,32 @@ def _same_fitted(a, b, X):
     assert a.input_scale_ == b.input_scale_
 
 
+def _fit_kind(kind, config, X, y, **kw):
+    """``(estimator, check)``: an MLP or CNN of that config, and the function that checks a copy of it."""
+    if kind == "cnn":
+        return _fit(X, y, **{**CNN_BASE, **CNN_CONFIGS[config], **kw}), _same_cnn
+    return _fit(X, y, **CONFIGS[config], **kw), _same_fitted
+
+
 # ---------------------------------------------------------------- round trips
-@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("kind, config",
+                         [("mlp", c) for c in sorted(CONFIGS)] + [("cnn", c) for c in sorted(CNN_CONFIGS)])
 @pytest.mark.parametrize("training_state", [True, False])
-def test_round_trip_predicts_identically(digits, tmp_path, config, training_state):
+def test_round_trip_predicts_identically(digits, tmp_path, kind, config, training_state):
     X, y = digits
-    clf = _fit(X, y, **CONFIGS[config])
+    clf, same = _fit_kind(kind, config, X, y)
     path = tmp_path / "m.xnor"
     save_model(clf, path, training_state=training_state)
+    assert _meta(path)["model_kind"] == kind
     loaded = load_model(path)
-    _same_fitted(clf, loaded, X)
+    same(clf, loaded, X)
+    if kind == "cnn":  # 4-d images predict as their rows do
+        np.testing.assert_array_equal(loaded.decision_function(X.reshape(-1, 8, 8, 1)), clf.decision_function(X))
     assert (loaded.optimizer_ is not None) == training_state
+    assert loaded.network_.has_training_state == (training_state or not clf.binary)  # (a real net drops nothing)
     assert loaded.summary(as_dict=True)["packed_bytes"] == clf.summary(as_dict=True)["packed_bytes"]
+    bytes_ = [m.summary(as_dict=True)["training_state_bytes"] for m in (clf, loaded)]
+    assert bytes_[1] == (bytes_[0] if training_state else 0)
     if not training_state:
         with pytest.raises(ValueError, match="training state was dropped"):
             loaded.partial_fit(X[:100], y[:100])
@@ -123,22 +150,29 @@ def test_scaled_input_round_trip(digits, tmp_path):
     np.testing.assert_array_equal(loaded.decision_function(X * 1e-20), clf.decision_function(X * 1e-20))
 
 
-@pytest.mark.parametrize("config", ["binary", "float"])
-def test_partial_fit_after_load_equals_partial_fit_on_the_original(digits, tmp_path, config):
+@pytest.mark.parametrize("kind, config", [("mlp", "binary"), ("mlp", "float"), ("cnn", "binary"), ("cnn", "float"),
+                                          ("cnn", "pool-after-pool")])
+def test_partial_fit_after_load_equals_partial_fit_on_the_original(digits, tmp_path, kind, config):
     X, y = digits
-    original = _fit(X, y, dropout=0.1, **CONFIGS[config])
+    original, same = _fit_kind(kind, config, X, y, dropout=0.1)
     save_model(original, tmp_path / "m.xnor")
     loaded = load_model(tmp_path / "m.xnor")
     for start in (0, 200, 400):
         original.partial_fit(X[start:start + 200], y[start:start + 200])
         loaded.partial_fit(X[start:start + 200], y[start:start + 200])
-    _same_fitted(original, loaded, X)
+    same(original, loaded, X)
+    assert sorted(loaded.optimizer_.m) == sorted(original.optimizer_.m)
+    assert ("conv1/weight" in original.optimizer_.m) == (kind == "cnn")
     for name, m in original.optimizer_.m.items():
         np.testing.assert_array_equal(m, loaded.optimizer_.m[name])
+        np.testing.assert_array_equal(original.optimizer_.v[name], loaded.optimizer_.v[name])
+    for name, a in original.network_.histograms().items():
+        if not name.endswith(("/activation", "/weight_grad")):
+            np.testing.assert_array_equal(a, loaded.network_.histograms()[name])
     # and fit with warm_start continues both alike
     original.set_params(warm_start=True, max_iter=1).fit(X, y)
     loaded.set_params(warm_start=True, max_iter=1).fit(X, y)
-    _same_fitted(original, loaded, X)
+    same(original, loaded, X)
 
 
 def test_save_changes_nothing_and_loads_from_pathlike_and_str(model, digits, tmp_path):
@@ -236,23 +270,38 @@ SKOPS_TRUSTED = [
     "xnorcore.nn._optim.Adam",
     "xnorcore.ops.PackedBits",
 ]
+SKOPS_TRUSTED_CONV = [  # the types that a CNN adds
+    "xnorcore.nn._convnet.ConvNetwork",
+    "xnorcore.nn._convnet.ConvFeatures",
+    "xnorcore.nn._convnet.ConvBlock",
+    "xnorcore.nn._conv.Conv2D",
+    "xnorcore.nn._conv.ChannelBatchNorm",
+    "xnorcore.nn._conv.MaxPool2D",
+    "xnorcore.nn._conv.Flatten",
+]
+SKOPS_TRUSTED += SKOPS_TRUSTED_CONV
 
 
-@pytest.mark.parametrize("config", ["binary", "float", "dropped"])
+@pytest.mark.parametrize("config", ["binary", "float", "dropped", "conv", "conv-float", "conv-dropped"])
 def test_skops_round_trip(digits, tmp_path, config):
     sio = pytest.importorskip("skops.io")
     X, y = digits
-    clf = _fit(X, y, hidden_layer_sizes=(32, 65), max_iter=1, binary=config != "float")
-    if config == "dropped":
+    # The conv layers have a real first convolution, a binary one and a pool after a pool.
+    conv = dict(image_shape=(8, 8, 1), conv_layers=(4, "pool", (8, (3, 2)), "pool", "pool"))
+    clf = _fit(X, y, hidden_layer_sizes=(32, 65), max_iter=1, binary="float" not in config,
+               **(conv if config.startswith("conv") else {}))
+    if config.endswith("dropped"):
         clf.drop_training_state()
     path = tmp_path / "m.skops"
     sio.dump(clf, path)
     untrusted = sio.get_untrusted_types(file=path)
     assert set(untrusted) <= set(SKOPS_TRUSTED)  # the README lists these
+    assert (set(SKOPS_TRUSTED_CONV) <= set(untrusted)) == config.startswith("conv")
     with pytest.raises(Exception, match="[Uu]ntrusted"):
         sio.load(path)
     loaded = sio.load(path, trusted=SKOPS_TRUSTED)
     _same_fitted(clf, loaded, X)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
 def test_readme_lists_the_skops_types():
@@ -264,16 +313,19 @@ def test_readme_lists_the_skops_types():
 # ---------------------------------------------------------------- GPU-trained models
 @needs_gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("training_state", [True, False])
-def test_gpu_trained_model_loads_on_cpu(digits, tmp_path, training_state):
+def test_gpu_trained_model_loads_on_cpu(digits, tmp_path, kind, training_state):
     X, y = digits
-    clf = _fit(X, y, device="gpu")
+    clf = _fit(X, y, device="gpu", **(CNN_BASE if kind == "cnn" else {}))
     assert clf.device_ == "gpu"
     save_model(clf, tmp_path / "m.xnor", training_state=training_state)
+    assert _meta(tmp_path / "m.xnor")["model_kind"] == kind
     loaded = load_model(tmp_path / "m.xnor")
     assert isinstance(loaded.input_mean_, np.ndarray)
     assert all(isinstance(a, np.ndarray) for a in loaded.network_.histograms().values())
     _same_fitted(clf, loaded, X)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 
 
 # ---------------------------------------------------------------- hostile files
@@ -323,9 +375,10 @@ def test_folder(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("file", ["saved", "cnn_saved"])
 @pytest.mark.parametrize("size", [0, 1, 10, 100, 1000, 3000, -200, -22, -1])
-def test_truncated_file(saved, tmp_path, size):
-    data = saved.read_bytes()
+def test_truncated_file(request, tmp_path, file, size):
+    data = request.getfixturevalue(file).read_bytes()
     cut = data[:size] if size >= 0 else data[:size]
     path = tmp_path / "cut.xnor"
     path.write_bytes(cut)
@@ -381,18 +434,30 @@ def test_object_array_member_behind_honest_metadata(saved, tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("member, array, message", [
-    ("arrays/input_mean.npy", np.zeros(64, np.float64), r"has dtype <f8, expected <f4"),
-    ("arrays/input_mean.npy", np.zeros(63, np.float32), r"has shape \(63,\), expected \(64,\)"),
-    ("arrays/input_mean.npy", np.zeros((64, 1), np.float32), r"has shape \(64, 1\), expected \(64,\)"),
-    ("arrays/network/dense1/weight.npy", np.zeros((64, 48), np.float64), r"has dtype <f8, expected <f4"),
-    ("arrays/network/dense2/weight.npy", np.zeros((48, 64), np.float32), r"has shape \(48, 64\), expected \(48, 65\)"),
-    ("arrays/network/dense2/weight.npy", np.zeros((48, 65), ">f4"), r"has dtype >f4, expected <f4"),
-    ("arrays/network/bn1/gamma.npy", np.zeros(48, np.int32), r"has dtype <i4, expected <f4"),
-    ("arrays/random_state/keys.npy", np.zeros(624, np.int64), r"has dtype <i8, expected <u4"),
+@pytest.mark.parametrize("file, member, array, message", [
+    ("saved", "arrays/input_mean.npy", np.zeros(64, np.float64), r"has dtype <f8, expected <f4"),
+    ("saved", "arrays/input_mean.npy", np.zeros(63, np.float32), r"has shape \(63,\), expected \(64,\)"),
+    ("saved", "arrays/input_mean.npy", np.zeros((64, 1), np.float32), r"has shape \(64, 1\), expected \(64,\)"),
+    ("saved", "arrays/network/dense1/weight.npy", np.zeros((64, 48), np.float64), r"has dtype <f8, expected <f4"),
+    ("saved", "arrays/network/dense2/weight.npy", np.zeros((48, 64), np.float32),
+     r"has shape \(48, 64\), expected \(48, 65\)"),
+    ("saved", "arrays/network/dense2/weight.npy", np.zeros((48, 65), ">f4"), r"has dtype >f4, expected <f4"),
+    ("saved", "arrays/network/bn1/gamma.npy", np.zeros(48, np.int32), r"has dtype <i4, expected <f4"),
+    ("saved", "arrays/random_state/keys.npy", np.zeros(624, np.int64), r"has dtype <i8, expected <u4"),
+    ("cnn_packed", "arrays/network/conv1/weight.npy", np.zeros((3, 3, 1, 4), np.float64),
+     r"has dtype <f8, expected <f4"),
+    ("cnn_packed", "arrays/network/conv1/weight.npy", np.zeros((3, 3, 4), np.float32),
+     r"has shape \(3, 3, 4\), expected \(3, 3, 1, 4\)"),
+    ("cnn_packed", "arrays/network/conv2/weight_bits.npy", np.zeros((3, 2, 8, 2), np.uint64),
+     r"has shape \(3, 2, 8, 2\), expected \(3, 2, 8, 1\)"),
+    ("cnn_packed", "arrays/network/conv2/weight_bits.npy", np.zeros((3, 2, 4, 8), np.uint64),
+     r"has shape \(3, 2, 4, 8\), expected \(3, 2, 8, 1\)"),
+    ("cnn_packed", "arrays/network/conv2/weight_bits.npy", np.zeros((3, 2, 8, 1), np.int64),
+     r"has dtype <i8, expected <u8"),
+    ("cnn_packed", "arrays/network/conv_bn1/gamma.npy", np.zeros(5, np.float32), r"has shape \(5,\), expected \(4,\)"),
 ])
-def test_member_of_wrong_dtype_or_shape(saved, tmp_path, member, array, message):
-    path = _rewrite(saved, tmp_path / "f.xnor", members={member: _npy(array)})
+def test_member_of_wrong_dtype_or_shape(request, tmp_path, file, member, array, message):
+    path = _rewrite(request.getfixturevalue(file), tmp_path / "f.xnor", members={member: _npy(array)})
     with pytest.raises(ModelFileError, match=r"f\.xnor: member " + member.replace(".", r"\.") + " " + message):
         load_model(path)
 
@@ -434,10 +499,13 @@ def test_more_layers_than_the_architecture(saved, tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("member", ["arrays/input_mean.npy", "arrays/network/dense3/bias.npy",
-                                    "arrays/adam/v/dense1/weight.npy"])
-def test_missing_member(saved, tmp_path, member):
-    path = _rewrite(saved, tmp_path / "f.xnor", drop=[member])
+@pytest.mark.parametrize("file, member", [
+    ("saved", "arrays/input_mean.npy"), ("saved", "arrays/network/dense3/bias.npy"),
+    ("saved", "arrays/adam/v/dense1/weight.npy"), ("cnn_saved", "arrays/network/conv2/weight.npy"),
+    ("cnn_saved", "arrays/adam/m/conv1/weight.npy"), ("cnn_saved", "arrays/network/conv_bn1/running_mean.npy"),
+])
+def test_missing_member(request, tmp_path, file, member):
+    path = _rewrite(request.getfixturevalue(file), tmp_path / "f.xnor", drop=[member])
     key = member[len("arrays/"):-len(".npy")]
     with pytest.raises(ModelFileError, match=rf"array '{key}' is listed in the metadata but the member .* is missing"):
         load_model(path)
@@ -466,12 +534,13 @@ def test_an_npz_of_arrays_is_not_a_model(tmp_path):
         load_model(tmp_path / "a.npz")
 
 
+@pytest.mark.parametrize("file", ["saved", "cnn_saved"])
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99])
-def test_version_too_new(saved, tmp_path, version):
+def test_version_too_new(request, tmp_path, file, version):
     def forge(m):
         m["format_version"] = version
         m["xnorcore_version"] = "9.0"
-    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
+    path = _rewrite(request.getfixturevalue(file), tmp_path / "f.xnor", meta=forge)
     with pytest.raises(ModelFileError, match=rf"f\.xnor: was written in format version {version} \(by xnorcore "
                                              rf"'9\.0'\); this xnorcore reads versions up to {FORMAT_VERSION}: "
                                              r"upgrade xnorcore"):
@@ -484,7 +553,7 @@ def test_version_too_new(saved, tmp_path, version):
     ("format_version", 0, r"format_version must be at least 1, got 0"),
     ("format_version", True, r"metadata 'format_version' must be int, got True"),
     ("estimator", "MLPClassifier", r"holds a 'MLPClassifier', expected a BNNClassifier"),
-    ("model_kind", "transformer", r"unknown model kind 'transformer': this xnorcore loads \['mlp'\]"),
+    ("model_kind", "transformer", r"unknown model kind 'transformer': this xnorcore loads \['cnn', 'mlp'\]"),
     ("training_state", "yes", r"metadata 'training_state' must be bool"),
     ("arrays", [], r"metadata 'arrays' must be dict"),
     ("params", None, r"metadata 'params' must be dict"),
@@ -542,13 +611,19 @@ def test_forged_batch_norm_layers(saved, tmp_path):
         load_model(_rewrite(saved, tmp_path / "g.xnor", meta=drop))
 
 
-@pytest.mark.parametrize("member, value, message", [
-    ("arrays/network/dense1/weight.npy", np.nan, r"array 'network/dense1/weight' holds NaN or infinite values"),
-    ("arrays/input_mean.npy", np.inf, r"array 'input_mean' holds NaN or infinite values"),
-    ("arrays/network/bn1/running_var.npy", -1.0, r"a batch-norm running_var is negative"),
-    ("arrays/adam/v/dense1/weight.npy", -1.0, r"an Adam second moment \(adam/v\) is negative"),
+@pytest.mark.parametrize("file, member, value, message", [
+    ("saved", "arrays/network/dense1/weight.npy", np.nan,
+     r"array 'network/dense1/weight' holds NaN or infinite values"),
+    ("saved", "arrays/input_mean.npy", np.inf, r"array 'input_mean' holds NaN or infinite values"),
+    ("saved", "arrays/network/bn1/running_var.npy", -1.0, r"a batch-norm running_var is negative"),
+    ("saved", "arrays/adam/v/dense1/weight.npy", -1.0, r"an Adam second moment \(adam/v\) is negative"),
+    ("cnn_saved", "arrays/network/conv1/weight.npy", np.nan,
+     r"array 'network/conv1/weight' holds NaN or infinite values"),
+    ("cnn_saved", "arrays/network/conv_bn2/running_var.npy", -1.0, r"a batch-norm running_var is negative"),
+    ("cnn_saved", "arrays/adam/v/conv2/weight.npy", -1.0, r"an Adam second moment \(adam/v\) is negative"),
 ])
-def test_forged_array_values(saved, tmp_path, member, value, message):
+def test_forged_array_values(request, tmp_path, file, member, value, message):
+    saved = request.getfixturevalue(file)
     with zipfile.ZipFile(saved) as zf:
         a = np.load(io.BytesIO(zf.read(member)))
     a = a.copy()
@@ -645,7 +720,7 @@ def test_duplicate_members(saved, tmp_path):
 
 
 def test_model_kinds_registry():
-    assert set(MODEL_KINDS) == {"mlp"}
+    assert set(MODEL_KINDS) == {"mlp", "cnn"}
 
 
 # ---------------------------------------------------------------- the command line
@@ -684,3 +759,216 @@ def test_cli_restore_of_a_forged_model_file_is_one_line(saved, tmp_path, capsys)
     assert len(err) == 1
     assert err[0].startswith(f"xnorcore train: error: --restore: {path}: was written in format version "
                              f"{FORMAT_VERSION + 1}")
+
+
+# ---------------------------------------------------------------- CNNs
+@pytest.fixture(scope="module")
+def cnn(digits):
+    return _fit(*digits, **CNN_BASE)
+
+
+@pytest.fixture
+def cnn_saved(cnn, tmp_path):
+    return _saved(cnn, tmp_path / "cnn.xnor")
+
+
+@pytest.fixture
+def cnn_packed(cnn, tmp_path):
+    """The CNN saved without training state: binary conv weights as packed words."""
+    return _saved(cnn, tmp_path / "cnn-packed.xnor", training_state=False)
+
+
+def _same_cnn(a, b, X):
+    _same_fitted(a, b, X)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert type(b.network_) is type(a.network_)
+    assert b.image_shape_ == a.image_shape_ == (8, 8, 1)
+    assert b.network_.conv_layers == a.network_.conv_layers
+    summaries = [{k: v for k, v in m.summary(as_dict=True).items() if k != "training_state_bytes"} for m in (a, b)]
+    assert summaries[0] == summaries[1]
+
+
+def test_cnn_file_layout(cnn, cnn_packed, cnn_saved):
+    meta = _meta(cnn_packed)
+    assert meta["model_kind"] == "cnn" and meta["training_state"] is False
+    assert meta["architecture"] == {
+        "image_shape": [8, 8, 1], "conv_layers": [["conv", 4, [3, 3]], ["pool"], ["conv", 8, [3, 2]]],
+        "n_outputs": 10, "hidden_layer_sizes": [16], "binary": True, "batch_norm": True, "dropout": 0.0,
+        "binarize_last": False,
+    }
+    arrays = meta["arrays"]
+    assert arrays["network/conv1/weight"] == {"dtype": "<f4", "shape": [3, 3, 1, 4]}  # the real first layer
+    assert arrays["network/conv2/weight_bits"] == {"dtype": "<u8", "shape": [3, 2, 8, 1]}  # HWO, words of C
+    assert arrays["network/conv_bn2/running_var"] == {"dtype": "<f4", "shape": [8]}
+    assert arrays["network/dense1/weight_bits"] == {"dtype": "<u8", "shape": [16, 2]}  # 4 * 4 * 8 inputs
+    assert "network/conv2/weight" not in arrays and not any(k.startswith("adam/") for k in arrays)
+    conv = meta["inference"]["conv"]
+    assert [(c["kernel"], c["stride"], c["padding"], c["pool"]) for c in conv] == [
+        ([3, 3], 1, [[1, 1], [1, 1]], 2), ([3, 2], 1, [[1, 1], [0, 1]], None)]
+    # the packed words are sign(W) packed along the input channels
+    with zipfile.ZipFile(cnn_packed) as zf:
+        words = np.load(io.BytesIO(zf.read("arrays/network/conv2/weight_bits.npy")))
+    np.testing.assert_array_equal(words, xnorcore.pack_bits(cnn.network_.features.blocks[1].conv.weight, axis=2).words)
+    full = _meta(cnn_saved)["arrays"]
+    assert full["network/conv2/weight"] == {"dtype": "<f4", "shape": [3, 2, 4, 8]}
+    assert full["adam/m/conv2/weight"] == full["adam/v/conv2/weight"] == {"dtype": "<f4", "shape": [3, 2, 4, 8]}
+
+
+def test_cnn_save_changes_nothing(cnn, digits, tmp_path):
+    X, _ = digits
+    before = cnn.decision_function(X)
+    save_model(cnn, tmp_path / "a.xnor", training_state=False)
+    assert cnn.optimizer_ is not None and cnn.network_.has_training_state
+    assert cnn.network_.features.blocks[1].conv.weight is not None
+    np.testing.assert_array_equal(cnn.decision_function(X), before)
+
+
+def test_cnn_with_dropped_training_state(cnn, digits, tmp_path):
+    X, _ = digits
+    dropped = _clone_dropped(cnn)
+    save_model(dropped, tmp_path / "m.xnor", training_state=False)
+    _same_cnn(dropped, load_model(tmp_path / "m.xnor"), X)
+    with pytest.raises(ValueError, match="training state was dropped.*training_state=False"):
+        save_model(dropped, tmp_path / "n.xnor")
+
+
+def test_cnn_of_images_given_as_4d_x(digits, tmp_path):
+    X, y = digits
+    clf = _fit(X.reshape(-1, 8, 8, 1), y, hidden_layer_sizes=(16,), conv_layers=(4, "pool"))
+    save_model(clf, tmp_path / "m.xnor")
+    loaded = load_model(tmp_path / "m.xnor")
+    assert loaded.image_shape_ == (8, 8, 1) and loaded.image_shape is None
+    np.testing.assert_array_equal(loaded.predict_proba(X.reshape(-1, 8, 8, 1)), clf.predict_proba(X))
+    with pytest.raises(ValueError, match=r"X holds images of shape \(4, 16, 1\), but the model was fitted on "
+                                         r"images of shape \(8, 8, 1\)"):
+        loaded.predict(X.reshape(-1, 4, 16, 1))
+
+
+def _architecture_forge(**changes):
+    def forge(m):
+        m["architecture"].update(changes)
+    return forge
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(conv_layers=[["conv", 0, [3, 3]], ["pool"]]),
+     r"architecture conv_layers\[0\] must be \[\"pool\"\] or \[\"conv\", channels, \[kernel_height, "
+     r"kernel_width\]\] of positive ints, got \['conv', 0, \[3, 3\]\]"),
+    (dict(conv_layers=[["conv", 4, [3, 3]], ["dense", 4]]), r"architecture conv_layers\[1\] must be .*'dense'"),
+    (dict(conv_layers=[["conv", 4, [3]]]), r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3\]\]"),
+    (dict(conv_layers=[["conv", 4, [3, 3], 1]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3, 3\], 1\]$"),
+    (dict(conv_layers=[["conv", True, [3, 3]]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', True, \[3, 3\]\]$"),
+    (dict(conv_layers=[["conv", 4, [3, 3.5]]]),
+     r"architecture conv_layers\[0\] must be .*got \['conv', 4, \[3, 3\.5\]\]$"),
+    (dict(conv_layers=["pool"]), r"architecture conv_layers\[0\] must be .*got 'pool'"),
+    (dict(conv_layers=[]), r"architecture conv_layers is empty: a cnn has conv layers"),
+    (dict(conv_layers="auto"), r"metadata 'architecture\.conv_layers' must be list, got 'auto'"),
+    (dict(conv_layers=[["conv", 4, [3, 3]], ["pool"], ["pool"], ["pool"], ["pool"]]),
+     r"architecture is not a network: conv_layers=.* pools an 1x1 image"),
+    (dict(image_shape=[8, 8]), r"architecture image_shape must be \[height, width, channels\] of positive ints, "
+                               r"got \[8, 8\]"),
+    (dict(image_shape=[8, 0, 1]), r"architecture image_shape must be \[height, width, channels\] of positive ints, "
+                                  r"got \[8, 0, 1\]$"),
+    (dict(image_shape=[8, 8, 2]), r"n_features_in_=64 but the network reads 128 features"),
+    (dict(image_shape=[4, 16, 1]), r"the inference metadata disagrees with the packed model these arrays make "
+                                   r"\(inference\.image_shape: the file records \[8, 8, 1\], the arrays make "
+                                   r"\[4, 16, 1\]\)"),
+    # a channel count that does not chain into the next layer
+    (dict(conv_layers=[["conv", 5, [3, 3]], ["pool"], ["conv", 8, [3, 2]]]),
+     r"array 'network/conv1/weight' is recorded as .*architecture needs dtype <f4 and shape \[3, 3, 1, 5\]"),
+    (dict(conv_layers=[["conv", 4, [3, 3]], ["pool"], ["conv", 8, [2, 3]]]),
+     r"array 'network/conv2/weight' is recorded as .*needs dtype <f4 and shape \[2, 3, 4, 8\]"),
+    # without the pool, the dense layer would read 8 * 8 * 8 features
+    (dict(conv_layers=[["conv", 4, [3, 3]], ["conv", 8, [3, 2]]]),
+     r"array 'network/dense1/weight' is recorded as .*needs dtype <f4 and shape \[512, 16\]"),
+    # the pool moved behind conv2: every shape is the same, the packed model is not
+    (dict(conv_layers=[["conv", 4, [3, 3]], ["conv", 8, [3, 2]], ["pool"]]),
+     r"the inference metadata disagrees with the packed model these arrays make \(inference\.conv\[0\]\.pool: "
+     r"the file records 2, the arrays make None\)"),
+    (dict(conv_layers=[["conv", 10 ** 6, [3, 3]], ["pool"], ["conv", 8, [3, 2]]]),
+     # 9 * 10**6 + 3 * 2 * 10**6 * 8 conv weights, 4 * 4 * 8 * 16 + 16 * 10 dense ones
+     r"architecture needs 57002208 weights, more than the file can hold \(\d+ at most\)"),
+    # 4 * 4 * 8 * 10**9 + 10**9 * 10 dense weights, 3 * 3 * 4 + 3 * 2 * 4 * 8 conv ones
+    (dict(hidden_layer_sizes=[10 ** 9]), r"architecture needs 138000000228 weights, more than the file can hold"),
+    (dict(n_outputs=1), r"architecture is not a network: n_outputs=1"),
+    (dict(dropout=-0.5), r"architecture dropout must be in \[0, 1\), got -0\.5"),
+    (dict(binary="yes"), r"metadata 'architecture\.binary' must be bool"),
+])
+def test_cnn_forged_architecture(cnn_saved, tmp_path, changes, message):
+    path = _rewrite(cnn_saved, tmp_path / "f.xnor", meta=_architecture_forge(**changes))
+    with pytest.raises(ModelFileError, match=r"f\.xnor: " + message):
+        load_model(path)
+
+
+def test_cnn_kind_with_the_architecture_of_an_mlp(cnn_saved, saved, tmp_path):
+    def forge(m):
+        m["model_kind"] = "mlp"
+    with pytest.raises(ModelFileError, match=r"f\.xnor: metadata has no 'architecture\.n_features'$"):
+        load_model(_rewrite(cnn_saved, tmp_path / "f.xnor", meta=forge))
+
+    def as_cnn(m):
+        m["model_kind"] = "cnn"
+    with pytest.raises(ModelFileError, match=r"g\.xnor: metadata has no 'architecture\.image_shape'"):
+        load_model(_rewrite(saved, tmp_path / "g.xnor", meta=as_cnn))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("stride", 2, r"inference\.conv\[1\]\.stride: the file records 2, the arrays make 1"),
+    ("padding", [[0, 0], [0, 0]], r"inference\.conv\[1\]\.padding: the file records \[\[0, 0\], \[0, 0\]\], the "
+                                  r"arrays make \[\[1, 1\], \[0, 1\]\]"),
+    ("pool", 2, r"inference\.conv\[1\]\.pool: the file records 2, the arrays make None"),
+    ("in_channels", 5, r"inference\.conv\[1\]\.in_channels: the file records 5, the arrays make 4"),
+    ("binary_weights", False, r"inference\.conv\[1\]\.binary_weights: the file records False"),
+])
+def test_cnn_forged_inference_metadata(cnn_saved, tmp_path, key, value, message):
+    def forge(m):
+        m["inference"]["conv"][1][key] = value
+    path = _rewrite(cnn_saved, tmp_path / "f.xnor", meta=forge)
+    with pytest.raises(ModelFileError, match=r"f\.xnor: the inference metadata disagrees with the packed model "
+                                             r"these arrays make \(" + message):
+        load_model(path)
+
+
+def test_cnn_consistent_arrays_of_another_channel_count(cnn_saved, tmp_path):
+    # conv2 recorded and stored with 5 input channels, but conv1 makes 4
+    def forge(m):
+        for key in ("network/conv2/weight", "adam/m/conv2/weight", "adam/v/conv2/weight"):
+            m["arrays"][key]["shape"] = [3, 2, 5, 8]
+    five = _npy(np.zeros((3, 2, 5, 8), np.float32))
+    path = _rewrite(cnn_saved, tmp_path / "f.xnor", meta=forge, members={
+        "arrays/network/conv2/weight.npy": five, "arrays/adam/m/conv2/weight.npy": five,
+        "arrays/adam/v/conv2/weight.npy": five})
+    with pytest.raises(ModelFileError, match=r"f\.xnor: array 'network/conv2/weight' is recorded as .*architecture "
+                                             r"needs dtype <f4 and shape \[3, 2, 4, 8\]"):
+        load_model(path)
+
+
+def test_cnn_padding_bits_of_packed_conv_weights(cnn_packed, tmp_path):
+    with zipfile.ZipFile(cnn_packed) as zf:
+        words = np.load(io.BytesIO(zf.read("arrays/network/conv2/weight_bits.npy"))).copy()
+    words[2, 1, 7, 0] |= np.uint64(1) << np.uint64(4)  # 4 input channels: bits 4..63 are padding
+    path = _rewrite(cnn_packed, tmp_path / "f.xnor", members={"arrays/network/conv2/weight_bits.npy": _npy(words)})
+    with pytest.raises(ModelFileError, match=r"f\.xnor: array 'network/conv2/weight_bits': words has padding bits "
+                                             r"set: bits 4\.\.63 of the last word must be 0 for length=4 "
+                                             r"\(shape=\(3, 2, 4, 8\), axis=2\)"):
+        load_model(path)
+
+
+def test_cnn_forged_batch_norm_layers(cnn_saved, tmp_path):
+    def drop(m):
+        del m["layers"]["conv_bn1"]
+    with pytest.raises(ModelFileError, match=r"metadata layers lists \['bn1', 'conv_bn2'\], but the network's "
+                                             r"batch-norm layers are \['bn1', 'conv_bn1', 'conv_bn2'\]"):
+        load_model(_rewrite(cnn_saved, tmp_path / "f.xnor", meta=drop))
+
+
+def test_cnn_array_of_a_layer_it_has_not(cnn_saved, tmp_path):
+    def forge(m):
+        m["arrays"]["network/conv3/weight"] = {"dtype": "<f4", "shape": [3, 3, 8, 8]}
+    path = _rewrite(cnn_saved, tmp_path / "f.xnor", meta=forge,
+                    add={"arrays/network/conv3/weight.npy": _npy(np.zeros((3, 3, 8, 8), np.float32))})
+    with pytest.raises(ModelFileError, match=r"array 'network/conv3/weight' is not part of a cnn model with this "
+                                             r"architecture \(training_state=True\)"):
+        load_model(path)

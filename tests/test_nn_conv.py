@@ -274,6 +274,18 @@ def test_flatten_is_channels_fastest_and_inverts_in_backward():
     np.testing.assert_array_equal(flat.backward(out), x)
 
 
+def _randomize_batch_norm(layers, rng):
+    """Random statistics for the batch norms in ``layers``."""
+    for layer in layers:
+        if hasattr(layer, "running_var"):
+            c = layer.gamma.shape[0]
+            # Negative and zero scales too: a pooled channel with a negative scale is an AND of bits.
+            layer.gamma = rng.choice([-1.5, -0.5, 0.0, 0.7, 2.0], c).astype(np.float32)
+            layer.beta = rng.randn(c).astype(np.float32)
+            layer.running_mean = (rng.randn(c) * 3).astype(np.float32)
+            layer.running_var = rng.uniform(0.5, 4, c).astype(np.float32)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("conv_layers", [
     (4, 8, "pool", 8, "pool"),
@@ -286,14 +298,7 @@ def test_packed_conv_features_equal_the_float_path(seed, conv_layers):
 
     rng = np.random.RandomState(seed)
     features = ConvFeatures((9, 10, 3), conv_layers, random_state=rng)
-    for block in features.blocks:
-        bn = block.bn
-        c = bn.gamma.shape[0]
-        # Negative and zero scales too: a pooled channel with a negative scale is an AND of bits.
-        bn.gamma = rng.choice([-1.5, -0.5, 0.0, 0.7, 2.0], c).astype(np.float32)
-        bn.beta = rng.randn(c).astype(np.float32)
-        bn.running_mean = (rng.randn(c) * 3).astype(np.float32)
-        bn.running_var = rng.uniform(0.5, 4, c).astype(np.float32)
+    _randomize_batch_norm(features.layers(), rng)
     x = rng.randn(5, 9, 10, 3).astype(np.float32)
     expected = features.forward(x, training=False)
     packed = features.forward_packed(x)
@@ -318,3 +323,84 @@ def test_real_block_sums_equal_convolution_then_pool(hw, kernel, padding, channe
     got = real_block_sums(block, x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _conv_network_with_random_statistics(conv_layers, hidden, seed):
+    from xnorcore.nn import ConvNetwork
+
+    rng = np.random.RandomState(seed)
+    net = ConvNetwork((9, 10, 3), conv_layers, 4, hidden, random_state=rng)
+    _randomize_batch_norm(net.layers(), rng)
+    return net, rng
+
+
+@pytest.mark.parametrize("conv_layers, hidden", [
+    ((4, 8, "pool", 8, "pool"), (17,)),
+    ((4, "pool", (8, 1), (16, (2, 3)), "pool", "pool"), ()),
+    (((3, 5), 70, "pool", 65), (65, 3)),
+])
+def test_packed_conv_model_round_trips_through_plain_arrays(conv_layers, hidden):
+    """to_arrays gives JSON metadata and numpy arrays only; from_arrays rebuilds the same logits."""
+    import json
+
+    from xnorcore.nn import PackedConvModel
+
+    net, rng = _conv_network_with_random_statistics(conv_layers, hidden, seed=len(hidden))
+    mean, scale = rng.randn(9 * 10 * 3).astype(np.float32), np.float32(1.7)
+    model = PackedConvModel.from_network(net, mean, scale)
+    metadata, arrays = model.to_arrays()
+    assert json.loads(json.dumps(metadata)) == metadata
+    assert all(type(a) is np.ndarray for a in arrays.values())
+    blocks = net.features.blocks
+    assert [item.get("pool") for item in metadata["conv"] if item["kind"] == "conv"] == [
+        None if b.pool is None else 2 for b in blocks]
+    assert arrays["features/conv1/weight"].dtype == np.float32  # the real first layer
+    for block in blocks[1:]:
+        kh, kw, c, o = block.conv.shape
+        assert arrays[f"features/{block.name}/weight_bits"].shape == (kh, kw, o, -(-c // 64))
+        assert arrays[f"features/{block.name}/threshold"].dtype == np.int32
+    loaded = PackedConvModel.from_arrays(metadata, arrays)
+    x = (rng.randn(7, 9 * 10 * 3) * 2).astype(np.float32)
+    np.testing.assert_array_equal(loaded.decision_function(x), model.decision_function(x))
+    np.testing.assert_array_equal(loaded.decision_function(x), net.forward((x - mean) / scale))
+    assert loaded.to_arrays()[0] == metadata
+
+
+def test_packed_conv_model_from_arrays_refuses_what_does_not_fit():
+    import copy
+
+    from xnorcore.nn import PackedConvModel
+
+    net, _ = _conv_network_with_random_statistics((4, "pool", 8), (5,), seed=0)
+    metadata, arrays = PackedConvModel.from_network(net).to_arrays()
+    with pytest.raises(ValueError, match=r"metadata must describe an xnorcore\.PackedConvModel of version 1, got "
+                                         r"\{'format': 'xnorcore\.PackedModel', 'version': 1\}"):
+        PackedConvModel.from_arrays(metadata["head"], arrays)
+    forged = copy.deepcopy(metadata)
+    forged["conv"][1]["stride"] = 2
+    with pytest.raises(ValueError, match=r"metadata conv items are not those of conv layers \[\('conv', 4, \(3, 3\)\), "
+                                         r"\('pool',\), \('conv', 8, \(3, 3\)\)\] on images of shape \(9, 10, 3\): "
+                                         r"conv\[1\]\.stride is 2, they make 1$"):
+        PackedConvModel.from_arrays(forged, arrays)
+    with pytest.raises(ValueError, match=r"metadata conv must be a list of conv items"):
+        PackedConvModel.from_arrays({**metadata, "conv": "4, pool"}, arrays)
+    forged = copy.deepcopy(metadata)
+    del forged["conv"][0]["out_channels"]
+    with pytest.raises(ValueError, match=r"metadata does not describe conv layers \(KeyError: 'out_channels'\)"):
+        PackedConvModel.from_arrays(forged, arrays)
+    listed = {**arrays, "input_mean": arrays["input_mean"].tolist()}
+    with pytest.raises(ValueError, match=r"arrays\['input_mean'\] must have dtype float32 and shape \(270,\), "
+                                         r"got a list"):
+        PackedConvModel.from_arrays(metadata, listed)
+    bad = {**arrays, "features/conv2/weight_bits": arrays["features/conv2/weight_bits"].astype(np.int64)}
+    with pytest.raises(ValueError, match=r"arrays\['features/conv2/weight_bits'\] must have dtype uint64 and shape "
+                                         r"\(3, 3, 8, 1\), got dtype int64 and shape \(3, 3, 8, 1\)"):
+        PackedConvModel.from_arrays(metadata, bad)
+    missing = {k: v for k, v in arrays.items() if k != "features/conv1/threshold"}
+    with pytest.raises(ValueError, match=r"arrays\['features/conv1/threshold'\] must have dtype float32 and shape "
+                                         r"\(4,\), got nothing"):
+        PackedConvModel.from_arrays(metadata, missing)
+    words = arrays["features/conv2/weight_bits"].copy()
+    words[0, 0, 0, 0] |= np.uint64(1) << np.uint64(63)  # 4 input channels: bits 4..63 are padding
+    with pytest.raises(ValueError, match=r"words has padding bits set"):
+        PackedConvModel.from_arrays(metadata, {**arrays, "features/conv2/weight_bits": words})

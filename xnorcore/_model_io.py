@@ -19,21 +19,30 @@ others:
     - ``estimator``: ``"BNNClassifier"``; ``params``: its parameters
       (``get_params()``; a ``random_state`` that is a RandomState instance is
       stored as null).
-    - ``model_kind``: the kind of network (``"mlp"``), a key of
-      :data:`MODEL_KINDS`; ``architecture``: what builds that network
-      (for ``"mlp"``: ``n_features``, ``n_outputs``, ``hidden_layer_sizes``,
-      ``binary``, ``batch_norm``, ``dropout``, ``binarize_first``,
-      ``binarize_last``); ``layers``: per batch-norm layer, its ``eps`` and
-      ``momentum``.
+    - ``model_kind``: the kind of network, a key of :data:`MODEL_KINDS`:
+      ``"mlp"`` (:class:`xnorcore.nn.Network`) or ``"cnn"``
+      (:class:`xnorcore.nn.ConvNetwork`, an estimator with ``conv_layers``);
+      ``architecture``: what builds that network.  Both kinds record the
+      dense layers' ``n_outputs``, ``hidden_layer_sizes``, ``binary``,
+      ``batch_norm``, ``dropout`` and ``binarize_last``; ``"mlp"`` adds
+      ``n_features`` and ``binarize_first``, ``"cnn"`` adds ``image_shape``
+      (``[height, width, channels]``) and ``conv_layers``, the normalized
+      items in order: ``["conv", channels, [kernel_height, kernel_width]]``
+      (stride 1, "same" zero padding, then batch norm and sign, or ReLU) or
+      ``["pool"]`` (2x2 max-pool).  ``layers``: per batch-norm layer, its
+      ``eps`` and ``momentum``.
     - ``fitted``: ``classes_`` (``{"dtype": numpy dtype string, "values":
       [...]}``, numbers or strings), ``n_features_in_``,
       ``feature_names_in_`` (list of str or null), ``input_scale_``,
       ``input_exponent_``, ``device_``, ``xnor_``, ``n_iter_``, ``t_``,
       ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
       ``best_validation_score_``.
-    - ``inference``: metadata of the packed inference model
-      (:meth:`xnorcore.nn.PackedModel.to_arrays`) of a binary network, or
-      null; the model compiled on loading must agree with it.
+    - ``inference``: metadata of the packed inference model of a binary
+      network (:meth:`xnorcore.nn.PackedModel.to_arrays`, or
+      :meth:`xnorcore.nn.PackedConvModel.to_arrays` for a ``"cnn"``: each
+      convolution's kernel, channels, stride, dilation, padding, max-pool,
+      binary weights and input), or null; the model compiled on loading
+      from the arrays must agree with it.
     - ``training_state``: true when the latent weights, the Adam state and the
       random generator are stored (``partial_fit`` can go on); ``optimizer``:
       ``beta1``, ``beta2``, ``eps``, ``t`` (or null); ``random_state``:
@@ -45,12 +54,18 @@ others:
 ``arrays/<name>.npy``
     One array each, in numpy's ``.npy`` format (never of object dtype):
     ``input_mean``; ``network/<layer>/weight`` (float32 latent or real
-    weights), ``network/<layer>/weight_bits`` (uint64 words of a binary
-    layer's ``sign(W)`` packed along its inputs, as
-    :func:`xnorcore.pack_bits` lays them out, when the latent weights are not
-    stored), ``network/<layer>/bias``,
-    ``network/<bn>/{gamma,beta,running_mean,running_var}``; with the training
+    weights: ``(n_in, n_out)`` of a dense layer, HWIO ``(KH, KW, C, O)`` of
+    a convolution), ``network/<layer>/weight_bits`` (uint64 words of a binary
+    layer's ``sign(W)``, as :func:`xnorcore.pack_bits` lays them out, when the
+    latent weights are not stored: a dense layer's packed along its inputs,
+    ``(n_out, words of n_in)``, a convolution's along its input channels,
+    ``(KH, KW, O, words of C)``), ``network/<layer>/bias``,
+    ``network/<bn>/{gamma,beta,running_mean,running_var}`` (``bn<i>`` after
+    dense layers, ``conv_bn<i>`` after convolutions); with the training
     state ``adam/m/<param>``, ``adam/v/<param>`` and ``random_state/keys``.
+
+A packed model's thresholds are not stored: they follow exactly from the
+stored batch-norm statistics, so loading compiles them again, as fitting does.
 """
 
 import copy
@@ -60,12 +75,16 @@ import math
 import numbers
 import os
 import pickletools
+import warnings
 import zipfile
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from ._array import to_numpy
 from ._io import atomic_write
+from .nn import Adam, Conv2D, ConvNetwork, Dense, Network, PackedConvModel, PackedModel
+from .nn._inference import first_difference
 from .ops import PackedBits, n_words
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_KINDS", "ModelFileError", "load_model", "save_model"]
@@ -211,90 +230,205 @@ class _Reader:
 
 
 # ------------------------------------------------------------------ model kinds
+class _Slot(NamedTuple):
+    """Where a stored array goes: ``layer.attr``, of ``dtype`` and ``shape``.
+
+    ``bits`` is ``(shape, axis)`` of the :class:`~xnorcore.PackedBits` that
+    the stored words make, or None for an array stored as it is.
+    """
+
+    layer: Any
+    attr: str
+    dtype: np.dtype
+    shape: tuple
+    bits: Optional[tuple] = None
+
+
+def _packed_axis(layer):
+    """The axis that a layer's binary weights are packed along, or None for a layer without weights.
+
+    Dense weights ``(n_in, n_out)`` are packed along their inputs; HWIO conv
+    weights along their input channels, as the kernels read them.
+    """
+    if isinstance(layer, Dense):
+        return 0
+    if isinstance(layer, Conv2D):
+        return 2
+    return None
+
+
+def _network_slots(network, latent):
+    """``{member name: _Slot}`` of a network's stored arrays.
+
+    The names and shapes come from the network the architecture built, so
+    that a file is checked against the network its metadata describes, not
+    against itself.  Binary weights without their latent values are stored as
+    the words of ``sign(W)`` (``weight_bits``), laid out as
+    :func:`xnorcore.pack_bits` packs them.
+    """
+    slots = {}
+    for layer in network.layers():
+        base = f"network/{layer.name}/"
+        axis = _packed_axis(layer)
+        if axis is not None:
+            shape = tuple(layer.shape)
+            if layer.binary_weights and not latent:
+                words = shape[:axis] + shape[axis + 1:] + (n_words(shape[axis]),)
+                slots[base + "weight_bits"] = _Slot(layer, "weight_packed", _U8, words, (shape, axis))
+            else:
+                slots[base + "weight"] = _Slot(layer, "weight", _F4, shape)
+            if layer.bias is not None:
+                slots[base + "bias"] = _Slot(layer, "bias", _F4, (shape[-1],))
+        elif hasattr(layer, "running_var"):  # batch norm, of dense or conv layers
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                slots[base + name] = _Slot(layer, name, _F4, tuple(getattr(layer, name).shape))
+    return slots
+
+
+def _positive_ints(values):
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                            for v in values)
+
+
+def _dense_architecture(network):
+    """The architecture of a :class:`~xnorcore.nn.Network`'s dense layers, but their input."""
+    return {
+        "n_outputs": network.n_outputs, "hidden_layer_sizes": list(network.hidden_layer_sizes),
+        "binary": network.binary, "batch_norm": network.batch_norm,
+        "dropout": float(network.blocks[-1].dense.dropout), "binarize_last": network.binarize_last,
+    }
+
+
+def _dense_options(arch):
+    """``(n_outputs, hidden_layer_sizes, keyword arguments)`` of the dense layers in ``arch``, checked."""
+    n_outputs = arch.get("n_outputs", "int")
+    sizes = arch.get("hidden_layer_sizes", "list")
+    if n_outputs < 2 or not _positive_ints(sizes):
+        raise _fail(arch.path, f"architecture is not a network: n_outputs={n_outputs}, "
+                               f"hidden_layer_sizes={_short(sizes)}")
+    dropout = arch.get("dropout", "float")
+    if not 0 <= dropout < 1:
+        raise _fail(arch.path, f"architecture dropout must be in [0, 1), got {dropout}")
+    options = dict(binary=arch.get("binary", "bool"), batch_norm=arch.get("batch_norm", "bool"),
+                   dropout=dropout, binarize_last=arch.get("binarize_last", "bool"))
+    return n_outputs, sizes, options
+
+
+def _dense_weights(widths):
+    return sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def _max_weights(path, infos):
+    """The most weights that the archive at ``path`` with members ``infos`` can hold.
+
+    Every weight is stored, in one bit at least (packed); a stored member
+    holds no more bytes than the file, a deflated one expands at most about
+    1032 times.
+    """
+    deflated = any(info.compress_type != zipfile.ZIP_STORED for info in infos)
+    return 8 * os.path.getsize(path) * (1032 if deflated else 1) + (1 << 16)
+
+
+def _check_weight_count(arch, n_weights, max_weights):
+    """Refuse an architecture with more weights than the file can hold.
+
+    Building the network allocates its weights before any array is read, so
+    a forged architecture of a billion units would exhaust the memory first.
+    """
+    if n_weights > max_weights:
+        raise _fail(arch.path, f"architecture needs {n_weights} weights, more than the file can hold "
+                               f"({max_weights} at most)")
+
+
 class _MLPKind:
     """The multilayer perceptron (:class:`xnorcore.nn.Network`)."""
 
     name = "mlp"
-
-    @staticmethod
-    def handles(network):
-        from .nn import Network
-
-        return type(network) is Network
+    network = Network
+    compiler = PackedModel
+    slots = staticmethod(_network_slots)
 
     @staticmethod
     def architecture(network):
-        return {
-            "n_features": network.n_features, "n_outputs": network.n_outputs,
-            "hidden_layer_sizes": list(network.hidden_layer_sizes), "binary": network.binary,
-            "batch_norm": network.batch_norm, "dropout": float(network.blocks[-1].dense.dropout),
-            "binarize_first": network.binarize_first, "binarize_last": network.binarize_last,
-        }
+        return {"n_features": network.n_features, **_dense_architecture(network),
+                "binarize_first": network.binarize_first}
 
     @staticmethod
-    def build(arch, xnor):
+    def build(arch, xnor, max_weights):
         """A network of the recorded architecture (its arrays to be overwritten)."""
-        from .nn import Network
-
         n_features = arch.get("n_features", "int")
-        n_outputs = arch.get("n_outputs", "int")
-        sizes = arch.get("hidden_layer_sizes", "list")
-        if n_features < 1 or n_outputs < 2 or not all(isinstance(h, int) and not isinstance(h, bool)
-                                                     and h >= 1 for h in sizes):
+        n_outputs, sizes, options = _dense_options(arch)
+        if n_features < 1:
             raise _fail(arch.path, f"architecture is not a network: n_features={n_features}, "
                                    f"n_outputs={n_outputs}, hidden_layer_sizes={_short(sizes)}")
-        dropout = arch.get("dropout", "float")
-        if not 0 <= dropout < 1:
-            raise _fail(arch.path, f"architecture dropout must be in [0, 1), got {dropout}")
+        _check_weight_count(arch, _dense_weights([n_features, *sizes, n_outputs]), max_weights)
         # Drawing initial weights costs as much as reading the file; they are
         # replaced, so any seed does.
-        return Network(
-            n_features, n_outputs, sizes, binary=arch.get("binary", "bool"),
-            batch_norm=arch.get("batch_norm", "bool"), dropout=dropout,
-            binarize_first=arch.get("binarize_first", "bool"), binarize_last=arch.get("binarize_last", "bool"),
-            xnor=xnor, random_state=np.random.RandomState(0), xp=np,
-        )
+        return Network(n_features, n_outputs, sizes, **options, binarize_first=arch.get("binarize_first", "bool"),
+                       xnor=xnor, random_state=np.random.RandomState(0), xp=np)
 
+
+class _CNNKind:
+    """The convolutional network (:class:`xnorcore.nn.ConvNetwork`): conv blocks, then dense layers."""
+
+    name = "cnn"
+    network = ConvNetwork
+    compiler = PackedConvModel
+    slots = staticmethod(_network_slots)
 
     @staticmethod
-    def slots(network, latent):
-        """``{member name: (layer, attribute, dtype, shape)}`` of a network's stored arrays.
+    def architecture(network):
+        items = [["pool"] if item == ("pool",) else ["conv", item[1], list(item[2])] for item in network.conv_layers]
+        return {"image_shape": list(network.image_shape), "conv_layers": items, **_dense_architecture(network.head)}
 
-        The names and shapes come from the architecture, so that a file is
-        checked against the network its metadata describes, not against itself.
-        Each model kind lays out its own layers' arrays (a conv kind packs its
-        weights differently).
-        """
-        slots = {}
-        for layer in network.layers():
-            base = f"network/{layer.name}/"
-            if hasattr(layer, "weight_packed"):  # a dense layer
-                n_in, n_out = layer.shape
-                if layer.binary_weights and not latent:
-                    # sign(W) packed along the inputs: the words are (outputs, words of the inputs).
-                    slots[base + "weight_bits"] = (layer, "weight_packed", _U8, (n_out, n_words(n_in)))
-                else:
-                    slots[base + "weight"] = (layer, "weight", _F4, (n_in, n_out))
-                if layer.bias is not None:
-                    slots[base + "bias"] = (layer, "bias", _F4, (n_out,))
-            elif hasattr(layer, "running_var"):  # batch norm
-                for name in ("gamma", "beta", "running_mean", "running_var"):
-                    slots[base + name] = (layer, name, _F4, tuple(getattr(layer, name).shape))
-        return slots
+    @staticmethod
+    def build(arch, xnor, max_weights):
+        """A network of the recorded architecture (its arrays to be overwritten)."""
+        image_shape = arch.get("image_shape", "list")
+        if len(image_shape) != 3 or not _positive_ints(image_shape):
+            raise _fail(arch.path, f"architecture image_shape must be [height, width, channels] of positive "
+                                   f"ints, got {_short(image_shape)}")
+        conv_layers = []
+        n_weights, (h, w, channels) = 0, image_shape
+        for i, item in enumerate(arch.get("conv_layers", "list")):
+            if item == ["pool"]:
+                conv_layers.append(("pool",))
+                h, w = h // 2, w // 2
+            elif (isinstance(item, list) and len(item) == 3 and item[0] == "conv" and _positive_ints(item[1:2])
+                  and isinstance(item[2], list) and len(item[2]) == 2 and _positive_ints(item[2])):
+                conv_layers.append(("conv", item[1], tuple(item[2])))
+                n_weights += item[2][0] * item[2][1] * channels * item[1]
+                channels = item[1]
+            else:
+                raise _fail(arch.path, f"architecture conv_layers[{i}] must be [\"pool\"] or [\"conv\", channels, "
+                                       f"[kernel_height, kernel_width]] of positive ints, got {_short(item)}")
+        if not conv_layers:
+            raise _fail(arch.path, "architecture conv_layers is empty: a cnn has conv layers")
+        n_outputs, sizes, options = _dense_options(arch)
+        # (the convolutions keep the image size: stride 1, "same" padding)
+        _check_weight_count(arch, n_weights + _dense_weights([h * w * channels, *sizes, n_outputs]), max_weights)
+        try:
+            return ConvNetwork(tuple(image_shape), conv_layers, n_outputs, sizes, **options, xnor=xnor,
+                               random_state=np.random.RandomState(0), xp=np)
+        except ValueError as exc:  # layers that do not fit the image
+            raise _fail(arch.path, f"architecture is not a network: {exc}") from None
 
 
 #: Kinds of network a model file can hold, by the ``model_kind`` it records.
-#: A kind has a ``name``, ``handles(network)``, ``architecture(network)`` (a
-#: JSON object), ``build(architecture, xnor)`` (a network of that architecture
-#: whose arrays are then overwritten) and ``slots(network, latent)`` (where
+#: A kind has a ``name``, ``network`` (the class of its networks),
+#: ``compiler`` (the class of the packed inference model of its binary
+#: networks), ``architecture(network)`` (a JSON object),
+#: ``build(architecture, xnor, max_weights)`` (a network of that architecture
+#: whose arrays are then overwritten, refused if it has more than
+#: ``max_weights`` weights) and ``slots(network, latent)`` (where
 #: each stored array goes, and its dtype and shape).  A file of a kind this
 #: version does not have is refused ("unknown model kind").
-MODEL_KINDS = {kind.name: kind for kind in (_MLPKind,)}
+MODEL_KINDS = {kind.name: kind for kind in (_MLPKind, _CNNKind)}
 
 
 def _kind_of(network):
     for kind in MODEL_KINDS.values():
-        if kind.handles(network):
+        if type(network) is kind.network:
             return kind
     raise TypeError(f"save_model cannot save a network of type {type(network).__name__} "
                     f"(model kinds: {sorted(MODEL_KINDS)})")
@@ -324,7 +458,8 @@ def save_model(estimator, path, *, training_state=True):
     Parameters
     ----------
     estimator : BNNClassifier
-        A fitted estimator (trained on any device: arrays are stored from the host).
+        A fitted estimator, an MLP or a CNN (``conv_layers``), trained on any
+        device: arrays are stored from the host.
     path : str or os.PathLike
         File to write (a usual suffix is ``.xnor``).
     training_state : bool, default=True
@@ -357,7 +492,6 @@ def save_model(estimator, path, *, training_state=True):
     True
     """
     from .estimator import BNNClassifier
-    from .nn._inference import PackedModel
 
     if not isinstance(estimator, BNNClassifier):
         raise TypeError(f"estimator must be a BNNClassifier, got {type(estimator).__name__}")
@@ -378,8 +512,8 @@ def save_model(estimator, path, *, training_state=True):
         network.drop_training_state()
 
     arrays = {"input_mean": np.asarray(estimator.input_mean_, dtype=np.float32)}
-    for name, (layer, attr, dtype, shape) in kind.slots(network, training_state).items():
-        value = getattr(layer, attr)
+    for name, slot in kind.slots(network, training_state).items():
+        value = getattr(slot.layer, slot.attr)
         arrays[name] = value.words if isinstance(value, PackedBits) else value
     optimizer = random_state = None
     if training_state:
@@ -399,7 +533,7 @@ def save_model(estimator, path, *, training_state=True):
 
     inference = None
     if network.binary:
-        inference = PackedModel.from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
+        inference = kind.compiler.from_network(network, estimator.input_mean_, estimator.input_scale_).to_arrays()[0]
 
     params = {}
     for key, value in estimator.get_params(deep=False).items():
@@ -547,8 +681,11 @@ def load_model(path):
 
     Nothing is unpickled.  The metadata is checked for the format, its
     version and every key; every array's dtype and shape is checked against
-    the architecture the metadata describes (layer sizes chain, packed word
-    counts, padding bits of packed words zero) before it is used.
+    the architecture the metadata describes (an MLP's or a CNN's: layer sizes
+    chain, conv kernel sizes and channel counts follow from the conv layers,
+    packed word counts, padding bits of packed words zero) before it is used,
+    and the packed model compiled from the arrays must be the one recorded
+    (for a CNN: each convolution's padding, stride and max-pool).
 
     Parameters
     ----------
@@ -586,7 +723,6 @@ def _as_tuples(value):
 
 def _load(zf, meta, path):
     from .estimator import BNNClassifier
-    from .nn import Adam
 
     fmt = meta.data.get("format")
     if fmt != FORMAT:
@@ -632,14 +768,14 @@ def _load(zf, meta, path):
     fitted = meta.sub("fitted")
     xnor = fitted.get("xnor_", "bool")
     arch = meta.sub("architecture")
-    network = kind.build(arch, xnor)
+    network = kind.build(arch, xnor, _max_weights(path, infos))
     training_state = meta.get("training_state", "bool")
     slots = kind.slots(network, training_state)
     n_features = fitted.get("n_features_in_", "int")
     if n_features != network.n_features:
         raise _fail(path, f"n_features_in_={n_features} but the network reads {network.n_features} features")
     expected = {"input_mean": (_F4, (n_features,))}
-    expected.update({name: (dtype, shape) for name, (_, _, dtype, shape) in slots.items()})
+    expected.update({name: (slot.dtype, slot.shape) for name, slot in slots.items()})
     opt_meta = meta.sub("optimizer", optional=True)
     rng_meta = meta.sub("random_state", optional=True)
     param_shapes = {p[0]: tuple(p[1].shape) for p in network.params()}
@@ -676,15 +812,15 @@ def _load(zf, meta, path):
         arrays[key] = a
 
     # Fill the network.
-    for name, (layer, attr, _, _) in slots.items():
+    for name, slot in slots.items():
         value = arrays[name]
-        if attr == "weight_packed":
+        if slot.bits is not None:
             try:
-                value = PackedBits(value, layer.shape, 0)
+                value = PackedBits(value, *slot.bits)
             except (TypeError, ValueError) as exc:
                 raise _fail(path, f"array {name!r}: {exc}") from None
-            layer.weight = None
-        setattr(layer, attr, value)
+            slot.layer.weight = None
+        setattr(slot.layer, slot.attr, value)
     layer_meta = meta.get("layers", "dict")
     bn_layers = {layer.name: layer for layer in network.layers() if hasattr(layer, "running_var")}
     if set(layer_meta) != set(bn_layers):
@@ -740,6 +876,7 @@ def _load(zf, meta, path):
     estimator.input_scale_ = np.float32(input_scale)
     estimator.input_exponent_ = fitted.get("input_exponent_", "int")
     estimator.network_ = network
+    estimator.image_shape_ = getattr(network, "image_shape", None)
     estimator.loss_curve_ = loss_curve
     estimator.best_loss_ = fitted.get("best_loss_", "float")
     estimator.n_iter_ = n_iter
@@ -777,14 +914,18 @@ def _load(zf, meta, path):
     recorded = meta.data.get("inference")
     compiled = None if estimator._inference is None else estimator._inference.to_arrays()[0]
     if compiled != recorded:
-        raise _fail(path, "the inference metadata disagrees with the packed model these arrays make")
+        where, in_file, made = first_difference(recorded, compiled, "inference")
+        raise _fail(path, "the inference metadata disagrees with the packed model these arrays make "
+                          f"({where}: the file records {_short(in_file)}, the arrays make {_short(made)})")
     return estimator
 
 
 def _is_pickle(path):
     """Whether the file parses as a pickle, to say so in the error (pickletools only parses: it runs nothing)."""
     try:
-        with open(path, "rb") as f:
+        # (decoding the string operands of arbitrary bytes warns about their escapes)
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             last = None
             for last, _, _ in pickletools.genops(f):
                 pass

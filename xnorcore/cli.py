@@ -179,12 +179,13 @@ def build_parser():
     _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
     _add(tr, "--seed", type=_seed, default=0, help="seed for weights and batch order (default 0)")
     _add(tr, "--save", metavar="PATH",
-         help="save the trained estimator to PATH as a model file that holds no code (xnorcore.save_model), "
+         help="save the trained estimator (an MLP, or a CNN with --conv) to PATH as a model file that holds "
+         "no code (xnorcore.save_model), "
          "or as a pickle if PATH ends in .pkl; written atomically: a failed write keeps an existing file")
     _add(tr, "--restore", metavar="PATH",
          help="continue from an estimator saved with --save (a .pkl path is unpickled, which runs code "
          "from the file: a warning says so): it keeps its architecture "
-         "(layers, --binary, --xnor, --batch_norm) and trains with this command's --lr, "
+         "(layers, conv layers, --binary, --xnor, --batch_norm) and trains with this command's --lr, "
          "--batch_size, --reg and --device")
     _add(tr, "--quiet", "-q", action="store_true", help="print only the final lines")
     _add(tr, "--debug", action="store_true", help="show a traceback on errors")

@@ -33,7 +33,7 @@ from .._array import get_array_module, is_cupy, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
-from ._inference import PackedModel, blocked_logits, fold_threshold
+from ._inference import PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header
 from ._layers import ReLU, Sign
 from ._network import Network, move_blocks
 
@@ -623,6 +623,120 @@ class PackedConvModel:
     def decision_function(self, X):
         """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path."""
         return blocked_logits(self.forward, X)
+
+    # ------------------------------------------------------------ arrays
+    def to_arrays(self):
+        """``(metadata, arrays)``: a JSON-able dict and a dict of numpy arrays that :meth:`from_arrays` takes.
+
+        The metadata records ``image_shape``, ``input_scale``, each conv item
+        in order (``conv``: kernel size, channels, stride, dilation, the zero
+        padding of its input, the max-pool that follows it, binary weights and
+        input; or a ``pool`` of its own) and the dense part's
+        :meth:`PackedModel.to_arrays` metadata (``head``).  The arrays are
+        ``input_mean``, per convolution its weights (``features/<conv>/weight``,
+        float32 HWIO, for the real first one; ``features/<conv>/weight_bits``,
+        the uint64 words of ``sign(W)`` packed along the input channels, for
+        binary ones) and its folded batch norm and sign (``direction``,
+        ``threshold``), and the dense part's arrays under ``head/``.
+        """
+        features = self.features.pack()
+        arrays = {"input_mean": to_numpy(self.input_mean)}
+        for block in features.blocks:
+            conv, base = block.conv, f"features/{block.name}/"
+            if conv.binary_weights:
+                arrays[base + "weight_bits"] = to_numpy(conv.weight_packed.words)
+            else:
+                arrays[base + "weight"] = to_numpy(conv.weight)
+            arrays[base + "direction"] = to_numpy(block.direction)
+            arrays[base + "threshold"] = to_numpy(block.threshold)
+        head_meta, head_arrays = self.head.to_arrays()
+        del head_arrays["input_mean"]  # the dense part reads the conv features: nothing to centre
+        arrays.update({"head/" + name: a for name, a in head_arrays.items()})
+        metadata = {**format_header("xnorcore.PackedConvModel"), "image_shape": list(features.image_shape),
+                    "input_scale": float(self.input_scale), "conv": _describe_items(features), "head": head_meta}
+        return metadata, arrays
+
+    @classmethod
+    def from_arrays(cls, metadata, arrays):
+        """The model that :meth:`to_arrays` described (numpy arrays).
+
+        Raises
+        ------
+        ValueError
+            If the metadata is not of a PackedConvModel of this version, its
+            conv items do not chain (channels, strides, padding and pools that
+            the conv layers would not have), or an array is missing or of
+            another dtype or shape than they need.
+        """
+        check_format(metadata, "xnorcore.PackedConvModel")
+        if not (isinstance(metadata.get("conv"), list) and all(isinstance(item, dict) for item in metadata["conv"])):
+            raise ValueError(f"metadata conv must be a list of conv items (dicts), got {metadata.get('conv')!r}")
+        conv_layers = []
+        try:
+            for item in metadata["conv"]:
+                if item.get("kind") == "conv":
+                    conv_layers.append(("conv", item["out_channels"], tuple(item["kernel"])))
+                if item.get("kind") == "pool" or item.get("pool"):
+                    conv_layers.append(("pool",))
+            features = ConvFeatures(metadata["image_shape"], conv_layers)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"metadata does not describe conv layers ({type(exc).__name__}: {exc})") from None
+        expected = _describe_items(features)
+        if expected != metadata["conv"]:
+            where, got, made = first_difference(metadata["conv"], expected, "conv")
+            raise ValueError(f"metadata conv items are not those of conv layers {conv_layers} on images of shape "
+                             f"{features.image_shape}: {where} is {got!r}, they make {made!r}")
+
+        def array(key, dtype, shape):
+            a = arrays.get(key)
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+                got = ("nothing" if a is None else f"a {type(a).__name__}" if not isinstance(a, np.ndarray)
+                       else f"dtype {a.dtype} and shape {a.shape}")
+                raise ValueError(f"arrays[{key!r}] must have dtype {np.dtype(dtype)} and shape {shape}, got {got}")
+            return a
+
+        for block in features.blocks:
+            conv, base = block.conv, f"features/{block.name}/"
+            kh, kw, c, o = conv.shape
+            if conv.binary_weights:
+                conv.weight_packed = PackedBits(array(base + "weight_bits", np.uint64, (kh, kw, o, n_words(c))),
+                                                conv.shape, 2)
+                conv.weight = None
+            else:
+                conv.weight = array(base + "weight", _F32, conv.shape)
+            block.direction = array(base + "direction", np.int8, (o,))
+            integer = conv.binary_weights and conv.binary_input  # (as pack folds them)
+            block.threshold = array(base + "threshold", np.int32 if integer else _F32, (o,))
+        features._packed = True
+        head_arrays = {name[len("head/"):]: a for name, a in arrays.items() if name.startswith("head/")}
+        head = PackedModel.from_arrays(metadata["head"], {**head_arrays,
+                                                          "input_mean": np.zeros(features.n_features, _F32)})
+        n_pixels = int(np.prod(features.image_shape))
+        return cls(features, head, array("input_mean", _F32, (n_pixels,)), metadata["input_scale"])
+
+
+def _describe_items(features):
+    """The conv items of ``features`` as JSON: what :meth:`PackedConvModel.from_arrays` checks a model against."""
+    out = []
+    shape = features.image_shape
+    for item in features.items:
+        if not isinstance(item, ConvBlock):
+            out.append({"kind": "pool", "size": item.size})
+            shape = item.output_shape(shape)
+            continue
+        conv = item.conv
+        kh, kw, c, o = conv.shape
+        out.append({
+            "kind": "conv", "name": conv.name, "kernel": [kh, kw], "in_channels": c, "out_channels": o,
+            "stride": conv.stride, "dilation": conv.dilation,
+            "padding": [list(p) for p in conv.pads(shape[:2])], "bias": conv.bias is not None,
+            "pool": None if item.pool is None else item.pool.size,
+            "binary_weights": conv.binary_weights, "binary_input": conv.binary_input,
+        })
+        shape = conv.output_shape(shape)
+        if item.pool is not None:
+            shape = item.pool.output_shape(shape)
+    return out
 
 
 def recommended_conv_layers(image_shape):

@@ -43,6 +43,36 @@ def blocked_logits(forward, X):
     return np.concatenate(blocks)
 
 
+def format_header(name):
+    """The ``format`` and ``version`` keys that the metadata of a ``to_arrays`` starts with."""
+    return {"format": name, "version": _FORMAT_VERSION}
+
+
+def check_format(metadata, name):
+    """Refuse ``metadata`` unless it describes a ``name`` of this format version (a ValueError)."""
+    if not isinstance(metadata, dict) or metadata.get("format") != name or metadata.get("version") != _FORMAT_VERSION:
+        got = metadata if not isinstance(metadata, dict) else {k: metadata.get(k) for k in ("format", "version")}
+        raise ValueError(f"metadata must describe an {name} of version {_FORMAT_VERSION}, got {got!r}")
+
+
+def first_difference(a, b, where):
+    """``(where, part of a, part of b)``: the first place where the JSON values ``a`` and ``b`` differ.
+
+    ``where`` names it as ``where.key[index]...``, going into objects with
+    the same keys and lists of objects of the same length.
+    """
+    if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
+        for key in a:
+            if a[key] != b[key]:
+                return first_difference(a[key], b[key], f"{where}.{key}")
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(v, dict) for v in b)):  # (a list of numbers is shown whole)
+        for i, (u, v) in enumerate(zip(a, b)):
+            if u != v:
+                return first_difference(u, v, f"{where}[{i}]")
+    return where, a, b
+
+
 def fold_threshold(dense, bn, integer):
     """(direction int8, threshold) of a unit's ``sign(bn(z + bias))`` as ``direction * z - threshold >= 0``.
 
@@ -260,18 +290,14 @@ class PackedModel:
                 for name, value in zip(PackedLayer._BN, layer.batch_norm):
                     arrays[f"layer{i}/{name}"] = to_numpy(value)
             layers.append(meta)
-        metadata = {"format": "xnorcore.PackedModel", "version": _FORMAT_VERSION,
-                    "input_scale": float(self.input_scale), "layers": layers}
+        metadata = {**format_header("xnorcore.PackedModel"), "input_scale": float(self.input_scale),
+                    "layers": layers}
         return metadata, arrays
 
     @classmethod
     def from_arrays(cls, metadata, arrays):
         """The model that :meth:`to_arrays` described (numpy arrays)."""
-        if metadata.get("format") != "xnorcore.PackedModel" or metadata.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"metadata must describe an xnorcore.PackedModel of version {_FORMAT_VERSION}, got "
-                f"format={metadata.get('format')!r}, version={metadata.get('version')!r}"
-            )
+        check_format(metadata, "xnorcore.PackedModel")
         layers = []
         for i, meta in enumerate(metadata["layers"]):
             weight = arrays[f"layer{i}/weight"]
