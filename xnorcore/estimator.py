@@ -21,13 +21,7 @@ from . import _summary
 from ._array import reject_masked
 from ._backends import cpu, gpu
 from .nn import Adam, Network
-from .nn._convnet import (
-    ConvNetwork,
-    PackedConvModel,
-    check_image_shape,
-    normalize_conv_layers,
-    recommended_conv_layers,
-)
+from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_config, image_rows
 from .nn._input import input_exponent, input_stats, model_input
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
@@ -288,40 +282,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             )
         return tuple(int(h) for h in sizes)
 
-    def _conv_setup(self, n_features, x_image_shape):
-        """``(image_shape, conv_layers)`` of the network to build: ``(None, ())`` without conv layers.
-
-        ``x_image_shape`` is the image shape of 4-D X (None for rows).
-        """
-        if isinstance(self.conv_layers, str):  # "auto" (the constraints allow no other string)
-            conv = "auto"
-        else:
-            conv = normalize_conv_layers(self.conv_layers, "conv_layers")
-        shape = None if self.image_shape is None else check_image_shape(self.image_shape, "image_shape")
-        if shape is not None and x_image_shape is not None and shape != x_image_shape:
-            raise ValueError(f"X holds images of shape {x_image_shape}, but image_shape={self.image_shape!r}")
-        if shape is None:
-            shape = x_image_shape
-        if shape is not None and int(np.prod(shape)) != n_features:
-            raise ValueError(
-                f"image_shape={self.image_shape!r} holds {int(np.prod(shape))} values, but X has "
-                f"n_features={n_features}"
-            )
-        if conv == ():
-            return None, ()
-        if shape is None:
-            shape = (1, n_features, 1)
-        if conv == "auto":
-            conv = normalize_conv_layers(recommended_conv_layers(shape))
-        return shape, conv
-
-    def _rows(self, X):
-        """``(rows, image shape)``: 4-D X flattened to rows of pixels (image shape None for other X)."""
-        if getattr(X, "ndim", None) == 4:
-            X = np.asarray(X)
-            return X.reshape(X.shape[0], -1), tuple(int(s) for s in X.shape[1:])
-        return X, None
-
     def _backend(self):
         """(array module, backend module) to train on."""
         if self.device == "cpu":
@@ -416,7 +376,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 "(all the labels that will ever appear in y)"
             )
         sizes = self._hidden_layer_sizes()
-        X, x_image_shape = self._rows(X)
+        X, x_image_shape = image_rows(X)
         resume = fitted and (incremental or self.warm_start)
         if resume:
             if self.optimizer_ is None:
@@ -428,15 +388,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         X, y = self._validate_Xy(X, y, reset=not resume)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        image_shape, conv_layers = self._conv_setup(X.shape[1], x_image_shape)
+        image_shape, conv_layers = conv_config(self.image_shape, self.conv_layers, X.shape[1], x_image_shape)
         if resume and not incremental:
-            fitted_conv = getattr(self.network_, "conv_layers", ())
-            fitted_shape = getattr(self.network_, "image_shape", None)
-            if (image_shape, conv_layers) != (fitted_shape if fitted_conv else None, fitted_conv):
-                raise ValueError(
-                    "warm_start=True needs the same image_shape and conv_layers as the fitted network, got "
-                    f"{image_shape} and {conv_layers}, fitted {fitted_shape} and {fitted_conv}"
-                )
+            check_same_conv(self.network_, image_shape, conv_layers)
         if resume:
             all_classes = self.classes_
             if classes is not None and not np.array_equal(np.unique(classes), all_classes):
@@ -638,11 +592,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
         reject_masked(X, "X")
-        X, x_image_shape = self._rows(X)
-        fitted_shape = getattr(self.network_, "image_shape", None)
-        if x_image_shape is not None and fitted_shape is not None and x_image_shape != fitted_shape:
-            raise ValueError(f"X holds images of shape {x_image_shape}, but the model was fitted on "
-                             f"images of shape {fitted_shape}")
+        X, _ = image_rows(X, getattr(self.network_, "image_shape", None))
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
         X = model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:

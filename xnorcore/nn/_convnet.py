@@ -37,8 +37,9 @@ from ._inference import PackedModel, blocked_logits, fold_threshold
 from ._layers import ReLU, Sign
 from ._network import Network, move_blocks
 
-__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "flatten_packed",
-           "normalize_conv_layers", "pool_packed", "real_block_sums", "recommended_conv_layers"]
+__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "check_same_conv",
+           "conv_config", "flatten_packed", "image_rows", "normalize_conv_layers", "pool_packed", "real_block_sums",
+           "recommended_conv_layers"]
 
 _F32 = np.float32
 
@@ -656,3 +657,60 @@ def check_image_shape(image_shape, name="image_shape"):
         raise ValueError(f"{name} must be a tuple (height, width, channels) of positive ints, "
                          f"got {name}={image_shape!r}")
     return tuple(int(s) for s in shape)
+
+
+def image_rows(X, fitted_shape=None):
+    """``(rows, image_shape)``: 4-D X flattened to rows of NHWC pixels, and its ``(H, W, C)``.
+
+    Other X comes back as it is, with an image shape of None.  ``fitted_shape``,
+    the image shape of a fitted network, refuses 4-D X of another shape.
+    """
+    if getattr(X, "ndim", None) != 4:
+        return X, None
+    X = np.asarray(X)
+    shape = tuple(int(s) for s in X.shape[1:])
+    if fitted_shape is not None and shape != fitted_shape:
+        raise ValueError(f"X holds images of shape {shape}, but the model was fitted on "
+                         f"images of shape {fitted_shape}")
+    return X.reshape(X.shape[0], -1), shape
+
+
+def conv_config(image_shape, conv_layers, n_features, x_image_shape=None):
+    """``(image_shape, conv_layers)`` of the network to build: ``(None, ())`` without conv layers.
+
+    ``image_shape`` and ``conv_layers`` are the estimator's parameters (see
+    :class:`~xnorcore.BNNClassifier`), ``n_features`` the width of the rows
+    of X and ``x_image_shape`` the image shape of 4-D X (None for rows).
+    """
+    if isinstance(conv_layers, str):  # "auto" (the parameter constraints allow no other string)
+        conv = "auto"
+    else:
+        conv = normalize_conv_layers(conv_layers, "conv_layers")
+    shape = None if image_shape is None else check_image_shape(image_shape, "image_shape")
+    if shape is not None and x_image_shape is not None and shape != x_image_shape:
+        raise ValueError(f"X holds images of shape {x_image_shape}, but image_shape={image_shape!r}")
+    if shape is None:
+        shape = x_image_shape
+    if shape is not None and int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={image_shape!r} holds {int(np.prod(shape))} values, but X has "
+            f"n_features={n_features}"
+        )
+    if conv == ():
+        return None, ()
+    if shape is None:
+        shape = (1, n_features, 1)
+    if conv == "auto":
+        conv = normalize_conv_layers(recommended_conv_layers(shape))
+    return shape, conv
+
+
+def check_same_conv(network, image_shape, conv_layers):
+    """Refuse to continue ``network`` (warm start) with other conv layers or images than it was built for."""
+    fitted_conv = getattr(network, "conv_layers", ())
+    fitted_shape = getattr(network, "image_shape", None)
+    if (image_shape, conv_layers) != (fitted_shape if fitted_conv else None, fitted_conv):
+        raise ValueError(
+            "warm_start=True needs the same image_shape and conv_layers as the fitted network, got "
+            f"{image_shape} and {conv_layers}, fitted {fitted_shape} and {fitted_conv}"
+        )
