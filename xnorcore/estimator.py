@@ -19,7 +19,7 @@ from sklearn.utils.validation import (
 
 from . import _summary
 from ._array import reject_masked
-from ._backends import cpu, gpu
+from ._backends import for_device
 from .nn import Adam, Network
 from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_config, image_rows
 from .nn._input import input_exponent, input_stats, model_input
@@ -282,17 +282,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             )
         return tuple(int(h) for h in sizes)
 
-    def _backend(self):
-        """(array module, backend module) to train on."""
-        if self.device == "cpu":
-            return np, cpu
-        try:
-            return gpu.require("device='gpu'"), gpu
-        except RuntimeError:
-            if self.device == "gpu":
-                raise
-            return np, cpu
-
     def _validate_Xy(self, X, y, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=(np.float32, np.float64),
                              y_numeric=False, multi_output=False)
@@ -415,7 +404,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         if sample_weight is not None and not incremental:
             self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
         y_idx = self._encode(y, all_classes)
-        xp, backend = self._backend()
+        xp, backend = for_device(self.device)
         xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
 
         if resume:
