@@ -20,6 +20,7 @@ from sklearn.utils.validation import (
 from . import _summary
 from ._array import reject_masked
 from ._backends import for_device
+from ._labels import check_classes, encode_labels, fit_classes
 from .nn import Adam, Network
 from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_config, image_rows
 from .nn._input import input_exponent, input_stats, model_input
@@ -289,25 +290,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         return X, y
 
-    @staticmethod
-    def _check_classes(classes, name):
-        if len(classes) < 2:
-            raise ValueError(
-                f"BNNClassifier needs at least 2 classes in {name}, got 1 class: {np.asarray(classes).tolist()[0]!r}"
-                if len(classes) == 1
-                else f"BNNClassifier needs at least 2 classes in {name}, got none"
-            )
-
-    @staticmethod
-    def _encode(y, classes):
-        unknown = ~np.isin(y, classes)
-        if unknown.any():
-            raise ValueError(
-                f"y contains labels not in classes_: {np.unique(y[unknown])[:10].tolist()}; "
-                f"classes_={classes.tolist()}"
-            )
-        return np.searchsorted(classes, y).astype(np.int64)
-
     # ------------------------------------------------------------ training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
@@ -380,30 +362,10 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         image_shape, conv_layers = conv_config(self.image_shape, self.conv_layers, X.shape[1], x_image_shape)
         if resume and not incremental:
             check_same_conv(self.network_, image_shape, conv_layers)
-        if resume:
-            all_classes = self.classes_
-            if classes is not None and not np.array_equal(np.unique(classes), all_classes):
-                raise ValueError(
-                    f"classes={np.unique(classes).tolist()} is not the same as on the first call "
-                    f"to partial_fit, classes_={all_classes.tolist()}"
-                )
-        else:
-            if classes is not None:
-                classes = column_or_1d(np.asarray(classes))
-                if classes.dtype.kind == "f" and np.isnan(classes).any():
-                    raise ValueError(f"classes must not contain NaN, got classes={classes.tolist()}")
-                if classes.dtype.kind not in "biufUSO":
-                    raise ValueError(f"classes must be labels (numbers or strings), got dtype={classes.dtype}")
-            try:
-                all_classes = np.unique(y if classes is None else classes)
-            except TypeError:
-                raise ValueError(
-                    f"classes must be labels of one sortable type, got classes={classes.tolist()}"
-                ) from None
-            self._check_classes(all_classes, "y" if classes is None else "classes")
+        all_classes = fit_classes(y, classes, self.classes_ if resume else None)
         if sample_weight is not None and not incremental:
-            self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
-        y_idx = self._encode(y, all_classes)
+            check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
+        y_idx = encode_labels(y, all_classes)
         xp, backend = for_device(self.device)
         xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
 
