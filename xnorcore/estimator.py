@@ -9,13 +9,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    check_random_state,
-    column_or_1d,
-    validate_data,
-)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, check_random_state, column_or_1d
+from sklearn.utils.validation import validate_data
 
 from . import _summary
 from ._array import reject_masked
@@ -26,14 +21,8 @@ from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_con
 from .nn._input import input_exponent, input_stats, model_input
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
-from .nn._trainer import (
-    LR_SCHEDULES,
-    TrainingHistory,
-    build_network,
-    check_continuable,
-    resume_training,
-    train_standardized,
-)
+from .nn._trainer import LR_SCHEDULES, TrainingHistory, build_network, check_continuable, resume_training
+from .nn._trainer import train_standardized
 
 __all__ = ["BNNClassifier"]
 
@@ -276,7 +265,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
 
-    # ------------------------------------------------------------ set-up
+    # ------------------------------------------------------------ training
     def _hidden_layer_sizes(self):
         sizes = self.hidden_layer_sizes
         sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
@@ -287,14 +276,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             )
         return tuple(int(h) for h in sizes)
 
-    def _validate_Xy(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=(np.float32, np.float64),
-                             y_numeric=False, multi_output=False)
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        return X, y
-
-    # ------------------------------------------------------------ training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
 
@@ -327,7 +308,10 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     binarize_first=bool(self.binarize_first) and binary,
                     binarize_last=bool(self.binarize_last) and binary,
                 )
-            X, y = self._validate_Xy(X, y, reset=not resume)
+            X, y = validate_data(self, X, y, reset=not resume, dtype=(np.float32, np.float64),
+                                 y_numeric=False, multi_output=False)
+            y = column_or_1d(y, warn=True)
+            check_classification_targets(y)
             if sample_weight is not None:
                 sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
             image_shape, conv_layers = conv_config(self.image_shape, self.conv_layers, X.shape[1], x_image_shape)
