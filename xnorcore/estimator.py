@@ -352,22 +352,22 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 rng=rng, tol=self.tol, n_iter_no_change=None if incremental else self.n_iter_no_change,
                 verbose=self.verbose,
             )
+            if history.improving and not incremental:
+                # As MLPClassifier: the last epoch still improved by more than tol.
+                what = "validation score" if early_stopping else "training loss"
+                warnings.warn(
+                    f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
+                    f"was still improving by more than tol={self.tol}; a larger max_iter may "
+                    "give a better model",
+                    ConvergenceWarning,
+                    stacklevel=4,  # the caller of fit, past _fit, fit and _fit_context
+                )
         except BaseException:
             if checkpoint is not None:
                 saved["network_"], saved["optimizer_"] = checkpoint.restore()
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
-        if history.improving and not incremental:
-            # As MLPClassifier: the last epoch still improved by more than tol.
-            what = "validation score" if early_stopping else "training loss"
-            warnings.warn(
-                f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
-                f"was still improving by more than tol={self.tol}; a larger max_iter may "
-                "give a better model",
-                ConvergenceWarning,
-                stacklevel=4,  # the caller of fit, past _fit, fit and _fit_context
-            )
 
         # Everything succeeded: only now does the estimator change.
         if not resume:
