@@ -1,4 +1,4 @@
-"""Shared test helpers: a plain numpy reference for the binary product."""
+"""Shared test helpers: a plain numpy reference for the binary product, and finite differences for gradients."""
 
 import numpy as np
 import pytest
@@ -34,6 +34,39 @@ def random_matrix(rng, shape, dtype=np.float32, special=0.0):
         mask = rng.random(shape) < special
         x[mask] = edge[rng.integers(0, 4, size=int(mask.sum()))]
     return x
+
+
+def numeric_grad(f, x, eps=1e-3):
+    """Central differences of the scalar f() with respect to x (float64), changed in place and put back."""
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def assert_batch_norm_gradients(bn, z, up):
+    """The input, gamma and beta gradients of a training step of ``bn`` against central differences of
+    ``sum(bn.forward(z) * up)`` (the running statistics left as they were)."""
+
+    def f():
+        saved = bn.running_mean.copy(), bn.running_var.copy()
+        out = float((bn.forward(z, training=True) * up).sum())
+        bn.running_mean, bn.running_var = saved
+        return out
+
+    bn.forward(z, training=True)
+    dz = bn.backward(up)
+    np.testing.assert_allclose(dz, numeric_grad(f, z, eps=1e-5), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(bn.gamma_grad, numeric_grad(f, bn.gamma, eps=1e-5), rtol=1e-4)
+    np.testing.assert_allclose(bn.beta_grad, numeric_grad(f, bn.beta, eps=1e-5), rtol=1e-4)
 
 
 @pytest.fixture

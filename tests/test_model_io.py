@@ -360,6 +360,15 @@ def _npy(a):
     return buf.getvalue()
 
 
+def _replace_array(src, dst, key, array, *also):
+    """Copy the model file ``src`` to ``dst`` with the array ``key`` replaced by ``array``, recorded
+    consistently: the metadata gives it (and the arrays ``also``) the new shape."""
+    def forge(m):
+        for name in (key, *also):
+            m["arrays"][name]["shape"] = list(array.shape)
+    return _rewrite(src, dst, meta=forge, members={f"arrays/{key}.npy": _npy(array)})
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -481,11 +490,8 @@ def test_mismatched_layer_chain(saved, tmp_path):
 
 def test_mismatched_layer_chain_with_consistent_arrays(saved, tmp_path):
     # hidden (48, 65): dense2 replaced by a (48, 64) array, everything recorded consistently
-    def forge(m):
-        m["arrays"]["network/dense2/weight"]["shape"] = [48, 64]
-        m["arrays"]["adam/m/dense2/weight"]["shape"] = [48, 64]
-    path = _rewrite(saved, tmp_path / "f.xnor", meta=forge,
-                    members={"arrays/network/dense2/weight.npy": _npy(np.zeros((48, 64), np.float32))})
+    path = _replace_array(saved, tmp_path / "f.xnor", "network/dense2/weight", np.zeros((48, 64), np.float32),
+                          "adam/m/dense2/weight")
     with pytest.raises(ModelFileError, match=r"network/dense2/weight.*architecture needs.*\[48, 65\]"):
         load_model(path)
 
@@ -647,11 +653,7 @@ def test_padding_bits_of_packed_weights(model, tmp_path):
 def test_packed_words_of_wrong_count(model, tmp_path):
     path = tmp_path / "m.xnor"
     save_model(model, path, training_state=False)
-
-    def forge(m):
-        m["arrays"]["network/dense2/weight_bits"]["shape"] = [65, 2]
-    forged = _rewrite(path, tmp_path / "f.xnor", meta=forge,
-                      members={"arrays/network/dense2/weight_bits.npy": _npy(np.zeros((65, 2), np.uint64))})
+    forged = _replace_array(path, tmp_path / "f.xnor", "network/dense2/weight_bits", np.zeros((65, 2), np.uint64))
     with pytest.raises(ModelFileError, match=r"weight_bits' is recorded as .*shape \[65, 1\]"):
         load_model(forged)
 

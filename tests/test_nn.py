@@ -20,21 +20,7 @@ from xnorcore.nn import (
 )
 from xnorcore.nn import PackedModel
 
-
-def _numeric_grad(f, x, eps=1e-3):
-    """Central differences of the scalar f() with respect to x (float64)."""
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
+from conftest import assert_batch_norm_gradients, numeric_grad
 
 
 def test_binarize_zero_is_plus_one():
@@ -61,7 +47,7 @@ def test_softmax_cross_entropy_value_and_gradient():
     loss, grad = softmax_cross_entropy(logits, y)
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert float(loss) == pytest.approx(-np.log(p[np.arange(5), y]).mean())
-    num = _numeric_grad(lambda: float(softmax_cross_entropy(logits, y)[0]), logits, eps=1e-6)
+    num = numeric_grad(lambda: float(softmax_cross_entropy(logits, y)[0]), logits, eps=1e-6)
     np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(softmax(logits), p)
     # Stable for huge logits.
@@ -82,9 +68,9 @@ def test_dense_real_gradients_match_finite_differences():
 
     d.forward(x, training=True)
     dx = d.backward(up)
-    np.testing.assert_allclose(d.weight_grad, _numeric_grad(f, d.weight), rtol=1e-6)
-    np.testing.assert_allclose(d.bias_grad, _numeric_grad(f, d.bias), rtol=1e-6)
-    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6)
+    np.testing.assert_allclose(d.weight_grad, numeric_grad(f, d.weight), rtol=1e-6)
+    np.testing.assert_allclose(d.bias_grad, numeric_grad(f, d.bias), rtol=1e-6)
+    np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-6)
 
 
 def test_dense_binary_weights_use_sign_and_straight_through_gradient():
@@ -108,18 +94,7 @@ def test_batch_norm_gradients_match_finite_differences():
     bn.gamma = rng.randn(4)
     bn.beta = rng.randn(4)
     up = rng.randn(8, 4)
-
-    def f():
-        saved = bn.running_mean.copy(), bn.running_var.copy()
-        out = float((bn.forward(z, training=True) * up).sum())
-        bn.running_mean, bn.running_var = saved
-        return out
-
-    bn.forward(z, training=True)
-    dz = bn.backward(up)
-    np.testing.assert_allclose(dz, _numeric_grad(f, z, eps=1e-5), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(bn.gamma_grad, _numeric_grad(f, bn.gamma, eps=1e-5), rtol=1e-4)
-    np.testing.assert_allclose(bn.beta_grad, _numeric_grad(f, bn.beta, eps=1e-5), rtol=1e-4)
+    assert_batch_norm_gradients(bn, z, up)
 
 
 def test_batch_norm_running_statistics():

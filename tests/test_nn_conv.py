@@ -15,7 +15,7 @@ from xnorcore.nn._conv import (
     im2col,
 )
 
-from conftest import sign_ref
+from conftest import assert_batch_norm_gradients, numeric_grad, sign_ref
 
 
 def conv_ref(x, w, stride=1, pads=((0, 0), (0, 0)), dilation=1):
@@ -42,21 +42,6 @@ def pool_ref(x, size=2):
         for q in range(ow):
             out[:, r, q] = x[:, r * size:(r + 1) * size, q * size:(q + 1) * size].max(axis=(1, 2))
     return out
-
-
-def _numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def _real_conv(w, **kw):
@@ -155,10 +140,10 @@ def test_conv_gradients_match_finite_differences(padding, stride, dilation, kern
 
     conv.forward(x, training=True)
     dx = conv.backward(up)
-    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(conv.weight_grad, _numeric_grad(f, conv.weight), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dx, numeric_grad(f, x, eps=1e-6), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(conv.weight_grad, numeric_grad(f, conv.weight, eps=1e-6), rtol=1e-6, atol=1e-8)
     if bias:
-        np.testing.assert_allclose(conv.bias_grad, _numeric_grad(f, conv.bias), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(conv.bias_grad, numeric_grad(f, conv.bias, eps=1e-6), rtol=1e-6, atol=1e-8)
 
 
 def test_binary_conv_uses_sign_of_weights_and_straight_through_gradient():
@@ -214,7 +199,7 @@ def test_max_pool_forward_and_gradient(shape, size):
     def f():
         return float((pool.forward(x, training=False) * up).sum())
 
-    np.testing.assert_allclose(dx, _numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dx, numeric_grad(f, x, eps=1e-6), rtol=1e-6, atol=1e-8)
 
 
 def test_max_pool_gradient_of_ties_goes_to_the_first_largest_input():
@@ -239,18 +224,7 @@ def test_channel_batch_norm_gradients_match_finite_differences():
     bn.gamma = rng.randn(3)
     bn.beta = rng.randn(3)
     up = rng.randn(*z.shape)
-
-    def f():
-        saved = bn.running_mean.copy(), bn.running_var.copy()
-        out = float((bn.forward(z, training=True) * up).sum())
-        bn.running_mean, bn.running_var = saved
-        return out
-
-    bn.forward(z, training=True)
-    dz = bn.backward(up)
-    np.testing.assert_allclose(dz, _numeric_grad(f, z, eps=1e-5), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(bn.gamma_grad, _numeric_grad(f, bn.gamma, eps=1e-5), rtol=1e-4)
-    np.testing.assert_allclose(bn.beta_grad, _numeric_grad(f, bn.beta, eps=1e-5), rtol=1e-4)
+    assert_batch_norm_gradients(bn, z, up)
 
 
 def test_channel_batch_norm_normalizes_each_channel_over_samples_and_positions():

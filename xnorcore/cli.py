@@ -326,10 +326,12 @@ def _restore(path, n_features):
 
 def _conv_layers(clf, n_features):
     """The normalized conv layers that ``clf`` has (or will have once fitted on ``n_features``)."""
+    from .nn._convnet import conv_config
+
     network = getattr(clf, "network_", None)
     if network is not None:
         return getattr(network, "conv_layers", ())
-    return clf._conv_setup(n_features, None)[1]
+    return conv_config(clf.image_shape, clf.conv_layers, n_features)[1]
 
 
 def _batches(n_samples, batch_size, rng):

@@ -9,34 +9,22 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    check_random_state,
-    column_or_1d,
-    validate_data,
-)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, check_random_state, column_or_1d
+from sklearn.utils.validation import validate_data
 
 from . import _summary
 from ._array import reject_masked
-from ._backends import cpu, gpu
-from .nn import Adam, Network
-from .nn._convnet import (
-    ConvNetwork,
-    PackedConvModel,
-    check_image_shape,
-    normalize_conv_layers,
-    recommended_conv_layers,
-)
+from ._backends import for_device
+from ._labels import check_classes, encode_labels, fit_classes
+from .nn import Adam
+from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_config, image_rows
 from .nn._input import input_exponent, input_stats, model_input
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
-from .nn._trainer import LR_SCHEDULES, TrainingHistory, train, validation_split
+from .nn._trainer import LR_SCHEDULES, TrainingHistory, build_network, check_continuable, resume_training
+from .nn._trainer import train_standardized
 
 __all__ = ["BNNClassifier"]
-
-_F32 = np.float32
-
 
 
 class BNNClassifier(ClassifierMixin, BaseEstimator):
@@ -277,7 +265,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
 
-    # ------------------------------------------------------------ set-up
+    # ------------------------------------------------------------ training
     def _hidden_layer_sizes(self):
         sizes = self.hidden_layer_sizes
         sizes = (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
@@ -288,259 +276,98 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             )
         return tuple(int(h) for h in sizes)
 
-    def _conv_setup(self, n_features, x_image_shape):
-        """``(image_shape, conv_layers)`` of the network to build: ``(None, ())`` without conv layers.
-
-        ``x_image_shape`` is the image shape of 4-D X (None for rows).
-        """
-        if isinstance(self.conv_layers, str):  # "auto" (the constraints allow no other string)
-            conv = "auto"
-        else:
-            conv = normalize_conv_layers(self.conv_layers, "conv_layers")
-        shape = None if self.image_shape is None else check_image_shape(self.image_shape, "image_shape")
-        if shape is not None and x_image_shape is not None and shape != x_image_shape:
-            raise ValueError(f"X holds images of shape {x_image_shape}, but image_shape={self.image_shape!r}")
-        if shape is None:
-            shape = x_image_shape
-        if shape is not None and int(np.prod(shape)) != n_features:
-            raise ValueError(
-                f"image_shape={self.image_shape!r} holds {int(np.prod(shape))} values, but X has "
-                f"n_features={n_features}"
-            )
-        if conv == ():
-            return None, ()
-        if shape is None:
-            shape = (1, n_features, 1)
-        if conv == "auto":
-            conv = normalize_conv_layers(recommended_conv_layers(shape))
-        return shape, conv
-
-    def _rows(self, X):
-        """``(rows, image shape)``: 4-D X flattened to rows of pixels (image shape None for other X)."""
-        if getattr(X, "ndim", None) == 4:
-            X = np.asarray(X)
-            return X.reshape(X.shape[0], -1), tuple(int(s) for s in X.shape[1:])
-        return X, None
-
-    def _backend(self):
-        """(array module, backend module) to train on."""
-        if self.device == "cpu":
-            return np, cpu
-        try:
-            return gpu.require("device='gpu'"), gpu
-        except RuntimeError:
-            if self.device == "gpu":
-                raise
-            return np, cpu
-
-    def _validate_Xy(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=(np.float32, np.float64),
-                             y_numeric=False, multi_output=False)
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        return X, y
-
-    @staticmethod
-    def _check_classes(classes, name):
-        if len(classes) < 2:
-            raise ValueError(
-                f"BNNClassifier needs at least 2 classes in {name}, got 1 class: {np.asarray(classes).tolist()[0]!r}"
-                if len(classes) == 1
-                else f"BNNClassifier needs at least 2 classes in {name}, got none"
-            )
-
-    @staticmethod
-    def _encode(y, classes):
-        unknown = ~np.isin(y, classes)
-        if unknown.any():
-            raise ValueError(
-                f"y contains labels not in classes_: {np.unique(y[unknown])[:10].tolist()}; "
-                f"classes_={classes.tolist()}"
-            )
-        return np.searchsorted(classes, y).astype(np.int64)
-
-    # ------------------------------------------------------------ training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
 
         ``fit`` trains ``max_iter`` epochs with the schedule (continuing the
         fitted network with ``warm_start``); ``partial_fit`` one epoch at
         ``learning_rate_init``, always continuing.  A call that fails (bad
-        data, a NaN loss, Ctrl-C) leaves the estimator exactly as it was.
+        data, a NaN loss, Ctrl-C) leaves the estimator exactly as it was:
+        ``fit`` trains a copy, and ``partial_fit``, which trains the fitted
+        network in place, puts back a checkpoint of it.
         """
         saved = dict(self.__dict__)
-        rollback = {}
+        checkpoint = None
         try:
-            return self._fit_once(X, y, incremental, classes, sample_weight, rollback)
+            for name, value in (("X", X), ("y", y), ("classes", classes)):
+                reject_masked(value, name)
+            fitted = hasattr(self, "network_")
+            if incremental and not fitted and classes is None:
+                raise ValueError(
+                    "classes must be passed on the first call to partial_fit "
+                    "(all the labels that will ever appear in y)"
+                )
+            sizes = self._hidden_layer_sizes()
+            X, x_image_shape = image_rows(X)
+            resume = fitted and (incremental or self.warm_start)
+            if resume:
+                binary = bool(self.binary)
+                check_continuable(
+                    self.network_, self.optimizer_, "partial_fit" if incremental else "warm_start=True",
+                    hidden_layer_sizes=sizes, binary=binary, batch_norm=bool(self.batch_norm),
+                    binarize_first=bool(self.binarize_first) and binary,
+                    binarize_last=bool(self.binarize_last) and binary,
+                )
+            X, y = validate_data(self, X, y, reset=not resume, dtype=(np.float32, np.float64),
+                                 y_numeric=False, multi_output=False)
+            y = column_or_1d(y, warn=True)
+            check_classification_targets(y)
+            if sample_weight is not None:
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+            image_shape, conv_layers = conv_config(self.image_shape, self.conv_layers, X.shape[1], x_image_shape)
+            if resume and not incremental:
+                check_same_conv(self.network_, image_shape, conv_layers)
+            all_classes = fit_classes(y, classes, self.classes_ if resume else None)
+            if sample_weight is not None and not incremental:
+                check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
+            y_idx = encode_labels(y, all_classes)
+            xp, backend = for_device(self.device)
+            xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
+
+            exponent = getattr(self, "input_exponent_", 0) if resume else input_exponent(X)
+            X = model_input(X, exponent)
+            if resume:
+                rng = self._random_state if incremental else check_random_state(self.random_state)
+                mean, scale = self.input_mean_, self.input_scale_
+                net, opt, checkpoint = resume_training(self.network_, self.optimizer_, xp, rng=rng,
+                                                       dropout=self.dropout, in_place=incremental)
+                history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
+            else:
+                rng = check_random_state(self.random_state)
+                mean, scale = input_stats(X, sample_weight)
+                net = build_network(
+                    X.shape[1], len(all_classes), sizes, image_shape, conv_layers, binary=self.binary,
+                    batch_norm=self.batch_norm, dropout=self.dropout, binarize_first=self.binarize_first,
+                    binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
+                )
+                opt, history = Adam(), TrainingHistory()
+            net.set_xnor(xnor)
+            early_stopping = self.early_stopping and not incremental
+            net = train_standardized(
+                net, opt, X, y_idx, history, mean=mean, scale=scale, sample_weight=sample_weight,
+                validation_fraction=self.validation_fraction if early_stopping else None,
+                epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
+                learning_rate_init=self.learning_rate_init,
+                lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
+                rng=rng, tol=self.tol, n_iter_no_change=None if incremental else self.n_iter_no_change,
+                verbose=self.verbose,
+            )
+            if history.improving and not incremental:
+                # As MLPClassifier: the last epoch still improved by more than tol.
+                what = "validation score" if early_stopping else "training loss"
+                warnings.warn(
+                    f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
+                    f"was still improving by more than tol={self.tol}; a larger max_iter may "
+                    "give a better model",
+                    ConvergenceWarning,
+                    stacklevel=4,  # the caller of fit, past _fit, fit and _fit_context
+                )
         except BaseException:
-            if "network" in rollback:
-                # partial_fit trained the fitted network in place: put back its
-                # state from before the first step (the gradients of the last
-                # step, which only histograms show, are not kept).
-                xp, (net, opt), rng_state = rollback["xp"], rollback["network"], rollback["rng"]
-                saved["network_"], saved["optimizer_"] = net.to(xp), opt.to(xp)
-                saved["_random_state"].set_state(rng_state)
+            if checkpoint is not None:
+                saved["network_"], saved["optimizer_"] = checkpoint.restore()
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
-
-    def _check_same_network(self, sizes, incremental):
-        """A continued network keeps its architecture: refuse changed parameters that define it."""
-        net = self.network_
-        binary = bool(self.binary)
-        wanted = {
-            "hidden_layer_sizes": (sizes, net.hidden_layer_sizes),
-            "binary": (binary, net.binary),
-            "batch_norm": (bool(self.batch_norm), net.batch_norm),
-            "binarize_first": (bool(self.binarize_first) and binary, net.binarize_first),
-            "binarize_last": (bool(self.binarize_last) and binary, net.binarize_last),
-        }
-        changed = [f"{name}={new!r} but the network has {name}={old!r}"
-                   for name, (new, old) in wanted.items() if new != old]
-        if changed:
-            what = "partial_fit" if incremental else "warm_start=True"
-            raise ValueError(
-                f"{what} continues the fitted network, whose architecture cannot change: "
-                f"{'; '.join(changed)}; set the parameters back, or fit a new network "
-                f"(warm_start=False)"
-            )
-
-    def _fit_once(self, X, y, incremental, classes, sample_weight, rollback):
-        reject_masked(X, "X")
-        reject_masked(y, "y")
-        reject_masked(classes, "classes")
-        fitted = hasattr(self, "network_")
-        if incremental and not fitted and classes is None:
-            raise ValueError(
-                "classes must be passed on the first call to partial_fit "
-                "(all the labels that will ever appear in y)"
-            )
-        sizes = self._hidden_layer_sizes()
-        X, x_image_shape = self._rows(X)
-        resume = fitted and (incremental or self.warm_start)
-        if resume:
-            if self.optimizer_ is None:
-                raise ValueError(
-                    f"{'partial_fit' if incremental else 'warm_start=True'} cannot continue a model "
-                    "whose training state was dropped"
-                )
-            self._check_same_network(sizes, incremental)
-        X, y = self._validate_Xy(X, y, reset=not resume)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        image_shape, conv_layers = self._conv_setup(X.shape[1], x_image_shape)
-        if resume and not incremental:
-            fitted_conv = getattr(self.network_, "conv_layers", ())
-            fitted_shape = getattr(self.network_, "image_shape", None)
-            if (image_shape, conv_layers) != (fitted_shape if fitted_conv else None, fitted_conv):
-                raise ValueError(
-                    "warm_start=True needs the same image_shape and conv_layers as the fitted network, got "
-                    f"{image_shape} and {conv_layers}, fitted {fitted_shape} and {fitted_conv}"
-                )
-        if resume:
-            all_classes = self.classes_
-            if classes is not None and not np.array_equal(np.unique(classes), all_classes):
-                raise ValueError(
-                    f"classes={np.unique(classes).tolist()} is not the same as on the first call "
-                    f"to partial_fit, classes_={all_classes.tolist()}"
-                )
-        else:
-            if classes is not None:
-                classes = column_or_1d(np.asarray(classes))
-                if classes.dtype.kind == "f" and np.isnan(classes).any():
-                    raise ValueError(f"classes must not contain NaN, got classes={classes.tolist()}")
-                if classes.dtype.kind not in "biufUSO":
-                    raise ValueError(f"classes must be labels (numbers or strings), got dtype={classes.dtype}")
-            try:
-                all_classes = np.unique(y if classes is None else classes)
-            except TypeError:
-                raise ValueError(
-                    f"classes must be labels of one sortable type, got classes={classes.tolist()}"
-                ) from None
-            self._check_classes(all_classes, "y" if classes is None else "classes")
-        if sample_weight is not None and not incremental:
-            self._check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
-        y_idx = self._encode(y, all_classes)
-        xp, backend = self._backend()
-        xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
-
-        if resume:
-            exponent = getattr(self, "input_exponent_", 0)
-            X = model_input(X, exponent)
-            # fit keeps the fitted model intact until it succeeds; partial_fit,
-            # called once per batch, continues in place (and _fit puts it back
-            # on failure).
-            rng = self._random_state if incremental else check_random_state(self.random_state)
-            mean, scale = self.input_mean_, self.input_scale_
-            net, opt = self.network_, self.optimizer_
-            if incremental:
-                # partial_fit runs once per batch and trains the fitted network
-                # in place; a copy of its state (on the host) is what a failure
-                # puts back.
-                rollback.update(xp=net.xp, network=copy.deepcopy((net, opt)), rng=rng.get_state())
-            else:
-                net, opt = copy.deepcopy(net), copy.deepcopy(opt)
-            net, opt = net.to(xp), opt.to(xp)
-            # Dropout is how training runs, not part of the network: a
-            # continued network trains with the current value.
-            for block in net.blocks[1:]:
-                block.dense.dropout = float(self.dropout)
-            history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
-        else:
-            exponent = input_exponent(X)
-            X = model_input(X, exponent)
-            rng = check_random_state(self.random_state)
-            mean, scale = input_stats(X, sample_weight)
-            if conv_layers:
-                net = ConvNetwork(
-                    image_shape, conv_layers, len(all_classes), sizes, binary=self.binary,
-                    batch_norm=self.batch_norm, dropout=self.dropout, binarize_last=self.binarize_last,
-                    xnor=xnor, random_state=rng, xp=xp,
-                )
-            else:
-                net = Network(
-                    X.shape[1], len(all_classes), sizes, binary=self.binary, batch_norm=self.batch_norm,
-                    dropout=self.dropout, binarize_first=self.binarize_first,
-                    binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
-                )
-            opt = Adam()
-            history = TrainingHistory()
-        net.set_xnor(xnor)
-        has_batch_norm = net.batch_norm or net.binarize_last
-
-        early_stopping = self.early_stopping and not incremental
-        X_fit, y_fit, w_fit, validation = X, y_idx, sample_weight, None
-        if early_stopping:
-            X_fit, X_val, y_fit, y_val, w_fit, w_val = validation_split(
-                X, y_idx, self.validation_fraction, rng, sample_weight)
-            validation = (xp.asarray((X_val - mean) / scale), y_val, w_val)
-            history.validation_scores = []
-        if has_batch_norm and min(self.batch_size, len(X_fit)) < 2:
-            raise ValueError(
-                "batch norm needs at least 2 samples per batch, got "
-                + (f"batch_size={self.batch_size}" if self.batch_size < 2 else f"{len(X_fit)} training sample")
-                + "; use batch_size >= 2, or batch_norm=False"
-                + ("" if self.batch_size < 2 else " (or pass more samples)")
-            )
-        net = train(
-            net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history,
-            epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
-            learning_rate_init=self.learning_rate_init,
-            lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
-            rng=rng, validation=validation, tol=self.tol,
-            n_iter_no_change=None if incremental else self.n_iter_no_change, verbose=self.verbose,
-            sample_weight=w_fit,
-        )
-        if history.improving and not incremental:
-            # As MLPClassifier: the last epoch still improved by more than tol.
-            what = "validation score" if early_stopping else "training loss"
-            warnings.warn(
-                f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
-                f"was still improving by more than tol={self.tol}; a larger max_iter may "
-                "give a better model",
-                ConvergenceWarning,
-                stacklevel=4,  # the caller of fit, past _fit and _fit_context
-            )
 
         # Everything succeeded: only now does the estimator change.
         if not resume:
@@ -638,11 +465,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
         reject_masked(X, "X")
-        X, x_image_shape = self._rows(X)
-        fitted_shape = getattr(self.network_, "image_shape", None)
-        if x_image_shape is not None and fitted_shape is not None and x_image_shape != fitted_shape:
-            raise ValueError(f"X holds images of shape {x_image_shape}, but the model was fitted on "
-                             f"images of shape {fitted_shape}")
+        X, _ = image_rows(X, getattr(self.network_, "image_shape", None))
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
         X = model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:

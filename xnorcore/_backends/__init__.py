@@ -67,10 +67,12 @@ Operations
     The GPU module has no conv kernels yet and raises NotImplementedError.
 """
 
+import numpy as np
+
 from .._array import is_cupy
 from . import cpu, gpu
 
-__all__ = ["backend_for", "get_backend", "cpu", "gpu"]
+__all__ = ["backend_for", "for_device", "get_backend", "cpu", "gpu"]
 
 _BY_NAME = {"cpu": cpu, "gpu": gpu}
 
@@ -83,6 +85,18 @@ def get_backend(name):
         raise ValueError(f"backend must be one of {tuple(_BY_NAME)}, got backend={name!r}") from None
     module.require()
     return module
+
+
+def for_device(device, what="device='gpu'"):
+    """``(array module, backend)`` for ``device``: "cpu", "gpu" (else RuntimeError), or "auto" (the GPU where usable)."""
+    if device == "cpu":
+        return np, cpu
+    try:
+        return gpu.require(what), gpu
+    except RuntimeError:
+        if device == "gpu":
+            raise
+        return np, cpu
 
 
 def backend_for(*arrays):

@@ -26,8 +26,8 @@ import numbers
 
 import numpy as np
 
-from ..ops import get_array_module, unpack_bits
-from ._layers import BatchNorm, binarize
+from ..ops import get_array_module
+from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer
 
 _F32 = np.float32
 
@@ -147,7 +147,7 @@ def glorot_conv_weight(rng, kernel_hw, in_channels, out_channels):
     return rng.uniform(-limit, limit, (kh, kw, in_channels, out_channels)).astype(_F32)
 
 
-class Conv2D:
+class Conv2D(WeightLayer):
     """2-D convolution of NHWC activations by HWIO weights (cross-correlation).
 
     Parameters
@@ -175,29 +175,14 @@ class Conv2D:
 
     def __init__(self, name, weight, *, binary_weights, binary_input, bias=False, stride=1,
                  padding="same", dilation=1, need_input_grad=True):
-        xp = get_array_module(weight)
         if weight.ndim != 4:
             raise ValueError(f"weight must have shape (KH, KW, C, O), got weight.shape={weight.shape}")
-        self.name = name
-        self.weight = weight
-        self.bias = xp.zeros(weight.shape[3], dtype=_F32) if bias else None
-        self.binary_weights = bool(binary_weights)
-        self.binary_input = bool(binary_input)
+        # weight_packed holds sign(W) packed along C.
+        super().__init__(name, weight, binary_weights=bool(binary_weights), binary_input=bool(binary_input),
+                         bias=bias, need_input_grad=need_input_grad)
         self.stride = int(stride)
         self.dilation = int(dilation)
         self.padding = padding
-        self.need_input_grad = need_input_grad
-        self.weight_grad = None
-        self.bias_grad = None
-        # Bit-packed sign(W) (along C) of a binary layer, set for inference;
-        # once the latent weights are dropped it is the only copy of them.
-        self.weight_packed = None
-        self._cache = None
-
-    @property
-    def shape(self):
-        """HWIO shape of the weights."""
-        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
 
     @property
     def kernel_size(self):
@@ -215,18 +200,6 @@ class Conv2D:
         return (conv_output_size(h, kh, self.stride, self.dilation, pt + pb),
                 conv_output_size(w, kw, self.stride, self.dilation, pl + pr),
                 self.shape[3])
-
-    def effective_weight(self):
-        """The weights the forward pass uses (``sign(W)`` if binary)."""
-        if self.weight is None:
-            return unpack_bits(self.weight_packed, dtype=_F32)
-        return binarize(self.weight) if self.binary_weights else self.weight
-
-    def params(self):
-        out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
-        if self.bias is not None:
-            out.append((f"{self.name}/bias", self.bias, self.bias_grad, False))
-        return out
 
     def forward(self, x, training, rng=None):
         n = x.shape[0]
@@ -370,20 +343,13 @@ class MaxPool2D:
         return dx
 
 
-class Flatten:
+class Flatten(ParameterFreeLayer):
     """NHWC activations to rows of ``H * W * C`` features (channels fastest)."""
-
-    def __init__(self, name):
-        self.name = name
-        self._shape = None
-
-    def params(self):
-        return []
 
     def forward(self, x, training, rng=None):
         if training:
-            self._shape = x.shape
+            self._x = x.shape  # (the backward pass needs only the input's shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self._shape)
+        return dy.reshape(self._x)

@@ -29,16 +29,17 @@ import types
 
 import numpy as np
 
-from .._array import get_array_module, is_cupy, to_numpy
+from .._array import get_array_module, is_cupy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
 from ._inference import PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header
 from ._layers import ReLU, Sign
-from ._network import Network, move_blocks
+from ._network import Block, BlockStack, Network, clear_caches
 
-__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "flatten_packed",
-           "normalize_conv_layers", "pool_packed", "real_block_sums", "recommended_conv_layers"]
+__all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "check_same_conv",
+           "conv_config", "flatten_packed", "image_rows", "normalize_conv_layers", "pool_packed", "real_block_sums",
+           "recommended_conv_layers"]
 
 _F32 = np.float32
 
@@ -104,8 +105,10 @@ def pool_packed(h, size=2):
     return PackedBits(words, (n, oh, ow, c), 3)
 
 
-class ConvBlock:
+class ConvBlock(Block):
     """One convolution, its optional max-pool, batch norm and activation, in that order."""
+
+    LAYERS = ("conv", "pool", "bn", "act")
 
     def __init__(self, conv, bn, act, pool=None):
         self.conv = conv
@@ -117,15 +120,8 @@ class ConvBlock:
         self.threshold = None
         self.direction = None
 
-    @property
-    def name(self):
-        return self.conv.name
 
-    def layers(self):
-        return [layer for layer in (self.conv, self.pool, self.bn, self.act) if layer is not None]
-
-
-class ConvFeatures:
+class ConvFeatures(BlockStack):
     """Conv blocks and max-pools from NHWC images to flat features for the dense layers.
 
     Parameters
@@ -200,13 +196,6 @@ class ConvFeatures:
             out.extend(item.layers() if isinstance(item, ConvBlock) else [item])
         return out + [self.flatten]
 
-    def params(self):
-        return [p for layer in self.layers() for p in layer.params()]
-
-    @property
-    def has_training_state(self):
-        return all(b.conv.weight is not None for b in self.blocks)
-
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):
         """Flat features ``(n_samples, n_features)`` of NHWC ``x`` through the float path."""
@@ -224,13 +213,6 @@ class ConvFeatures:
             else:
                 h = item.forward(h, training, rng)
         return self.flatten.forward(h, training, rng)
-
-    def backward(self, grad):
-        for layer in reversed(self.layers()):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
-        return grad
 
     # -------------------------------------------------------------- inference
     def pack(self):
@@ -325,30 +307,10 @@ class ConvFeatures:
             conv.weight_grad = conv.bias_grad = None
             block.activation = None
             for layer in block.layers():
-                _clear_caches(layer)
+                clear_caches(layer)
         return self
 
     # -------------------------------------------------------------- reporting
-    def histograms(self):
-        """``conv{i}/weight``, ``/weight_binary``, ``/activation``, ``/weight_grad`` and batch norm arrays."""
-        out = {}
-        for block in self.blocks:
-            conv, name = block.conv, block.name
-            if conv.weight is not None:
-                out[f"{name}/weight"] = to_numpy(conv.weight).copy()
-            if conv.binary_weights:
-                out[f"{name}/weight_binary"] = to_numpy(conv.effective_weight())
-            if block.activation is not None:
-                act = block.activation
-                if isinstance(act, PackedBits):
-                    act = unpack_bits(act, dtype=_F32)
-                out[f"{name}/activation"] = to_numpy(act).copy()
-            if conv.weight_grad is not None:
-                out[f"{name}/weight_grad"] = to_numpy(conv.weight_grad).copy()
-            out[f"{block.bn.name}/gamma"] = to_numpy(block.bn.gamma).copy()
-            out[f"{block.bn.name}/beta"] = to_numpy(block.bn.beta).copy()
-        return out
-
     def memory_rows(self):
         """Per-block parameter memory, packed vs float32 (the keys of :meth:`Network.memory_rows`).
 
@@ -375,37 +337,17 @@ class ConvFeatures:
             })
         return rows
 
-    def training_state_nbytes(self):
-        return sum(b.conv.weight.nbytes for b in self.blocks
-                   if b.conv.binary_weights and b.conv.weight is not None)
-
     # ------------------------------------------------------------ persistence
-    def to(self, xp):
-        """Move every array to ``xp`` (numpy or cupy), in place."""
-        move_blocks(self.blocks, xp)
-        return self
-
     def __getstate__(self):
         state = dict(self.__dict__)
         items = []
         for item in self.items:
             if isinstance(item, ConvBlock):
-                b = copy.copy(item)
-                b.conv, b.bn, b.act = copy.copy(item.conv), copy.copy(item.bn), copy.copy(item.act)
-                b.pool = copy.copy(item.pool) if item.pool is not None else None
-                b.activation = None
-                b.conv.weight_grad = b.conv.bias_grad = None
-                b.bn.gamma_grad = b.bn.beta_grad = None
-                for layer in b.layers():
-                    _clear_caches(layer)
-                for obj in (b, *b.layers()):
-                    for key, value in list(vars(obj).items()):
-                        setattr(obj, key, to_numpy(value))
-                items.append(b)
+                items.append(item.host_copy())
             else:
-                p = copy.copy(item)
-                _clear_caches(p)
-                items.append(p)
+                item = copy.copy(item)
+                clear_caches(item)
+                items.append(item)
         state["items"] = items
         state["flatten"] = Flatten("flatten")
         return state
@@ -413,12 +355,6 @@ class ConvFeatures:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._packed = False
-
-
-def _clear_caches(layer):
-    for key in ("_cache", "_x", "_shape"):
-        if hasattr(layer, key):
-            setattr(layer, key, None)
 
 
 #: Images per block of the first layer at inference: the products of a block
@@ -770,3 +706,60 @@ def check_image_shape(image_shape, name="image_shape"):
         raise ValueError(f"{name} must be a tuple (height, width, channels) of positive ints, "
                          f"got {name}={image_shape!r}")
     return tuple(int(s) for s in shape)
+
+
+def image_rows(X, fitted_shape=None):
+    """``(rows, image_shape)``: 4-D X flattened to rows of NHWC pixels, and its ``(H, W, C)``.
+
+    Other X comes back as it is, with an image shape of None.  ``fitted_shape``,
+    the image shape of a fitted network, refuses 4-D X of another shape.
+    """
+    if getattr(X, "ndim", None) != 4:
+        return X, None
+    X = np.asarray(X)
+    shape = tuple(int(s) for s in X.shape[1:])
+    if fitted_shape is not None and shape != fitted_shape:
+        raise ValueError(f"X holds images of shape {shape}, but the model was fitted on "
+                         f"images of shape {fitted_shape}")
+    return X.reshape(X.shape[0], -1), shape
+
+
+def conv_config(image_shape, conv_layers, n_features, x_image_shape=None):
+    """``(image_shape, conv_layers)`` of the network to build: ``(None, ())`` without conv layers.
+
+    ``image_shape`` and ``conv_layers`` are the estimator's parameters (see
+    :class:`~xnorcore.BNNClassifier`), ``n_features`` the width of the rows
+    of X and ``x_image_shape`` the image shape of 4-D X (None for rows).
+    """
+    if isinstance(conv_layers, str):  # "auto" (the parameter constraints allow no other string)
+        conv = "auto"
+    else:
+        conv = normalize_conv_layers(conv_layers, "conv_layers")
+    shape = None if image_shape is None else check_image_shape(image_shape, "image_shape")
+    if shape is not None and x_image_shape is not None and shape != x_image_shape:
+        raise ValueError(f"X holds images of shape {x_image_shape}, but image_shape={image_shape!r}")
+    if shape is None:
+        shape = x_image_shape
+    if shape is not None and int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={image_shape!r} holds {int(np.prod(shape))} values, but X has "
+            f"n_features={n_features}"
+        )
+    if conv == ():
+        return None, ()
+    if shape is None:
+        shape = (1, n_features, 1)
+    if conv == "auto":
+        conv = normalize_conv_layers(recommended_conv_layers(shape))
+    return shape, conv
+
+
+def check_same_conv(network, image_shape, conv_layers):
+    """Refuse to continue ``network`` (warm start) with other conv layers or images than it was built for."""
+    fitted_conv = getattr(network, "conv_layers", ())
+    fitted_shape = getattr(network, "image_shape", None)
+    if (image_shape, conv_layers) != (fitted_shape if fitted_conv else None, fitted_conv):
+        raise ValueError(
+            "warm_start=True needs the same image_shape and conv_layers as the fitted network, got "
+            f"{image_shape} and {conv_layers}, fitted {fitted_shape} and {fitted_conv}"
+        )

@@ -35,7 +35,48 @@ def ste_mask(x):
     return (xp.abs(x) <= 1).astype(x.dtype)
 
 
-class Dense:
+class WeightLayer:
+    """What the layers with weights share (:class:`Dense`, :class:`~xnorcore.nn.Conv2D`).
+
+    Latent float32 weights, used as ``sign(W)`` in the forward pass where
+    ``binary_weights``; an optional bias per output (the last weight axis);
+    the gradients of the last step; and ``weight_packed``, the bit-packed
+    ``sign(W)`` that is the only copy of binary weights once the latent ones
+    are dropped.
+    """
+
+    def __init__(self, name, weight, *, binary_weights, binary_input, bias, need_input_grad):
+        xp = get_array_module(weight)
+        self.name = name
+        self.weight = weight
+        self.bias = xp.zeros(weight.shape[-1], dtype=_F32) if bias else None
+        self.binary_weights = binary_weights
+        self.binary_input = binary_input
+        self.need_input_grad = need_input_grad
+        self.weight_grad = None
+        self.bias_grad = None
+        self.weight_packed = None
+        self._cache = None
+
+    @property
+    def shape(self):
+        """Shape of the weights."""
+        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
+
+    def effective_weight(self):
+        """The weights the forward pass multiplies by (``sign(W)`` if binary)."""
+        if self.weight is None:
+            return unpack_bits(self.weight_packed, dtype=_F32)
+        return binarize(self.weight) if self.binary_weights else self.weight
+
+    def params(self):
+        out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
+        if self.bias is not None:
+            out.append((f"{self.name}/bias", self.bias, self.bias_grad, False))
+        return out
+
+
+class Dense(WeightLayer):
     """Fully connected layer ``z = dropout(x) @ W (+ b)``.
 
     Parameters
@@ -66,47 +107,20 @@ class Dense:
 
     def __init__(self, name, weight, *, binary_weights, binary_input, bias, dropout,
                  xnor, need_input_grad=True):
-        xp = get_array_module(weight)
-        self.name = name
-        self.weight = weight
-        self.bias = xp.zeros(weight.shape[1], dtype=_F32) if bias else None
-        self.binary_weights = binary_weights
-        self.binary_input = binary_input
+        super().__init__(name, weight, binary_weights=binary_weights, binary_input=binary_input, bias=bias,
+                         need_input_grad=need_input_grad)
         self.dropout = float(dropout)
         self.xnor = bool(xnor)
-        self.need_input_grad = need_input_grad
-        self.weight_grad = None
-        self.bias_grad = None
-        # Bit-packed sign(W) of a binary layer once the latent weights are
-        # dropped (Network.drop_training_state): then the only copy of them.
-        self.weight_packed = None
-        self._cache = None
 
     @property
     def uses_xnor(self):
         return self.xnor and self.binary_input and self.binary_weights
-
-    @property
-    def shape(self):
-        return tuple(self.weight.shape if self.weight is not None else self.weight_packed.shape)
-
-    def effective_weight(self):
-        """The weights the forward pass multiplies by (``sign(W)`` if binary)."""
-        if self.weight is None:
-            return unpack_bits(self.weight_packed, dtype=_F32)
-        return binarize(self.weight) if self.binary_weights else self.weight
 
     def packed_weight(self, n_threads=None):
         """``sign(W)`` packed along the inputs (binary layers only)."""
         if self.weight is None:
             return self.weight_packed
         return pack_bits(self.weight, axis=0, n_threads=n_threads)
-
-    def params(self):
-        out = [(f"{self.name}/weight", self.weight, self.weight_grad, self.binary_weights)]
-        if self.bias is not None:
-            out.append((f"{self.name}/bias", self.bias, self.bias_grad, False))
-        return out
 
     def forward(self, x, training, rng=None):
         mask = None
@@ -242,8 +256,8 @@ class BatchNorm:
         return (inv_std / n) * (n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
 
 
-class Sign:
-    """Sign activation with the straight-through estimator."""
+class ParameterFreeLayer:
+    """A layer without parameters: ``_x`` keeps what its backward pass needs of the last training input."""
 
     def __init__(self, name):
         self.name = name
@@ -251,6 +265,10 @@ class Sign:
 
     def params(self):
         return []
+
+
+class Sign(ParameterFreeLayer):
+    """Sign activation with the straight-through estimator."""
 
     def forward(self, x, training, rng=None):
         if training:
@@ -261,15 +279,8 @@ class Sign:
         return dy * ste_mask(self._x)
 
 
-class ReLU:
+class ReLU(ParameterFreeLayer):
     """Rectified linear activation (for the real-valued network)."""
-
-    def __init__(self, name):
-        self.name = name
-        self._x = None
-
-    def params(self):
-        return []
 
     def forward(self, x, training, rng=None):
         if training:

@@ -20,24 +20,65 @@ import math
 import numpy as np
 
 from .._array import get_array_module, is_cupy, to_module, to_numpy
-from ..ops import PackedBits
+from ..ops import PackedBits, unpack_bits
 from ._layers import BatchNorm, Dense, ReLU, Sign
 from ._loss import softmax_cross_entropy
 
 _F32 = np.float32
 
 
-def move_blocks(blocks, xp):
-    """Move every array of ``blocks`` and of their layers to ``xp`` (numpy or cupy), in place."""
-    for block in blocks:
-        for obj in (block, *block.layers()):
-            for key, value in vars(obj).items():
-                if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
-                    setattr(obj, key, to_module(value, xp))
+#: What a layer keeps of the last step for its backward pass (not part of the model).
+_CACHES = ("_cache", "_x", "_shape")
+_GRADIENTS = ("weight_grad", "bias_grad", "gamma_grad", "beta_grad")
 
 
-class _Block:
+def clear_caches(layer, names=_CACHES):
+    """Set the attributes ``names`` of ``layer`` that it has to None."""
+    for key in names:
+        if hasattr(layer, key):
+            setattr(layer, key, None)
+
+
+class Block:
+    """A layer with weights and the layers that follow it.
+
+    ``LAYERS`` names the attributes that hold them, in forward order, the
+    layer with the weights first; the ones that are None are left out.
+    """
+
+    LAYERS = ()
+
+    @property
+    def weight_layer(self):
+        return getattr(self, self.LAYERS[0])
+
+    @property
+    def name(self):
+        return self.weight_layer.name
+
+    def layers(self):
+        return [layer for layer in (getattr(self, key) for key in self.LAYERS) if layer is not None]
+
+    def host_copy(self):
+        """A copy to pickle: its layers copied without caches or gradients, arrays as numpy."""
+        b = copy.copy(self)
+        b.activation = None
+        for key in self.LAYERS:
+            layer = getattr(self, key)
+            if layer is not None:
+                layer = copy.copy(layer)
+                clear_caches(layer, _CACHES + _GRADIENTS)
+                setattr(b, key, layer)
+        for obj in (b, *b.layers()):
+            for key, value in list(vars(obj).items()):
+                setattr(obj, key, to_numpy(value))
+        return b
+
+
+class _Block(Block):
     """One dense layer with what follows it (batch norm, activation)."""
+
+    LAYERS = ("dense", "bn", "act")
 
     def __init__(self, dense, bn, act):
         self.dense = dense
@@ -45,15 +86,79 @@ class _Block:
         self.act = act
         self.activation = None  # output of the last forward, for histograms
 
+
+class BlockStack:
+    """What networks of :class:`Block` items share (:class:`Network`, :class:`~xnorcore.nn.ConvFeatures`).
+
+    Subclasses have ``blocks`` and ``layers()``, every layer in forward order.
+    """
+
+    def params(self):
+        return [p for layer in self.layers() for p in layer.params()]
+
     @property
-    def name(self):
-        return self.dense.name
+    def has_training_state(self):
+        return all(b.weight_layer.weight is not None for b in self.blocks)
 
-    def layers(self):
-        return [layer for layer in (self.dense, self.bn, self.act) if layer is not None]
+    def backward(self, grad):
+        """Gradients of every layer; returns that of the input (None where the first layer needs none)."""
+        for layer in reversed(self.layers()):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    def histograms(self):
+        """Per-layer arrays for TensorBoard-style histograms (numpy copies).
+
+        Returns
+        -------
+        hist : dict of str to ndarray
+            ``"{layer}/weight"`` (latent real weights, ``layer`` being
+            ``"dense{i}"`` or ``"conv{i}"``), ``"{layer}/weight_binary"``
+            (binarized weights of binary layers), ``"{layer}/bias"``,
+            ``"{layer}/activation"`` (output of the layer's block in the last
+            forward pass, after batch norm and activation),
+            ``"{layer}/weight_grad"`` (gradient of the last training step),
+            and the batch norms' ``"{bn}/gamma"``, ``"{bn}/beta"``.
+        """
+        out = {}
+        for block in self.blocks:
+            layer, name = block.weight_layer, block.name
+            if layer.weight is not None:
+                out[f"{name}/weight"] = to_numpy(layer.weight).copy()
+            if layer.binary_weights:
+                out[f"{name}/weight_binary"] = to_numpy(layer.effective_weight())
+            if layer.bias is not None:
+                out[f"{name}/bias"] = to_numpy(layer.bias).copy()
+            if block.activation is not None:
+                act = block.activation
+                if isinstance(act, PackedBits):
+                    act = unpack_bits(act, dtype=_F32)
+                out[f"{name}/activation"] = to_numpy(act).copy()
+            if layer.weight_grad is not None:
+                out[f"{name}/weight_grad"] = to_numpy(layer.weight_grad).copy()
+            if block.bn is not None:
+                out[f"{block.bn.name}/gamma"] = to_numpy(block.bn.gamma).copy()
+                out[f"{block.bn.name}/beta"] = to_numpy(block.bn.beta).copy()
+        return out
+
+    def training_state_nbytes(self):
+        """Bytes of latent float32 weights of binary layers (dropped by drop_training_state)."""
+        return sum(b.weight_layer.weight.nbytes for b in self.blocks
+                   if b.weight_layer.binary_weights and b.weight_layer.weight is not None)
+
+    def to(self, xp):
+        """Move every array to ``xp`` (numpy or cupy), in place."""
+        for block in self.blocks:
+            for obj in (block, *block.layers()):
+                for key, value in vars(obj).items():
+                    if isinstance(value, (np.ndarray, PackedBits)) or is_cupy(value):
+                        setattr(obj, key, to_module(value, xp))
+        return self
 
 
-class Network:
+class Network(BlockStack):
     """Multilayer perceptron with optional binary weights and activations.
 
     Parameters
@@ -145,15 +250,8 @@ class Network:
         for block in self.blocks:
             block.dense.xnor = bool(xnor)
 
-    @property
-    def has_training_state(self):
-        return all(b.dense.weight is not None for b in self.blocks)
-
     def layers(self):
         return [layer for block in self.blocks for layer in block.layers()]
-
-    def params(self):
-        return [p for layer in self.layers() for p in layer.params()]
 
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):
@@ -175,14 +273,6 @@ class Network:
                 h = layer.forward(h, training, rng)
             block.activation = h
         return h
-
-    def backward(self, grad):
-        """Gradients of every layer; returns that of the input (None unless ``conv_input``)."""
-        for layer in reversed(self.layers()):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
-        return grad
 
     def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None, sample_weight=None, weight_sum=None):
         """One optimizer step on a minibatch; returns the loss (on the device).
@@ -227,72 +317,12 @@ class Network:
             block.activation = None
         return self
 
-    # -------------------------------------------------------------- reporting
-    def histograms(self):
-        """Per-layer arrays for TensorBoard-style histograms (numpy copies).
-
-        Returns
-        -------
-        hist : dict of str to ndarray
-            ``"dense{i}/weight"`` (latent real weights),
-            ``"dense{i}/weight_binary"`` (binarized weights of binary layers),
-            ``"dense{i}/activation"`` (output of the layer's block in the last
-            forward pass, after batch norm and activation), ``"dense{i}/weight_grad"`` (gradient
-            of the last training step), and ``"bn{i}/gamma"``, ``"bn{i}/beta"``.
-        """
-        out = {}
-        for block in self.blocks:
-            d, name = block.dense, block.name
-            if d.weight is not None:
-                out[f"{name}/weight"] = to_numpy(d.weight).copy()
-            if d.binary_weights:
-                out[f"{name}/weight_binary"] = to_numpy(d.effective_weight())
-            if d.bias is not None:
-                out[f"{name}/bias"] = to_numpy(d.bias).copy()
-            if block.activation is not None:
-                out[f"{name}/activation"] = to_numpy(block.activation).copy()
-            if d.weight_grad is not None:
-                out[f"{name}/weight_grad"] = to_numpy(d.weight_grad).copy()
-            if block.bn is not None:
-                out[f"{block.bn.name}/gamma"] = to_numpy(block.bn.gamma).copy()
-                out[f"{block.bn.name}/beta"] = to_numpy(block.bn.beta).copy()
-        return out
-
-    def training_state_nbytes(self):
-        """Bytes of latent float32 weights of binary layers (dropped by drop_training_state)."""
-        return sum(b.dense.weight.nbytes for b in self.blocks
-                   if b.dense.binary_weights and b.dense.weight is not None)
-
     # ------------------------------------------------------------ persistence
-    def to(self, xp):
-        """Move every array to ``xp`` (numpy or cupy), in place."""
-        move_blocks(self.blocks, xp)
-        return self
-
     def __getstate__(self):
         # Caches of the last step are not part of the model; arrays are stored
         # as numpy so that a network trained on a GPU loads anywhere.
         state = dict(self.__dict__)
-        blocks = []
-        for block in self.blocks:
-            b = copy.copy(block)
-            b.dense = copy.copy(block.dense)
-            b.dense._cache = None
-            b.dense.weight_grad = None
-            b.dense.bias_grad = None
-            b.bn = copy.copy(block.bn) if block.bn is not None else None
-            if b.bn is not None:
-                b.bn._cache = None
-                b.bn.gamma_grad = b.bn.beta_grad = None
-            b.act = copy.copy(block.act) if block.act is not None else None
-            if b.act is not None:
-                b.act._x = None
-            b.activation = None
-            for obj in (b, *b.layers()):
-                for key, value in list(vars(obj).items()):
-                    setattr(obj, key, to_numpy(value))
-            blocks.append(b)
-        state["blocks"] = blocks
+        state["blocks"] = [block.host_copy() for block in self.blocks]
         return state
 
     def __setstate__(self, state):

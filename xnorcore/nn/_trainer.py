@@ -1,7 +1,10 @@
 """The training loop: epochs of minibatch steps, learning-rate schedules and early stopping.
 
 Everything here runs on the arrays' device (numpy or cupy): the data are
-copied there once, and only the per-epoch loss comes back to the host.
+copied there once, and only the per-epoch loss comes back to the host.  The
+network that a fit trains is either new (:func:`build_network`) or the fitted
+one continued (:func:`check_continuable`, :func:`resume_training`, with a
+:class:`Checkpoint` that undoes a failed step in place).
 """
 
 import copy
@@ -13,8 +16,11 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .._array import get_array_module, to_numpy
+from ._convnet import ConvNetwork
+from ._network import Network
 
-__all__ = ["LR_SCHEDULES", "learning_rate", "run_epoch", "train", "TrainingHistory", "validation_split"]
+__all__ = ["LR_SCHEDULES", "Checkpoint", "TrainingHistory", "build_network", "check_continuable", "learning_rate",
+           "resume_training", "run_epoch", "train", "train_standardized", "validation_split"]
 
 LR_SCHEDULES = ("cosine", "exponential", "constant")
 
@@ -210,3 +216,103 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
     else:
         history.improving = epochs > 0 and no_improvement == 0
     return best_net if best_net is not None else net
+
+
+def train_standardized(net, opt, X, y, history, *, mean, scale, batch_size, rng, validation_fraction=None,
+                       sample_weight=None, **kwargs):
+    """:func:`train` on host rows ``X``, standardized as ``(X - mean) / scale`` and copied to the network's device.
+
+    ``validation_fraction`` holds that fraction of the samples out for early
+    stopping (:func:`validation_split`, drawn from ``rng``); ``kwargs`` go to
+    :func:`train`.  Returns the network to keep.
+
+    Raises
+    ------
+    ValueError
+        If batch norm would see batches of fewer than 2 samples.
+    """
+    xp = net.xp
+    X_fit, y_fit, w_fit, validation = X, y, sample_weight, None
+    if validation_fraction is not None:
+        X_fit, X_val, y_fit, y_val, w_fit, w_val = validation_split(X, y, validation_fraction, rng, sample_weight)
+        validation = (xp.asarray((X_val - mean) / scale), y_val, w_val)
+        history.validation_scores = []
+    if (net.batch_norm or net.binarize_last) and min(batch_size, len(X_fit)) < 2:
+        raise ValueError(
+            "batch norm needs at least 2 samples per batch, got "
+            + (f"batch_size={batch_size}" if batch_size < 2 else f"{len(X_fit)} training sample")
+            + "; use batch_size >= 2, or batch_norm=False"
+            + ("" if batch_size < 2 else " (or pass more samples)")
+        )
+    return train(net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history, batch_size=batch_size,
+                 rng=rng, validation=validation, sample_weight=w_fit, **kwargs)
+
+
+def build_network(n_features, n_outputs, hidden_layer_sizes, image_shape=None, conv_layers=(), *,
+                  binarize_first=False, **kwargs):
+    """A new :class:`ConvNetwork` where there are ``conv_layers``, else a :class:`Network`.
+
+    ``kwargs`` (``binary``, ``batch_norm``, ``dropout``, ``binarize_last``,
+    ``xnor``, ``random_state``, ``xp``) go to either; ``binarize_first``
+    applies to a :class:`Network` only (after conv layers the first dense
+    layer is binary like any other).
+    """
+    if conv_layers:
+        return ConvNetwork(image_shape, conv_layers, n_outputs, hidden_layer_sizes, **kwargs)
+    return Network(n_features, n_outputs, hidden_layer_sizes, binarize_first=binarize_first, **kwargs)
+
+
+def check_continuable(net, opt, what, **architecture):
+    """Refuse to continue ``net`` without its optimizer state, or with another architecture.
+
+    ``what`` names the request in the message ("partial_fit", "warm_start=True");
+    ``architecture`` maps attributes of ``net`` that define it
+    (``hidden_layer_sizes``, ``binary``, ...) to the values asked for now.
+    """
+    if opt is None:
+        raise ValueError(f"{what} cannot continue a model whose training state was dropped")
+    changed = [f"{name}={new!r} but the network has {name}={getattr(net, name)!r}"
+               for name, new in architecture.items() if new != getattr(net, name)]
+    if changed:
+        raise ValueError(
+            f"{what} continues the fitted network, whose architecture cannot change: "
+            f"{'; '.join(changed)}; set the parameters back, or fit a new network "
+            f"(warm_start=False)"
+        )
+
+
+class Checkpoint:
+    """A host copy of a network, its optimizer and a random state, to put back after a failed step."""
+
+    def __init__(self, net, opt, rng):
+        self.xp = net.xp
+        self.state = copy.deepcopy((net, opt))
+        self.rng, self.rng_state = rng, rng.get_state()
+
+    def restore(self):
+        """``(network, optimizer)`` as they were, on their device; the random state is set back in place.
+
+        The gradients of the last step, which only histograms show, are not kept.
+        """
+        net, opt = self.state
+        self.rng.set_state(self.rng_state)
+        return net.to(self.xp), opt.to(self.xp)
+
+
+def resume_training(net, opt, xp, *, rng, dropout, in_place):
+    """``(net, opt, checkpoint)``: a fitted network and its optimizer, to continue training on ``xp``.
+
+    With ``in_place`` (a training loop that calls once per batch) they are
+    the fitted objects themselves, and ``checkpoint`` (a :class:`Checkpoint`
+    of them and of ``rng``) is what puts them back after a failure; otherwise
+    they are copies, the fitted ones stay intact, and ``checkpoint`` is None.
+    Dropout is how training runs, not part of the network: a continued
+    network trains with ``dropout``.
+    """
+    checkpoint = Checkpoint(net, opt, rng) if in_place else None
+    if not in_place:
+        net, opt = copy.deepcopy(net), copy.deepcopy(opt)
+    net, opt = net.to(xp), opt.to(xp)
+    for block in net.blocks[1:]:
+        block.dense.dropout = float(dropout)
+    return net, opt, checkpoint
