@@ -29,7 +29,7 @@ import types
 
 import numpy as np
 
-from .._array import get_array_module, is_cupy
+from .._array import get_array_module, is_cupy, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
