@@ -1,5 +1,7 @@
 """binary_conv2d and its fused output: exact against a plain numpy reference."""
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from xnorcore import (
     unpack_bits,
 )
 from xnorcore._backends import cpu as _cpu
+from xnorcore._backends import gpu as _gpu
 from xnorcore.ops import _conv_geometry
 
 from conftest import random_matrix, sign_ref
@@ -408,7 +411,6 @@ W = np.ones((3, 3, 8, 4), dtype=np.float32)
         ((X, np.ones((6, 3, 8, 4))), {}, ValueError, r"the kernel is larger than the padded input: w.shape=\(6, 3, 8, 4\) .* x.shape=\(1, 5, 5, 8\)"),
         ((X, W), {"dilation": 3}, ValueError, r"the kernel is larger than the padded input: .* spans 7 x 7"),
         ((X, W), {"backend": "tpu"}, ValueError, r"backend must be one of \('auto', 'cpu', 'gpu'\), got backend='tpu'"),
-        ((X, W), {"backend": "gpu"}, NotImplementedError, "binary_conv2d has no GPU kernel yet"),
         ((X, W), {"stride": 0}, ValueError, r"stride must be a positive integer or a pair of them, got stride=0"),
         ((X, W), {"stride": (1, 2, 3)}, ValueError, r"stride must be a positive integer or a pair"),
         ((X, W), {"dilation": 1.5}, ValueError, r"dilation must be a positive integer or a pair of them, got dilation=1.5"),
@@ -451,7 +453,20 @@ def test_bad_thresholds_are_a_clear_error(direction, threshold, match):
         binary_conv2d_threshold_pack(X, W, direction, threshold)
 
 
-def test_cupy_input_says_the_gpu_conv_is_not_there_yet(monkeypatch):
+@pytest.fixture
+def no_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
+    monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before
+
+
+def test_backend_gpu_without_cupy_names_the_gpu_extra(no_cupy):
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
+        binary_conv2d(X, W, backend="gpu")
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
+        binary_conv2d_threshold_pack(X, W, np.ones(4), np.zeros(4), backend="gpu")
+
+
+def test_cupy_input_without_a_usable_gpu_names_the_gpu_extra(monkeypatch, no_cupy):
     class FakeCupyArray:  # what ops recognizes as a cupy array, without CuPy
         __module__ = "cupy._core.core"
         ndim = 4
@@ -459,8 +474,20 @@ def test_cupy_input_says_the_gpu_conv_is_not_there_yet(monkeypatch):
         dtype = X.dtype
 
     monkeypatch.setattr(xnorcore.ops, "_check_array", lambda x, name: x)
-    with pytest.raises(NotImplementedError, match=r"binary_conv2d has no GPU kernel yet: x is a cupy array; copy it with cupy.asnumpy"):
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
         binary_conv2d(FakeCupyArray(), W)
+
+
+def test_backend_cpu_refuses_cupy_operands(monkeypatch):
+    class FakeCupyArray:
+        __module__ = "cupy._core.core"
+        ndim = 4
+        shape = X.shape
+        dtype = X.dtype
+
+    monkeypatch.setattr(xnorcore.ops, "_check_array", lambda x, name: x)
+    with pytest.raises(TypeError, match=r"backend='cpu' needs numpy operands, got cupy arrays"):
+        binary_conv2d(FakeCupyArray(), W, backend="cpu")
 
 
 @pytest.mark.parametrize("n", [1, 5, 16, 17, 63, 64, 65, 130])

@@ -50,7 +50,7 @@ import operator
 
 import numpy as np
 
-from ._array import get_array_module, is_cupy, is_dask, reject_masked
+from ._array import get_array_module, is_cupy, is_dask, reject_masked, to_numpy
 from ._threads import check_n_threads
 
 __all__ = [
@@ -142,10 +142,11 @@ class PackedBits:
 
     @classmethod
     def _of_kernel(cls, words, shape, axis):
-        """A PackedBits of the C-contiguous numpy words a CPU kernel just wrote in
-        the layout of (shape, axis), tuple of ints: nothing to check."""
+        """A PackedBits of the C-contiguous words a kernel just wrote in the layout
+        of (shape, axis), tuple of ints: nothing to check (numpy words made read-only)."""
         self = cls.__new__(cls)
-        words.flags.writeable = False
+        if not is_cupy(words):
+            words.flags.writeable = False
         object.__setattr__(self, "_words", words)
         object.__setattr__(self, "_shape", shape)
         object.__setattr__(self, "_axis", axis)
@@ -760,11 +761,6 @@ def _conv_operand(x, name, axis):
         if x.ndim != 4:
             layout = "NHWC (N, H, W, C)" if name == "x" else "HWIO (KH, KW, C // groups, O)"
             raise ValueError(f"{name} must be 4-D {layout}, got {name}.ndim={x.ndim} ({name}.shape={tuple(x.shape)})")
-    if is_cupy(x):
-        raise NotImplementedError(
-            f"binary_conv2d has no GPU kernel yet: {name} is a cupy array; copy it with cupy.asnumpy "
-            "to run the convolution on the CPU"
-        )
     return x
 
 
@@ -797,10 +793,11 @@ class ConvWeights:
                 f"pack_conv_weights(w), got {type(packed).__name__}"
                 + (f" of shape {packed.shape} packed along axis={packed.axis}" if isinstance(packed, PackedBits) else "")
             )
-        if is_cupy(packed.words) or is_dask(packed.words):
-            raise NotImplementedError("ConvWeights holds numpy words only: binary_conv2d runs on the CPU")
-        # Our own copy: nobody else can write the words the prepared panels came from.
-        words = np.array(packed.words, dtype=np.uint64, order="C", copy=True)
+        if is_dask(packed.words):
+            raise TypeError("ConvWeights needs numpy or cupy words, got dask words: compute them first")
+        # Our own copy, on the host (each backend moves what it prepares to its
+        # device): nobody else can write the words the prepared panels came from.
+        words = np.array(to_numpy(packed.words), dtype=np.uint64, order="C", copy=True)
         words.flags.writeable = False
         object.__setattr__(self, "_packed", PackedBits._trusted(words, packed.shape, 2))
         # (backend key) -> what the backend prepared; filled by the backend.
@@ -855,8 +852,6 @@ def pack_conv_weights(w, *, n_threads=None):
     ------
     ValueError, TypeError
         As :func:`binary_conv2d` for ``w``.
-    NotImplementedError
-        For cupy weights (no GPU conv kernel yet).
 
     Examples
     --------
@@ -886,14 +881,25 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
     """
     n_threads = _check_n_threads(n_threads)
     _check_backend(backend)
-    if backend == "gpu":
-        raise NotImplementedError("binary_conv2d has no GPU kernel yet: use backend='auto' or 'cpu'")
     x = _conv_operand(x, "x", 3)
     prepared = None
     if isinstance(w, ConvWeights):
         w, prepared = w._packed, w._prepared
     else:
         w = _conv_operand(w, "w", 2)
+    # x decides the device; ConvWeights hold host words that each backend prepares for its own.
+    on_gpu = backend == "gpu" or (backend == "auto" and is_cupy(x))
+    if backend == "cpu" and (is_cupy(x) or is_cupy(w)):
+        raise TypeError("backend='cpu' needs numpy operands, got cupy arrays; copy them with cupy.asnumpy "
+                        "or use backend='gpu'")
+    if on_gpu:
+        gpu_backend = get_backend("gpu")
+        x = gpu_backend.to_device(x)
+        if prepared is None:
+            w = gpu_backend.to_device(w)
+    elif is_cupy(w) and prepared is None:
+        raise TypeError("x is a numpy array and w a cupy array: pass both on the same device, or "
+                        "backend='gpu' to run on the GPU")
     if not _is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive integer, got groups={groups!r}")
     groups = int(groups)
@@ -916,17 +922,17 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
     if kh * kw * cg > _MAX_INNER:
         raise ValueError(f"KH * KW * C // groups must be at most {_MAX_INNER} for an int32 result, got w.shape={tuple(w.shape)}")
     geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation)
-    # ConvWeights hold numpy words: the operands' backend is x's.
-    backend = backend_for(x) if prepared is not None else backend_for(x, w)
+    backend = backend_for(x)
+    xp = get_array_module(x.words if isinstance(x, PackedBits) else x)
     cwg = n_words(cg)
     if isinstance(x, PackedBits):
-        words = np.ascontiguousarray(x.words)
+        words = xp.ascontiguousarray(x.words)
         if groups > 1 and cg % WORD_BITS:
             # Each group's channels must start a word: repack them group by group.
             signs = unpack_bits(x).reshape(n, h, wd, groups, cg)
             words = _pack(backend, signs, 4, n_threads, "x").words
     else:
-        x = np.ascontiguousarray(x)
+        x = xp.ascontiguousarray(x)
         if cg % WORD_BITS == 0 and x.dtype.kind in "if" and x.dtype != np.float16 and x.size:
             # Whole words per pixel: pack each image row as one long row of bits.
             words, has_nan = backend.pack_rows(x.reshape(n * h, wd * c), n_threads)
@@ -934,7 +940,8 @@ def _conv_setup(x, w, stride, padding, dilation, groups, pad_value, n_threads, b
         else:
             words = _pack(backend, x.reshape(n, h, wd, groups, cg), 4, n_threads, "x").words
     w_words = w.words if isinstance(w, PackedBits) else _pack(backend, w, 2, n_threads, "w").words
-    return words.reshape(n, h, wd, groups, cwg), np.ascontiguousarray(w_words), geometry, cg, n_threads, backend, prepared
+    w_words = get_array_module(w_words).ascontiguousarray(w_words)
+    return words.reshape(n, h, wd, groups, cwg), w_words, geometry, cg, n_threads, backend, prepared
 
 
 def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_value=0, n_threads=None,
@@ -964,8 +971,9 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
     n_threads : int, optional
         CPU threads to use; by default OpenMP's limit.
     backend : {"auto", "cpu", "gpu"}, default="auto"
-        Only the CPU runs convolutions so far; "gpu" and cupy arrays raise
-        NotImplementedError.
+        "auto" runs on the device of ``x``: the GPU for a cupy array (an
+        implicit GEMM on the same kernels as :func:`binary_matmul`), else
+        the CPU.  "gpu" copies numpy operands to the GPU.
 
     Returns
     -------
@@ -981,9 +989,8 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
         disagree, the kernel is larger than the padded input, or ``stride``,
         ``padding``, ``dilation``, ``pad_value`` or ``backend`` is invalid.
     TypeError
-        If an operand has a complex, object or string dtype.
-    NotImplementedError
-        For cupy operands or ``backend="gpu"``.
+        If an operand has a complex, object or string dtype, or the operands
+        are on different devices.
 
     Examples
     --------
@@ -1001,7 +1008,7 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
     )
     n, o = x_words.shape[0], w_words.shape[2]
     if cg == 0:
-        return np.zeros((n, geometry[2], geometry[3], o), dtype=np.int32)
+        return get_array_module(x_words).zeros((n, geometry[2], geometry[3], o), dtype=np.int32)
     return backend.conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads, prepared)
 
 
@@ -1015,8 +1022,8 @@ def _conv_thresholds(direction, threshold, o):
         and not direction.tobytes().translate(None, b"\xff\x00\x01")
     ):
         return direction, threshold  # a folded batch norm as the layers keep it
-    direction = np.asarray(direction)
-    threshold = np.asarray(threshold)
+    direction = np.asarray(to_numpy(direction))
+    threshold = np.asarray(to_numpy(threshold))
     ok = direction.shape == (o,) and direction.dtype.kind in "biuf"
     if ok and direction.size:
         ok = bool(-1 <= direction.min() and direction.max() <= 1)
@@ -1095,7 +1102,7 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
     oh, ow = geometry[2], geometry[3]
     shape = (n, oh // 2, ow // 2, o) if pool else (n, oh, ow, o)
     if cg == 0:
-        z = np.zeros((n, oh, ow, o), dtype=np.int32)
+        z = get_array_module(x_words).zeros((n, oh, ow, o), dtype=np.int32)
         words = backend.threshold_pack(
             z.reshape(-1, o), direction, threshold
         ).reshape(n, oh, ow, n_words(o))

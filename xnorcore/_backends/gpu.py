@@ -527,18 +527,21 @@ def _plan(m, n, width, k, pack=False):
     return plan
 
 
-def _operands(a_words, b_words, k):
+def _operands(a_words, b_words, k, padded=False):
     """The words of both operands as the kernels read them: ceil(k / 64) words per row
     (a mismatch would read past the arrays, so it is checked although ops never passes
-    one), rows of an even number of words back to back from 16-byte aligned addresses."""
+    one), rows of an even number of words back to back from 16-byte aligned addresses.
+    ``padded``: rows may hold more words, as long as both have as many (the conv's
+    rows, whose every tap fills whole words; padding bits are clear in both)."""
     width = n_words(k)
     a_width, b_width = a_words.shape[1], b_words.shape[1]
-    if a_width != width or b_width != width:
+    if (a_width != b_width or a_width < width) if padded else (a_width != width or b_width != width):
         raise ValueError(
             f"a_words and b_words must both have ceil(k / 64) = {width} words per row, "
             f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
         )
     # (Comparing strides costs less host time than building ``flags``.)
+    width = a_width
     dense = (8 * width, 8)
     if width % 2 or a_words.strides != dense or a_words.data.ptr % 16:
         a_words = _alloc(lambda: _even_width(a_words), a_words.nbytes, "align the words of a")
@@ -547,9 +550,10 @@ def _operands(a_words, b_words, k):
     return a_words, b_words
 
 
-def xnor_gemm(a_words, b_words, k, n_threads=None):
-    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`."""
-    a_words, b_words = _operands(a_words, b_words, k)
+def xnor_gemm(a_words, b_words, k, n_threads=None, padded=False):
+    """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`
+    (``padded``: see :func:`_operands`)."""
+    a_words, b_words = _operands(a_words, b_words, k, padded)
     m, n = a_words.shape[0], b_words.shape[0]
     cupy = _cupy()
     try:  # _alloc's work, without building its message on every call of this hot path
@@ -596,10 +600,11 @@ def config():
 
 def threshold_pack(z, direction, threshold, n_threads=None):
     """Words of the signs of ``direction * z - threshold``; see :mod:`xnorcore._backends`."""
-    return _common.threshold_pack(z, direction, threshold)
+    cupy = _cupy()
+    return _common.threshold_pack(z, cupy.asarray(direction), cupy.asarray(threshold))
 
 
-def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None):
+def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None, padded=False):
     """The binary layer: :func:`xnor_gemm`, then :func:`threshold_pack` on its sums.
 
     Where the wgmma kernel runs the product, one fused kernel: the sums never leave
@@ -611,10 +616,10 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
         return cupy.zeros((m, n_words(n)), dtype=np.uint64)
     fused = None
     if np.dtype(threshold.dtype).kind in "iu":  # the kernel compares integers
-        a, b = _operands(a_words, b_words, k)
+        a, b = _operands(a_words, b_words, k, padded)
         fused = _plan(m, n, a.shape[1], k, pack=True)
     if fused is None:
-        return threshold_pack(xnor_gemm(a_words, b_words, k), direction, threshold)
+        return threshold_pack(xnor_gemm(a_words, b_words, k, padded=padded), direction, threshold)
     counts = _row_popcounts(a, b)
     padded = -(-n // fused.bn) * fused.bn
     bounds = _alloc(lambda: cupy.empty((padded, 2), dtype=_INT32), 8 * padded, "hold the layer's column bounds")
@@ -645,11 +650,7 @@ def real_layer(words, k, w):
     return _common.real_layer(words, k, w)
 
 
-def _no_conv(*args, **kwargs):
-    raise NotImplementedError(
-        "binary_conv2d has no GPU kernel yet: copy the arrays with cupy.asnumpy to run it on the CPU"
-    )
+# The conv operations of the contract (they launch this module's kernels).
+from . import gpu_conv as _gpu_conv  # noqa: E402
 
-
-# The conv operations of the contract: no CUDA kernel for them yet.
-conv2d = conv2d_threshold_pack = real_conv2d = _no_conv
+conv2d, conv2d_threshold_pack, real_conv2d = _gpu_conv.conv2d, _gpu_conv.conv2d_threshold_pack, _gpu_conv.real_conv2d

@@ -1,0 +1,103 @@
+// Binary convolution on the GPU as an implicit GEMM over packed channel words.
+//
+// Operands in the conv2d layout of xnor_layout.h: activations x (N, H, W, G, CW),
+// each group's channels in CW words of their own; weights (O, KH, KW, CW), one
+// row of KH * KW * CW words per output channel.  im2col_words lays the
+// activations out as GEMM rows, (G, N * OH * OW, KH * KW * CW) words, taps in
+// the padding reading the pad word of pad_value (+1: the valid channel bits
+// set; -1 and 0: no bits set).  The GEMM kernels then compute
+// XNOR_DOT over KH * KW * (C / G) bits exactly, since padding bits are clear in
+// both operands.  Zero padding contributes 0, not -1: conv_zero_pad_fix adds
+// back, for each output pixel and channel, the weight sums of the taps that
+// fell in the padding (a tap read as all -1 contributed -sum(w)).
+//
+// Indices: the element counts fit in int64; one image's row count and the
+// words per GEMM row fit in int32 (the Python side checks).
+
+#include "xnor_layout.h"
+
+typedef xnor_word u64;
+
+static constexpr int CONV_THREADS = 256;
+
+// Launch: block CONV_THREADS threads, any 1-D grid (the loop strides over words).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+im2col_words(const u64* __restrict__ x, const u64* __restrict__ pad, u64* __restrict__ cols,
+             long long n, int h, int w, int oh, int ow, int kh, int kw, int sh, int sw, int dh, int dw,
+             int pt, int pl, int groups, int cw)
+{
+    const long long rows = n * oh * ow;
+    const int per_row = kh * kw * cw;
+    const long long total = (long long)groups * rows * per_row;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long q = e / per_row;  // (group, row)
+        int t = (int)(e - q * per_row);  // (tap row, tap column, word)
+        const int c = t % cw;
+        t /= cw;
+        const int j = t % kw, i = t / kw;
+        const int g = (int)(q / rows);
+        const long long p = q - (long long)g * rows;
+        const int ox = (int)(p % ow);
+        const long long r = p / ow;
+        const int oy = (int)(r % oh);
+        const long long b = r / oh;
+        const int y = oy * sh - pt + i * dh, xx = ox * sw - pl + j * dw;
+        u64 v = pad[c];
+        if (y >= 0 && y < h && xx >= 0 && xx < w) v = x[(((b * h + y) * w + xx) * groups + g) * cw + c];
+        cols[e] = v;
+    }
+}
+
+// Launch: block CONV_THREADS threads, any 1-D grid.  For each listed row
+// (output pixel p = rows_of[r], of n_rows) and channel o of z (int32,
+// (n_rows or all rows, o_total)): z += the sum over the taps of p in the
+// padding of tap_sums[tap, o] = sum over channels of sign(w[tap, c, o]).
+// indexed: z holds only the listed rows, in list order; else z holds all rows.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv_zero_pad_fix(int* __restrict__ z, const long long* __restrict__ rows_of, long long n_rows,
+                  const int* __restrict__ tap_sums, int o_total, int oh, int ow, int h, int w, int kh, int kw,
+                  int sh, int sw, int dh, int dw, int pt, int pl, int indexed)
+{
+    const long long total = n_rows * o_total;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long r = e / o_total;
+        const int o = (int)(e - r * o_total);
+        const long long p = rows_of[r];
+        const int ox = (int)(p % ow);
+        const int oy = (int)((p / ow) % oh);
+        int fix = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int y = oy * sh - pt + i * dh;
+            const bool row_out = y < 0 || y >= h;
+            for (int j = 0; j < kw; ++j) {
+                const int xx = ox * sw - pl + j * dw;
+                if (row_out || xx < 0 || xx >= w) fix += tap_sums[(i * kw + j) * o_total + o];
+            }
+        }
+        z[(indexed ? r : p) * o_total + o] += fix;
+    }
+}
+
+// Launch: block CONV_THREADS threads, any 1-D grid.  2x2 max-pool with stride 2
+// (floor) of packed +-1 bits: words (N, OH, OW, OW_WORDS) -> (N, OH / 2, OW / 2,
+// OW_WORDS), the OR of the four words (the max of +-1 values is +1 where any is).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+pool_words(const u64* __restrict__ in, u64* __restrict__ out, long long n, int oh, int ow, int words)
+{
+    const int ph = oh / 2, pw = ow / 2;
+    const long long total = n * ph * pw * words;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(e % words);
+        long long q = e / words;
+        const int x = (int)(q % pw);
+        q /= pw;
+        const int y = (int)(q % ph);
+        const long long b = q / ph;
+        const u64* top = in + ((b * oh + 2 * y) * ow + 2 * x) * words + c;
+        const u64* bottom = top + (long long)ow * words;
+        out[e] = top[0] | top[words] | bottom[0] | bottom[words];
+    }
+}

@@ -1,0 +1,151 @@
+"""binary_conv2d on cupy arrays: exact against the numpy reference and the CPU op.
+
+Marked ``gpu``: skips where CuPy or a CUDA device is missing (CI has neither).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnorcore import binary_conv2d, binary_conv2d_threshold_pack, pack_bits, pack_conv_weights, unpack_bits
+from xnorcore._backends import gpu as _gpu
+from xnorcore._backends import gpu_conv as _gpu_conv
+
+from test_conv import case_arrays, conv_cases, conv_kwargs, conv_ref, pool_ref, threshold_ref
+
+REASON = _gpu.unavailable_reason()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {REASON}"),
+]
+
+
+def _device(x):
+    import cupy
+
+    return cupy.asarray(x)
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_cases())
+def test_gpu_conv_is_exact(case):
+    import cupy
+
+    x, w = case_arrays(case)
+    got = binary_conv2d(_device(x), _device(w), **conv_kwargs(case))
+    assert isinstance(got, cupy.ndarray) and got.dtype == np.int32
+    np.testing.assert_array_equal(cupy.asnumpy(got), conv_ref(x, w, **conv_kwargs(case)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_gpu_fused_layer_is_threshold_then_pool(case, pool, seed):
+    import cupy
+
+    x, w = case_arrays(case)
+    z = conv_ref(x, w, **conv_kwargs(case))
+    o = w.shape[3]
+    rng = np.random.default_rng(seed)
+    direction = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=o)
+    k = w.shape[0] * w.shape[1] * w.shape[2]
+    threshold = rng.integers(-k - 1, k + 2, size=o).astype(np.int32)
+    signs = threshold_ref(z, direction, threshold)
+    if pool:
+        signs = pool_ref(signs)
+    got = binary_conv2d_threshold_pack(_device(x), _device(w), cupy.asarray(direction), cupy.asarray(threshold),
+                                       pool=pool, **conv_kwargs(case))
+    assert got.shape == signs.shape and got.axis == 3
+    np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(got)), signs)
+    want_words = pack_bits(signs, axis=3).words  # padding bits clear too
+    np.testing.assert_array_equal(cupy.asnumpy(got.words), want_words)
+
+
+@pytest.mark.parametrize("kernel", ["wgmma", "mma", "popc"])
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+def test_every_gemm_kernel_takes_the_conv_rows(kernel, pad_value, monkeypatch):
+    """The GEMM rows of a convolution carry whole words per tap (more than
+    ceil(k / 64) per row): every kernel, plain and fused, stays exact."""
+    import cupy
+
+    cc = int(cupy.cuda.Device().compute_capability)
+    if (kernel == "wgmma" and cc != 90) or (kernel == "mma" and cc < 80):
+        pytest.skip(f"the {kernel} kernel does not run on compute capability {cc}")
+    monkeypatch.setenv(_gpu.KERNEL_ENV, kernel)
+    rng = np.random.default_rng(3)
+    for shape, w_shape, kwargs in [
+        ((2, 9, 11, 40), (3, 3, 40, 70), {"padding": "same"}),
+        ((1, 20, 20, 128), (3, 3, 128, 130), {"padding": 1, "stride": 2}),
+        ((3, 7, 7, 65), (1, 1, 65, 64), {}),
+    ]:
+        x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
+        want = conv_ref(x, w, pad_value=pad_value, **kwargs)
+        got = binary_conv2d(_device(x), _device(w), pad_value=pad_value, **kwargs)
+        np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"{kernel} {shape} {w_shape}")
+        direction = rng.choice(np.array([-1, 1], dtype=np.int8), size=w_shape[3])
+        threshold = rng.integers(-20, 21, size=w_shape[3]).astype(np.int32)
+        fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, pad_value=pad_value, **kwargs)
+        np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(fused)), threshold_ref(want, direction, threshold))
+
+
+def test_gpu_matches_the_cpu_op_on_a_resnet_layer():
+    import cupy
+
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((2, 56, 56, 64)), rng.standard_normal((3, 3, 64, 64))
+    cpu = binary_conv2d(x, w, padding="same")
+    gpu = binary_conv2d(_device(x), _device(w), padding="same")
+    np.testing.assert_array_equal(cupy.asnumpy(gpu), cpu)
+    direction = rng.choice(np.array([-1, 1], dtype=np.int8), size=64)
+    threshold = rng.integers(-30, 31, size=64).astype(np.int32)
+    for pool in (False, True):
+        cpu_bits = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pool=pool)
+        gpu_bits = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, padding="same", pool=pool)
+        np.testing.assert_array_equal(cupy.asnumpy(gpu_bits.words), cpu_bits.words)
+
+
+def test_conv_weights_prepare_once_per_device_and_agree():
+    import cupy
+
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((2, 8, 8, 100)), rng.standard_normal((3, 3, 100, 30))
+    cw = pack_conv_weights(w)
+    want = conv_ref(x, w, padding="same")
+    for _ in range(2):
+        got = binary_conv2d(_device(x), cw, padding="same")
+        np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    assert sum(1 for key in cw._prepared if key[0] == "gpu") == 1
+    # GPU weights pack into the same host words
+    np.testing.assert_array_equal(pack_conv_weights(_device(w)).packed.words, cw.packed.words)
+    # numpy operands with backend="gpu" run on the GPU
+    got = binary_conv2d(x, w, padding="same", backend="gpu")
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+
+
+def test_packed_gpu_input_and_mixed_devices():
+    import cupy
+
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, 6, 6, 70)), rng.standard_normal((3, 3, 70, 5))
+    px = pack_bits(_device(x), axis=3)
+    got = binary_conv2d(px, _device(w), padding=1)
+    np.testing.assert_array_equal(cupy.asnumpy(got), conv_ref(x, w, padding=1))
+    with pytest.raises(TypeError, match=r"x is a numpy array and w a cupy array"):
+        binary_conv2d(x, _device(w))
+
+
+def test_real_conv2d_on_the_gpu_matches_the_cpu():
+    import cupy
+
+    from xnorcore._backends import cpu as _cpu
+    from xnorcore.ops import _conv_geometry
+
+    rng = np.random.default_rng(8)
+    x = rng.random((3, 28, 28, 1), dtype=np.float32)
+    w = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+    for kwargs in [dict(stride=1, padding="same", dilation=1), dict(stride=2, padding=1, dilation=2)]:
+        geometry = _conv_geometry(x.shape, w.shape, **kwargs)
+        want = _cpu.real_conv2d(x, w, geometry)
+        got = _gpu_conv.real_conv2d(cupy.asarray(x), cupy.asarray(w), geometry)
+        np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,170 @@
+"""The conv operations of the GPU backend: an implicit GEMM over packed words.
+
+:mod:`xnorcore._backends.gpu` exports them, with the signatures of
+:mod:`xnorcore._backends.cpu_conv`.  ``kernels/conv.cu`` lays the packed
+activations out as GEMM rows (``im2col_words``); the rows go through the GEMM
+kernels of :mod:`xnorcore._backends.gpu` (wgmma, mma or popc, as for
+``binary_matmul``), whose rows may carry more words than ``ceil(k / 64)``
+since padding bits are clear in both operands.  Zero padding is then exact
+through ``conv_zero_pad_fix`` on the output pixels whose window reaches the
+padding; the fused layer runs the fused GEMM kernel on every row and redoes
+those border rows alone.
+"""
+
+import numpy as np
+
+from .._array import to_numpy
+from . import _common, gpu
+
+__all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
+
+_border_rows = {}  # (device, n, geometry) -> int64 device array of the rows whose window reaches the padding
+_MAX_BORDER_ENTRIES = 64
+
+
+def _launch(name, items, args):
+    threads = gpu._constant("conv", "CONV_THREADS")
+    gpu._function("conv", name)(gpu._grid_1d(items, threads, cap=4 * 65535), (threads,), args)
+
+
+def _weights(w_words, cg, pad_value, prepared):
+    """(weight rows (O, KH * KW * CW) on the device, tap sums (KH * KW, O) int32 on the
+    device, pad word (CW,)), kept in ``prepared`` (a ConvWeights' dict) where given."""
+    cupy = gpu._cupy()
+    key = ("gpu", cupy.cuda.runtime.getDevice(), pad_value)
+    if prepared is not None and key in prepared:
+        return prepared[key]
+    host = np.ascontiguousarray(to_numpy(w_words))
+    kh, kw, o, cw = host.shape
+    rows = gpu.to_device(np.ascontiguousarray(host.transpose(2, 0, 1, 3)).reshape(o, kh * kw * cw))
+    # sum over the channels of sign(w) per tap and output channel: 2 popcount - cg
+    sums = (2 * np.bitwise_count(host).sum(axis=3, dtype=np.int64) - cg).astype(np.int32)
+    tap_sums = gpu.to_device(sums.reshape(kh * kw, o))
+    pad = np.zeros(cw, dtype=np.uint64)
+    if pad_value == 1:  # the cg valid bits set, the padding bits clear as in any word
+        bits = np.zeros(64 * cw, dtype=np.uint8)
+        bits[:cg] = 1
+        pad = np.packbits(bits, bitorder="little").view(np.uint64)
+    weights = (rows, tap_sums, gpu.to_device(pad))
+    if prepared is not None:
+        prepared[key] = weights
+    return weights
+
+
+def _im2col(x_words, pad, geometry, groups):
+    """GEMM rows (G, N * OH * OW, KH * KW * CW) of activation words (N, H, W, G, CW)."""
+    cupy = gpu._cupy()
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    n, cw = x_words.shape[0], x_words.shape[4]
+    rows, per_row = n * oh * ow, kh * kw * cw
+    if oh * ow >= 2**31 or per_row >= 2**31:
+        raise ValueError(f"the GPU convolution takes at most 2**31 - 1 output pixels per image and words per "
+                         f"window, got {oh} x {ow} pixels and {per_row} words")
+    cols = gpu._alloc(lambda: cupy.empty((groups, rows, per_row), dtype=np.uint64), 8 * groups * rows * per_row,
+                      "hold the convolution's GEMM rows")
+    x = cupy.ascontiguousarray(x_words)
+    _launch("im2col_words", cols.size,
+            (x, pad, cols, np.int64(n), *(np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl)),
+             np.int32(groups), np.int32(cw)))
+    return cols
+
+
+def _borders(n, geometry):
+    """Device int64 indices of the output rows whose window has a tap in the padding (None if none)."""
+    cupy = gpu._cupy()
+    key = (cupy.cuda.runtime.getDevice(), n, geometry)
+    if key in _border_rows:
+        return _border_rows[key]
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    ys, xs = np.arange(oh) * sh - pt, np.arange(ow) * sw - pl
+    out_y = (ys < 0) | (ys + (kh - 1) * dh >= h)
+    out_x = (xs < 0) | (xs + (kw - 1) * dw >= w)
+    pixels = np.flatnonzero(out_y[:, None] | out_x[None, :])
+    rows = None
+    if pixels.size:
+        rows = gpu.to_device((np.arange(n, dtype=np.int64)[:, None] * (oh * ow) + pixels).ravel())
+    if len(_border_rows) >= _MAX_BORDER_ENTRIES:
+        _border_rows.clear()
+    _border_rows[key] = rows
+    return rows
+
+
+def _fix_zero_padding(z, rows, tap_sums, geometry, indexed):
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    o = z.shape[-1]
+    _launch("conv_zero_pad_fix", rows.size * o,
+            (z, rows, np.int64(rows.size), tap_sums, np.int32(o),
+             *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl)), np.int32(indexed)))
+
+
+def _gemm(cols, w_rows, k, groups):
+    """int32 sums (rows, O) of the GEMM rows of every group with its output channels' weights."""
+    if groups == 1:
+        return gpu.xnor_gemm(cols[0], w_rows, k, padded=True)
+    cupy = gpu._cupy()
+    o = w_rows.shape[0]
+    og = o // groups
+    z = cupy.empty((cols.shape[1], o), dtype=np.int32)
+    for g in range(groups):
+        z[:, g * og:(g + 1) * og] = gpu.xnor_gemm(cols[g], w_rows[g * og:(g + 1) * og], k, padded=True)
+    return z
+
+
+def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
+    h, w, oh, ow, kh, kw = geometry[:6]
+    n = x_words.shape[0]
+    w_rows, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    cols = _im2col(x_words, pad, geometry, groups)
+    z = _gemm(cols, w_rows, kh * kw * cg, groups)
+    rows = _borders(n, geometry) if pad_value == 0 else None
+    if rows is not None:
+        _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
+    return z.reshape(n, oh, ow, w_rows.shape[0])
+
+
+def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
+                          pool=False, n_threads=None, prepared=None):
+    cupy = gpu._cupy()
+    h, w, oh, ow, kh, kw = geometry[:6]
+    n = x_words.shape[0]
+    direction = cupy.asarray(direction, dtype=np.int8)
+    threshold = cupy.asarray(threshold, dtype=np.int32)
+    w_rows, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    k = kh * kw * cg
+    cols = _im2col(x_words, pad, geometry, groups)
+    rows = _borders(n, geometry) if pad_value == 0 else None
+    if groups == 1:
+        # One fused kernel over every row; rows reaching the zero padding are redone as sums.
+        words = gpu.xnor_gemm_threshold_pack(cols[0], w_rows, k, direction, threshold, padded=True)
+        if rows is not None:
+            z = gpu.xnor_gemm(cols[0][rows], w_rows, k, padded=True)
+            _fix_zero_padding(z, rows, tap_sums, geometry, indexed=True)
+            words[rows] = _common.threshold_pack(z, direction, threshold)
+    else:
+        z = _gemm(cols, w_rows, k, groups)
+        if rows is not None:
+            _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
+        words = _common.threshold_pack(z, direction, threshold)
+    words = words.reshape(n, oh, ow, words.shape[-1])
+    if not pool:
+        return words
+    out = cupy.empty((n, oh // 2, ow // 2, words.shape[-1]), dtype=np.uint64)
+    if out.size:
+        _launch("pool_words", out.size, (words, out, np.int64(n), np.int32(oh), np.int32(ow), np.int32(words.shape[-1])))
+    return out
+
+
+def real_conv2d(x, w, geometry):
+    """float32 NHWC convolution of x (N, H, W, C) with HWIO w, zero padded: one product per tap, summed."""
+    cupy = gpu._cupy()
+    h, w_, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    x = cupy.asarray(x, dtype=np.float32)
+    w = cupy.asarray(w, dtype=np.float32)
+    n, c, o = x.shape[0], x.shape[3], w.shape[3]
+    padded = cupy.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt or pb or pl or pr else x
+    out = cupy.zeros((n * oh * ow, o), dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            tap = padded[:, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            out += cupy.ascontiguousarray(tap).reshape(-1, c) @ w[i, j]
+    return out.reshape(n, oh, ow, o)
