@@ -21,18 +21,23 @@ typedef xnor_word u64;
 static constexpr int CONV_THREADS = 256;
 
 // Launch: block CONV_THREADS threads, any 1-D grid (the loop strides over words).
+// Each row holds row_words >= KH * KW * CW words, the last ones zero (the GEMM
+// kernels read rows of an even number of words).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 im2col_words(const u64* __restrict__ x, const u64* __restrict__ pad, u64* __restrict__ cols,
              long long n, int h, int w, int oh, int ow, int kh, int kw, int sh, int sw, int dh, int dw,
-             int pt, int pl, int groups, int cw)
+             int pt, int pl, int groups, int cw, int row_words)
 {
     const long long rows = n * oh * ow;
-    const int per_row = kh * kw * cw;
-    const long long total = (long long)groups * rows * per_row;
+    const long long total = (long long)groups * rows * row_words;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        const long long q = e / per_row;  // (group, row)
-        int t = (int)(e - q * per_row);  // (tap row, tap column, word)
+        const long long q = e / row_words;  // (group, row)
+        int t = (int)(e - q * row_words);  // (tap row, tap column, word)
+        if (t >= kh * kw * cw) {
+            cols[e] = 0;
+            continue;
+        }
         const int c = t % cw;
         t /= cw;
         const int j = t % kw, i = t / kw;
@@ -77,6 +82,44 @@ conv_zero_pad_fix(int* __restrict__ z, const long long* __restrict__ rows_of, lo
             }
         }
         z[(indexed ? r : p) * o_total + o] += fix;
+    }
+}
+
+// Launch: block CONV_THREADS threads, any 1-D grid.  The fused layer's rows
+// whose window reaches the zero padding: from their sums z (n_rows, o_total),
+// as the GEMM gave them (padded taps read as -1), the bits of
+// direction * (z + fix) - threshold >= 0 with conv_zero_pad_fix's fix, packed
+// along o into row rows_of[r] of words (all rows, out_w words each).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv_border_threshold_pack(const int* __restrict__ z, const long long* __restrict__ rows_of, long long n_rows,
+                           const int* __restrict__ tap_sums, const signed char* __restrict__ direction,
+                           const int* __restrict__ threshold, u64* __restrict__ words, int o_total, int out_w,
+                           int oh, int ow, int h, int w, int kh, int kw, int sh, int sw, int dh, int dw,
+                           int pt, int pl)
+{
+    const long long total = n_rows * out_w;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long r = e / out_w;
+        const int c = (int)(e - r * out_w);
+        const long long p = rows_of[r];
+        const int ox = (int)(p % ow);
+        const int oy = (int)((p / ow) % oh);
+        u64 bits = 0;
+        for (int b = 0; b < 64 && 64 * c + b < o_total; ++b) {
+            const int o = 64 * c + b;
+            int v = z[r * o_total + o];
+            for (int i = 0; i < kh; ++i) {
+                const int y = oy * sh - pt + i * dh;
+                const bool row_out = y < 0 || y >= h;
+                for (int j = 0; j < kw; ++j) {
+                    const int xx = ox * sw - pl + j * dw;
+                    if (row_out || xx < 0 || xx >= w) v += tap_sums[(i * kw + j) * o_total + o];
+                }
+            }
+            bits |= (u64)((int)direction[o] * v >= threshold[o]) << b;
+        }
+        words[p * out_w + c] = bits;
     }
 }
 

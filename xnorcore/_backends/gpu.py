@@ -379,9 +379,12 @@ def _current_stream_ptr():
 #: consumer warpgroups on one tile) and "ping" (128 x 128 tiles, alternating),
 #: the one used: one warpgroup's stores overlap the other's products.
 _WGMMA_VARIANT = "ping"
-#: The fused layer's schedule: with no int32 store to hide, coop's larger tiles
-#: (fewer operand bytes per product) are the faster (benchmarks/RESULTS.md).
-_WGMMA_PACK_VARIANT = "coop"
+#: The fused layer's schedule; None chooses by the width of the layer.  With no
+#: int32 store to hide, coop's 256-column tiles (fewer operand bytes per
+#: product) are the faster, where the layer has more than 128 outputs; narrower
+#: layers take ping's 128-column tiles, which waste fewer of the products
+#: (benchmarks/RESULTS.md).
+_WGMMA_PACK_VARIANT = None
 #: Products below this many multiply-accumulates go to the mma kernel when the
 #: kernel is chosen automatically: below it the mma kernel measured as fast or
 #: faster (benchmarks/RESULTS.md).
@@ -485,7 +488,9 @@ def _wgmma_shape(variant):
 
 def _wgmma_plan(m, n, width, k, pack=False, variant=None):
     """A :class:`_WgmmaLaunch`, or None where the kernel cannot take the shape."""
-    variant = variant or (_WGMMA_PACK_VARIANT if pack else _WGMMA_VARIANT)
+    if variant is None and pack:
+        variant = _WGMMA_PACK_VARIANT or ("coop" if n > _constant("xnor_gemm_wgmma", "PING_BN") else "ping")
+    variant = variant or _WGMMA_VARIANT
     bm, bn, smem = _wgmma_shape(variant)
     if max(m, n) + max(bm, bn) >= 2**31 or k >= 2**31:  # TMA coordinates and the kernel's tile indices are int32
         return None

@@ -20,6 +20,8 @@ __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
 
 _border_rows = {}  # (device, n, geometry) -> int64 device array of the rows whose window reaches the padding
 _MAX_BORDER_ENTRIES = 64
+_constants = {}  # (device, direction bytes, threshold bytes) -> both on the device
+_MAX_CONSTANTS = 256
 
 
 def _launch(name, items, args):
@@ -28,7 +30,7 @@ def _launch(name, items, args):
 
 
 def _weights(w_words, cg, pad_value, prepared):
-    """(weight rows (O, KH * KW * CW) on the device, tap sums (KH * KW, O) int32 on the
+    """(weight rows (O, KH * KW * CW rounded up to even) on the device, tap sums (KH * KW, O) int32 on the
     device, pad word (CW,)), kept in ``prepared`` (a ConvWeights' dict) where given."""
     cupy = gpu._cupy()
     key = ("gpu", cupy.cuda.runtime.getDevice(), pad_value)
@@ -36,7 +38,10 @@ def _weights(w_words, cg, pad_value, prepared):
         return prepared[key]
     host = np.ascontiguousarray(to_numpy(w_words))
     kh, kw, o, cw = host.shape
-    rows = gpu.to_device(np.ascontiguousarray(host.transpose(2, 0, 1, 3)).reshape(o, kh * kw * cw))
+    per_row = kh * kw * cw
+    rows = np.zeros((o, per_row + per_row % 2), dtype=np.uint64)  # even words per row, as _im2col's
+    rows[:, :per_row] = host.transpose(2, 0, 1, 3).reshape(o, per_row)
+    rows = gpu.to_device(rows)
     # sum over the channels of sign(w) per tap and output channel: 2 popcount - cg
     sums = (2 * np.bitwise_count(host).sum(axis=3, dtype=np.int64) - cg).astype(np.int32)
     tap_sums = gpu.to_device(sums.reshape(kh * kw, o))
@@ -52,21 +57,39 @@ def _weights(w_words, cg, pad_value, prepared):
 
 
 def _im2col(x_words, pad, geometry, groups):
-    """GEMM rows (G, N * OH * OW, KH * KW * CW) of activation words (N, H, W, G, CW)."""
+    """GEMM rows (G, N * OH * OW, KH * KW * CW rounded up to even) of activation words (N, H, W, G, CW)."""
     cupy = gpu._cupy()
     h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     n, cw = x_words.shape[0], x_words.shape[4]
     rows, per_row = n * oh * ow, kh * kw * cw
-    if oh * ow >= 2**31 or per_row >= 2**31:
-        raise ValueError(f"the GPU convolution takes at most 2**31 - 1 output pixels per image and words per "
+    if oh * ow >= 2**31 or per_row >= 2**31 - 1:
+        raise ValueError(f"the GPU convolution takes at most 2**31 - 2 output pixels per image and words per "
                          f"window, got {oh} x {ow} pixels and {per_row} words")
+    per_row += per_row % 2  # the GEMM kernels read rows of an even number of words
     cols = gpu._alloc(lambda: cupy.empty((groups, rows, per_row), dtype=np.uint64), 8 * groups * rows * per_row,
                       "hold the convolution's GEMM rows")
     x = cupy.ascontiguousarray(x_words)
     _launch("im2col_words", cols.size,
             (x, pad, cols, np.int64(n), *(np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl)),
-             np.int32(groups), np.int32(cw)))
+             np.int32(groups), np.int32(cw), np.int32(per_row)))
     return cols
+
+
+def _on_device(direction, threshold):
+    """int8 direction and int32 threshold on the device; host arrays are copied once per
+    content and kept (a copy per call would wait for the device at every layer)."""
+    cupy = gpu._cupy()
+    if isinstance(direction, cupy.ndarray) and isinstance(threshold, cupy.ndarray):
+        return direction.astype(np.int8, copy=False), threshold.astype(np.int32, copy=False)
+    direction = np.ascontiguousarray(to_numpy(direction), dtype=np.int8)
+    threshold = np.ascontiguousarray(to_numpy(threshold), dtype=np.int32)
+    key = (cupy.cuda.runtime.getDevice(), direction.tobytes(), threshold.tobytes())
+    found = _constants.get(key)
+    if found is None:
+        if len(_constants) >= _MAX_CONSTANTS:
+            _constants.clear()
+        found = _constants[key] = (gpu.to_device(direction), gpu.to_device(threshold))
+    return found
 
 
 def _borders(n, geometry):
@@ -127,8 +150,7 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     cupy = gpu._cupy()
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
-    direction = cupy.asarray(direction, dtype=np.int8)
-    threshold = cupy.asarray(threshold, dtype=np.int32)
+    direction, threshold = _on_device(direction, threshold)
     w_rows, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
     k = kh * kw * cg
     cols = _im2col(x_words, pad, geometry, groups)
@@ -138,8 +160,11 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
         words = gpu.xnor_gemm_threshold_pack(cols[0], w_rows, k, direction, threshold, padded=True)
         if rows is not None:
             z = gpu.xnor_gemm(cols[0][rows], w_rows, k, padded=True)
-            _fix_zero_padding(z, rows, tap_sums, geometry, indexed=True)
-            words[rows] = _common.threshold_pack(z, direction, threshold)
+            h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+            _launch("conv_border_threshold_pack", rows.size * words.shape[1],
+                    (z, rows, np.int64(rows.size), tap_sums, direction, threshold, words,
+                     np.int32(z.shape[1]), np.int32(words.shape[1]),
+                     *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl))))
     else:
         z = _gemm(cols, w_rows, k, groups)
         if rows is not None:
