@@ -555,9 +555,10 @@ def _operands(a_words, b_words, k, padded=False):
     return a_words, b_words
 
 
-def xnor_gemm(a_words, b_words, k, n_threads=None, padded=False):
+def xnor_gemm(a_words, b_words, k, n_threads=None, padded=False, counts=None):
     """``k - 2 popcount(a XOR b)`` for every row pair; see :mod:`xnorcore._backends`
-    (``padded``: see :func:`_operands`)."""
+    (``padded``: see :func:`_operands`; ``counts``: the row popcounts of both operands,
+    as :func:`_row_popcounts` gives them, where the caller has them already)."""
     a_words, b_words = _operands(a_words, b_words, k, padded)
     m, n = a_words.shape[0], b_words.shape[0]
     cupy = _cupy()
@@ -567,7 +568,7 @@ def xnor_gemm(a_words, b_words, k, n_threads=None, padded=False):
         raise _out_of_memory(4 * m * n, f"hold the ({m}, {n}) int32 product", exc) from None
     launch = _plan(m, n, a_words.shape[1], k)
     if launch.variant in ("medium", "wgmma"):
-        launch(a_words, b_words, _row_popcounts(a_words, b_words), out)
+        launch(a_words, b_words, _row_popcounts(a_words, b_words) if counts is None else counts, out)
     elif launch.variant == "small":  # counts the row popcounts itself; the argument is not read
         launch(a_words, b_words, out, out)
     else:
@@ -609,11 +610,14 @@ def threshold_pack(z, direction, threshold, n_threads=None):
     return _common.threshold_pack(z, cupy.asarray(direction), cupy.asarray(threshold))
 
 
-def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None, padded=False):
+def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads=None, padded=False,
+                             counts=None, bounds=None):
     """The binary layer: :func:`xnor_gemm`, then :func:`threshold_pack` on its sums.
 
     Where the wgmma kernel runs the product, one fused kernel: the sums never leave
-    its registers, and only the words are stored.
+    its registers, and only the words are stored.  ``padded`` and ``counts`` as for
+    :func:`xnor_gemm`; ``bounds``: :func:`column_bounds` of these weights and
+    thresholds, where the caller keeps them.
     """
     cupy = _cupy()
     m, n = a_words.shape[0], b_words.shape[0]
@@ -625,18 +629,30 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
         fused = _plan(m, n, a.shape[1], k, pack=True)
     if fused is None:
         return threshold_pack(xnor_gemm(a_words, b_words, k, padded=padded), direction, threshold)
-    counts = _row_popcounts(a, b)
-    padded = -(-n // fused.bn) * fused.bn
+    if counts is None:
+        counts = _row_popcounts(a, b)
+    if bounds is None:
+        bounds = column_bounds(counts[m:], direction, threshold)
+    out = _alloc(lambda: cupy.empty((m, n_words(n)), dtype=np.uint64), 8 * m * n_words(n), "hold the layer's words")
+    fused(a, b, counts, out, bounds)
+    return out
+
+
+def column_bounds(b_counts, direction, threshold):
+    """The fused layer's per-column tests (int32 (columns, 2), whole tiles of any
+    schedule) from the weights' row popcounts and the layer's direction and threshold."""
+    cupy = _cupy()
+    n = b_counts.shape[0]
+    tile = max(_constant("xnor_gemm_wgmma", "COOP_BN"), _constant("xnor_gemm_wgmma", "PING_BN"))
+    padded = -(-n // tile) * tile
     bounds = _alloc(lambda: cupy.empty((padded, 2), dtype=_INT32), 8 * padded, "hold the layer's column bounds")
     threads = _constant("pack", "POPCOUNT_THREADS")
     _function("pack", "column_bounds")(
         _grid_1d(padded, threads), (threads,),
-        (counts[m:], cupy.asarray(direction, dtype=np.int8), cupy.asarray(threshold, dtype=_INT32),
+        (b_counts, cupy.asarray(direction, dtype=np.int8), cupy.asarray(threshold, dtype=_INT32),
          np.int64(n), np.int64(padded), bounds),
     )
-    out = _alloc(lambda: cupy.empty((m, n_words(n)), dtype=np.uint64), 8 * m * n_words(n), "hold the layer's words")
-    fused(a, b, counts, out, bounds)
-    return out
+    return bounds
 
 
 def prepare_input_layer(w, mean, scale):

@@ -30,8 +30,9 @@ def _launch(name, items, args):
 
 
 def _weights(w_words, cg, pad_value, prepared):
-    """(weight rows (O, KH * KW * CW rounded up to even) on the device, tap sums (KH * KW, O) int32 on the
-    device, pad word (CW,)), kept in ``prepared`` (a ConvWeights' dict) where given."""
+    """(weight rows (O, KH * KW * CW rounded up to even), their popcounts (O,) int32,
+    tap sums (KH * KW, O) int32, pad word (CW,)), all on the device, kept in
+    ``prepared`` (a ConvWeights' dict) where given."""
     cupy = gpu._cupy()
     key = ("gpu", cupy.cuda.runtime.getDevice(), pad_value)
     if prepared is not None and key in prepared:
@@ -41,6 +42,7 @@ def _weights(w_words, cg, pad_value, prepared):
     per_row = kh * kw * cw
     rows = np.zeros((o, per_row + per_row % 2), dtype=np.uint64)  # even words per row, as _im2col's
     rows[:, :per_row] = host.transpose(2, 0, 1, 3).reshape(o, per_row)
+    counts = gpu.to_device(np.bitwise_count(rows).sum(axis=1, dtype=np.int64).astype(np.int32))
     rows = gpu.to_device(rows)
     # sum over the channels of sign(w) per tap and output channel: 2 popcount - cg
     sums = (2 * np.bitwise_count(host).sum(axis=3, dtype=np.int64) - cg).astype(np.int32)
@@ -50,14 +52,16 @@ def _weights(w_words, cg, pad_value, prepared):
         bits = np.zeros(64 * cw, dtype=np.uint8)
         bits[:cg] = 1
         pad = np.packbits(bits, bitorder="little").view(np.uint64)
-    weights = (rows, tap_sums, gpu.to_device(pad))
+    weights = (rows, counts, tap_sums, gpu.to_device(pad))
     if prepared is not None:
         prepared[key] = weights
     return weights
 
 
-def _im2col(x_words, pad, geometry, groups):
-    """GEMM rows (G, N * OH * OW, KH * KW * CW rounded up to even) of activation words (N, H, W, G, CW)."""
+def _im2col(x_words, pad, geometry, groups, w_counts):
+    """(GEMM rows (G, N * OH * OW, KH * KW * CW rounded up to even) of activation words
+    (N, H, W, G, CW), and for one group their popcounts followed by ``w_counts``, what
+    the GEMM takes as ``counts``; None for several groups)."""
     cupy = gpu._cupy()
     h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     n, cw = x_words.shape[0], x_words.shape[4]
@@ -72,15 +76,24 @@ def _im2col(x_words, pad, geometry, groups):
     _launch("im2col_words", cols.size,
             (x, pad, cols, np.int64(n), *(np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl)),
              np.int32(groups), np.int32(cw), np.int32(per_row)))
-    return cols
+    counts = None
+    if groups == 1:  # group 0's rows, then the weights' (the other groups' GEMMs count their own)
+        counts = gpu._alloc(lambda: cupy.empty(rows + w_counts.size, dtype=np.int32), 4 * rows, "hold row popcounts")
+        threads = gpu._constant("pack", "POPCOUNT_THREADS")
+        gpu._function("pack", "row_popcounts")(
+            gpu._grid_1d(rows, threads // 32), (threads,), (cols[0], np.int64(rows), cols[0], np.int64(0),
+                                                            np.int64(per_row), counts))
+        counts[rows:] = w_counts
+    return cols, counts
 
 
 def _on_device(direction, threshold):
-    """int8 direction and int32 threshold on the device; host arrays are copied once per
-    content and kept (a copy per call would wait for the device at every layer)."""
+    """(int8 direction, int32 threshold, key): both on the device; host arrays are copied
+    once per content and kept (a copy per call would wait for the device at every layer),
+    under ``key`` (None for device arrays)."""
     cupy = gpu._cupy()
     if isinstance(direction, cupy.ndarray) and isinstance(threshold, cupy.ndarray):
-        return direction.astype(np.int8, copy=False), threshold.astype(np.int32, copy=False)
+        return direction.astype(np.int8, copy=False), threshold.astype(np.int32, copy=False), None
     direction = np.ascontiguousarray(to_numpy(direction), dtype=np.int8)
     threshold = np.ascontiguousarray(to_numpy(threshold), dtype=np.int32)
     key = (cupy.cuda.runtime.getDevice(), direction.tobytes(), threshold.tobytes())
@@ -88,7 +101,7 @@ def _on_device(direction, threshold):
     if found is None:
         if len(_constants) >= _MAX_CONSTANTS:
             _constants.clear()
-        found = _constants[key] = (gpu.to_device(direction), gpu.to_device(threshold))
+        found = _constants[key] = (gpu.to_device(direction), gpu.to_device(threshold), key)
     return found
 
 
@@ -120,10 +133,10 @@ def _fix_zero_padding(z, rows, tap_sums, geometry, indexed):
              *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl)), np.int32(indexed)))
 
 
-def _gemm(cols, w_rows, k, groups):
+def _gemm(cols, counts, w_rows, k, groups):
     """int32 sums (rows, O) of the GEMM rows of every group with its output channels' weights."""
     if groups == 1:
-        return gpu.xnor_gemm(cols[0], w_rows, k, padded=True)
+        return gpu.xnor_gemm(cols[0], w_rows, k, padded=True, counts=counts)
     cupy = gpu._cupy()
     o = w_rows.shape[0]
     og = o // groups
@@ -136,9 +149,9 @@ def _gemm(cols, w_rows, k, groups):
 def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
-    w_rows, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
-    cols = _im2col(x_words, pad, geometry, groups)
-    z = _gemm(cols, w_rows, kh * kw * cg, groups)
+    w_rows, w_counts, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
+    z = _gemm(cols, counts, w_rows, kh * kw * cg, groups)
     rows = _borders(n, geometry) if pad_value == 0 else None
     if rows is not None:
         _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
@@ -150,23 +163,32 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     cupy = gpu._cupy()
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
-    direction, threshold = _on_device(direction, threshold)
-    w_rows, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    direction, threshold, constants_key = _on_device(direction, threshold)
+    w_rows, w_counts, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
     k = kh * kw * cg
-    cols = _im2col(x_words, pad, geometry, groups)
+    cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     rows = _borders(n, geometry) if pad_value == 0 else None
     if groups == 1:
         # One fused kernel over every row; rows reaching the zero padding are redone as sums.
-        words = gpu.xnor_gemm_threshold_pack(cols[0], w_rows, k, direction, threshold, padded=True)
+        key = ("gpu bounds", constants_key, pad_value)
+        bounds = None if prepared is None else prepared.get(key)
+        if bounds is None:
+            bounds = gpu.column_bounds(w_counts, direction, threshold)
+            if prepared is not None:
+                if len(prepared) >= _MAX_CONSTANTS:
+                    prepared.clear()
+                prepared[key] = bounds
+        words = gpu.xnor_gemm_threshold_pack(cols[0], w_rows, k, direction, threshold, padded=True,
+                                             counts=counts, bounds=bounds)
         if rows is not None:
-            z = gpu.xnor_gemm(cols[0][rows], w_rows, k, padded=True)
+            z = gpu.xnor_gemm(cupy.take(cols[0], rows, axis=0), w_rows, k, padded=True)
             h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
             _launch("conv_border_threshold_pack", rows.size * words.shape[1],
                     (z, rows, np.int64(rows.size), tap_sums, direction, threshold, words,
                      np.int32(z.shape[1]), np.int32(words.shape[1]),
                      *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl))))
     else:
-        z = _gemm(cols, w_rows, k, groups)
+        z = _gemm(cols, counts, w_rows, k, groups)
         if rows is not None:
             _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
         words = _common.threshold_pack(z, direction, threshold)
