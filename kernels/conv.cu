@@ -52,15 +52,31 @@ im2col_words(const u64* __restrict__ x, const u64* __restrict__ pad, u64* __rest
     }
 }
 
+// The zero-padding correction of output pixel (oy, ox) for one channel: the sum
+// of sums[tap * stride] over the taps of its window that fall in the padding.
+__device__ __forceinline__ int padded_taps_sum(const int* __restrict__ sums, int stride, int oy, int ox, int h, int w,
+                                               int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl)
+{
+    int fix = 0;
+    for (int i = 0; i < kh; ++i) {
+        const int y = oy * sh - pt + i * dh;
+        const bool row_out = y < 0 || y >= h;
+        for (int j = 0; j < kw; ++j) {
+            const int xx = ox * sw - pl + j * dw;
+            if (row_out || xx < 0 || xx >= w) fix += sums[(i * kw + j) * stride];
+        }
+    }
+    return fix;
+}
+
 // Launch: block CONV_THREADS threads, any 1-D grid.  For each listed row
-// (output pixel p = rows_of[r], of n_rows) and channel o of z (int32,
-// (n_rows or all rows, o_total)): z += the sum over the taps of p in the
-// padding of tap_sums[tap, o] = sum over channels of sign(w[tap, c, o]).
-// indexed: z holds only the listed rows, in list order; else z holds all rows.
+// (output pixel p = rows_of[r], of n_rows) and channel o of z (int32, all rows,
+// o_total channels): z += the sum over the taps of p in the padding of
+// tap_sums[tap, o] = sum over channels of sign(w[tap, c, o]).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv_zero_pad_fix(int* __restrict__ z, const long long* __restrict__ rows_of, long long n_rows,
                   const int* __restrict__ tap_sums, int o_total, int oh, int ow, int h, int w, int kh, int kw,
-                  int sh, int sw, int dh, int dw, int pt, int pl, int indexed)
+                  int sh, int sw, int dh, int dw, int pt, int pl)
 {
     const long long total = n_rows * o_total;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
@@ -68,18 +84,8 @@ conv_zero_pad_fix(int* __restrict__ z, const long long* __restrict__ rows_of, lo
         const long long r = e / o_total;
         const int o = (int)(e - r * o_total);
         const long long p = rows_of[r];
-        const int ox = (int)(p % ow);
-        const int oy = (int)((p / ow) % oh);
-        int fix = 0;
-        for (int i = 0; i < kh; ++i) {
-            const int y = oy * sh - pt + i * dh;
-            const bool row_out = y < 0 || y >= h;
-            for (int j = 0; j < kw; ++j) {
-                const int xx = ox * sw - pl + j * dw;
-                if (row_out || xx < 0 || xx >= w) fix += tap_sums[(i * kw + j) * o_total + o];
-            }
-        }
-        z[(indexed ? r : p) * o_total + o] += fix;
+        z[p * o_total + o] += padded_taps_sum(
+            tap_sums + o, o_total, (int)((p / ow) % oh), (int)(p % ow), h, w, kh, kw, sh, sw, dh, dw, pt, pl);
     }
 }
 
@@ -106,15 +112,8 @@ conv_border_threshold_pack(const int* __restrict__ z, const long long* __restric
         u64 bits = 0;
         for (int b = 0; b < 64 && 64 * c + b < o_total; ++b) {
             const int o = 64 * c + b;
-            int v = z[r * o_total + o];
-            for (int i = 0; i < kh; ++i) {
-                const int y = oy * sh - pt + i * dh;
-                const bool row_out = y < 0 || y >= h;
-                for (int j = 0; j < kw; ++j) {
-                    const int xx = ox * sw - pl + j * dw;
-                    if (row_out || xx < 0 || xx >= w) v += tap_sums[(i * kw + j) * o_total + o];
-                }
-            }
+            const int v = z[r * o_total + o] +
+                          padded_taps_sum(tap_sums + o, o_total, oy, ox, h, w, kh, kw, sh, sw, dh, dw, pt, pl);
             bits |= (u64)((int)direction[o] * v >= threshold[o]) << b;
         }
         words[p * out_w + c] = bits;

@@ -120,28 +120,21 @@ __device__ __forceinline__ void fence_regs(int (&d)[R])
     for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i]) :: "memory");
 }
 
+// The accumulators of a wgmma as read-write asm operands, 8 and 64 at a time.
+#define XNOR_ACC8(d, i)                                                                             \
+    "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]),  \
+        "+r"(d[i + 6]), "+r"(d[i + 7])
+#define XNOR_ACC64(d, i)                                                                            \
+    XNOR_ACC8(d, i), XNOR_ACC8(d, i + 8), XNOR_ACC8(d, i + 16), XNOR_ACC8(d, i + 24), XNOR_ACC8(d, i + 32), \
+        XNOR_ACC8(d, i + 40), XNOR_ACC8(d, i + 48), XNOR_ACC8(d, i + 56)
+
 __device__ __forceinline__ void wgmma_n256(int (&d)[128], u64 desc_a, u64 desc_b, int scale_d)
 {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k256.s32.b1.b1.and.popc "
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p;\n}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
-          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
-          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
-          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
-          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
-          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
-          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
-          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
-          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
-          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
-          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : XNOR_ACC64(d, 0), XNOR_ACC64(d, 64)
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
@@ -151,14 +144,7 @@ __device__ __forceinline__ void wgmma_n128(int (&d)[64], u64 desc_a, u64 desc_b,
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc "
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
-          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
-          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : XNOR_ACC64(d, 0)
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
@@ -421,7 +407,7 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
 // describe a_words and b_words as (W, rows) uint64 with (16, BM) and (16, BN)
 // boxes and 128-byte swizzle.  The _pack kernels take out_words (m, out_w)
 // instead of out, and the bounds of every column (BN-column tiles of them).
-#define XNORCORE_GEMM_WGMMA(NAME, P, PINGPONG)                                                      \
+#define XNORCORE_GEMM_WGMMA(NAME, PACK_NAME, P, PINGPONG)                                                    \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                     \
     NAME(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,         \
          const int* __restrict__ counts, int* __restrict__ out,                                     \
@@ -431,7 +417,7 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
             map_a, map_b, counts, out, m, n, n_words, k, nullptr, nullptr, 0);                     \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                     \
-    NAME##_pack(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,  \
+    PACK_NAME(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,    \
                 const int* __restrict__ counts, u64* __restrict__ out_words,                        \
                 long long m, long long n, long long n_words, long long k,                           \
                 const int2* __restrict__ bounds, long long out_w)                                   \
@@ -443,9 +429,9 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
 static constexpr int COOP_BM = 128;
 static constexpr int COOP_BN = 256;
 static constexpr int COOP_STAGES = 4;
-XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_coop, COOP, false)
+XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_coop, xnor_gemm_wgmma_coop_pack, COOP, false)
 
 static constexpr int PING_BM = 128;
 static constexpr int PING_BN = 128;
 static constexpr int PING_STAGES = 6;
-XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_ping, PING, true)
+XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_ping, xnor_gemm_wgmma_ping_pack, PING, true)

@@ -1,4 +1,7 @@
-"""Shared test helpers: a plain numpy reference for the binary product, and finite differences for gradients."""
+"""Shared test helpers: a plain numpy reference for the binary product, finite differences for
+gradients, and a machine without CuPy."""
+
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +75,12 @@ def assert_batch_norm_gradients(bn, z, up):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """A machine without CuPy: "import cupy" raises ImportError, and a CuPy imported before is forgotten."""
+    from xnorcore._backends import gpu
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(gpu, "_cupy_module", None)

@@ -1,7 +1,5 @@
 """binary_conv2d and its fused output: exact against a plain numpy reference."""
 
-import sys
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,7 +17,6 @@ from xnorcore import (
     unpack_bits,
 )
 from xnorcore._backends import cpu as _cpu
-from xnorcore._backends import gpu as _gpu
 from xnorcore.ops import _conv_geometry
 
 from conftest import random_matrix, sign_ref
@@ -453,12 +450,6 @@ def test_bad_thresholds_are_a_clear_error(direction, threshold, match):
         binary_conv2d_threshold_pack(X, W, direction, threshold)
 
 
-@pytest.fixture
-def no_cupy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
-    monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before
-
-
 def test_backend_gpu_without_cupy_names_the_gpu_extra(no_cupy):
     with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
         binary_conv2d(X, W, backend="gpu")
@@ -466,25 +457,22 @@ def test_backend_gpu_without_cupy_names_the_gpu_extra(no_cupy):
         binary_conv2d_threshold_pack(X, W, np.ones(4), np.zeros(4), backend="gpu")
 
 
-def test_cupy_input_without_a_usable_gpu_names_the_gpu_extra(monkeypatch, no_cupy):
-    class FakeCupyArray:  # what ops recognizes as a cupy array, without CuPy
-        __module__ = "cupy._core.core"
-        ndim = 4
-        shape = X.shape
-        dtype = X.dtype
+class FakeCupyArray:
+    """What ops recognizes as a cupy array (by its module), without CuPy."""
 
+    __module__ = "cupy._core.core"
+    ndim = 4
+    shape = X.shape
+    dtype = X.dtype
+
+
+def test_cupy_input_without_a_usable_gpu_names_the_gpu_extra(monkeypatch, no_cupy):
     monkeypatch.setattr(xnorcore.ops, "_check_array", lambda x, name: x)
     with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install 'xnorcore\[gpu\]'"):
         binary_conv2d(FakeCupyArray(), W)
 
 
 def test_backend_cpu_refuses_cupy_operands(monkeypatch):
-    class FakeCupyArray:
-        __module__ = "cupy._core.core"
-        ndim = 4
-        shape = X.shape
-        dtype = X.dtype
-
     monkeypatch.setattr(xnorcore.ops, "_check_array", lambda x, name: x)
     with pytest.raises(TypeError, match=r"backend='cpu' needs numpy operands, got cupy arrays"):
         binary_conv2d(FakeCupyArray(), W, backend="cpu")

@@ -5,8 +5,6 @@ The tests at the top check the error messages of a machine without CuPy and run
 everywhere.
 """
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -19,12 +17,6 @@ needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"GPU tests need CuPy 
 
 
 # --- without CuPy (every machine) -------------------------------------------------
-
-
-@pytest.fixture
-def no_cupy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", None)  # makes "import cupy" raise ImportError
-    monkeypatch.setattr(_gpu, "_cupy_module", None)  # forget a CuPy imported before
 
 
 def test_require_names_the_gpu_extra_without_cupy(no_cupy):

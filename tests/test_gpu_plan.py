@@ -150,13 +150,13 @@ def test_wgmma_shared_memory_fits_sm90(variant):
 
 
 def test_hopper_plans(fake_cupy):
-    """On 9.0: wgmma from 2**36 multiply-accumulates (coop by default), the mma kernel below."""
+    """On 9.0: wgmma from 2**36 multiply-accumulates (ping by default), the mma kernel below."""
     width = 8192 // 64
     plan = _gpu._plan(8192, 8192, width, 8192)
     assert plan.variant == "wgmma"
-    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_coop"
+    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_ping"
     assert plan.function.module.options == _gpu._compile_options("xnor_gemm_wgmma")
-    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("coop")[2]
+    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("ping")[2]
     assert plan.grid == 132  # persistent: one block per multiprocessor
     assert _gpu._plan(8192, 8192, width, 8192) is plan  # cached
     assert _gpu._plan(4096, 4096, 64, 4096).variant == "wgmma"  # 4096**3 == 2**36
@@ -256,3 +256,20 @@ def test_tensor_map_failure_names_the_shape(fake_cupy, monkeypatch):
     monkeypatch.setattr(_gpu, "_tensor_map_encode", lambda *args: 1)
     with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled failed with CUresult 1 for 300 x 16 words"):
         _gpu._tensor_map(1 << 20, 300, 16, 128)
+
+
+def test_hopper_fused_layer_plans(fake_cupy):
+    """The fused layer runs on wgmma at every size: coop's 256-column tiles for layers
+    wider than 128 outputs, ping's 128-column ones for narrower layers."""
+    wide = _gpu._plan(8192, 8192, 128, 8192, pack=True)
+    assert (wide.variant, wide.function.name, wide.bn) == ("wgmma", "xnor_gemm_wgmma_coop_pack", 256)
+    narrow = _gpu._plan(65536, 128, 16, 1024, pack=True)
+    assert (narrow.function.name, narrow.bn) == ("xnor_gemm_wgmma_ping_pack", 128)
+    assert _gpu._plan(64, 64, 2, 100, pack=True).function.name == "xnor_gemm_wgmma_ping_pack"
+    assert _gpu._plan(8192, 8192, 128, 8192, pack=True) is wide  # cached apart from the int32 plan
+    assert _gpu._plan(8192, 8192, 128, 8192).function.name == "xnor_gemm_wgmma_ping"
+
+
+def test_fused_layer_falls_back_off_hopper(fake_cupy, monkeypatch):
+    monkeypatch.setenv(_gpu.KERNEL_ENV, "mma")
+    assert _gpu._plan(8192, 8192, 128, 8192, pack=True) is None

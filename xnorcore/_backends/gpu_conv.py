@@ -125,12 +125,13 @@ def _borders(n, geometry):
     return rows
 
 
-def _fix_zero_padding(z, rows, tap_sums, geometry, indexed):
+def _fix_zero_padding(z, rows, tap_sums, geometry):
+    """Make the sums z (all rows, O) of the border ``rows`` those of zero padding, in place."""
     h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     o = z.shape[-1]
     _launch("conv_zero_pad_fix", rows.size * o,
             (z, rows, np.int64(rows.size), tap_sums, np.int32(o),
-             *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl)), np.int32(indexed)))
+             *(np.int32(v) for v in (oh, ow, h, w, kh, kw, sh, sw, dh, dw, pt, pl))))
 
 
 def _gemm(cols, counts, w_rows, k, groups):
@@ -154,7 +155,7 @@ def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, pr
     z = _gemm(cols, counts, w_rows, kh * kw * cg, groups)
     rows = _borders(n, geometry) if pad_value == 0 else None
     if rows is not None:
-        _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
+        _fix_zero_padding(z, rows, tap_sums, geometry)
     return z.reshape(n, oh, ow, w_rows.shape[0])
 
 
@@ -190,7 +191,7 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     else:
         z = _gemm(cols, counts, w_rows, k, groups)
         if rows is not None:
-            _fix_zero_padding(z, rows, tap_sums, geometry, indexed=False)
+            _fix_zero_padding(z, rows, tap_sums, geometry)
         words = _common.threshold_pack(z, direction, threshold)
     words = words.reshape(n, oh, ow, words.shape[-1])
     if not pool:
