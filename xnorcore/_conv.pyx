@@ -16,21 +16,27 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
-cimport openmp
+from libc.string cimport memcpy, memset
 
 
 cdef extern from "dispatch.h" nogil:
     enum:
         XNOR_N_VARIANTS
+        XNOR_F32
 
     ctypedef struct xnor_kernels:
         int mr
         int nr
+        int (*pack_row)(int dtype, const void *x, int64_t length, uint64_t *out) noexcept nogil
         void (*threshold_pack)(const int32_t *z, const int8_t *direction,
                                const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
         void (*threshold_pack_rows)(const int32_t *z, int64_t ldz, const int8_t *direction,
                                     const int32_t *threshold, int64_t n, int64_t rows,
                                     uint64_t *out, int64_t ldo) noexcept nogil
+        void (*real_pool)(const float *x, int64_t wp, int64_t c, int64_t kh, int64_t kw,
+                          int64_t ph, int64_t pw, const float *w, int64_t o, int64_t o_pad,
+                          const float *bias, float *z) noexcept nogil
+        int real_pool_width
 
     const xnor_kernels xnor_variants[]
 
@@ -46,12 +52,6 @@ cdef extern from "dispatch.h" nogil:
 def panel_width(int variant):
     """Columns per weight panel (nr) of dispatch-table row ``variant``."""
     return xnor_variants[variant].nr
-
-
-cdef inline int _threads(n_threads):
-    if n_threads is None:
-        return openmp.omp_get_max_threads()
-    return max(1, <int>n_threads)
 
 
 def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint corrections,
@@ -124,11 +124,6 @@ cdef enum:
     _ITEMS_PER_THREAD = 16
 
 
-cdef int _conv_threads(n_threads, int64_t work):
-    # Small convolutions are not worth waking the thread team.
-    return 1 if work < 4000000 else _threads(n_threads)
-
-
 cdef xnor_conv_geom _geom(tuple geometry, int64_t xs, int64_t cwg, int64_t o, int64_t groups,
                           int nr):
     # geometry: (H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, K)
@@ -144,7 +139,7 @@ cdef xnor_conv_geom _geom(tuple geometry, int64_t xs, int64_t cwg, int64_t o, in
 
 def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
            const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups, int variant,
-           n_threads=None):
+           int n_threads):
     """int32 sums (N, OH, OW, O) of the binary conv2d.
 
     x (N, H, W, xs) words: input; panels, corr: from :func:`conv_weights` (corr None
@@ -161,7 +156,7 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     cdef const int32_t *corr_ptr = _corr_pointer(corr)
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
+    cdef int nt = n_threads
     # Blocks of up to 64 pixels x 8 panels, shrunk (pixels first: the panels
     # of one pixel tile share its indirection buffer) until every thread has
     # _ITEMS_PER_THREAD items; pixel blocks stay within one image.
@@ -217,7 +212,7 @@ cdef inline void _threshold_rows(const xnor_kernels *kern, const int32_t *sums, 
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
                           const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups,
                           const int8_t[::1] direction, const int32_t[::1] threshold,
-                          bint pool, int variant, n_threads=None):
+                          bint pool, int variant, int n_threads):
     """Packed signs of ``direction * conv2d(...) - threshold``, optionally 2x2 max-pooled.
 
     Arguments as :func:`conv2d`, plus direction (O,) in {-1, 0, 1} and
@@ -241,7 +236,7 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef const int32_t *corr_ptr = _corr_pointer(corr)
     cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = _conv_threads(n_threads, n * pixels * o * g.k)
+    cdef int nt = n_threads
     # Pixels per item: two output rows when pooling, else blocks of up to 64
     # pixels, shrunk until every thread has several items.
     cdef int64_t pix_per
@@ -293,3 +288,89 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     if failed:
         raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")
     return words
+
+
+def real_pool_width(int variant):
+    """Floats per vector of dispatch-table row ``variant``'s real_pool (o_pad's multiple)."""
+    return xnor_variants[variant].real_pool_width
+
+
+def real_conv2d_pool(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, tuple geometry,
+                     direction, threshold, int variant, int n_threads):
+    """The real first conv block: stride-1 convolution, 2x2 max-pool, bias; optionally thresholded.
+
+    x (N, H, W, C) float32: input images; w (KH KW C, o_pad) float32: the HWIO
+    weights with zero columns up to o_pad (a multiple of
+    :func:`real_pool_width`); bias None or (o_pad,) float32; geometry
+    ``(KH, KW, PT, PL, PH, PW, O)``: kernel, padding above and left, pooled
+    output size and channels.  Without ``direction``: float32 sums (N, PH, PW,
+    O), ``max`` over each 2x2 window of the convolution, plus the bias.  With
+    direction (O,) int8 and threshold (O,) float32: the words (N, PH, PW,
+    ceil(O / 64)) of ``direction * z - threshold >= 0``, the arithmetic of
+    ``threshold_pack`` on those sums, which never reach memory.
+    Images go to the threads in static blocks.
+    """
+    cdef const xnor_kernels *kern = &xnor_variants[variant]
+    cdef int64_t kh, kw, pt, pl, ph, pw, o
+    kh, kw, pt, pl, ph, pw, o = geometry
+    cdef int64_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], c = x.shape[3]
+    cdef int64_t o_pad = w.shape[1]
+    cdef int64_t hp = 2 * ph + kh - 1, wp = 2 * pw + kw - 1
+    cdef bint fused = direction is not None
+    cdef int64_t n_words = (o + 63) // 64
+    if fused:
+        result = np.zeros((n, ph, pw, n_words), dtype=np.uint64)
+    else:
+        result = np.empty((n, ph, pw, o), dtype=np.float32)
+    if n == 0 or ph == 0 or pw == 0 or o == 0:
+        return result
+    cdef const float *bias_ptr = NULL
+    cdef const float[::1] bias_view
+    if bias is not None:
+        bias_view = bias
+        bias_ptr = &bias_view[0]
+    cdef const int8_t[::1] d
+    cdef const float[::1] t
+    cdef uint64_t[:, :, :, ::1] words
+    cdef float[:, :, :, ::1] sums
+    if fused:
+        d = direction
+        t = threshold
+        words = result
+    else:
+        sums = result
+    # The rows and columns of the input that the padded buffer holds.
+    cdef int64_t y0 = max(0, -pt), y1 = min(h, hp - pt), x0 = max(0, -pl), x1 = min(wd, wp - pl)
+    cdef int64_t img, y, j, r
+    cdef int failed = 0
+    cdef float *buf
+    cdef float *z
+    cdef float *row
+    cdef int64_t buf_floats = hp * wp * c
+    cdef int64_t z_floats = ph * pw * o if fused else 0
+    for img in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        buf = <float *>malloc((buf_floats + z_floats + o) * sizeof(float))
+        if buf == NULL:
+            failed += 1
+        else:
+            # The padding of the buffer stays zero; only the image is copied in.
+            memset(buf, 0, buf_floats * sizeof(float))
+            if x1 > x0:
+                for y in range(y0, y1):
+                    memcpy(buf + ((y + pt) * wp + x0 + pl) * c, &x[img, y, x0, 0],
+                           (x1 - x0) * c * sizeof(float))
+            if fused:
+                z = buf + buf_floats
+                row = z + z_floats
+                kern.real_pool(buf, wp, c, kh, kw, ph, pw, &w[0, 0], o, o_pad, bias_ptr, z)
+                for r in range(ph * pw):
+                    for j in range(o):
+                        row[j] = d[j] * z[r * o + j] - t[j]
+                    kern.pack_row(XNOR_F32, row, o, &words[img, r // pw, r % pw, 0])
+            else:
+                kern.real_pool(buf, wp, c, kh, kw, ph, pw, &w[0, 0], o, o_pad, bias_ptr,
+                               &sums[img, 0, 0, 0])
+            free(buf)
+    if failed:
+        raise MemoryError("real_conv2d_pool could not allocate its image buffer")
+    return result

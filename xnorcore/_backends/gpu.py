@@ -610,3 +610,5 @@ def _no_conv(*args, **kwargs):
 
 # The conv operations of the contract: no CUDA kernel for them yet.
 conv2d = conv2d_threshold_pack = real_conv2d = _no_conv
+#: No fused first conv block: callers pool the sums of array operations.
+real_conv2d_pool = None

@@ -229,6 +229,7 @@ XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8
 
 XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
+XNOR_REAL_POOL(xnor_real_pool_avx2, __attribute__((target("avx2"))), 32)
 #endif /* XNOR_X86 */
 
 #endif /* XNORCORE_CSRC_AVX2_H */

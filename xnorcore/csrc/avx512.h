@@ -390,6 +390,7 @@ XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, 
 
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
+XNOR_REAL_POOL(xnor_real_pool_avx512, __attribute__((target("avx512f"))), 64)
 #endif /* XNOR_X86 */
 
 #endif /* XNORCORE_CSRC_AVX512_H */

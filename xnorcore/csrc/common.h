@@ -71,6 +71,9 @@ typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const i
                                    const float *init, float *z, int64_t z_stride);
 typedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows,
                                     int64_t k, const double *w, double *out);
+typedef void (*xnor_real_pool_fn)(const float *x, int64_t wp, int64_t c, int64_t kh, int64_t kw,
+                                  int64_t ph, int64_t pw, const float *w, int64_t o,
+                                  int64_t o_pad, const float *bias, float *z);
 
 /* One row of the dispatch table (dispatch.h): every kernel of one instruction
  * set.  Arguments: x, a, panel are inputs; out and c are outputs (c is read
@@ -98,6 +101,10 @@ typedef struct {
     /* the same over rows, the per-channel work done once per 64 channels
      * rather than per row; NULL where a loop over threshold_pack is as fast */
     xnor_threshold_pack_rows_fn threshold_pack_rows;
+    /* the real first conv block with its 2x2 max-pool (real_layers.h) and
+     * its vector width in floats (o_pad is a multiple of it) */
+    xnor_real_pool_fn real_pool;
+    int real_pool_width;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)
