@@ -154,23 +154,21 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
         return result
     cdef int32_t[:, :, :, ::1] out = result
     cdef const int32_t *corr_ptr = _corr_pointer(corr)
-    cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = n_threads
     # Blocks of up to 64 pixels x 8 panels, shrunk (pixels first: the panels
     # of one pixel tile share its indirection buffer) until every thread has
     # _ITEMS_PER_THREAD items; pixel blocks stay within one image.
     cdef int64_t pix_per = 64, panels_per = 8
-    while n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < _ITEMS_PER_THREAD * nt:
-        if pix_per > mr:
+    while n * ((pixels + pix_per - 1) // pix_per) * ((n_panels + panels_per - 1) // panels_per) < _ITEMS_PER_THREAD * n_threads:
+        if pix_per > kern.mr:
             pix_per //= 2
         elif panels_per > 1:
             panels_per //= 2
         else:
             break
-    # Even blocks (whole tiles of mr) rather than full blocks and a short last one.
+    # Even blocks (whole tiles of mr rows) rather than full blocks and a short last one.
     cdef int64_t pix_blocks = (pixels + pix_per - 1) // pix_per
-    pix_per = ((pixels + pix_blocks - 1) // pix_blocks + mr - 1) // mr * mr
+    pix_per = ((pixels + pix_blocks - 1) // pix_blocks + kern.mr - 1) // kern.mr * kern.mr
     pix_blocks = (pixels + pix_per - 1) // pix_per
     cdef int64_t col_blocks = (n_panels + panels_per - 1) // panels_per
     panels_per = (n_panels + col_blocks - 1) // col_blocks
@@ -180,11 +178,11 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
     cdef int failed = 0
     cdef const uint64_t **ptrs
     # Dynamic: the items differ in size (edge blocks of pixels and panels).
-    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=n_threads):
         img = item // per_image
         q0 = ((item % per_image) // col_blocks) * pix_per
         p0 = (item % col_blocks) * panels_per
-        ptrs = <const uint64_t **>malloc(g.kh * g.kw * mr * sizeof(uint64_t *))
+        ptrs = <const uint64_t **>malloc(g.kh * g.kw * kern.mr * sizeof(uint64_t *))
         if ptrs == NULL:
             failed += 1
         else:
@@ -234,9 +232,7 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         return words
     cdef uint64_t[:, :, :, ::1] out = words
     cdef const int32_t *corr_ptr = _corr_pointer(corr)
-    cdef int mr = kern.mr
     cdef int64_t n_panels = groups * g.ppg
-    cdef int nt = n_threads
     # Pixels per item: two output rows when pooling, else blocks of up to 64
     # pixels, shrunk until every thread has several items.
     cdef int64_t pix_per
@@ -244,10 +240,10 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
         pix_per = 2 * g.ow
     else:
         pix_per = 64
-        while pix_per > mr and n * ((pixels + pix_per - 1) // pix_per) < _ITEMS_PER_THREAD * nt:
+        while pix_per > kern.mr and n * ((pixels + pix_per - 1) // pix_per) < _ITEMS_PER_THREAD * n_threads:
             pix_per //= 2
         pix_per = (pixels + (pixels + pix_per - 1) // pix_per - 1) // ((pixels + pix_per - 1) // pix_per)
-        pix_per = (pix_per + mr - 1) // mr * mr
+        pix_per = (pix_per + kern.mr - 1) // kern.mr * kern.mr
     cdef int64_t per_image = ph if pool else (pixels + pix_per - 1) // pix_per
     cdef int64_t item, img, q0, q1, r, px, wd
     cdef int failed = 0
@@ -257,17 +253,17 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef uint64_t *top
     cdef uint64_t *bottom
     # Dynamic: the items differ in size (edge blocks of pixels and panels).
-    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=nt):
+    for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=n_threads):
         img = item // per_image
         q0 = (item % per_image) * pix_per
         q1 = min(q0 + pix_per, pixels)
-        ptrs = <const uint64_t **>malloc(g.kh * g.kw * mr * sizeof(uint64_t *)
+        ptrs = <const uint64_t **>malloc(g.kh * g.kw * kern.mr * sizeof(uint64_t *)
                                          + pix_per * o * sizeof(int32_t)
                                          + pix_per * ow_words * sizeof(uint64_t))
         if ptrs == NULL:
             failed += 1
         else:
-            bits = <uint64_t *>(ptrs + g.kh * g.kw * mr)
+            bits = <uint64_t *>(ptrs + g.kh * g.kw * kern.mr)
             sums = <int32_t *>(bits + pix_per * ow_words)
             xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
                              q0, q1, 0, n_panels, sums, o, ptrs)

@@ -20,35 +20,25 @@ static inline XNOR_AVX512_ATTR __mmask64 xnor_lanes64(int n)
 
 /* 64 elements (n of them valid) -> one word, with masked loads for the tail
  * so that no byte past the row is read and padding bits stay 0. */
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f32_avx512(const float *p, int n, int *nan)
-{
-    uint64_t m = 0;
-    __mmask16 bad = 0;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int g = 0; g < 4; g++) {
-        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
-        __m512 x = _mm512_maskz_loadu_ps(lanes, p + 16 * g);
-        m |= (uint64_t)_mm512_mask_cmp_ps_mask(lanes, x, zero, _CMP_GE_OQ) << (16 * g);
-        bad |= _mm512_mask_cmp_ps_mask(lanes, x, x, _CMP_UNORD_Q);
+#define XNOR_M64_FLOAT_512(SFX, T, L, MASK, VEC, PS)                                         \
+    XNOR_AVX512_ATTR static inline uint64_t xnor_m64_##SFX##_avx512(const T *p, int n,       \
+                                                                    int *nan)                \
+    {                                                                                        \
+        uint64_t m = 0;                                                                      \
+        MASK bad = 0;                                                                        \
+        const VEC zero = _mm512_setzero_##PS();                                              \
+        for (int g = 0; g < 64 / (L); g++) {                                                 \
+            MASK lanes = (MASK)xnor_lanes64(n - (L) * g);                                    \
+            VEC x = _mm512_maskz_loadu_##PS(lanes, p + (L) * g);                             \
+            m |= (uint64_t)_mm512_mask_cmp_##PS##_mask(lanes, x, zero, _CMP_GE_OQ) << ((L) * g); \
+            bad |= _mm512_mask_cmp_##PS##_mask(lanes, x, x, _CMP_UNORD_Q);                   \
+        }                                                                                    \
+        *nan |= bad != 0;                                                                    \
+        return m;                                                                            \
     }
-    *nan |= bad != 0;
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f64_avx512(const double *p, int n, int *nan)
-{
-    uint64_t m = 0;
-    __mmask8 bad = 0;
-    const __m512d zero = _mm512_setzero_pd();
-    for (int g = 0; g < 8; g++) {
-        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
-        __m512d x = _mm512_maskz_loadu_pd(lanes, p + 8 * g);
-        m |= (uint64_t)_mm512_mask_cmp_pd_mask(lanes, x, zero, _CMP_GE_OQ) << (8 * g);
-        bad |= _mm512_mask_cmp_pd_mask(lanes, x, x, _CMP_UNORD_Q);
-    }
-    *nan |= bad != 0;
-    return m;
-}
+XNOR_M64_FLOAT_512(f32, float, 16, __mmask16, __m512, ps)
+XNOR_M64_FLOAT_512(f64, double, 8, __mmask8, __m512d, pd)
+#undef XNOR_M64_FLOAT_512
 
 XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i8_avx512(const int8_t *p, int n)
 {
@@ -57,38 +47,24 @@ XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i8_avx512(const int8_t *p, int 
     return _mm512_mask_cmpge_epi8_mask(lanes, x, _mm512_setzero_si512());
 }
 
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i16_avx512(const int16_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 2; g++) {
-        __mmask32 lanes = (__mmask32)xnor_lanes64(n - 32 * g);
-        __m512i x = _mm512_maskz_loadu_epi16(lanes, p + 32 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi16_mask(lanes, x, _mm512_setzero_si512()) << (32 * g);
+/* The wider integers: 64 / L groups of L lanes of BITS bits. */
+#define XNOR_M64_INT_512(BITS, L, MASK)                                                      \
+    XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i##BITS##_avx512(const int##BITS##_t *p, \
+                                                                      int n)                 \
+    {                                                                                        \
+        uint64_t m = 0;                                                                      \
+        for (int g = 0; g < 64 / (L); g++) {                                                 \
+            MASK lanes = (MASK)xnor_lanes64(n - (L) * g);                                    \
+            __m512i x = _mm512_maskz_loadu_epi##BITS(lanes, p + (L) * g);                    \
+            m |= (uint64_t)_mm512_mask_cmpge_epi##BITS##_mask(lanes, x, _mm512_setzero_si512()) \
+                 << ((L) * g);                                                               \
+        }                                                                                    \
+        return m;                                                                            \
     }
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i32_avx512(const int32_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 4; g++) {
-        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
-        __m512i x = _mm512_maskz_loadu_epi32(lanes, p + 16 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, x, _mm512_setzero_si512()) << (16 * g);
-    }
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i64_avx512(const int64_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 8; g++) {
-        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
-        __m512i x = _mm512_maskz_loadu_epi64(lanes, p + 8 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi64_mask(lanes, x, _mm512_setzero_si512()) << (8 * g);
-    }
-    return m;
-}
+XNOR_M64_INT_512(16, 32, __mmask32)
+XNOR_M64_INT_512(32, 16, __mmask16)
+XNOR_M64_INT_512(64, 8, __mmask8)
+#undef XNOR_M64_INT_512
 
 XNOR_AVX512_ATTR static uint64_t xnor_mask64_avx512(int dtype, const void *p, int n, int *nan)
 {
