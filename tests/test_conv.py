@@ -162,6 +162,32 @@ def test_fused_threshold_pack_and_pool_match_int32_sums(case, pool):
         assert not (packed.words[..., -1] >> np.uint64(o % 64)).any()
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("c, o", [(64, 64), (32, 64), (130, 50), (256, 70)])
+def test_fused_thresholds_at_every_bound_and_extreme(variant, rng, padding, c, o):
+    # Thresholds on and next to every reachable sum, beyond them, and at the
+    # ends of int32 (where direction * z - threshold wraps, as numpy's int32
+    # arithmetic does), every direction: the tiles that compare popcounts with
+    # bounds and those that go through int32 sums agree with the reference.
+    x = random_matrix(rng, (2, 9, 10, c), np.float32)
+    w = random_matrix(rng, (3, 3, c, o), np.float32)
+    z = binary_conv2d(x, w, padding=padding)
+    k = 9 * c
+    for extreme in (False, True):
+        direction = rng.integers(-1, 2, o).astype(np.int8)
+        if extreme:
+            threshold = rng.choice([-2**31, -2**31 + 1, 2**31 - 1, -k - 1, k + 1, 0], o).astype(np.int32)
+        else:
+            threshold = rng.integers(-k - 3, k + 4, o).astype(np.int32)
+            threshold[: o // 2] = z[0, 4, 5, : o // 2] + rng.integers(-1, 2, o // 2)
+        with np.errstate(over="ignore"):
+            bits = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
+        for pool in (False, True):
+            expected = pool_ref(bits) if pool else bits
+            packed = binary_conv2d_threshold_pack(x, w, direction, threshold, padding=padding, pool=pool)
+            np.testing.assert_array_equal(unpack_bits(packed), expected)
+
+
 CASES = [
     # (N, H, W, C), (KH, KW, C // groups, O), stride, padding, dilation, groups
     ((2, 9, 11, 130), (3, 3, 130, 50), 1, "same", 1, 1),

@@ -37,11 +37,18 @@ cdef extern from "dispatch.h" nogil:
                           int64_t ph, int64_t pw, const float *w, int64_t o, int64_t o_pad,
                           const float *bias, float *z) noexcept nogil
         int real_pool_width
+        void *conv_bits
 
     const xnor_kernels xnor_variants[]
 
     ctypedef struct xnor_conv_geom:
         int64_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, xs, cwg, og, o, ppg, k
+
+    void xnor_conv_pixels_bits(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
+                               const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
+                               int64_t q0, int64_t q1, const int64_t *bounds,
+                               const uint64_t *flips, uint64_t *bits, int64_t ldb,
+                               const uint64_t **ptrs, int32_t *adj)
 
     void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
                           const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
@@ -207,6 +214,32 @@ cdef inline void _threshold_rows(const xnor_kernels *kern, const int32_t *sums, 
             kern.threshold_pack(sums + r * o, direction, threshold, o, out + r * ldo)
 
 
+cdef bint _count_bounds(const int8_t[::1] direction, const int32_t[::1] threshold, int64_t k,
+                        int64_t[:, ::1] bounds, uint64_t[::1] flips) noexcept nogil:
+    # direction * z - threshold >= 0 with z = k - v, v = 2 popcount - C (C the
+    # zero-padding corrections), as the bit of v > bounds[1, j] negated where
+    # bit j of flips is set: for direction 1, not v > k - t; for -1, v > k + t - 1;
+    # for 0, always (t <= 0) or never.  bounds[0, j] is bounds[1, j] // 2, the
+    # bound on the popcount where C = 0.  False where int32 arithmetic could
+    # wrap (|t| + k >= 2**31): no bounds then.
+    cdef int64_t j, t, b
+    cdef int64_t far = (<int64_t>1) << 40
+    for j in range(direction.shape[0]):
+        t = threshold[j]
+        if (t if t >= 0 else -t) + k >= (<int64_t>1) << 31:
+            return False
+        if direction[j] > 0:
+            b = k - t
+            flips[j // 64] |= (<uint64_t>1) << (j % 64)
+        elif direction[j] < 0:
+            b = k + t - 1
+        else:
+            b = -far if t <= 0 else far
+        bounds[1, j] = b
+        bounds[0, j] = b // 2 if b >= 0 else -((1 - b) // 2)
+    return True
+
+
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
                           const uint64_t[::1] pad, tuple geometry, int64_t o, int64_t groups,
                           const int8_t[::1] direction, const int32_t[::1] threshold,
@@ -219,7 +252,10 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     threshold[o] >= 0``; with ``pool``, words (N, OH // 2, OW // 2, ...) whose
     bits are the OR over each 2x2 window (stride 2), the max of +-1 values.
     An item is a block of pixels (pool: two output rows) of one image times
-    all output channels: its int32 sums live only in a per-thread buffer.
+    all output channels.  Where the variant has ``conv_bits``, the tiles
+    compare the popcounts with per-channel bounds in registers (tiles with
+    zero-padding corrections excepted); otherwise the int32 sums of an item
+    live only in a per-thread buffer and are thresholded from there.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
     cdef xnor_conv_geom g = _geom(geometry, x.shape[3], pad.shape[0], o, groups, kern.nr)
@@ -252,31 +288,43 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef uint64_t *bits
     cdef uint64_t *top
     cdef uint64_t *bottom
+    cdef int64_t[:, ::1] bounds = np.empty((2, o), dtype=np.int64)
+    cdef uint64_t[::1] flips = np.zeros(ow_words + 1, dtype=np.uint64)
+    cdef bint in_tile = kern.conv_bits != NULL and _count_bounds(direction, threshold, g.k, bounds,
+                                                                 flips)
+    cdef int64_t sum_ints = max(pix_per * o, kern.mr * kern.nr)
     # Dynamic: the items differ in size (edge blocks of pixels and panels).
     for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=n_threads):
         img = item // per_image
         q0 = (item % per_image) * pix_per
         q1 = min(q0 + pix_per, pixels)
         ptrs = <const uint64_t **>malloc(g.kh * g.kw * kern.mr * sizeof(uint64_t *)
-                                         + pix_per * o * sizeof(int32_t)
+                                         + sum_ints * sizeof(int32_t)
                                          + pix_per * ow_words * sizeof(uint64_t))
         if ptrs == NULL:
             failed += 1
         else:
             bits = <uint64_t *>(ptrs + g.kh * g.kw * kern.mr)
             sums = <int32_t *>(bits + pix_per * ow_words)
-            xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
-                             q0, q1, 0, n_panels, sums, o, ptrs)
+            if in_tile:
+                xnor_conv_pixels_bits(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
+                                      q0, q1, &bounds[0, 0], &flips[0],
+                                      bits if pool else &out[img, q0 // g.ow, q0 % g.ow, 0],
+                                      ow_words, ptrs, sums)
+            else:
+                xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
+                                 q0, q1, 0, n_panels, sums, o, ptrs)
             if pool:
-                _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0, bits,
-                                ow_words)
+                if not in_tile:
+                    _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0, bits,
+                                    ow_words)
                 for px in range(pw):
                     top = bits + 2 * px * ow_words
                     bottom = top + g.ow * ow_words
                     for wd in range(ow_words):
                         out[img, item % per_image, px, wd] = (
                             top[wd] | top[ow_words + wd] | bottom[wd] | bottom[ow_words + wd])
-            else:
+            elif not in_tile:
                 # the pixels q0 .. q1 - 1 of one image: consecutive rows of words
                 _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0,
                                 &out[img, q0 // g.ow, q0 % g.ow, 0], ow_words)
