@@ -1,10 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
 """CPU kernels of the binary conv2d (private): int32 sums, and the fused
-threshold-pack and 2x2 max-pool outputs.
+threshold-pack and 2x2 max-pool outputs; and the real-valued first block of a
+binary CNN (convolution, 2x2 max-pool and threshold-pack, ``real_conv2d_pool``).
 
 The C code is ``csrc/conv.h`` (the driver) and each instruction set's
-``conv_ukernel`` in the one dispatch table of ``csrc/dispatch.h``; the packed
+``conv_ukernel``, ``conv_bits`` (the fused output compared in the tile, where
+the set has one) and ``real_pool`` in the one dispatch table of
+``csrc/dispatch.h``; the packed
 layout is that of ``kernels/xnor_layout.h``.  The caller (``xnorcore._conv_cpu``)
 builds the panels, the padding block and the zero-padding corrections and
 passes the variant index in use (``xnorcore._bitpack``'s); the functions here

@@ -20,9 +20,13 @@ import numpy as np
 from .. import _bitpack
 from .._threads import MIN_THREAD_WORK_NS, kernel_threads, work_threads
 from . import _common
-from .cpu_conv import conv2d, conv2d_threshold_pack, real_conv2d, real_conv2d_pool  # noqa: F401 (operations of the contract)
+from . import cpu_conv as _cpu_conv
 
 NAME = "cpu"
+
+# The conv operations of the contract.
+conv2d, conv2d_threshold_pack = _cpu_conv.conv2d, _cpu_conv.conv2d_threshold_pack
+real_conv2d, real_conv2d_pool = _cpu_conv.real_conv2d, _cpu_conv.real_conv2d_pool
 
 #: Environment variable that forces a popcount variant.
 VARIANT_ENV = "XNORCORE_POPCOUNT"
