@@ -8,7 +8,8 @@ pool -> bn -> sign, then ``hidden_layer_sizes=(512,)`` binary and a real
 output layer).  Timing does not depend on the weights, so without ``--model``
 (a pickled fitted BNNClassifier of that shape) it is fitted for one epoch on
 2,000 training images.  Each round times in turn ``predict`` of the 10,000
-test images (on packed bits, the first convolution in float32 im2col + BLAS)
+test images (on packed bits; the first block, convolution, pool and
+threshold, in one float32 SIMD kernel)
 and the PyTorch float32 model of the same layers (channels_last, eval mode,
 ``torch.sign`` as the activation, inference mode), at ``--threads`` threads
 for both.  Rounds alternate so that load on a shared machine hits both alike;

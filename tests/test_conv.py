@@ -162,6 +162,32 @@ def test_fused_threshold_pack_and_pool_match_int32_sums(case, pool):
         assert not (packed.words[..., -1] >> np.uint64(o % 64)).any()
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("c, o", [(64, 64), (32, 64), (130, 50), (256, 70)])
+def test_fused_thresholds_at_every_bound_and_extreme(variant, rng, padding, c, o):
+    # Thresholds on and next to every reachable sum, beyond them, and at the
+    # ends of int32 (where direction * z - threshold wraps, as numpy's int32
+    # arithmetic does), every direction: the tiles that compare popcounts with
+    # bounds and those that go through int32 sums agree with the reference.
+    x = random_matrix(rng, (2, 9, 10, c), np.float32)
+    w = random_matrix(rng, (3, 3, c, o), np.float32)
+    z = binary_conv2d(x, w, padding=padding)
+    k = 9 * c
+    for extreme in (False, True):
+        direction = rng.integers(-1, 2, o).astype(np.int8)
+        if extreme:
+            threshold = rng.choice([-2**31, -2**31 + 1, 2**31 - 1, -k - 1, k + 1, 0], o).astype(np.int32)
+        else:
+            threshold = rng.integers(-k - 3, k + 4, o).astype(np.int32)
+            threshold[: o // 2] = z[0, 4, 5, : o // 2] + rng.integers(-1, 2, o // 2)
+        with np.errstate(over="ignore"):
+            bits = np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1)
+        for pool in (False, True):
+            expected = pool_ref(bits) if pool else bits
+            packed = binary_conv2d_threshold_pack(x, w, direction, threshold, padding=padding, pool=pool)
+            np.testing.assert_array_equal(unpack_bits(packed), expected)
+
+
 CASES = [
     # (N, H, W, C), (KH, KW, C // groups, O), stride, padding, dilation, groups
     ((2, 9, 11, 130), (3, 3, 130, 50), 1, "same", 1, 1),
@@ -371,6 +397,83 @@ def test_real_conv2d_matches_a_float64_reference(rng, stride, padding, dilation)
             ref += window @ w[i, j].astype(np.float64)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def real_pool_ref(x, w, bias, pads):
+    """Stride-1 zero-padded convolution, 2x2 max-pool (stride 2, floor), plus bias, in float64."""
+    (pt, pb), (pl, pr) = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    kh, kw, _, o = w.shape
+    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    z = np.zeros((x.shape[0], oh, ow, o))
+    for i in range(kh):
+        for j in range(kw):
+            z += xp[:, i : i + oh, j : j + ow] @ w[i, j].astype(np.float64)
+    ph, pw = oh // 2, ow // 2
+    z = z[:, : 2 * ph, : 2 * pw].reshape(x.shape[0], ph, 2, pw, 2, o).max(axis=(2, 4))
+    return z if bias is None else z + bias
+
+
+@st.composite
+def real_pool_cases(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pads = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in (kh, kw))
+    # At least one pooled output: the padded input holds kernel + 1 rows and columns.
+    h = draw(st.integers(max(1, kh + 1 - sum(pads[0])), 12))
+    w = draw(st.integers(max(1, kw + 1 - sum(pads[1])), 12))
+    n, c, o = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 70))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return n, h, w, c, kh, kw, o, pads, draw(st.booleans()), seed
+
+
+@settings(max_examples=80, deadline=None)
+@given(real_pool_cases())
+def test_real_conv2d_pool_is_exact(case):
+    # Small integers keep every float32 sum exact, so the kernel must equal the
+    # reference bit for bit; half-integer thresholds and every direction test
+    # the fused output on both sides of each threshold.
+    n, h, w, c, kh, kw, o, pads, with_bias, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 5, (n, h, w, c)).astype(np.float32)
+    weight = rng.integers(-4, 5, (kh, kw, c, o)).astype(np.float32)
+    bias = rng.integers(-3, 4, o).astype(np.float32) if with_bias else None
+    direction = rng.integers(-1, 2, o).astype(np.int8)
+    threshold = (rng.integers(-40, 41, o) / 2).astype(np.float32)
+    expected = real_pool_ref(x, weight, bias, pads)
+    bits = np.where(direction * expected - threshold >= 0, 1, -1)
+    previous = _cpu.get_variant()
+    try:
+        for name in VARIANTS:
+            _cpu.set_variant(name)
+            got = _cpu.real_conv2d_pool(x, weight, bias, pads)
+            assert got.dtype == np.float32 and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+            words = _cpu.real_conv2d_pool(x, weight, bias, pads, direction, threshold)
+            packed = PackedBits(words, expected.shape, 3)
+            np.testing.assert_array_equal(unpack_bits(packed, dtype=np.int8), bits)
+    finally:
+        _cpu.set_variant(previous)
+
+
+def test_real_conv2d_pool_threads_batches_and_threshold_pack_agree(variant, rng):
+    # Real-valued floats: the sums round, but in one order per output, so one
+    # or two threads and any batch give the same floats, and the fused output
+    # is threshold_pack of those floats.
+    x = rng.standard_normal((37, 28, 28, 1)).astype(np.float32)
+    weight = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    direction = rng.integers(-1, 2, 32).astype(np.int8)
+    threshold = rng.standard_normal(32).astype(np.float32)
+    one = _cpu.real_conv2d_pool(x, weight, bias, pads, n_threads=1)
+    np.testing.assert_array_equal(_cpu.real_conv2d_pool(x, weight, bias, pads, n_threads=2), one)
+    np.testing.assert_array_equal(_cpu.real_conv2d_pool(x[5:6], weight, bias, pads, n_threads=1), one[5:6])
+    np.testing.assert_allclose(one, real_pool_ref(x, weight, bias, pads), rtol=1e-5, atol=1e-5)
+    words1 = _cpu.real_conv2d_pool(x, weight, bias, pads, direction, threshold, n_threads=1)
+    words2 = _cpu.real_conv2d_pool(x, weight, bias, pads, direction, threshold, n_threads=2)
+    np.testing.assert_array_equal(words1, words2)
+    expected = _cpu.threshold_pack(one.reshape(-1, 32), direction, threshold, n_threads=1)
+    np.testing.assert_array_equal(words1.reshape(-1, 1), expected)
 
 
 def test_same_padding_puts_the_odd_row_at_the_end():

@@ -10,7 +10,16 @@ the process and crashes it, while more threads than CPUs cannot go faster.
 import numbers
 import os
 
-__all__ = ["available_cpus", "check_n_threads", "kernel_threads"]
+__all__ = ["MIN_THREAD_WORK_NS", "available_cpus", "check_n_threads", "kernel_threads", "work_threads"]
+
+#: A kernel called with ``n_threads=None`` runs on more than one thread only
+#: when each thread gets at least this much work (nanoseconds on one core, as
+#: estimated from the kernel's size), as OpenBLAS runs small products on one
+#: thread.  Starting and joining threads costs microseconds on a quiet machine,
+#: but on a busy one a thread may wait a whole scheduler time slice for a core,
+#: and the call waits for its share: small calls on several threads then take
+#: many times longer than on one (benchmarks/RESULTS.md).
+MIN_THREAD_WORK_NS = 1_000_000
 
 
 def available_cpus():
@@ -51,3 +60,18 @@ def kernel_threads(n_threads, name="n_threads"):
 
         n = _bitpack.max_threads()
     return max(1, min(n, available_cpus()))
+
+
+def work_threads(n_threads, work_ns=None):
+    """The thread count of a kernel call with an estimated ``work_ns`` of work (ns on one core).
+
+    ``n_threads=None`` with an estimate gives one thread per
+    :data:`MIN_THREAD_WORK_NS` of work, from 1 up to :func:`kernel_threads`'s
+    limit; an explicit ``n_threads`` (or no estimate) is
+    :func:`kernel_threads`'s count.  Every CPU kernel, GEMM and conv alike,
+    takes its count from here.
+    """
+    limit = kernel_threads(n_threads)
+    if n_threads is None and work_ns is not None:
+        return max(1, min(limit, int(work_ns // MIN_THREAD_WORK_NS)))
+    return limit

@@ -64,7 +64,16 @@ Operations
     then, with ``pool``, a 2x2 max-pool (stride 2) on the bits.
 ``real_conv2d(x, w, geometry) -> float32 (N, OH, OW, O)``
     A real-valued, zero-padded convolution: the first layer of a binary CNN.
-    The GPU module has no conv kernels yet and raises NotImplementedError.
+    The GPU module runs the binary ones as an implicit GEMM on its GEMM kernels
+    (``gpu_conv.py``) and this one as one product per tap.
+``real_conv2d_pool(x, w, bias, pads, direction=None, threshold=None, n_threads=None)``
+    The first block of a binary CNN at inference, float32 NHWC ``x``: the
+    stride-1 convolution with HWIO ``w`` zero padded by ``pads``
+    ``((top, bottom), (left, right))``, its 2x2 max-pool (stride 2), plus
+    ``bias``: float32 (N, OH // 2, OW // 2, O), each output's sums added in one
+    fixed order; with ``direction`` and ``threshold`` (float32), the words of
+    ``threshold_pack`` of those sums.  None on a device without that kernel
+    (the GPU): the caller then uses array operations.
 """
 
 import numpy as np

@@ -7,9 +7,9 @@ of the popcount variant: the fastest that the CPU supports (``"avx512"``,
 ``"avx2"``, ``"scalar"`` or ``"generic"``), unless the environment variable
 ``XNORCORE_POPCOUNT`` names one.  ``n_threads=None`` means one thread per
 :data:`MIN_THREAD_WORK_NS` of work, up to OpenMP's limit, which follows
-``OMP_NUM_THREADS`` and threadpoolctl; every count goes through
-:func:`xnorcore._threads.kernel_threads`, so none exceeds the CPUs the process
-may use.
+``OMP_NUM_THREADS`` and threadpoolctl; every count, the conv kernels'
+included, comes from :func:`xnorcore._threads.work_threads`, so none exceeds
+the CPUs the process may use.
 """
 
 import contextlib
@@ -18,11 +18,15 @@ import os
 import numpy as np
 
 from .. import _bitpack
-from .._threads import kernel_threads
+from .._threads import MIN_THREAD_WORK_NS, kernel_threads, work_threads
 from . import _common
-from .cpu_conv import conv2d, conv2d_threshold_pack, real_conv2d  # noqa: F401 (operations of the contract)
+from . import cpu_conv as _cpu_conv
 
 NAME = "cpu"
+
+# The conv operations of the contract.
+conv2d, conv2d_threshold_pack = _cpu_conv.conv2d, _cpu_conv.conv2d_threshold_pack
+real_conv2d, real_conv2d_pool = _cpu_conv.real_conv2d, _cpu_conv.real_conv2d_pool
 
 #: Environment variable that forces a popcount variant.
 VARIANT_ENV = "XNORCORE_POPCOUNT"
@@ -69,14 +73,6 @@ def environment_error():
     return None if _variant_error is None else str(_variant_error)
 
 
-#: A kernel called with ``n_threads=None`` runs on more than one thread only
-#: when each thread gets at least this much work (nanoseconds on one core, as
-#: estimated from the kernel's size), as OpenBLAS runs small products on one
-#: thread.  Starting and joining threads costs microseconds on a quiet machine,
-#: but on a busy one a thread may wait a whole scheduler time slice for a core,
-#: and the call waits for its share: small calls on several threads then take
-#: many times longer than on one (benchmarks/RESULTS.md).
-MIN_THREAD_WORK_NS = 1_000_000
 
 #: Nanoseconds per unit of work on one core (the avx512 variant; the others
 #: are slower, so their work is underestimated and they thread a little later).
@@ -92,18 +88,10 @@ BLAS_THREADED_MACS = 65536 * 4
 
 
 def _threads(n_threads, work_ns=None):
-    """The thread count for a kernel call; raises first if XNORCORE_POPCOUNT is bad.
-
-    ``n_threads=None`` with a work estimate ``work_ns`` gives one thread per
-    :data:`MIN_THREAD_WORK_NS` of work, up to OpenMP's limit; an explicit
-    ``n_threads`` is used as given (clamped to the CPUs).
-    """
+    """:func:`xnorcore._threads.work_threads`; raises first if XNORCORE_POPCOUNT is bad."""
     if _variant_error is not None:
         raise type(_variant_error)(str(_variant_error))
-    limit = kernel_threads(n_threads)
-    if n_threads is None and work_ns is not None:
-        return max(1, min(limit, int(work_ns // MIN_THREAD_WORK_NS)))
-    return limit
+    return work_threads(n_threads, work_ns)
 
 
 def threads_for(work_ns, n_threads=None):

@@ -19,16 +19,28 @@ packs, this module trusts its input:
 ``real_conv2d(x, w, geometry) -> float32 (N, OH, OW, O)``
     A real-valued convolution (the first layer of a binary CNN: pixels in,
     real weights), zero padded, by im2col and one BLAS product.
+``real_conv2d_pool(x, w, bias, pads, direction=None, threshold=None, n_threads=None)``
+    The first block of a binary CNN at inference in one kernel: stride-1
+    convolution of float32 NHWC ``x`` with HWIO ``w``, 2x2 max-pool (stride
+    2), plus ``bias``; float32 (N, OH // 2, OW // 2, O), or with ``direction``
+    and ``threshold`` the words of ``threshold_pack`` of those sums.
 
-The popcount variant is the CPU backend's (``cpu.set_variant``).
+The popcount variant is the CPU backend's (``cpu.set_variant``).  Thread
+counts follow the one rule of :func:`xnorcore._threads.work_threads`.
 """
 
 import numpy as np
 
 from .. import _bitpack, _conv
-from .._threads import kernel_threads
+from .._threads import work_threads
 
-__all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
+__all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d", "real_conv2d_pool"]
+
+#: Nanoseconds per unit of work on one core (the avx512 variant), for the
+#: thread count: one 64-bit word of a binary conv (pixels x channels x words
+#: of K, as a GEMM word) and one multiply-add of the real first block.
+_NS_PER_CONV_WORD = 0.12
+_NS_PER_REAL_MAC = 0.03
 
 def _variant():
     return _bitpack.VARIANTS.index(_bitpack.get_variant())
@@ -75,11 +87,17 @@ def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None):
     return x, panels, corr, pad, c_geometry, variant
 
 
+def _conv_threads(n_threads, x, w_words, c_geometry):
+    kh, kw, o, cwg = w_words.shape
+    work = x.shape[0] * c_geometry[2] * c_geometry[3] * o * kh * kw * cwg * _NS_PER_CONV_WORD
+    return work_threads(n_threads, work)
+
+
 def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
     x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value,
                                                           prepared)
     return _conv.conv2d(x, panels, corr, pad, c_geometry, w_words.shape[2], groups, variant,
-                        kernel_threads(n_threads))
+                        _conv_threads(n_threads, x, w_words, c_geometry))
 
 
 def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
@@ -89,7 +107,7 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     return _conv.conv2d_threshold_pack(
         x, panels, corr, pad, c_geometry, w_words.shape[2], groups,
         np.ascontiguousarray(direction, dtype=np.int8), np.ascontiguousarray(threshold, dtype=np.int32),
-        bool(pool), variant, kernel_threads(n_threads),
+        bool(pool), variant, _conv_threads(n_threads, x, w_words, c_geometry),
     )
 
 
@@ -107,3 +125,31 @@ def real_conv2d(x, w, geometry):
     )
     out = cols.reshape(n * oh * ow, kh * kw * c) @ w.reshape(kh * kw * c, o)
     return out.reshape(n, oh, ow, o)
+
+
+def real_conv2d_pool(x, w, bias, pads, direction=None, threshold=None, n_threads=None):
+    """The real first block: conv (stride 1, zero padding ``pads``), 2x2 max-pool, bias, [threshold-pack].
+
+    ``x`` float32 (N, H, W, C); ``w`` HWIO float32; ``bias`` None or (O,);
+    ``pads`` ``((top, bottom), (left, right))``.  Each output's four sums are
+    added in one fixed order that depends on that output alone (a sample gets
+    the same sums in any batch), so both inference paths agree exactly.
+    """
+    (pt, pb), (pl, pr) = pads
+    n, h, w_in, c = x.shape
+    kh, kw, _, o = w.shape
+    ph, pw = (h + pt + pb - kh + 1) // 2, (w_in + pl + pr - kw + 1) // 2
+    variant = _variant()
+    width = _conv.real_pool_width(variant)
+    o_pad = -(-o // width) * width
+    weights = np.zeros((kh * kw * c, o_pad), dtype=np.float32)
+    weights[:, :o] = np.asarray(w, dtype=np.float32).reshape(kh * kw * c, o)
+    if bias is not None:
+        bias = np.concatenate([np.asarray(bias, dtype=np.float32), np.zeros(o_pad - o, dtype=np.float32)])
+    if direction is not None:
+        direction = np.ascontiguousarray(direction, dtype=np.int8)
+        threshold = np.ascontiguousarray(threshold, dtype=np.float32)
+    work = n * ph * pw * 4 * kh * kw * c * o_pad * _NS_PER_REAL_MAC
+    return _conv.real_conv2d_pool(np.ascontiguousarray(x, dtype=np.float32), weights, bias,
+                                  (kh, kw, pt, pl, ph, pw, o), direction, threshold, variant,
+                                  work_threads(n_threads, work))

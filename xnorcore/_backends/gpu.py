@@ -675,3 +675,5 @@ def real_layer(words, k, w):
 from . import gpu_conv as _gpu_conv  # noqa: E402
 
 conv2d, conv2d_threshold_pack, real_conv2d = _gpu_conv.conv2d, _gpu_conv.conv2d_threshold_pack, _gpu_conv.real_conv2d
+#: No fused first conv block: callers pool the sums of array operations.
+real_conv2d_pool = None

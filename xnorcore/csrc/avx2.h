@@ -108,6 +108,16 @@ XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int
         XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
     } while (0)
 
+/* The constants of the nibble popcount and the 64-bit counts t of a tile
+ * (both tiles below). */
+#define XNOR_AVX2_TILE_START()                                                               \
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, \
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);           \
+    const __m256i low4 = _mm256_set1_epi8(0x0F);                                             \
+    const __m256i zero = _mm256_setzero_si256();                                             \
+    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;                                  \
+    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero
+
 /* The 64-bit counts of a 4 x 8 tile, written as k - 2 s (first) or minus 2 s. */
 __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_store(
     __m256i t00, __m256i t01, __m256i t10, __m256i t11, __m256i t20, __m256i t21, __m256i t30,
@@ -129,12 +139,7 @@ XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uin
                                              int64_t nw, int32_t *c, int64_t ldc, int mr,
                                              int ncols, int64_t k, int first)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
-                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
-    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    XNOR_AVX2_TILE_START();
     const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
     for (int64_t w0 = 0; w0 < nw; w0 += 31) {
         int64_t w1 = nw - w0 < 31 ? nw : w0 + 31;
@@ -167,12 +172,7 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
                                                   const uint64_t *panel, int64_t nw, int32_t *c,
                                                   int64_t ldc, int mr, int ncols, int64_t k)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
-                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;
-    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero;
+    XNOR_AVX2_TILE_START();
     __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
     __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
     int pending = 0;
@@ -200,6 +200,7 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
 #undef XNOR_SAD
 #undef XNOR_AVX2_ROW
 #undef XNOR_NIB
+#undef XNOR_AVX2_TILE_START
     xnor_avx2_store(t00, t01, t10, t11, t20, t21, t30, t31, c, ldc, mr, ncols, k, 1);
 }
 
@@ -229,6 +230,7 @@ XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8
 
 XNOR_INPUT_SUMS(xnor_input_sums_avx2, __attribute__((target("avx2"))), 32)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx2, __attribute__((target("avx2"))))
+XNOR_REAL_POOL(xnor_real_pool_avx2, __attribute__((target("avx2"))), 32)
 #endif /* XNOR_X86 */
 
 #endif /* XNORCORE_CSRC_AVX2_H */

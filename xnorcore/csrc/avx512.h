@@ -20,35 +20,25 @@ static inline XNOR_AVX512_ATTR __mmask64 xnor_lanes64(int n)
 
 /* 64 elements (n of them valid) -> one word, with masked loads for the tail
  * so that no byte past the row is read and padding bits stay 0. */
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f32_avx512(const float *p, int n, int *nan)
-{
-    uint64_t m = 0;
-    __mmask16 bad = 0;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int g = 0; g < 4; g++) {
-        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
-        __m512 x = _mm512_maskz_loadu_ps(lanes, p + 16 * g);
-        m |= (uint64_t)_mm512_mask_cmp_ps_mask(lanes, x, zero, _CMP_GE_OQ) << (16 * g);
-        bad |= _mm512_mask_cmp_ps_mask(lanes, x, x, _CMP_UNORD_Q);
+#define XNOR_M64_FLOAT_512(SFX, T, L, MASK, VEC, PS)                                         \
+    XNOR_AVX512_ATTR static inline uint64_t xnor_m64_##SFX##_avx512(const T *p, int n,       \
+                                                                    int *nan)                \
+    {                                                                                        \
+        uint64_t m = 0;                                                                      \
+        MASK bad = 0;                                                                        \
+        const VEC zero = _mm512_setzero_##PS();                                              \
+        for (int g = 0; g < 64 / (L); g++) {                                                 \
+            MASK lanes = (MASK)xnor_lanes64(n - (L) * g);                                    \
+            VEC x = _mm512_maskz_loadu_##PS(lanes, p + (L) * g);                             \
+            m |= (uint64_t)_mm512_mask_cmp_##PS##_mask(lanes, x, zero, _CMP_GE_OQ) << ((L) * g); \
+            bad |= _mm512_mask_cmp_##PS##_mask(lanes, x, x, _CMP_UNORD_Q);                   \
+        }                                                                                    \
+        *nan |= bad != 0;                                                                    \
+        return m;                                                                            \
     }
-    *nan |= bad != 0;
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_f64_avx512(const double *p, int n, int *nan)
-{
-    uint64_t m = 0;
-    __mmask8 bad = 0;
-    const __m512d zero = _mm512_setzero_pd();
-    for (int g = 0; g < 8; g++) {
-        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
-        __m512d x = _mm512_maskz_loadu_pd(lanes, p + 8 * g);
-        m |= (uint64_t)_mm512_mask_cmp_pd_mask(lanes, x, zero, _CMP_GE_OQ) << (8 * g);
-        bad |= _mm512_mask_cmp_pd_mask(lanes, x, x, _CMP_UNORD_Q);
-    }
-    *nan |= bad != 0;
-    return m;
-}
+XNOR_M64_FLOAT_512(f32, float, 16, __mmask16, __m512, ps)
+XNOR_M64_FLOAT_512(f64, double, 8, __mmask8, __m512d, pd)
+#undef XNOR_M64_FLOAT_512
 
 XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i8_avx512(const int8_t *p, int n)
 {
@@ -57,38 +47,24 @@ XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i8_avx512(const int8_t *p, int 
     return _mm512_mask_cmpge_epi8_mask(lanes, x, _mm512_setzero_si512());
 }
 
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i16_avx512(const int16_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 2; g++) {
-        __mmask32 lanes = (__mmask32)xnor_lanes64(n - 32 * g);
-        __m512i x = _mm512_maskz_loadu_epi16(lanes, p + 32 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi16_mask(lanes, x, _mm512_setzero_si512()) << (32 * g);
+/* The wider integers: 64 / L groups of L lanes of BITS bits. */
+#define XNOR_M64_INT_512(BITS, L, MASK)                                                      \
+    XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i##BITS##_avx512(const int##BITS##_t *p, \
+                                                                      int n)                 \
+    {                                                                                        \
+        uint64_t m = 0;                                                                      \
+        for (int g = 0; g < 64 / (L); g++) {                                                 \
+            MASK lanes = (MASK)xnor_lanes64(n - (L) * g);                                    \
+            __m512i x = _mm512_maskz_loadu_epi##BITS(lanes, p + (L) * g);                    \
+            m |= (uint64_t)_mm512_mask_cmpge_epi##BITS##_mask(lanes, x, _mm512_setzero_si512()) \
+                 << ((L) * g);                                                               \
+        }                                                                                    \
+        return m;                                                                            \
     }
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i32_avx512(const int32_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 4; g++) {
-        __mmask16 lanes = (__mmask16)xnor_lanes64(n - 16 * g);
-        __m512i x = _mm512_maskz_loadu_epi32(lanes, p + 16 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi32_mask(lanes, x, _mm512_setzero_si512()) << (16 * g);
-    }
-    return m;
-}
-
-XNOR_AVX512_ATTR static inline uint64_t xnor_m64_i64_avx512(const int64_t *p, int n)
-{
-    uint64_t m = 0;
-    for (int g = 0; g < 8; g++) {
-        __mmask8 lanes = (__mmask8)xnor_lanes64(n - 8 * g);
-        __m512i x = _mm512_maskz_loadu_epi64(lanes, p + 8 * g);
-        m |= (uint64_t)_mm512_mask_cmpge_epi64_mask(lanes, x, _mm512_setzero_si512()) << (8 * g);
-    }
-    return m;
-}
+XNOR_M64_INT_512(16, 32, __mmask32)
+XNOR_M64_INT_512(32, 16, __mmask16)
+XNOR_M64_INT_512(64, 8, __mmask8)
+#undef XNOR_M64_INT_512
 
 XNOR_AVX512_ATTR static uint64_t xnor_mask64_avx512(int dtype, const void *p, int n, int *nan)
 {
@@ -283,26 +259,81 @@ XNOR_AVX512_ATTR static void xnor_ukernel_avx512(const uint64_t *const *a,
  * inlined) is how many of the three 8-column groups are computed: a last
  * panel of at most 16 or 8 columns (O = 64 gives 24 + 24 + 16) skips the
  * others instead of counting padding. */
+#define XNOR_512_CONV_SUMS()                                                                 \
+    do {                                                                                     \
+        const uint64_t *b = panel;                                                           \
+        for (int tap = 0; tap < taps; tap++) {                                               \
+            const uint64_t *const *at = a + 8 * tap;                                         \
+            const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];               \
+            const uint64_t *a4 = at[4], *a5 = at[5], *a6 = at[6], *a7 = at[7];               \
+            for (int64_t w = 0; w < nw; w++, b += XNOR_AVX512_NR) {                          \
+                __m512i b0 = _mm512_loadu_si512(b);                                          \
+                __m512i b1 = vecs > 1 ? _mm512_loadu_si512(b + 8) : b0;                      \
+                __m512i b2 = vecs > 2 ? _mm512_loadu_si512(b + 16) : b0;                     \
+                XNOR_512_ROWS();                                                             \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
 __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_tile_avx512(
     const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, int32_t *c,
     int64_t ldc, int mr, int ncols, int64_t k, const int vecs)
 {
     const int first = 1;
     XNOR_512_ACCUMULATORS();
-    const uint64_t *b = panel;
-    for (int tap = 0; tap < taps; tap++) {
-        const uint64_t *const *at = a + 8 * tap;
-        const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
-        const uint64_t *a4 = at[4], *a5 = at[5], *a6 = at[6], *a7 = at[7];
-        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX512_NR) {
-            __m512i b0 = _mm512_loadu_si512(b);
-            __m512i b1 = vecs > 1 ? _mm512_loadu_si512(b + 8) : b0;
-            __m512i b2 = vecs > 2 ? _mm512_loadu_si512(b + 16) : b0;
-            XNOR_512_ROWS();
-        }
-    }
+    XNOR_512_CONV_SUMS();
     XNOR_512_STORES();
 }
+
+/* The same tile with the threshold compared in registers: bit jj of out[r]
+ * is that of count > half[jj] (no corrections: adj NULL), or of
+ * 2 count - adj[r][jj] > twice[jj] (adj: the zero-padding corrections of the
+ * tile's rows, XNOR_AVX512_NR a row), flipped where bit jj of flip is set:
+ * the caller's bounds of the folded batch norm.  No sum is stored. */
+#define XNOR_512_BITS(s, r, g)                                                               \
+    __extension__({                                                                          \
+        __m512i v_ = s, b_ = half##g;                                                        \
+        if (adj != NULL) {                                                                   \
+            v_ = _mm512_add_epi64(s, s);                                                     \
+            b_ = _mm512_add_epi64(twice##g, _mm512_cvtepi32_epi64(_mm256_loadu_si256(         \
+                                                (const __m256i *)(adj + (r) * XNOR_AVX512_NR + 8 * (g))))); \
+        }                                                                                    \
+        (uint32_t)_mm512_cmpgt_epi64_mask(v_, b_) << (8 * (g));                              \
+    })
+#define XNOR_512_BITROW(r, t0, t1, t2)                                                       \
+    if ((r) < mr)                                                                            \
+        out[r] = ((XNOR_512_BITS(t0, r, 0) | (vecs > 1 ? XNOR_512_BITS(t1, r, 1) : 0) |      \
+                   (vecs > 2 ? XNOR_512_BITS(t2, r, 2) : 0)) ^ flip) & keep
+#define XNOR_512_BOUND(name, g)                                                              \
+    const __m512i name##g = _mm512_maskz_loadu_epi64((__mmask8)xnor_lanes64(ncols - 8 * (g)), \
+                                                     name + 8 * (g))
+__attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_bits_tile_avx512(
+    const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, uint32_t *out,
+    int mr, int ncols, const int64_t *half, const int64_t *twice, const int32_t *adj,
+    uint32_t flip, const int vecs)
+{
+    XNOR_512_ACCUMULATORS();
+    XNOR_512_CONV_SUMS();
+    const uint32_t keep = ncols >= 32 ? ~0u : (1u << ncols) - 1;
+    XNOR_512_BOUND(half, 0);
+    XNOR_512_BOUND(half, 1);
+    XNOR_512_BOUND(half, 2);
+    XNOR_512_BOUND(twice, 0);
+    XNOR_512_BOUND(twice, 1);
+    XNOR_512_BOUND(twice, 2);
+    XNOR_512_BITROW(0, s00, s01, s02);
+    XNOR_512_BITROW(1, s10, s11, s12);
+    XNOR_512_BITROW(2, s20, s21, s22);
+    XNOR_512_BITROW(3, s30, s31, s32);
+    XNOR_512_BITROW(4, s40, s41, s42);
+    XNOR_512_BITROW(5, s50, s51, s52);
+    XNOR_512_BITROW(6, s60, s61, s62);
+    XNOR_512_BITROW(7, s70, s71, s72);
+}
+#undef XNOR_512_BOUND
+#undef XNOR_512_BITROW
+#undef XNOR_512_BITS
+#undef XNOR_512_CONV_SUMS
 #undef XNOR_512_STORES
 #undef XNOR_512_ROWS
 #undef XNOR_512_ACCUMULATORS
@@ -388,8 +419,23 @@ XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, 
         xnor_conv_tile_avx512(a, taps, panel, nw, c, ldc, mr, ncols, k, 1);
 }
 
+XNOR_AVX512_ATTR static void xnor_conv_bits_avx512(const uint64_t *const *a, int taps,
+                                                   const uint64_t *panel, int64_t nw,
+                                                   uint32_t *out, int mr, int ncols,
+                                                   const int64_t *half, const int64_t *twice,
+                                                   const int32_t *adj, uint32_t flip)
+{
+    if (ncols > 16)
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 3);
+    else if (ncols > 8)
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 2);
+    else
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 1);
+}
+
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)
 XNOR_SIGNED_SUMS(xnor_signed_sums_avx512, __attribute__((target("avx512f"))))
+XNOR_REAL_POOL(xnor_real_pool_avx512, __attribute__((target("avx512f"))), 64)
 #endif /* XNOR_X86 */
 
 #endif /* XNORCORE_CSRC_AVX512_H */

@@ -55,6 +55,14 @@ typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel,
 typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
                                      const uint64_t *panel, int64_t nw, int32_t *c,
                                      int64_t ldc, int mr, int ncols, int64_t k);
+/* The conv tile with the threshold compared in registers: bit jj of out[r]
+ * (r < mr) is that of popcount > half[jj] for a tile without corrections
+ * (adj NULL), else of 2 popcount - adj[r nr + jj] > twice[jj], flipped where
+ * bit jj of flip is set; no sum is stored. */
+typedef void (*xnor_conv_bits_fn)(const uint64_t *const *a, int taps, const uint64_t *panel,
+                                  int64_t nw, uint32_t *out, int mr, int ncols,
+                                  const int64_t *half, const int64_t *twice, const int32_t *adj,
+                                  uint32_t flip);
 /* Folded batch norm and sign of one row of int32 sums: bit j of out set where
  * direction[j] * z[j] - threshold[j] >= 0, computed with int32 wrap-around as
  * numpy does; padding bits 0. */
@@ -71,6 +79,9 @@ typedef void (*xnor_input_sums_fn)(const int32_t *idx, const float *val, const i
                                    const float *init, float *z, int64_t z_stride);
 typedef void (*xnor_signed_sums_fn)(const uint64_t *words, int64_t n_words, int64_t rows,
                                     int64_t k, const double *w, double *out);
+typedef void (*xnor_real_pool_fn)(const float *x, int64_t wp, int64_t c, int64_t kh, int64_t kw,
+                                  int64_t ph, int64_t pw, const float *w, int64_t o,
+                                  int64_t o_pad, const float *bias, float *z);
 
 /* One row of the dispatch table (dispatch.h): every kernel of one instruction
  * set.  Arguments: x, a, panel are inputs; out and c are outputs (c is read
@@ -98,6 +109,12 @@ typedef struct {
     /* the same over rows, the per-channel work done once per 64 channels
      * rather than per row; NULL where a loop over threshold_pack is as fast */
     xnor_threshold_pack_rows_fn threshold_pack_rows;
+    /* the real first conv block with its 2x2 max-pool (real_layers.h) and
+     * its vector width in floats (o_pad is a multiple of it) */
+    xnor_real_pool_fn real_pool;
+    int real_pool_width;
+    /* conv_ukernel with the threshold in the tile (NULL: sums, then threshold_pack) */
+    xnor_conv_bits_fn conv_bits;
 } xnor_kernels;
 
 static inline size_t xnor_itemsize(int dtype)

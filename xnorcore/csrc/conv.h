@@ -79,6 +79,42 @@ static inline uint32_t xnor_conv_indirection(const xnor_conv_geom *g, const uint
     return border;
 }
 
+/* The first column of weight panel p and its number of columns; builds the
+ * indirection of the tile at pixel q (and its border mask) when p is the
+ * first panel of a group other than *built. */
+static inline int xnor_conv_panel(const xnor_conv_geom *g, int nr, const uint64_t *x,
+                                  const uint64_t *pad, int64_t p, int64_t q, int64_t q1, int mr,
+                                  const uint64_t **ptrs, int64_t *built, uint32_t *border,
+                                  int64_t *col)
+{
+    int64_t grp = p / g->ppg;
+    *col = grp * g->og + (p % g->ppg) * nr;
+    if (grp != *built) {
+        *border = xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
+        *built = grp;
+    }
+    int64_t left = (grp + 1) * g->og - *col;
+    return left < nr ? (int)left : nr;
+}
+
+/* Zero padding: add to the sums ct (rows of ldc) of each row with padded taps
+ * (border) the sums of those taps' weight signs. */
+static inline void xnor_conv_correct(const xnor_conv_geom *g, const int32_t *corr,
+                                     const uint64_t *pad, const uint64_t **ptrs, int mr,
+                                     uint32_t border, int rows, int64_t col, int ncols,
+                                     int32_t *ct, int64_t ldc)
+{
+    const int taps = (int)(g->kh * g->kw);
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < taps && (border >> r & 1); t++)
+            if (ptrs[t * mr + r] == pad) {
+                const int32_t *cr = corr + t * g->o + col;
+                int32_t *dst = ct + r * ldc;
+                for (int jj = 0; jj < ncols; jj++)
+                    dst[jj] += cr[jj];
+            }
+}
+
 /* Output pixels [q0, q1) of one image (x: its H x W x xs words) for weight
  * panels [p0, p1) (panel p: group p / ppg, channels from (p % ppg) nr of that
  * group).  c points at the output of pixel q0, channel 0; row stride ldc.
@@ -96,27 +132,60 @@ XNOR_MAYBE_UNUSED static void xnor_conv_pixels(const xnor_kernels *kern, const x
         int64_t built = -1; /* group of the pointers in ptrs */
         uint32_t border = 0;
         for (int64_t p = p0; p < p1; p++) {
-            int64_t grp = p / g->ppg;
-            int64_t col = grp * g->og + (p % g->ppg) * nr;
-            int64_t left = (grp + 1) * g->og - col;
-            int ncols = left < nr ? (int)left : nr;
-            if (grp != built) {
-                border = xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
-                built = grp;
-            }
+            int64_t col;
+            int ncols = xnor_conv_panel(g, nr, x, pad, p, q, q1, mr, ptrs, &built, &border, &col);
             int32_t *ct = c + (q - q0) * ldc + col;
             kern->conv_ukernel(ptrs, taps, panels + p * panel_words, g->cwg, ct, ldc, rows,
                                ncols, g->k);
-            if (corr == NULL || border == 0)
-                continue;
-            for (int r = 0; r < rows; r++)
-                for (int t = 0; t < taps && (border >> r & 1); t++)
-                    if (ptrs[t * mr + r] == pad) {
-                        const int32_t *cr = corr + t * g->o + col;
-                        int32_t *dst = ct + r * ldc;
-                        for (int jj = 0; jj < ncols; jj++)
-                            dst[jj] += cr[jj];
-                    }
+            if (corr != NULL && border != 0)
+                xnor_conv_correct(g, corr, pad, ptrs, mr, border, rows, col, ncols, ct, ldc);
+        }
+    }
+}
+
+/* The fused output of xnor_conv_pixels over all panels, for a kernel with
+ * conv_bits: words bits[(q - q0) ldb + ...] (zeroed here) get, for each pixel
+ * q in [q0, q1) and channel j, the bit of direction[j] z[j] - threshold[j]
+ * >= 0.  With z = k - 2 popcount + C (C: the zero-padding corrections of the
+ * pixel's padded taps) that is 2 popcount - C > bounds[1][j], negated where
+ * bit j of the words flips is set; without corrections popcount >
+ * bounds[0][j] (half of bounds[1][j], rounded down), compared in the tile.
+ * adj (mr x nr int32 scratch) carries C for tiles with padded taps. */
+XNOR_MAYBE_UNUSED static void xnor_conv_pixels_bits(
+    const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x, const uint64_t *panels,
+    const int32_t *corr, const uint64_t *pad, int64_t q0, int64_t q1, const int64_t *bounds,
+    const uint64_t *flips, uint64_t *bits, int64_t ldb, const uint64_t **ptrs, int32_t *adj)
+{
+    const int mr = kern->mr, nr = kern->nr;
+    const int taps = (int)(g->kh * g->kw);
+    const int64_t panel_words = (int64_t)taps * g->cwg * nr;
+    const int64_t n_panels = g->o / g->og * g->ppg;
+    memset(bits, 0, (size_t)((q1 - q0) * ldb) * sizeof(uint64_t));
+    for (int64_t q = q0; q < q1; q += mr) {
+        int rows = q1 - q < mr ? (int)(q1 - q) : mr;
+        int64_t built = -1;
+        uint32_t border = 0;
+        for (int64_t p = 0; p < n_panels; p++) {
+            int64_t col;
+            int ncols = xnor_conv_panel(g, nr, x, pad, p, q, q1, mr, ptrs, &built, &border, &col);
+            const int32_t *tile_adj = NULL;
+            if (corr != NULL && border != 0) {
+                memset(adj, 0, (size_t)(mr * nr) * sizeof(int32_t));
+                xnor_conv_correct(g, corr, pad, ptrs, mr, border, rows, col, ncols, adj, nr);
+                tile_adj = adj;
+            }
+            const int shift = (int)(col & 63);
+            const uint64_t *fw = flips + (col >> 6);
+            uint32_t m[32];
+            uint32_t flip = (uint32_t)((fw[0] >> shift) | (shift ? fw[1] << (64 - shift) : 0));
+            kern->conv_bits(ptrs, taps, panels + p * panel_words, g->cwg, m, rows, ncols,
+                            bounds + col, bounds + g->o + col, tile_adj, flip);
+            for (int r = 0; r < rows; r++) {
+                uint64_t *dst = bits + (q - q0 + r) * ldb + (col >> 6);
+                dst[0] |= (uint64_t)m[r] << shift;
+                if (shift + ncols > 64)
+                    dst[1] |= (uint64_t)m[r] >> (64 - shift);
+            }
         }
     }
 }

@@ -14,5 +14,6 @@
 
 XNOR_INPUT_SUMS(xnor_input_sums_generic, , 16)
 XNOR_SIGNED_SUMS(xnor_signed_sums_generic, )
+XNOR_REAL_POOL(xnor_real_pool_generic, , 16)
 
 #endif /* XNORCORE_CSRC_GENERIC_H */

@@ -105,4 +105,94 @@
         }                                                                                          \
     }
 
+/* First conv block of a CNN (xnor_real_pool_*): a real-valued, stride-1
+ * convolution of float pixels, its 2x2 max-pool (stride 2) and the bias, for
+ * one image:
+ *
+ * z[py, px, o] = max over (a, b) in {0, 1}^2 of s(2 py + a, 2 px + b, o), plus bias[o],
+ * s(y, x, o) = sum, over (i, j, ch) ascending, of x[y + i, x + j, ch] * w[i, j, ch, o]
+ *
+ * with x the image already zero padded (rows of wp pixels of c floats; the
+ * caller copies it into a buffer with its padding, so no tap needs a bounds
+ * check) and w laid out (kh kw c, o_pad) with o_pad a multiple of the vector
+ * width and zero columns past o.  The four sums of a pooled pixel are
+ * accumulated side by side in registers, each in that fixed order, and only
+ * their max is written: the full-resolution sums never reach memory.  As for
+ * the input sums, one process uses one variant, so every caller (the float
+ * and the packed inference paths) gets the same floats.  Passes of up to
+ * XNOR_POOL_VECS(V) vectors of columns: 4 pixels x that many accumulators plus
+ * the weights and 4 broadcasts stay within the register file. */
+#define XNOR_POOL_VECS(VBYTES) ((VBYTES) == 64 ? 4 : 2)
+
+#define XNOR_REAL_POOL(NAME, TARGET, VBYTES)                                                       \
+    typedef float NAME##_vec __attribute__((vector_size(VBYTES), aligned(4)));                     \
+    typedef int32_t NAME##_ivec __attribute__((vector_size(VBYTES), aligned(4)));                  \
+    __attribute__((always_inline)) TARGET static inline NAME##_vec NAME##_max(NAME##_vec a,        \
+                                                                              NAME##_vec b)        \
+    {                                                                                              \
+        NAME##_ivec m = a >= b;                                                                    \
+        return (NAME##_vec)(((NAME##_ivec)a & m) | ((NAME##_ivec)b & ~m));                         \
+    }                                                                                              \
+    /* columns col .. col + nv V of one pooled pixel; p: its patch's top left */                  \
+    __attribute__((always_inline)) TARGET static inline void NAME##_pass(                          \
+        const float *p, int64_t row, int64_t c, int64_t taps_h, int64_t taps_w, const float *w,    \
+        int64_t o, int64_t o_pad, int64_t col, const float *bias, float *z, const int nv)          \
+    {                                                                                              \
+        enum { V = (VBYTES) / 4, NV = XNOR_POOL_VECS(VBYTES) };                                    \
+        NAME##_vec s0[NV], s1[NV], s2[NV], s3[NV];                                                 \
+        _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) s0[v] = s1[v] = s2[v] = s3[v] =       \
+            (NAME##_vec){0};                                                                       \
+        const float *wr = w + col;                                                                 \
+        for (int64_t i = 0; i < taps_h; i++) {                                                     \
+            const float *pi = p + i * row;                                                         \
+            for (int64_t jc = 0; jc < taps_w * c; jc++, wr += o_pad) {                             \
+                const float x00 = pi[jc], x01 = pi[jc + c];                                        \
+                const float x10 = pi[jc + row], x11 = pi[jc + row + c];                            \
+                _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) {                             \
+                    const NAME##_vec wv = *(const NAME##_vec *)(wr + v * V);                       \
+                    s0[v] += x00 * wv;                                                             \
+                    s1[v] += x01 * wv;                                                             \
+                    s2[v] += x10 * wv;                                                             \
+                    s3[v] += x11 * wv;                                                             \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) {                                     \
+            NAME##_vec m = NAME##_max(NAME##_max(NAME##_max(s0[v], s1[v]), s2[v]), s3[v]);         \
+            if (bias != NULL)                                                                      \
+                m += *(const NAME##_vec *)(bias + col + v * V);                                    \
+            const int64_t c0 = col + v * V;                                                        \
+            if (c0 + V <= o) {                                                                     \
+                *(NAME##_vec *)(z + c0) = m;                                                       \
+            } else {                                                                               \
+                for (int64_t l = 0; c0 + l < o; l++)                                               \
+                    z[c0 + l] = m[l];                                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    /* x: padded image (rows of wp pixels of c floats); z: (ph, pw, o) */                        \
+    TARGET static void NAME(const float *x, int64_t wp, int64_t c, int64_t kh, int64_t kw,         \
+                            int64_t ph, int64_t pw, const float *w, int64_t o, int64_t o_pad,      \
+                            const float *bias, float *z)                                           \
+    {                                                                                              \
+        enum { V = (VBYTES) / 4, NV = XNOR_POOL_VECS(VBYTES) };                                    \
+        const int64_t row = wp * c;                                                                \
+        for (int64_t py = 0; py < ph; py++)                                                        \
+            for (int64_t px = 0; px < pw; px++, z += o) {                                          \
+                const float *p = x + 2 * py * row + 2 * px * c;                                    \
+                for (int64_t col = 0; col < o_pad; col += NV * V) {                                \
+                    const int64_t left = (o_pad - col) / V;                                        \
+                    const int nv = left < NV ? (int)left : NV;                                     \
+                    if (nv == NV) /* (constant counts: the accumulators stay in registers) */     \
+                        NAME##_pass(p, row, c, kh, kw, w, o, o_pad, col, bias, z, NV);             \
+                    else if (nv == 1)                                                              \
+                        NAME##_pass(p, row, c, kh, kw, w, o, o_pad, col, bias, z, 1);              \
+                    else if (nv == 2)                                                              \
+                        NAME##_pass(p, row, c, kh, kw, w, o, o_pad, col, bias, z, NV > 2 ? 2 : 1); \
+                    else                                                                           \
+                        NAME##_pass(p, row, c, kh, kw, w, o, o_pad, col, bias, z, NV > 3 ? 3 : 1); \
+                }                                                                                  \
+            }                                                                                      \
+    }
+
 #endif /* XNORCORE_CSRC_REAL_LAYERS_H */

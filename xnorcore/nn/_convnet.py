@@ -278,6 +278,13 @@ class ConvFeatures(BlockStack):
                 if pooled and negative.any():
                     mask = pack_bits(np.where(negative, 1, -1).astype(np.int8)).words
                     h = PackedBits(h.words ^ mask, h.shape, 3)
+            elif item.direction is not None and _real_pool_kernel(item, h) is not None:
+                # The real first block in one kernel: the float path's sums
+                # (real_block_sums), thresholded and packed as they are made.
+                words = _real_pool_kernel(item, h)(
+                    h, conv.effective_weight(), conv.bias, conv.pads(h.shape[1:3]),
+                    item.direction, item.threshold)
+                h = PackedBits(words, words.shape[:3] + (conv.shape[3],), 3)
             else:
                 # The real first block, or +-1 inputs that no kernel takes (on
                 # the GPU): the float path's sums (integers for +-1 inputs).
@@ -362,15 +369,31 @@ class ConvFeatures(BlockStack):
 _REAL_BLOCK_IMAGES = 256
 
 
+def _real_pool_kernel(block, x):
+    """The backend's fused first block (``real_conv2d_pool``) where it applies to ``block`` and ``x``, else None.
+
+    It takes float32 pixels into a stride-1, undilated convolution with a
+    2x2 max-pool after it.
+    """
+    conv = block.conv
+    if (isinstance(x, PackedBits) or x.dtype != _F32 or block.pool is None or conv.stride != 1
+            or conv.dilation != 1 or conv.binary_input):
+        return None
+    return backend_for(x).real_conv2d_pool
+
+
 def real_block_sums(block, x):
     """Inference sums of a block on real input: the convolution, then its max-pool if it has one.
 
-    Both inference paths take the first block's sums from here, so they stay
-    equal.  A 2x2 pool of a stride-1 convolution is one product: each pooled
-    output reads a ``(KH + 1) x (KW + 1)`` patch at stride 2, and the four
-    kernel positions inside it are four column blocks of one weight matrix, so
-    the full-resolution sums are never written out.  Images go through in
-    blocks that keep the intermediates in cache.
+    Both inference paths take the first block's sums from here (or from the
+    same kernel, thresholded there), so they stay equal.  On the CPU, float32
+    pixels, a stride-1 convolution and its 2x2 pool go through one kernel
+    (the backend's ``real_conv2d_pool``).  Elsewhere, a 2x2 pool of a stride-1
+    convolution is one product: each pooled output reads a ``(KH + 1) x
+    (KW + 1)`` patch at stride 2, and the four kernel positions inside it are
+    four column blocks of one weight matrix, so the full-resolution sums are
+    never written out.  Images go through in blocks that keep the
+    intermediates in cache.
     """
     conv = block.conv
     xp = get_array_module(x)
@@ -378,6 +401,9 @@ def real_block_sums(block, x):
     if block.pool is None or conv.stride != 1 or conv.dilation != 1:
         z = conv.forward(x, False)
         return block.pool.forward(z, False) if block.pool is not None else z
+    kernel = _real_pool_kernel(block, x)
+    if kernel is not None:
+        return kernel(x, conv.effective_weight(), conv.bias, conv.pads(x.shape[1:3]))
     w = conv.effective_weight().astype(x.dtype, copy=False)
     embedded = xp.zeros((kh + 1, kw + 1, c, 2, 2, o), dtype=w.dtype)
     for a in range(2):
