@@ -69,6 +69,26 @@ __device__ __forceinline__ int padded_taps_sum(const int* __restrict__ sums, int
     return fix;
 }
 
+// Element e of a grid-stride loop over the listed rows (rows_of, output pixels)
+// times `per_row` items each: the row's index r in the list, the item i, the
+// pixel p and its output coordinates.
+struct BorderItem {
+    long long r, p;
+    int i, oy, ox;
+};
+
+__device__ __forceinline__ BorderItem border_item(const long long* __restrict__ rows_of, long long e, int per_row,
+                                                  int oh, int ow)
+{
+    BorderItem b;
+    b.r = e / per_row;
+    b.i = (int)(e - b.r * per_row);
+    b.p = rows_of[b.r];
+    b.ox = (int)(b.p % ow);
+    b.oy = (int)((b.p / ow) % oh);
+    return b;
+}
+
 // Launch: block CONV_THREADS threads, any 1-D grid.  For each listed row
 // (output pixel p = rows_of[r], of n_rows) and channel o of z (int32, all rows,
 // o_total channels): z += the sum over the taps of p in the padding of
@@ -81,11 +101,9 @@ conv_zero_pad_fix(int* __restrict__ z, const long long* __restrict__ rows_of, lo
     const long long total = n_rows * o_total;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        const long long r = e / o_total;
-        const int o = (int)(e - r * o_total);
-        const long long p = rows_of[r];
-        z[p * o_total + o] += padded_taps_sum(
-            tap_sums + o, o_total, (int)((p / ow) % oh), (int)(p % ow), h, w, kh, kw, sh, sw, dh, dw, pt, pl);
+        const BorderItem b = border_item(rows_of, e, o_total, oh, ow);
+        z[b.p * o_total + b.i] +=
+            padded_taps_sum(tap_sums + b.i, o_total, b.oy, b.ox, h, w, kh, kw, sh, sw, dh, dw, pt, pl);
     }
 }
 
@@ -104,19 +122,15 @@ conv_border_threshold_pack(const int* __restrict__ z, const long long* __restric
     const long long total = n_rows * out_w;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        const long long r = e / out_w;
-        const int c = (int)(e - r * out_w);
-        const long long p = rows_of[r];
-        const int ox = (int)(p % ow);
-        const int oy = (int)((p / ow) % oh);
+        const BorderItem b = border_item(rows_of, e, out_w, oh, ow);  // item: the output word
         u64 bits = 0;
-        for (int b = 0; b < 64 && 64 * c + b < o_total; ++b) {
-            const int o = 64 * c + b;
-            const int v = z[r * o_total + o] +
-                          padded_taps_sum(tap_sums + o, o_total, oy, ox, h, w, kh, kw, sh, sw, dh, dw, pt, pl);
-            bits |= (u64)((int)direction[o] * v >= threshold[o]) << b;
+        for (int bit = 0; bit < 64 && 64 * b.i + bit < o_total; ++bit) {
+            const int o = 64 * b.i + bit;
+            const int v = z[b.r * o_total + o] +
+                          padded_taps_sum(tap_sums + o, o_total, b.oy, b.ox, h, w, kh, kw, sh, sw, dh, dw, pt, pl);
+            bits |= (u64)((int)direction[o] * v >= threshold[o]) << bit;
         }
-        words[p * out_w + c] = bits;
+        words[b.p * out_w + b.i] = bits;
     }
 }
 

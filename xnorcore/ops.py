@@ -93,7 +93,20 @@ def _check_padding_block(block, padding, message, block_info=None):
     return block
 
 
-class PackedBits:
+class _Immutable:
+    """Attributes set once, through ``object.__setattr__``; ``_REMAKE`` says what to do instead."""
+
+    __slots__ = ()
+    _REMAKE = ""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}; {self._REMAKE}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+
+class PackedBits(_Immutable):
     """Sign bits of an array packed along one axis into 64-bit words.
 
     Made by :func:`pack_bits`; the layout is described in :mod:`xnorcore.ops`.
@@ -129,6 +142,7 @@ class PackedBits:
     """
 
     __slots__ = ("_words", "_shape", "_axis")
+    _REMAKE = "make a new PackedBits"
 
     def __init__(self, words, shape, axis):
         self._init(words, shape, axis, check_padding=True)
@@ -201,11 +215,6 @@ class PackedBits:
         object.__setattr__(self, "_shape", shape)
         object.__setattr__(self, "_axis", axis)
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"PackedBits is immutable: cannot set {name!r}; make a new PackedBits")
-
-    def __delattr__(self, name):
-        raise AttributeError(f"PackedBits is immutable: cannot delete {name!r}")
 
     @property
     def words(self):
@@ -764,7 +773,7 @@ def _conv_operand(x, name, axis):
     return x
 
 
-class ConvWeights:
+class ConvWeights(_Immutable):
     """HWIO binary conv weights packed once, for the layers of a packed model.
 
     Made by :func:`pack_conv_weights`.  Besides the packed words it keeps what
@@ -785,6 +794,7 @@ class ConvWeights:
     """
 
     __slots__ = ("_packed", "_prepared")
+    _REMAKE = "make a new one with pack_conv_weights"
 
     def __init__(self, packed):
         if not isinstance(packed, PackedBits) or packed.ndim != 4 or packed.axis != 2:
@@ -803,11 +813,6 @@ class ConvWeights:
         # (backend key) -> what the backend prepared; filled by the backend.
         object.__setattr__(self, "_prepared", {})
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"ConvWeights is immutable: cannot set {name!r}; make a new one with pack_conv_weights")
-
-    def __delattr__(self, name):
-        raise AttributeError(f"ConvWeights is immutable: cannot delete {name!r}")
 
     @property
     def packed(self):

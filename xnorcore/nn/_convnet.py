@@ -33,7 +33,8 @@ from .._array import get_array_module, is_cupy, to_numpy
 from .._backends import backend_for
 from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, unpack_bits
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
-from ._inference import PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header
+from ._inference import (PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header,
+                         run_layers)
 from ._layers import ReLU, Sign
 from ._network import Block, BlockStack, Network, clear_caches
 
@@ -576,11 +577,7 @@ class PackedConvModel:
         h = self.features.forward_packed(rows.reshape((rows.shape[0],) + self.features.image_shape))
         if activations is not None:
             activations.extend(block.activation for block in self.features.blocks)
-        for layer in self.head.layers:
-            h = layer.forward(h, backend_for(layer.weight), None)
-            if activations is not None:
-                activations.append(h)
-        return h
+        return run_layers(self.head.layers, h, backend_for(self.head.layers[-1].weight), None, activations)
 
     def decision_function(self, X):
         """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path."""

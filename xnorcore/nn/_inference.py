@@ -180,6 +180,16 @@ class PackedLayer:
         return z
 
 
+def run_layers(layers, h, backend, prepared_input, activations=None):
+    """``h`` through the :class:`PackedLayer` s ``layers`` in turn; ``activations``, a list,
+    receives every layer's output."""
+    for layer in layers:
+        h = layer.forward(h, backend, prepared_input)
+        if activations is not None:
+            activations.append(h)
+    return h
+
+
 class PackedModel:
     """Inference-only form of a trained binary network, on packed bits.
 
@@ -259,11 +269,7 @@ class PackedModel:
             h, prepared = x, self._input(backend)
         else:  # no hidden layer: the output layer reads standardized rows
             h, prepared = backend.to_device(np.ascontiguousarray((x - self.input_mean) / self.input_scale)), None
-        for layer in self.layers:
-            h = layer.forward(h, backend, prepared)
-            if activations is not None:
-                activations.append(h)
-        return h
+        return run_layers(self.layers, h, backend, prepared, activations)
 
     def decision_function(self, X):
         """Logits of raw rows ``X`` (float32 numpy array), as a float64 numpy array, in blocks of rows."""
