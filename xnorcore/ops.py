@@ -32,7 +32,7 @@ For :func:`binary_conv2d`, activations are NHWC ``(N, H, W, C)`` packed along C
 pixel a whole number of words), and HWIO weights ``(KH, KW, C // groups, O)``
 are packed along their input channels (``pack_bits(w, axis=2)``, words of shape
 ``(KH, KW, O, ceil(C // groups / 64))``); :func:`pack_conv_weights` packs them
-in the same layout and keeps the CPU kernel's panels with them, for the layers
+in the same layout and keeps each backend's preparation of them, for the layers
 of a packed model (:class:`ConvWeights`).  The fused conv outputs are packed
 NHWC activations again, ready for the next layer.  With ``groups > 1`` and
 ``C // groups`` not a multiple of 64, each group's channels are packed into
@@ -776,14 +776,16 @@ def _conv_operand(x, name, axis):
 class ConvWeights(_Immutable):
     """HWIO binary conv weights packed once, for the layers of a packed model.
 
-    Made by :func:`pack_conv_weights`.  Besides the packed words it keeps what
-    the CPU kernel builds from them (the weight panels of the popcount variant
-    in use and the zero-padding corrections), built at the first convolution
-    of each configuration (variant, groups, padding) and reused by every
-    later one: pass it as ``w`` to :func:`binary_conv2d` and
-    :func:`binary_conv2d_threshold_pack`.  The words are a private read-only
-    copy, so what was prepared from them cannot go stale; like PackedBits, a
-    ConvWeights is immutable.  Pickling keeps the words only.
+    Made by :func:`pack_conv_weights`.  Besides the packed words (held on the
+    host) it keeps what each backend builds from them: the CPU kernel's weight
+    panels for the popcount variant in use and its zero-padding corrections,
+    or, per GPU, the weight rows, popcounts and padded-tap sums on that device.
+    They are built at the first convolution of each configuration (variant,
+    groups, padding) and reused by every later one: pass it as ``w`` to
+    :func:`binary_conv2d` and :func:`binary_conv2d_threshold_pack`, with numpy
+    or cupy input.  The words are a private read-only copy, so what was
+    prepared from them cannot go stale; like PackedBits, a ConvWeights is
+    immutable.  Pickling keeps the words only.
 
     Attributes
     ----------
