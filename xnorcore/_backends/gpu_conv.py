@@ -171,11 +171,13 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     rows = _borders(n, geometry) if pad_value == 0 else None
     if groups == 1:
         # One fused kernel over every row; rows reaching the zero padding are redone as sums.
+        # Kept with the weights per content of the thresholds (device arrays: made each call).
         key = ("gpu bounds", constants_key, pad_value)
-        bounds = None if prepared is None else prepared.get(key)
+        keep = prepared is not None and constants_key is not None
+        bounds = prepared.get(key) if keep else None
         if bounds is None:
             bounds = gpu.column_bounds(w_counts, direction, threshold)
-            if prepared is not None:
+            if keep:
                 if len(prepared) >= _MAX_CONSTANTS:
                     prepared.clear()
                 prepared[key] = bounds
