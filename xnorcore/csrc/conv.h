@@ -37,7 +37,13 @@ typedef struct {
 /* Point ptrs[t * mr + r] at the words of group `grp` under tap t of output
  * pixel q + r of one image (x), or at pad; missing rows (q + r >= q1) repeat
  * pixel q1 - 1: computed, never stored.  Returns a mask of the rows that
- * have a padded tap (mr is at most 32). */
+ * have a padded tap (mr is at most 32).
+ *
+ * Every row first gets its window origin plus the tap's offset, tap by tap
+ * over all rows (a loop the compiler vectorizes); the rows whose window
+ * leaves the input (those with a padded tap) are then rewritten tap by tap
+ * with bounds checks.  The addresses of those rows' first pass are formed as
+ * integers and never read. */
 static inline uint32_t xnor_conv_indirection(const xnor_conv_geom *g, const uint64_t *x,
                                              const uint64_t *pad, int64_t grp, int64_t q,
                                              int64_t q1, int mr, const uint64_t **ptrs)
@@ -45,36 +51,42 @@ static inline uint32_t xnor_conv_indirection(const xnor_conv_geom *g, const uint
     uint32_t border = 0;
     const uint64_t *xg = x + grp * g->cwg;
     int64_t oy = q / g->ow, ox = q % g->ow;
+    int64_t y0s[32], x0s[32];
+    uintptr_t origin[32]; /* address of each row's window origin */
     for (int r = 0; r < mr; r++) {
         if (q + r < q1 && r > 0 && ++ox == g->ow) {
             ox = 0;
             oy++;
         }
         int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
-        int padded = 0;
-        if (y0 >= 0 && y0 + (g->kh - 1) * g->dh < g->h && x0 >= 0 &&
-            x0 + (g->kw - 1) * g->dw < g->w) {
-            /* the whole window inside the input: no bounds checks per tap */
-            const uint64_t *p = xg + (y0 * g->w + x0) * g->xs;
-            const int64_t row_step = g->dh * g->w * g->xs, col_step = g->dw * g->xs;
-            int t = 0;
-            for (int64_t i = 0; i < g->kh; i++, p += row_step)
-                for (int64_t j = 0; j < g->kw; j++, t++)
-                    ptrs[t * mr + r] = p + j * col_step;
+        y0s[r] = y0;
+        x0s[r] = x0;
+        origin[r] = (uintptr_t)xg + (uintptr_t)((y0 * g->w + x0) * g->xs) * sizeof(uint64_t);
+        int inside = y0 >= 0 && y0 + (g->kh - 1) * g->dh < g->h && x0 >= 0 &&
+                     x0 + (g->kw - 1) * g->dw < g->w;
+        border |= (uint32_t)!inside << r;
+    }
+    const uintptr_t row_step = (uintptr_t)(g->dh * g->w * g->xs) * sizeof(uint64_t);
+    const uintptr_t col_step = (uintptr_t)(g->dw * g->xs) * sizeof(uint64_t);
+    uintptr_t tap_off = 0;
+    const uint64_t **pt = ptrs;
+    for (int64_t i = 0; i < g->kh; i++, tap_off += row_step - g->kw * col_step)
+        for (int64_t j = 0; j < g->kw; j++, tap_off += col_step, pt += mr)
+            for (int r = 0; r < mr; r++)
+                pt[r] = (const uint64_t *)(origin[r] + tap_off);
+    for (int r = 0; r < mr; r++) {
+        if (!(border >> r & 1))
             continue;
-        }
         int t = 0;
         for (int64_t i = 0; i < g->kh; i++) {
-            int64_t iy = y0 + i * g->dh;
+            int64_t iy = y0s[r] + i * g->dh;
             int row_in = iy >= 0 && iy < g->h;
             for (int64_t j = 0; j < g->kw; j++, t++) {
-                int64_t ix = x0 + j * g->dw;
+                int64_t ix = x0s[r] + j * g->dw;
                 int in = row_in && ix >= 0 && ix < g->w;
                 ptrs[t * mr + r] = in ? xg + (iy * g->w + ix) * g->xs : pad;
-                padded |= !in;
             }
         }
-        border |= (uint32_t)padded << r;
     }
     return border;
 }
