@@ -34,14 +34,14 @@ typedef struct {
     int64_t k;      /* bits summed per output: kh kw C / groups */
 } xnor_conv_geom;
 
-/* Output coordinates of the mr rows of the tile at pixel q: rows past q1
- * repeat pixel q1 - 1. */
+/* Output coordinates oy[r], ox[r] of the mr rows of a tile whose first pixel
+ * is (y, x): rows from `rows` on (past the pixels of the call) repeat the
+ * last pixel. */
 __attribute__((always_inline)) static inline void xnor_conv_tile_pixels(
-    const xnor_conv_geom *g, int64_t q, int64_t q1, int mr, int64_t *oy, int64_t *ox)
+    const xnor_conv_geom *g, int64_t y, int64_t x, int rows, int mr, int64_t *oy, int64_t *ox)
 {
-    int64_t y = q / g->ow, x = q % g->ow;
     for (int r = 0; r < mr; r++) {
-        if (q + r < q1 && r > 0 && ++x == g->ow) {
+        if (r > 0 && r < rows && ++x == g->ow) {
             x = 0;
             y++;
         }
@@ -50,10 +50,16 @@ __attribute__((always_inline)) static inline void xnor_conv_tile_pixels(
     }
 }
 
+/* The first pixel (y, x) of the next tile, mr pixels on. */
+static inline void xnor_conv_next_tile(const xnor_conv_geom *g, int mr, int64_t *y, int64_t *x)
+{
+    for (*x += mr; *x >= g->ow; *x -= g->ow)
+        ++*y;
+}
+
 /* Point ptrs[t * mr + r] at the words of group `grp` under tap t of output
- * pixel q + r of one image (x), or at pad; missing rows (q + r >= q1) repeat
- * pixel q1 - 1: computed, never stored.  Returns a mask of the rows that
- * have a padded tap (mr is at most 32).
+ * pixel (oy[r], ox[r]) of one image (x), or at pad.  Returns a mask of the
+ * rows that have a padded tap (mr is at most 32).
  *
  * Every row first gets its window origin plus the tap's offset, tap by tap
  * over all rows (a loop the compiler vectorizes); the rows whose window
@@ -61,16 +67,15 @@ __attribute__((always_inline)) static inline void xnor_conv_tile_pixels(
  * with bounds checks.  The addresses of those rows' first pass are formed as
  * integers and never read. */
 __attribute__((always_inline)) static inline uint32_t xnor_conv_indirection(
-    const xnor_conv_geom *g, const uint64_t *x, const uint64_t *pad, int64_t grp, int64_t q,
-    int64_t q1, int mr, const uint64_t **ptrs)
+    const xnor_conv_geom *g, const uint64_t *x, const uint64_t *pad, int64_t grp,
+    const int64_t *oy, const int64_t *ox, int mr, const uint64_t **ptrs)
 {
     uint32_t border = 0;
     const uint64_t *xg = x + grp * g->cwg;
     int64_t y0s[32], x0s[32];
     uintptr_t origin[32]; /* address of each row's window origin */
-    xnor_conv_tile_pixels(g, q, q1, mr, y0s, x0s);
     for (int r = 0; r < mr; r++) {
-        int64_t y0 = y0s[r] * g->sh - g->pt, x0 = x0s[r] * g->sw - g->pl;
+        int64_t y0 = oy[r] * g->sh - g->pt, x0 = ox[r] * g->sw - g->pl;
         y0s[r] = y0;
         x0s[r] = x0;
         origin[r] = (uintptr_t)xg + (uintptr_t)((y0 * g->w + x0) * g->xs) * sizeof(uint64_t);
@@ -86,9 +91,8 @@ __attribute__((always_inline)) static inline uint32_t xnor_conv_indirection(
         for (int64_t j = 0; j < g->kw; j++, tap_off += col_step, pt += mr)
             for (int r = 0; r < mr; r++)
                 pt[r] = (const uint64_t *)(origin[r] + tap_off);
-    for (int r = 0; r < mr; r++) {
-        if (!(border >> r & 1))
-            continue;
+    for (uint32_t rest = border; rest != 0; rest &= rest - 1) {
+        int r = __builtin_ctz(rest);
         int t = 0;
         for (int64_t i = 0; i < g->kh; i++) {
             int64_t iy = y0s[r] + i * g->dh;
@@ -103,20 +107,12 @@ __attribute__((always_inline)) static inline uint32_t xnor_conv_indirection(
     return border;
 }
 
-/* The first column of weight panel p and its number of columns; builds the
- * indirection of the tile at pixel q (and its border mask) when p is the
- * first panel of a group other than *built. */
-__attribute__((always_inline)) static inline int xnor_conv_panel(
-    const xnor_conv_geom *g, int nr, const uint64_t *x, const uint64_t *pad, int64_t p, int64_t q,
-    int64_t q1, int mr, const uint64_t **ptrs, int64_t *built, uint32_t *border, int64_t *col)
+/* Columns of panel pp of group grp: the first (*col) and how many. */
+static inline int xnor_conv_panel_cols(const xnor_conv_geom *g, int nr, int64_t grp, int64_t pp,
+                                       int64_t *col)
 {
-    int64_t grp = p / g->ppg;
-    *col = grp * g->og + (p % g->ppg) * nr;
-    if (grp != *built) {
-        *border = xnor_conv_indirection(g, x, pad, grp, q, q1, mr, ptrs);
-        *built = grp;
-    }
-    int64_t left = (grp + 1) * g->og - *col;
+    *col = grp * g->og + pp * nr;
+    int64_t left = g->og - pp * nr;
     return left < nr ? (int)left : nr;
 }
 
@@ -150,13 +146,20 @@ __attribute__((always_inline)) static inline void xnor_conv_pixels_mr(
     const int nr = kern->nr;
     const int taps = (int)(g->kh * g->kw);
     const int64_t panel_words = (int64_t)taps * g->cwg * nr;
-    for (int64_t q = q0; q < q1; q += mr) {
+    int64_t y = q0 / g->ow, x0 = q0 % g->ow;
+    for (int64_t q = q0; q < q1; q += mr, xnor_conv_next_tile(g, mr, &y, &x0)) {
         int rows = q1 - q < mr ? (int)(q1 - q) : mr;
-        int64_t built = -1; /* group of the pointers in ptrs */
-        uint32_t border = 0;
-        for (int64_t p = p0; p < p1; p++) {
+        int64_t oy[32], ox[32];
+        xnor_conv_tile_pixels(g, y, x0, rows, mr, oy, ox);
+        int64_t grp = p0 / g->ppg, pp = p0 % g->ppg;
+        uint32_t border = xnor_conv_indirection(g, x, pad, grp, oy, ox, mr, ptrs);
+        for (int64_t p = p0; p < p1; p++, pp++) {
+            if (pp == g->ppg) { /* the next group's pixels */
+                pp = 0;
+                border = xnor_conv_indirection(g, x, pad, ++grp, oy, ox, mr, ptrs);
+            }
             int64_t col;
-            int ncols = xnor_conv_panel(g, nr, x, pad, p, q, q1, mr, ptrs, &built, &border, &col);
+            int ncols = xnor_conv_panel_cols(g, nr, grp, pp, &col);
             int32_t *ct = c + (q - q0) * ldc + col;
             kern->conv_ukernel(ptrs, taps, panels + p * panel_words, g->cwg, ct, ldc, rows,
                                ncols, g->k);
@@ -267,25 +270,28 @@ __attribute__((always_inline)) static inline void xnor_conv_pixels_bits_mr(
     const int nr = kern->nr;
     const int taps = (int)(g->kh * g->kw);
     const int64_t panel_words = (int64_t)taps * g->cwg * nr;
-    const int64_t n_panels = g->o / g->og * g->ppg;
+    const int64_t groups = g->o / g->og;
     memset(bits, 0, (size_t)((q1 - q0) * ldb) * sizeof(uint64_t));
-    for (int64_t q = q0; q < q1; q += mr) {
+    int64_t y = q0 / g->ow, x0 = q0 % g->ow;
+    for (int64_t q = q0; q < q1; q += mr, xnor_conv_next_tile(g, mr, &y, &x0)) {
         int rows = q1 - q < mr ? (int)(q1 - q) : mr;
-        int64_t built = -1;
-        uint32_t border = 0;
         int64_t oy[32], ox[32];
         const int64_t *half[32];
-        xnor_conv_tile_pixels(g, q, q1, mr, oy, ox);
+        xnor_conv_tile_pixels(g, y, x0, rows, mr, oy, ox);
         for (int r = 0; r < mr; r++)
             half[r] = table + (ykey[oy[r]] * nx + xkey[ox[r]]) * g->o;
-        for (int64_t p = 0; p < n_panels; p++) {
-            int64_t col;
-            int ncols = xnor_conv_panel(g, nr, x, pad, p, q, q1, mr, ptrs, &built, &border, &col);
-            const int shift = (int)(col & 63);
-            const uint64_t *fw = flips + (col >> 6);
-            uint32_t flip = (uint32_t)((fw[0] >> shift) | (shift ? fw[1] << (64 - shift) : 0));
-            kern->conv_bits(ptrs, taps, panels + p * panel_words, g->cwg, bits + (q - q0) * ldb,
-                            ldb, rows, ncols, half, col, flip);
+        const uint64_t *panel = panels;
+        for (int64_t grp = 0; grp < groups; grp++) {
+            xnor_conv_indirection(g, x, pad, grp, oy, ox, mr, ptrs);
+            for (int64_t pp = 0; pp < g->ppg; pp++, panel += panel_words) {
+                int64_t col;
+                int ncols = xnor_conv_panel_cols(g, nr, grp, pp, &col);
+                const int shift = (int)(col & 63);
+                const uint64_t *fw = flips + (col >> 6);
+                uint32_t flip = (uint32_t)((fw[0] >> shift) | (shift ? fw[1] << (64 - shift) : 0));
+                kern->conv_bits(ptrs, taps, panel, g->cwg, bits + (q - q0) * ldb, ldb, rows, ncols,
+                                half, col, flip);
+            }
         }
     }
 }
