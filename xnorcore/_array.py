@@ -16,6 +16,8 @@ _PACKED_MODULE = __name__.rpartition(".")[0] + ".ops"
 
 def is_cupy(x):
     """Whether ``x`` is a cupy array, or a PackedBits whose words are one."""
+    if type(x) is np.ndarray:
+        return False
     if type(x).__module__ == _PACKED_MODULE:
         x = x.words
     return type(x).__module__.partition(".")[0] == "cupy"

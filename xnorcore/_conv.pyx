@@ -18,7 +18,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 
@@ -47,11 +47,18 @@ cdef extern from "dispatch.h" nogil:
     ctypedef struct xnor_conv_geom:
         int64_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, xs, cwg, og, o, ppg, k
 
+    int64_t xnor_conv_pad_classes(int64_t n, int64_t s, int64_t p, int64_t k, int64_t d,
+                                  int64_t h, int32_t *key, int64_t *span)
+
+    void xnor_conv_bounds_table(const xnor_conv_geom *g, const int32_t *corr,
+                                const int64_t *twice, const int64_t *yspan, int64_t ny,
+                                const int64_t *xspan, int64_t nx, int64_t *table)
+
     void xnor_conv_pixels_bits(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
-                               const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
-                               int64_t q0, int64_t q1, const int64_t *bounds,
-                               const uint64_t *flips, uint64_t *bits, int64_t ldb,
-                               const uint64_t **ptrs, int32_t *adj)
+                               const uint64_t *panels, const uint64_t *pad, int64_t q0, int64_t q1,
+                               const int32_t *ykey, const int32_t *xkey, int64_t nx,
+                               const int64_t *table, const uint64_t *flips, uint64_t *bits,
+                               int64_t ldb, const uint64_t **ptrs)
 
     void xnor_conv_pixels(const xnor_kernels *kern, const xnor_conv_geom *g, const uint64_t *x,
                           const uint64_t *panels, const int32_t *corr, const uint64_t *pad,
@@ -218,29 +225,33 @@ cdef inline void _threshold_rows(const xnor_kernels *kern, const int32_t *sums, 
 
 
 cdef bint _count_bounds(const int8_t[::1] direction, const int32_t[::1] threshold, int64_t k,
-                        int64_t[:, ::1] bounds, uint64_t[::1] flips) noexcept nogil:
+                        int64_t *twice, uint64_t *flips) noexcept nogil:
     # direction * z - threshold >= 0 with z = k - v, v = 2 popcount - C (C the
-    # zero-padding corrections), as the bit of v > bounds[1, j] negated where
-    # bit j of flips is set: for direction 1, not v > k - t; for -1, v > k + t - 1;
-    # for 0, always (t <= 0) or never.  bounds[0, j] is bounds[1, j] // 2, the
-    # bound on the popcount where C = 0.  False where int32 arithmetic could
-    # wrap (|t| + k >= 2**31): no bounds then.
-    cdef int64_t j, t, b
+    # zero-padding corrections), as the bit of v > twice[j] negated where bit
+    # j of flips (zeroed by the caller) is set: for direction 1, not v > k - t;
+    # for -1, v > k + t - 1; for 0, always (t <= 0) or never.  False where
+    # int32 arithmetic could wrap (|t| + k >= 2**31): no bounds then.
+    cdef int64_t j, t
     cdef int64_t far = (<int64_t>1) << 40
     for j in range(direction.shape[0]):
         t = threshold[j]
         if (t if t >= 0 else -t) + k >= (<int64_t>1) << 31:
             return False
         if direction[j] > 0:
-            b = k - t
+            twice[j] = k - t
             flips[j // 64] |= (<uint64_t>1) << (j % 64)
         elif direction[j] < 0:
-            b = k + t - 1
+            twice[j] = k + t - 1
         else:
-            b = -far if t <= 0 else far
-        bounds[1, j] = b
-        bounds[0, j] = b // 2 if b >= 0 else -((1 - b) // 2)
+            twice[j] = -far if t <= 0 else far
     return True
+
+
+# At most this many classes of pixels (by their padded taps) get a row of
+# bounds for the in-tile compare; more (kernels far larger than the input)
+# go through int32 sums.
+cdef enum:
+    _MAX_BOUND_ROWS = 4096
 
 
 def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
@@ -256,8 +267,9 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     bits are the OR over each 2x2 window (stride 2), the max of +-1 values.
     An item is a block of pixels (pool: two output rows) of one image times
     all output channels.  Where the variant has ``conv_bits``, the tiles
-    compare the popcounts with per-channel bounds in registers (tiles with
-    zero-padding corrections excepted); otherwise the int32 sums of an item
+    compare the popcounts with per-channel bounds in registers, one row of
+    bounds for each class of pixels by their padded taps (the zero-padding
+    corrections of those taps folded in); otherwise the int32 sums of an item
     live only in a per-thread buffer and are thresholded from there.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
@@ -291,11 +303,35 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     cdef uint64_t *bits
     cdef uint64_t *top
     cdef uint64_t *bottom
-    cdef int64_t[:, ::1] bounds = np.empty((2, o), dtype=np.int64)
-    cdef uint64_t[::1] flips = np.zeros(ow_words + 1, dtype=np.uint64)
-    cdef bint in_tile = kern.conv_bits != NULL and _count_bounds(direction, threshold, g.k, bounds,
+    # The in-tile compare: each pixel's bounds are the row of its class pair
+    # (ykey[oy], xkey[ox]) in table, with the zero-padding corrections of its
+    # padded taps; without corrections all pixels are of one class.  aux
+    # holds the keys, the classes' spans, the doubled bounds and the flips.
+    cdef int64_t flip_words = ow_words + 1, ny = 1, nx = 1
+    cdef int64_t *aux = <int64_t *>calloc((g.oh + g.ow + 1) // 2 + 2 * (g.oh + g.ow) + o
+                                          + flip_words, sizeof(int64_t))
+    if aux == NULL:
+        raise MemoryError("conv2d_threshold_pack could not allocate its bounds")
+    cdef int64_t *yspan = aux + (g.oh + g.ow + 1) // 2
+    cdef int64_t *xspan = yspan + 2 * g.oh
+    cdef int64_t *twice = xspan + 2 * g.ow
+    cdef uint64_t *flips = <uint64_t *>(twice + o)
+    cdef int32_t *ykey = <int32_t *>aux
+    cdef int32_t *xkey = ykey + g.oh
+    cdef int64_t *table = NULL
+    cdef bint in_tile = kern.conv_bits != NULL and _count_bounds(direction, threshold, g.k, twice,
                                                                  flips)
-    cdef int64_t sum_ints = max(pix_per * o, kern.mr * kern.nr)
+    if in_tile and corr_ptr != NULL:
+        ny = xnor_conv_pad_classes(g.oh, g.sh, g.pt, g.kh, g.dh, g.h, ykey, yspan)
+        nx = xnor_conv_pad_classes(g.ow, g.sw, g.pl, g.kw, g.dw, g.w, xkey, xspan)
+        in_tile = ny * nx <= _MAX_BOUND_ROWS
+    if in_tile:
+        table = <int64_t *>malloc(ny * nx * o * sizeof(int64_t))
+        if table == NULL:
+            free(aux)
+            raise MemoryError("conv2d_threshold_pack could not allocate its bounds")
+        xnor_conv_bounds_table(&g, corr_ptr, twice, yspan, ny, xspan, nx, table)
+    cdef int64_t sum_ints = 0 if in_tile else pix_per * o
     # Dynamic: the items differ in size (edge blocks of pixels and panels).
     for item in prange(n * per_image, nogil=True, schedule="dynamic", num_threads=n_threads):
         img = item // per_image
@@ -310,10 +346,10 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
             bits = <uint64_t *>(ptrs + g.kh * g.kw * kern.mr)
             sums = <int32_t *>(bits + pix_per * ow_words)
             if in_tile:
-                xnor_conv_pixels_bits(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
-                                      q0, q1, &bounds[0, 0], &flips[0],
+                xnor_conv_pixels_bits(kern, &g, &x[img, 0, 0, 0], &panels[0], &pad[0], q0, q1,
+                                      ykey, xkey, nx, table, flips,
                                       bits if pool else &out[img, q0 // g.ow, q0 % g.ow, 0],
-                                      ow_words, ptrs, sums)
+                                      ow_words, ptrs)
             else:
                 xnor_conv_pixels(kern, &g, &x[img, 0, 0, 0], &panels[0], corr_ptr, &pad[0],
                                  q0, q1, 0, n_panels, sums, o, ptrs)
@@ -332,6 +368,8 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
                 _threshold_rows(kern, sums, o, &direction[0], &threshold[0], q1 - q0,
                                 &out[img, q0 // g.ow, q0 % g.ow, 0], ow_words)
             free(ptrs)
+    free(table)
+    free(aux)
     if failed:
         raise MemoryError("conv2d_threshold_pack could not allocate its row buffer")
     return words

@@ -43,6 +43,8 @@ def check_n_threads(n_threads, name="n_threads"):
     """
     if n_threads is None:
         return None
+    if type(n_threads) is int and n_threads >= 1:  # the common case, without the ABC check
+        return n_threads
     if not isinstance(n_threads, numbers.Integral) or isinstance(n_threads, bool) or n_threads < 1:
         raise ValueError(f"{name} must be None or a positive integer, got {name}={n_threads!r}")
     return int(n_threads)
@@ -59,7 +61,7 @@ def kernel_threads(n_threads, name="n_threads"):
         from . import _bitpack
 
         n = _bitpack.max_threads()
-    return max(1, min(n, available_cpus()))
+    return 1 if n <= 1 else min(n, available_cpus())
 
 
 def work_threads(n_threads, work_ns=None):

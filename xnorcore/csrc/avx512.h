@@ -285,42 +285,36 @@ __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_til
     XNOR_512_STORES();
 }
 
-/* The same tile with the threshold compared in registers: bit jj of out[r]
- * is that of count > half[jj] (no corrections: adj NULL), or of
- * 2 count - adj[r][jj] > twice[jj] (adj: the zero-padding corrections of the
- * tile's rows, XNOR_AVX512_NR a row), flipped where bit jj of flip is set:
- * the caller's bounds of the folded batch norm.  No sum is stored. */
+/* The same tile with the threshold compared in registers: bit col + jj of
+ * row r of the words bits (row stride ldb) is or-ed with that of count >
+ * half[r][col + jj], flipped where bit jj of flip is set: the caller's
+ * bounds of the folded batch norm, one row of them per tile row (the
+ * zero-padding corrections of a row with padded taps are in its bounds).
+ * No sum is stored. */
 #define XNOR_512_BITS(s, r, g)                                                               \
-    __extension__({                                                                          \
-        __m512i v_ = s, b_ = half##g;                                                        \
-        if (adj != NULL) {                                                                   \
-            v_ = _mm512_add_epi64(s, s);                                                     \
-            b_ = _mm512_add_epi64(twice##g, _mm512_cvtepi32_epi64(_mm256_loadu_si256(         \
-                                                (const __m256i *)(adj + (r) * XNOR_AVX512_NR + 8 * (g))))); \
-        }                                                                                    \
-        (uint32_t)_mm512_cmpgt_epi64_mask(v_, b_) << (8 * (g));                              \
-    })
+    ((uint32_t)_mm512_cmpgt_epi64_mask(s, _mm512_maskz_loadu_epi64(lanes##g, half[r] + col + 8 * (g))) \
+     << (8 * (g)))
 #define XNOR_512_BITROW(r, t0, t1, t2)                                                       \
-    if ((r) < mr)                                                                            \
-        out[r] = ((XNOR_512_BITS(t0, r, 0) | (vecs > 1 ? XNOR_512_BITS(t1, r, 1) : 0) |      \
-                   (vecs > 2 ? XNOR_512_BITS(t2, r, 2) : 0)) ^ flip) & keep
-#define XNOR_512_BOUND(name, g)                                                              \
-    const __m512i name##g = _mm512_maskz_loadu_epi64((__mmask8)xnor_lanes64(ncols - 8 * (g)), \
-                                                     name + 8 * (g))
+    if ((r) < mr) {                                                                          \
+        uint64_t m_ = ((XNOR_512_BITS(t0, r, 0) | (vecs > 1 ? XNOR_512_BITS(t1, r, 1) : 0) | \
+                        (vecs > 2 ? XNOR_512_BITS(t2, r, 2) : 0)) ^ flip) & keep;            \
+        uint64_t *dst_ = bits + (r) * ldb + (col >> 6);                                      \
+        dst_[0] |= m_ << shift;                                                              \
+        if (shift + ncols > 64)                                                              \
+            dst_[1] |= m_ >> (64 - shift);                                                   \
+    }
 __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_bits_tile_avx512(
-    const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, uint32_t *out,
-    int mr, int ncols, const int64_t *half, const int64_t *twice, const int32_t *adj,
-    uint32_t flip, const int vecs)
+    const uint64_t *const *a, int taps, const uint64_t *panel, int64_t nw, uint64_t *bits,
+    int64_t ldb, int mr, int ncols, const int64_t *const *half, int64_t col, uint32_t flip,
+    const int vecs)
 {
     XNOR_512_ACCUMULATORS();
     XNOR_512_CONV_SUMS();
     const uint32_t keep = ncols >= 32 ? ~0u : (1u << ncols) - 1;
-    XNOR_512_BOUND(half, 0);
-    XNOR_512_BOUND(half, 1);
-    XNOR_512_BOUND(half, 2);
-    XNOR_512_BOUND(twice, 0);
-    XNOR_512_BOUND(twice, 1);
-    XNOR_512_BOUND(twice, 2);
+    const int shift = (int)(col & 63);
+    const __mmask8 lanes0 = (__mmask8)xnor_lanes64(ncols);
+    const __mmask8 lanes1 = (__mmask8)xnor_lanes64(ncols - 8);
+    const __mmask8 lanes2 = (__mmask8)xnor_lanes64(ncols - 16);
     XNOR_512_BITROW(0, s00, s01, s02);
     XNOR_512_BITROW(1, s10, s11, s12);
     XNOR_512_BITROW(2, s20, s21, s22);
@@ -330,7 +324,6 @@ __attribute__((always_inline)) XNOR_AVX512_ATTR static inline void xnor_conv_bit
     XNOR_512_BITROW(6, s60, s61, s62);
     XNOR_512_BITROW(7, s70, s71, s72);
 }
-#undef XNOR_512_BOUND
 #undef XNOR_512_BITROW
 #undef XNOR_512_BITS
 #undef XNOR_512_CONV_SUMS
@@ -421,16 +414,16 @@ XNOR_AVX512_ATTR static void xnor_conv_ukernel_avx512(const uint64_t *const *a, 
 
 XNOR_AVX512_ATTR static void xnor_conv_bits_avx512(const uint64_t *const *a, int taps,
                                                    const uint64_t *panel, int64_t nw,
-                                                   uint32_t *out, int mr, int ncols,
-                                                   const int64_t *half, const int64_t *twice,
-                                                   const int32_t *adj, uint32_t flip)
+                                                   uint64_t *bits, int64_t ldb, int mr, int ncols,
+                                                   const int64_t *const *half, int64_t col,
+                                                   uint32_t flip)
 {
     if (ncols > 16)
-        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 3);
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, bits, ldb, mr, ncols, half, col, flip, 3);
     else if (ncols > 8)
-        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 2);
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, bits, ldb, mr, ncols, half, col, flip, 2);
     else
-        xnor_conv_bits_tile_avx512(a, taps, panel, nw, out, mr, ncols, half, twice, adj, flip, 1);
+        xnor_conv_bits_tile_avx512(a, taps, panel, nw, bits, ldb, mr, ncols, half, col, flip, 1);
 }
 
 XNOR_INPUT_SUMS(xnor_input_sums_avx512, __attribute__((target("avx512f"))), 64)

@@ -55,14 +55,13 @@ typedef void (*xnor_ukernel_fn)(const uint64_t *const *a, const uint64_t *panel,
 typedef void (*xnor_conv_ukernel_fn)(const uint64_t *const *a, int taps,
                                      const uint64_t *panel, int64_t nw, int32_t *c,
                                      int64_t ldc, int mr, int ncols, int64_t k);
-/* The conv tile with the threshold compared in registers: bit jj of out[r]
- * (r < mr) is that of popcount > half[jj] for a tile without corrections
- * (adj NULL), else of 2 popcount - adj[r nr + jj] > twice[jj], flipped where
- * bit jj of flip is set; no sum is stored. */
+/* The conv tile with the threshold compared in registers: or-s into bit
+ * col + jj of row r (r < mr) of the words bits (row stride ldb) that of
+ * popcount > half[r][col + jj], flipped where bit jj of flip is set; no sum
+ * is stored. */
 typedef void (*xnor_conv_bits_fn)(const uint64_t *const *a, int taps, const uint64_t *panel,
-                                  int64_t nw, uint32_t *out, int mr, int ncols,
-                                  const int64_t *half, const int64_t *twice, const int32_t *adj,
-                                  uint32_t flip);
+                                  int64_t nw, uint64_t *bits, int64_t ldb, int mr, int ncols,
+                                  const int64_t *const *half, int64_t col, uint32_t flip);
 /* Folded batch norm and sign of one row of int32 sums: bit j of out set where
  * direction[j] * z[j] - threshold[j] >= 0, computed with int32 wrap-around as
  * numpy does; padding bits 0. */
