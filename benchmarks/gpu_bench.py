@@ -146,7 +146,7 @@ def bench_shape(m, k, n, *, popc=True, check=True):
     add("cuBLAS float16 (cupy @)", median_ms(lambda: a16 @ b16), "API")
     add("cuBLAS float16 (cupy @)", back_to_back_ms(lambda: a16 @ b16), "API queued")
     add("cuBLAS float16 (cupy @)", device_ms(lambda: a16 @ b16), "GPU time")
-    del a16, b16
+    a16 = b16 = None  # free the float16 copies before the binary rows
 
     pa, pb = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
     os.environ[_gpu.KERNEL_ENV] = "mma"
