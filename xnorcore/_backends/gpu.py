@@ -623,12 +623,11 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
     m, n = a_words.shape[0], b_words.shape[0]
     if m == 0 or n == 0:
         return cupy.zeros((m, n_words(n)), dtype=np.uint64)
-    fused = None
-    if np.dtype(threshold.dtype).kind in "iu":  # the kernel compares integers
-        a, b = _operands(a_words, b_words, k, padded)
-        fused = _plan(m, n, a.shape[1], k, pack=True)
+    a, b = _operands(a_words, b_words, k, padded)
+    # The fused kernel compares integers; a and b are aligned now, hence padded=True below.
+    fused = _plan(m, n, a.shape[1], k, pack=True) if np.dtype(threshold.dtype).kind in "iu" else None
     if fused is None:
-        return threshold_pack(xnor_gemm(a_words, b_words, k, padded=padded), direction, threshold)
+        return threshold_pack(xnor_gemm(a, b, k, padded=True, counts=counts), direction, threshold)
     if counts is None:
         counts = _row_popcounts(a, b)
     if bounds is None:

@@ -162,7 +162,7 @@ def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, pr
 def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
                           pool=False, n_threads=None, prepared=None):
     cupy = gpu._cupy()
-    h, w, oh, ow, kh, kw = geometry[:6]
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     n = x_words.shape[0]
     direction, threshold, constants_key = _on_device(direction, threshold)
     w_rows, w_counts, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
@@ -185,7 +185,6 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
                                              counts=counts, bounds=bounds)
         if rows is not None:
             z = gpu.xnor_gemm(cupy.take(cols[0], rows, axis=0), w_rows, k, padded=True)
-            h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
             _launch("conv_border_threshold_pack", rows.size * words.shape[1],
                     (z, rows, np.int64(rows.size), tap_sums, direction, threshold, words,
                      np.int32(z.shape[1]), np.int32(words.shape[1]),
