@@ -1,5 +1,5 @@
 """Build script: the package, its CUDA sources as package data, and the Cython
-CPU kernels (xnorcore._bitpack, xnorcore._conv), compiled with OpenMP.
+CPU kernels (xnorcore._bitpack, xnorcore._conv, xnorcore._train), compiled with OpenMP.
 
 The C kernels in xnorcore/csrc/ include kernels/xnor_layout.h, the bit layout
 that the CUDA sources share, so both folders are on the include path.
@@ -35,7 +35,7 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in ("xnorcore._bitpack", "xnorcore._conv")
+    for name in ("xnorcore._bitpack", "xnorcore._conv", "xnorcore._train")
 ]
 
 setup(

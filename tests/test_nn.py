@@ -127,6 +127,29 @@ def test_adam_matches_reference_and_clips_binary_weights():
     assert np.abs(q).max() <= 1.0
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_adam_cpu_kernel_equals_the_array_path(clip):
+    # C-contiguous float32 parameters take the one-pass kernel, Fortran-ordered
+    # ones the array expressions; NaN stays NaN in both.
+    rng = np.random.RandomState(6)
+    fast = rng.uniform(-1, 1, (33, 17)).astype(np.float32)
+    slow = np.asfortranarray(fast)
+    fast_opt, slow_opt = Adam(), Adam()
+    for _ in range(5):
+        g = (rng.randn(33, 17) * 3).astype(np.float32)
+        g[0, 0] = np.nan
+        fast_opt.step([("w", fast, g, clip)], lr=0.05)
+        slow_opt.step([("w", slow, np.asfortranarray(g), clip)], lr=0.05)
+    assert np.isnan(fast[0, 0]) and np.isnan(slow[0, 0])
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fast_opt.m["w"], slow_opt.m["w"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fast_opt.v["w"], slow_opt.v["w"], rtol=1e-6, atol=1e-7)
+    if clip:
+        assert np.nanmax(np.abs(fast)) <= 1.0
+    else:
+        assert np.nanmax(np.abs(fast)) > 1.0
+
+
 def _train(net, X, y, steps=20, seed=0, lr=1e-2):
     opt = Adam()
     rng = np.random.RandomState(seed)

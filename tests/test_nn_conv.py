@@ -13,6 +13,7 @@ from xnorcore.nn._conv import (
     col2im,
     conv_padding,
     im2col,
+    input_gradient,
 )
 
 from conftest import assert_batch_norm_gradients, numeric_grad, sign_ref
@@ -184,6 +185,23 @@ def test_col2im_is_the_adjoint_of_im2col(stride, dilation, pads):
     assert np.isclose((cols * g).sum(), (x * back).sum())
 
 
+@settings(max_examples=40, deadline=None)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       pads=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+       seed=st.integers(0, 2**16))
+def test_input_gradient_a_tap_at_a_time_equals_col2im_of_the_product(kh, kw, stride, dilation, pads, seed):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(2, 6, 5, 3)
+    pads = ((pads[0], pads[1]), (pads[2], pads[3]))
+    cols, oh, ow = im2col(x, (kh, kw), stride, dilation, pads)
+    w = rng.randn(cols.shape[1], 4)
+    dz = rng.randn(cols.shape[0], 4)
+    got = input_gradient(dz, w, x.shape, (kh, kw), stride, dilation, pads, oh, ow)
+    want = col2im(dz @ w.T, x.shape, (kh, kw), stride, dilation, pads, oh, ow)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 5, 7, 2), (3, 3, 3, 1)])
 @pytest.mark.parametrize("size", [2, 3])
 def test_max_pool_forward_and_gradient(shape, size):
@@ -210,6 +228,33 @@ def test_max_pool_gradient_of_ties_goes_to_the_first_largest_input():
     np.testing.assert_array_equal(out.ravel(), [1, 1])
     dx = pool.backward(np.array([5.0, 7.0], np.float32).reshape(1, 1, 2, 1))
     np.testing.assert_array_equal(dx.reshape(2, 4), [[5, 0, 0, 0], [0, 0, 0, 7]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 5),
+       size=st.integers(1, 3), seed=st.integers(0, 2**16), nan=st.booleans())
+def test_max_pool_cpu_kernel_equals_the_array_path(n, h, w, c, size, seed, nan):
+    # float32 C-contiguous input takes the one-pass kernel, a strided view of
+    # the same values the array expressions: both are exact, ties (integer
+    # values) and NaN included.
+    if h < size or w < size:
+        return
+    rng = np.random.RandomState(seed)
+    x = rng.randint(-2, 3, (n, h, w, c)).astype(np.float32)
+    if nan:
+        x[rng.randint(n), rng.randint(h), rng.randint(w), rng.randint(c)] = np.nan
+    strided = np.zeros((n, h, w, 2 * c), np.float32)[..., ::2]
+    strided[...] = x
+    fast, slow = MaxPool2D("p", size), MaxPool2D("p", size)
+    out, ref = fast.forward(x, training=True), slow.forward(strided, training=True)
+    np.testing.assert_array_equal(out, ref)
+    dy = rng.randn(*out.shape).astype(np.float32)
+    dx = fast.backward(dy)
+    if nan:
+        # (A NaN window's gradient is moot: the loss is NaN and training stops.)
+        assert np.isfinite(dx).all()
+    else:
+        np.testing.assert_array_equal(dx, slow.backward(dy))
 
 
 def test_max_pool_of_an_input_smaller_than_the_window_is_an_error():

@@ -17,7 +17,8 @@ from ._array import reject_masked
 from ._backends import for_device
 from ._labels import check_classes, encode_labels, fit_classes
 from .nn import Adam
-from .nn._convnet import ConvNetwork, PackedConvModel, check_same_conv, conv_config, image_rows
+from .nn._convnet import ConvNetwork, PackedConvModel, check_image_shape, check_same_conv, conv_config, image_rows
+from .nn._augment import check_shift
 from .nn._input import input_exponent, input_stats, model_input
 from .nn._inference import PackedModel, float_decision_function
 from .nn._loss import log_softmax
@@ -66,6 +67,16 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         "pool")`` for 28x28 images).  The flattened output of the last one
         feeds the ``hidden_layer_sizes`` dense layers, which are then all
         binary (``binarize_first`` does not apply).
+    random_shift : int or "auto", default="auto"
+        Augment the training images: every minibatch of :meth:`fit` and
+        :meth:`partial_fit` moves each image by a random whole number of
+        pixels, up to ``random_shift`` along each axis (drawn from
+        ``random_state``), the uncovered border set to 0 in the units of X.
+        Prediction sees the images as they are.  ``"auto"`` is a 14th of
+        the shorter side (2 pixels for 28x28 images) for networks with conv
+        layers on images given by ``image_shape`` or 4-D X, and 0 (no
+        augmentation) otherwise; an int needs ``image_shape`` or 4-D X, MLPs
+        included.
     binary : bool, default=True
         Binary hidden weights and activations.  ``False`` trains a real-valued
         network (ReLU, batch norm) with the same code, for comparison.
@@ -192,6 +203,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "image_shape": [None, "array-like"],
         "conv_layers": [StrOptions({"auto"}), "array-like"],
+        "random_shift": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
         "binary": ["boolean"],
         "xnor": [StrOptions({"auto"}), "boolean"],
         "batch_norm": ["boolean"],
@@ -220,6 +232,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         *,
         image_shape=None,
         conv_layers=(),
+        random_shift="auto",
         binary=True,
         xnor="auto",
         batch_norm=True,
@@ -244,6 +257,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.image_shape = image_shape
         self.conv_layers = conv_layers
+        self.random_shift = random_shift
         self.binary = binary
         self.xnor = xnor
         self.batch_norm = batch_norm
@@ -315,6 +329,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             if sample_weight is not None:
                 sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
             image_shape, conv_layers = conv_config(self.image_shape, self.conv_layers, X.shape[1], x_image_shape)
+            # The images the rows hold (None for rows that are no images).
+            images = x_image_shape if self.image_shape is None else check_image_shape(self.image_shape)
+            max_shift = check_shift(self.random_shift, images, bool(conv_layers))
             if resume and not incremental:
                 check_same_conv(self.network_, image_shape, conv_layers)
             all_classes = fit_classes(y, classes, self.classes_ if resume else None)
@@ -345,6 +362,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             early_stopping = self.early_stopping and not incremental
             net = train_standardized(
                 net, opt, X, y_idx, history, mean=mean, scale=scale, sample_weight=sample_weight,
+                shift=(images, max_shift),
                 validation_fraction=self.validation_fraction if early_stopping else None,
                 epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
                 learning_rate_init=self.learning_rate_init,

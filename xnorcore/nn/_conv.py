@@ -26,6 +26,7 @@ import numbers
 
 import numpy as np
 
+from .. import _train
 from ..ops import get_array_module
 from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer
 
@@ -139,6 +140,29 @@ def col2im(dcols, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
     return dxpad
 
 
+def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
+    """``col2im(dz @ w.T, ...)`` a tap at a time: the gradient of a convolution with respect to its input.
+
+    ``dz`` is ``(N * OH * OW, O)``, ``w`` the ``(KH * KW * C, O)`` weights.
+    Each tap's ``dz @ w_tap.T`` comes out contiguous and adds onto the
+    padded input as whole rows, where the patch matrix of :func:`col2im`
+    would be read in runs of ``C`` values.
+    """
+    xp = get_array_module(dz)
+    n, h, w_in, c = x_shape
+    kh, kw = kernel_hw
+    (pt, pb), (pl, pr) = pads
+    taps = w.reshape(kh, kw, c, -1)
+    dxpad = xp.zeros((n, h + pt + pb, w_in + pl + pr, c), dtype=dz.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
+            dxpad[:, rows, columns, :] += (dz @ taps[i, j].T).reshape(n, oh, ow, c)
+    if any(pads[0] + pads[1]):
+        return xp.ascontiguousarray(dxpad[:, pt:pt + h, pl:pl + w_in])
+    return dxpad
+
+
 def glorot_conv_weight(rng, kernel_hw, in_channels, out_channels):
     """Glorot-uniform HWIO weights (float32, numpy) for a convolution."""
     kh, kw = kernel_hw
@@ -232,8 +256,9 @@ class Conv2D(WeightLayer):
             self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:
             return None
-        dcols = dz2 @ w.T
-        return col2im(dcols, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
+        if kh == kw == 1:
+            return col2im(dz2 @ w.T, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
+        return input_gradient(dz2, w, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
 
 
 class ChannelBatchNorm(BatchNorm):
@@ -322,6 +347,15 @@ class MaxPool2D:
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: {self.size}x{self.size} max-pool of an input of "
                              f"height and width {(h, w)} leaves nothing")
+        if xp is np and x.dtype == np.float32 and x.flags.c_contiguous:
+            # One pass, which also notes the tap that the gradient goes to.  One
+            # thread, as for the XNOR products of training (Dense.forward).
+            out = np.empty((n, oh, ow, c), dtype=np.float32)
+            taps = np.empty((n, oh, ow, c), dtype=np.uint8)
+            _train.maxpool_forward(x, self.size, out, taps, 1)
+            if training:
+                self._cache = (x.shape, taps)
+            return out
         out = None
         for tap in self._taps(oh, ow):
             out = x[tap].copy() if out is None else xp.maximum(out, x[tap], out=out)
@@ -331,6 +365,10 @@ class MaxPool2D:
 
     def backward(self, dy):
         x, out = self._cache
+        if isinstance(x, tuple):  # the CPU kernel's taps
+            dx = np.empty(x, dtype=np.float32)
+            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, 1)
+            return dx
         xp = get_array_module(x)
         oh, ow = out.shape[1:3]
         dx = xp.zeros_like(x)

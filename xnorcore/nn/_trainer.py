@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .._array import get_array_module, to_numpy
+from ._augment import RandomShift
 from ._convnet import ConvNetwork
 from ._network import Network
 
@@ -37,7 +38,7 @@ def learning_rate(schedule, lr0, epoch, n_epochs):
 
 
 def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffle, progress=None,
-              sample_weight=None):
+              sample_weight=None, augment=None):
     """One pass over (X, y) on their device; returns (mean loss, seconds).
 
     ``progress``, a description, shows a progress bar on a terminal.
@@ -47,6 +48,8 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     that the device is not waited for.  With batch norm, a last batch of one
     sample joins the batch before it: batch statistics of one sample are zero
     variance, and the step would train on nothing but the batch norm's offsets.
+    ``augment`` (a :class:`~xnorcore.nn._augment.RandomShift`) transforms
+    each minibatch, drawing from ``drop_rng``.
     """
     xp = get_array_module(X)
     n = X.shape[0]
@@ -71,6 +74,8 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
         else:
             idx, host_idx = order[start:stop], perm[start:stop]
         xb, yb = X[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, drop_rng)
         if weights is None:
             weight = xb.shape[0]
             loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
@@ -156,7 +161,7 @@ class TrainingHistory:
 
 
 def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr_schedule, reg, shuffle,
-          rng, validation=None, tol=0.0, n_iter_no_change=None, verbose=False, sample_weight=None):
+          rng, validation=None, tol=0.0, n_iter_no_change=None, verbose=False, sample_weight=None, augment=None):
     """Train ``net`` for up to ``epochs`` epochs; returns the network to keep.
 
     ``X`` and ``y`` are on the network's device; ``sample_weight`` (numpy,
@@ -166,8 +171,9 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
     (weighted) accuracy: training stops once it has not improved by
     ``tol`` for ``n_iter_no_change`` epochs, and the best network is returned.
     Without it, training stops when the loss has not improved by ``tol`` for
-    ``n_iter_no_change`` epochs.  ``history`` (a :class:`TrainingHistory`)
-    is updated in place.
+    ``n_iter_no_change`` epochs.  ``augment`` transforms the training
+    minibatches (see :func:`run_epoch`).  ``history`` (a
+    :class:`TrainingHistory`) is updated in place.
 
     Raises
     ------
@@ -185,7 +191,7 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
         loss, seconds = run_epoch(
             net, opt, X, y, batch_size=batch_size, lr=lr, reg=reg, perm_rng=rng, drop_rng=drop_rng,
             shuffle=shuffle, progress=f"epoch {history.n_iter + 1}" if verbose else None,
-            sample_weight=sample_weight,
+            sample_weight=sample_weight, augment=augment,
         )
         if not np.isfinite(loss):
             raise FloatingPointError(
@@ -219,12 +225,14 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
 
 
 def train_standardized(net, opt, X, y, history, *, mean, scale, batch_size, rng, validation_fraction=None,
-                       sample_weight=None, **kwargs):
+                       sample_weight=None, shift=None, **kwargs):
     """:func:`train` on host rows ``X``, standardized as ``(X - mean) / scale`` and copied to the network's device.
 
     ``validation_fraction`` holds that fraction of the samples out for early
-    stopping (:func:`validation_split`, drawn from ``rng``); ``kwargs`` go to
-    :func:`train`.  Returns the network to keep.
+    stopping (:func:`validation_split`, drawn from ``rng``).  ``shift``, an
+    ``(image_shape, max_shift)`` pair, moves the training images at random
+    (:class:`~xnorcore.nn._augment.RandomShift`; None or a max_shift of 0
+    for none).  ``kwargs`` go to :func:`train`.  Returns the network to keep.
 
     Raises
     ------
@@ -244,8 +252,11 @@ def train_standardized(net, opt, X, y, history, *, mean, scale, batch_size, rng,
             + "; use batch_size >= 2, or batch_norm=False"
             + ("" if batch_size < 2 else " (or pass more samples)")
         )
+    augment = None
+    if shift is not None and shift[1] > 0:
+        augment = RandomShift(shift[0], shift[1], xp.asarray(mean), scale)
     return train(net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history, batch_size=batch_size,
-                 rng=rng, validation=validation, sample_weight=w_fit, **kwargs)
+                 rng=rng, validation=validation, sample_weight=w_fit, augment=augment, **kwargs)
 
 
 def build_network(n_features, n_outputs, hidden_layer_sizes, image_shape=None, conv_layers=(), *,
