@@ -58,9 +58,12 @@ def test_default_constructor_is_a_binary_network():
     assert clf.hidden_layer_sizes == (1024, 1024, 1024)
 
 
-def test_xnor_and_float_training_give_identical_models(digits):
+@pytest.mark.parametrize("conv", [(), (8, "pool", (12, 2), 16)])
+def test_xnor_and_float_training_give_identical_models(digits, conv):
     X_train, X_test, y_train, _ = digits
-    kw = dict(SMALL, dropout=0.2, binarize_last=True, max_iter=3)
+    kw = dict(SMALL, dropout=0.2, binarize_last=True, max_iter=3, conv_layers=conv)
+    if conv:
+        kw.update(image_shape=(8, 8, 1), random_shift=1)
     a = BNNClassifier(xnor=False, **kw).fit(X_train, y_train)
     b = BNNClassifier(xnor=True, **kw).fit(X_train, y_train)
     assert (a.xnor_, b.xnor_) == (False, True)

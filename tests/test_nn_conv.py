@@ -165,6 +165,30 @@ def test_binary_conv_uses_sign_of_weights_and_straight_through_gradient():
     np.testing.assert_allclose(dx, ref_dx)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 8), w=st.integers(1, 8), c=st.integers(1, 70),
+       o=st.integers(1, 9), k=st.integers(1, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       padding=st.sampled_from(["same", "valid", 1, ((0, 2), (1, 0))]), seed=st.integers(0, 2**16))
+def test_conv_xnor_forward_equals_the_float_product(n, h, w, c, o, k, stride, dilation, padding, seed):
+    rng = np.random.RandomState(seed)
+    if padding == "valid" and (h < dilation * (k - 1) + 1 or w < dilation * (k - 1) + 1):
+        return
+    if padding == 1 and (h + 2 < dilation * (k - 1) + 1 or w + 2 < dilation * (k - 1) + 1):
+        return
+    if padding == ((0, 2), (1, 0)) and (h + 2 < dilation * (k - 1) + 1 or w + 1 < dilation * (k - 1) + 1):
+        return
+    x = np.where(rng.rand(n, h, w, c) < 0.5, -1, 1).astype(np.float32)
+    weight = rng.uniform(-1, 1, (k, k, c, o)).astype(np.float32)
+    layers = [Conv2D("c", weight, binary_weights=True, binary_input=True, stride=stride, dilation=dilation,
+                     padding=padding, xnor=xnor) for xnor in (True, False)]
+    out = [layer.forward(x, training=True) for layer in layers]
+    np.testing.assert_array_equal(out[0], out[1])
+    assert out[0].dtype == np.float32
+    dz = rng.randn(*out[0].shape).astype(np.float32)
+    np.testing.assert_array_equal(layers[0].backward(dz), layers[1].backward(dz))
+    np.testing.assert_array_equal(layers[0].weight_grad, layers[1].weight_grad)
+
+
 def test_first_layer_computes_no_input_gradient():
     conv = Conv2D("c", np.ones((3, 3, 1, 2)), binary_weights=False, binary_input=False,
                   need_input_grad=False)

@@ -82,11 +82,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         network (ReLU, batch norm) with the same code, for comparison.
     xnor : {"auto", True, False}, default="auto"
         Compute binary x binary products in training with
-        :func:`xnorcore.binary_matmul` (XNOR and popcount) instead of a float
-        matrix product.  The two give identical results; "auto" uses XNOR on the
+        :func:`xnorcore.binary_matmul` and the binary convolutions with
+        :func:`xnorcore.binary_conv2d` (XNOR and popcount) instead of float
+        products.  The two give identical results; "auto" uses XNOR on the
         CPU and the float product on the GPU, whichever trained faster in
-        benchmarks/train_bench.py.  Prediction
-        of a binary network always runs on packed bits.
+        benchmarks/train_bench.py and benchmarks/conv_train_bench.py.
+        Prediction of a binary network always runs on packed bits.
     batch_norm : bool, default=True
         Batch normalization after each hidden dense layer.
     binarize_first : bool, default=False

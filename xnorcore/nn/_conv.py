@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 
 from .. import _train
-from ..ops import get_array_module
+from ..ops import binary_conv2d, get_array_module, pack_bits
 from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer
 
 _F32 = np.float32
@@ -195,10 +195,14 @@ class Conv2D(WeightLayer):
     need_input_grad : bool, default=True
         Compute the gradient with respect to the input (not needed for the
         first layer).
+    xnor : bool, default=False
+        Compute the sums of a binary layer on binary input with
+        :func:`xnorcore.binary_conv2d` (XNOR and popcount, exact zero
+        padding) instead of a float product; the result is the same.
     """
 
     def __init__(self, name, weight, *, binary_weights, binary_input, bias=False, stride=1,
-                 padding="same", dilation=1, need_input_grad=True):
+                 padding="same", dilation=1, need_input_grad=True, xnor=False):
         if weight.ndim != 4:
             raise ValueError(f"weight must have shape (KH, KW, C, O), got weight.shape={weight.shape}")
         # weight_packed holds sign(W) packed along C.
@@ -207,6 +211,12 @@ class Conv2D(WeightLayer):
         self.stride = int(stride)
         self.dilation = int(dilation)
         self.padding = padding
+        self.xnor = bool(xnor)
+
+    @property
+    def uses_xnor(self):
+        # (getattr: layers pickled before the attribute existed.)
+        return getattr(self, "xnor", False) and self.binary_input and self.binary_weights
 
     @property
     def kernel_size(self):
@@ -231,9 +241,19 @@ class Conv2D(WeightLayer):
         if x.ndim != 4 or x.shape[3] != c:
             raise ValueError(f"{self.name} expects NHWC input with {c} channels, got shape {x.shape}")
         pads = self.pads(x.shape[1:3])
-        cols, oh, ow = im2col(x, (kh, kw), self.stride, self.dilation, pads)
+        cols = None
+        if training or not self.uses_xnor:
+            cols, oh, ow = im2col(x, (kh, kw), self.stride, self.dilation, pads)
         w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
-        z = (cols @ w).reshape(n, oh, ow, o)
+        if self.uses_xnor:
+            # The backward pass still needs the patches; the product is the
+            # integer one, on one thread as Dense.forward explains.
+            wp = pack_bits(self.weight, axis=2, n_threads=1) if self.weight is not None else self.weight_packed
+            z = binary_conv2d(x, wp, stride=self.stride, padding=pads, dilation=self.dilation,
+                              n_threads=1).astype(x.dtype)
+            oh, ow = z.shape[1:3]
+        else:
+            z = (cols @ w).reshape(n, oh, ow, o)
         if self.bias is not None:
             z += self.bias
         if training:

@@ -466,6 +466,7 @@ class ConvNetwork:
             self.features.n_features, n_outputs, hidden_layer_sizes, binary=binary, batch_norm=batch_norm,
             dropout=dropout, binarize_last=binarize_last, xnor=xnor, conv_input=True, random_state=rng, xp=xp,
         )
+        self.set_xnor(xnor)
 
     # ------------------------------------------------------------------ basics
     binary = property(lambda self: self.head.binary)
@@ -487,6 +488,8 @@ class ConvNetwork:
 
     def set_xnor(self, xnor):
         self.head.set_xnor(xnor)
+        for block in self.features.blocks:
+            block.conv.xnor = bool(xnor)
 
     @property
     def has_training_state(self):
