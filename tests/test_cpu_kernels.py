@@ -99,6 +99,29 @@ def test_pack_nan_detected_every_variant(variant):
         assert not _bitpack.pack_rows(np.ones((100, 70), dtype=dtype))[1]
 
 
+@pytest.mark.parametrize("dtype,nans", [
+    (np.float32, [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF]),
+    (np.float64, [0x7FF8000000000000, 0xFFF8000000000000, 0x7FF0000000000001, 0xFFFFFFFFFFFFFFFF]),
+])
+def test_pack_rows_finds_every_nan_and_no_infinity_every_variant(variant, dtype, nans):
+    # Quiet and signalling NaNs of either sign, the smallest and the largest
+    # payloads, in the first, a middle and the last full word and in the tail;
+    # infinities and the largest finite values are no NaN.
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    for length in (64, 200):
+        finite = np.full((2, length), np.finfo(dtype).max, dtype=dtype)
+        finite[1] = -np.inf
+        finite[:, ::3] = np.inf
+        words, nan = _bitpack.pack_rows(finite)
+        assert not nan
+        np.testing.assert_array_equal(unpack_bits(pack_bits(finite, axis=1)), sign_ref(finite))
+        for position in sorted({0, 63, 64, 127, 130, length - 1} - {p for p in range(length, 200)}):
+            for pattern in nans:
+                x = finite.copy()
+                x[1, position] = np.array(pattern, dtype=bits).view(dtype)
+                assert _bitpack.pack_rows(x)[1], (length, position, hex(pattern))
+
+
 def test_pack_padding_is_zero_every_variant(variant):
     for length in (1, 63, 65, 127, 129):
         words, _ = _bitpack.pack_rows(np.ones((3, length), dtype=np.float32))
