@@ -390,3 +390,50 @@ class TestGPU:
         module = _gpu._modules[key]
         binary_matmul(cupy.ones((2, 3)), cupy.ones((3, 2)))
         assert _gpu._modules[key] is module
+
+
+# --- the output layer and predict on device rows -------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("rows, k, n", [(1, 1, 1), (5, 70, 10), (130, 1024, 10), (3, 64, 16), (0, 5, 3),
+                                        (9, 129, 2), (4097, 300, 7)])
+def test_gpu_signed_sums_equal_the_cpu_kernel_bit_for_bit(rows, k, n):
+    import cupy
+
+    from xnorcore._backends import cpu as _cpu
+
+    rng = np.random.default_rng(rows * 7 + k)
+    s = np.where(rng.random((rows, k)) < 0.5, 1.0, -1.0)
+    w = rng.standard_normal((k, n))
+    words = pack_bits(s, axis=1).words
+    got = _gpu.real_layer(cupy.asarray(words), k, cupy.asarray(w.astype(np.float32)))
+    assert isinstance(got, cupy.ndarray) and got.dtype == np.float64 and got.shape == (rows, n)
+    np.testing.assert_array_equal(got.get(), _cpu.signed_sums(words, k, w.astype(np.float32).astype(np.float64)))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_model_predicts_cupy_rows_as_host_rows():
+    import cupy
+    from sklearn.datasets import load_digits
+
+    from xnorcore import BNNClassifier
+
+    X, y = load_digits(return_X_y=True)
+    clf = BNNClassifier((64, 64), max_iter=2, random_state=0, device="gpu").fit(X, y)
+    host = clf.predict_proba(X)
+    for rows in (cupy.asarray(X), cupy.asarray(X, dtype=cupy.float32), cupy.asarray(X.astype(np.int16))):
+        np.testing.assert_array_equal(clf.predict_proba(rows), host)
+    np.testing.assert_array_equal(clf.predict(cupy.asarray(X)), clf.predict(X))
+    bad = cupy.asarray(X)
+    bad[3, 5] = cupy.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        clf.predict(bad)
+    with pytest.raises(ValueError, match="X has 63 features, but BNNClassifier is expecting 64"):
+        clf.predict(cupy.asarray(X[:, 1:]))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        clf.predict(cupy.asarray(X.ravel()))
+    with pytest.raises(ValueError, match="0 sample"):
+        clf.predict(cupy.asarray(X[:0]))

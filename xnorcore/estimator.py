@@ -13,7 +13,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, chec
 from sklearn.utils.validation import validate_data
 
 from . import _summary
-from ._array import reject_masked
+from ._array import get_array_module, is_cupy, reject_masked, to_numpy
 from ._backends import for_device
 from ._labels import check_classes, encode_labels, fit_classes
 from .nn import Adam
@@ -483,17 +483,40 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X, packed=None):
         check_is_fitted(self, "network_")
-        reject_masked(X, "X")
-        X, _ = image_rows(X, getattr(self.network_, "image_shape", None))
-        X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
-        X = model_input(X, getattr(self, "input_exponent_", 0))
         if packed is None:
             packed = self.network_.binary
+        if is_cupy(X) and packed and self.network_.xp is not np and not isinstance(self.network_, ConvNetwork):
+            X = self._device_rows(X)  # a GPU-trained MLP predicts cupy rows where they are
+        else:
+            reject_masked(X, "X")
+            X, _ = image_rows(to_numpy(X), getattr(self.network_, "image_shape", None))
+            X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64), ensure_min_samples=1)
+            X = model_input(X, getattr(self, "input_exponent_", 0))
         if not packed:
             return float_decision_function(self.network_, X, self.input_mean_, self.input_scale_)
         if getattr(self, "_inference", None) is None:
             self._inference = self._compile()
         return self._inference.decision_function(X)
+
+    def _device_rows(self, X):
+        """cupy ``X`` checked as :meth:`_logits` checks host rows, as float32 rows on the device."""
+        image_shape = getattr(self.network_, "image_shape", None)
+        if X.ndim == 4 and image_shape is not None and tuple(X.shape[1:]) == image_shape:
+            X = X.reshape(X.shape[0], -1)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features), got a cupy array of shape {X.shape}")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but BNNClassifier is expecting "
+                             f"{self.n_features_in_} features as input.")
+        if X.shape[0] < 1:
+            raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"X must hold real numbers, got a cupy array of dtype {X.dtype}")
+        if X.dtype.kind != "f" or X.dtype == np.float16:
+            X = X.astype(np.float32)
+        if not bool(get_array_module(X).isfinite(X).all()):
+            raise ValueError("Input X contains NaN or infinity.")
+        return model_input(X, getattr(self, "input_exponent_", 0))
 
     def __getstate__(self):
         # The packed model is derived from network_; it is rebuilt after loading.

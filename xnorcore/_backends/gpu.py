@@ -654,19 +654,53 @@ def column_bounds(b_counts, direction, threshold):
     return bounds
 
 
+#: Rows per block of a packed predict (PackedModel.decision_function): the
+#: device takes large blocks, where the host keeps its blocks in cache.
+PREDICT_ROWS = 32768
+
+#: Output layers of at most this many units run as signed_sums (one kernel).
+SIGNED_SUMS_MAX_UNITS = 16
+
+
 def prepare_input_layer(w, mean, scale):
-    """The first layer's weights on the device, and the standardization applied to rows on the host."""
-    return to_device(w), mean, scale
+    """The first layer's weights and the input standardization, on the device."""
+    cupy = _cupy()
+    return to_device(w), cupy.asarray(mean, dtype=np.float32), cupy.asarray(scale, dtype=np.float32)
 
 
 def input_layer(x, prepared):
-    """First-layer sums of raw rows: standardized on the host, multiplied on the device in float32."""
+    """First-layer sums of raw rows (numpy or cupy): standardized and multiplied on the device in float32.
+
+    ``(x - mean) / scale`` rounds in float32 as it does on the host, so the
+    sums are those of the host-standardized rows.
+    """
     w, mean, scale = prepared
-    return to_device(np.ascontiguousarray((x - mean) / scale)) @ w
+    return ((to_device(x) - mean) / scale) @ w
+
+
+def signed_sums(words, k, w):
+    """``unpack(words) @ w`` in float64, each sum in input order (the CPU kernel's sums, bit for bit)."""
+    cupy = _cupy()
+    rows, n_out = words.shape[0], w.shape[1]
+    out = cupy.empty((rows, n_out), dtype=np.float64)
+    if rows and n_out:
+        threads = _constant("real", "SIGNED_SUMS_THREADS")
+        _function("real", "signed_sums")(
+            (math.ceil(rows * n_out / threads),), (threads,),
+            (cupy.ascontiguousarray(words), np.int64(rows), np.int64(words.shape[1]), np.int64(k),
+             cupy.ascontiguousarray(cupy.asarray(w, dtype=np.float64)), np.int64(n_out), out),
+        )
+    return out
 
 
 def real_layer(words, k, w):
-    """``unpack(words) @ w`` in float64; see :mod:`xnorcore._backends`."""
+    """``unpack(words) @ w`` in float64; see :mod:`xnorcore._backends`.
+
+    A classifier's few outputs come from :func:`signed_sums`; wider layers
+    unpack blocks of rows for cuBLAS.
+    """
+    if w.shape[1] <= SIGNED_SUMS_MAX_UNITS:
+        return signed_sums(words, k, w)
     return _common.real_layer(words, k, w)
 
 

@@ -36,10 +36,10 @@ PREDICT_ROWS = 4096
 _FORMAT_VERSION = 1
 
 
-def blocked_logits(forward, X):
-    """``forward`` over blocks of ``PREDICT_ROWS`` rows of ``X``, as one float64 numpy array."""
-    blocks = [to_numpy(forward(X[start:start + PREDICT_ROWS])).astype(np.float64)
-              for start in range(0, max(X.shape[0], 1), PREDICT_ROWS)]
+def blocked_logits(forward, X, rows=PREDICT_ROWS):
+    """``forward`` over blocks of ``rows`` rows of ``X``, as one float64 numpy array."""
+    blocks = [to_numpy(forward(X[start:start + rows])).astype(np.float64)
+              for start in range(0, max(X.shape[0], 1), rows)]
     return np.concatenate(blocks)
 
 
@@ -259,7 +259,7 @@ class PackedModel:
         return self._prepared
 
     def forward(self, x, activations=None):
-        """Logits (float64, on the model's device) of raw float32 rows ``x`` (a numpy array).
+        """Logits (float64, on the model's device) of raw float32 rows ``x`` (numpy, or cupy on the GPU).
 
         ``activations``, a list, receives the output of every layer (packed
         bits for hidden layers).
@@ -268,12 +268,16 @@ class PackedModel:
         if self.layers[0].threshold is not None:
             h, prepared = x, self._input(backend)
         else:  # no hidden layer: the output layer reads standardized rows
-            h, prepared = backend.to_device(np.ascontiguousarray((x - self.input_mean) / self.input_scale)), None
+            xp = get_array_module(x)
+            rows = (x - to_module(self.input_mean, xp)) / self.input_scale
+            h, prepared = backend.to_device(xp.ascontiguousarray(rows)), None
         return run_layers(self.layers, h, backend, prepared, activations)
 
     def decision_function(self, X):
-        """Logits of raw rows ``X`` (float32 numpy array), as a float64 numpy array, in blocks of rows."""
-        return blocked_logits(self.forward, X)
+        """Logits of raw rows ``X`` (float32, numpy, or cupy for a model on the GPU), as a float64
+        numpy array, in blocks of rows (the backend's ``PREDICT_ROWS``, or :data:`PREDICT_ROWS`)."""
+        rows = getattr(backend_for(self.layers[-1].weight), "PREDICT_ROWS", PREDICT_ROWS)
+        return blocked_logits(self.forward, X, rows)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from .._array import get_array_module
+
 __all__ = ["input_exponent", "input_stats", "model_input"]
 
 _F32 = np.float32
@@ -35,17 +37,19 @@ def input_exponent(X):
 
 
 def model_input(X, exponent):
-    """Validated X (float32 or float64) scaled by ``2**exponent`` as the float32 rows the network takes."""
+    """Validated X (float32 or float64, numpy or cupy) scaled by ``2**exponent`` as the float32 rows
+    the network takes."""
+    xp = get_array_module(X)
     if exponent:
-        X = np.ldexp(X, exponent)
+        X = xp.ldexp(X, exponent)
     if X.dtype == np.float64 and X.size:
-        largest = float(np.max(np.abs(X)))
+        largest = float(xp.max(xp.abs(X)))
         if largest > float(np.finfo(_F32).max):
             raise ValueError(
                 f"X has values up to {largest / 2.0**exponent:.3g} in magnitude, beyond the float32 "
                 "range in which this model computes; it was fitted on data of much smaller scale"
             )
-    return np.asarray(X, dtype=_F32)
+    return xp.asarray(X, dtype=_F32)
 
 
 def input_stats(X, sample_weight=None):
