@@ -556,6 +556,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Rows, or 4-D images for a CNN.  A binary MLP trained on the GPU
+            also takes a cupy array, and predicts it on the device (only
+            the result comes back); other models copy cupy rows to the host.
 
         Returns
         -------
