@@ -427,6 +427,7 @@ def test_gpu_model_predicts_cupy_rows_as_host_rows():
     for rows in (cupy.asarray(X), cupy.asarray(X, dtype=cupy.float32), cupy.asarray(X.astype(np.int16))):
         np.testing.assert_array_equal(clf.predict_proba(rows), host)
     np.testing.assert_array_equal(clf.predict(cupy.asarray(X)), clf.predict(X))
+    np.testing.assert_array_equal(clf.predict_proba(cupy.asarray(X.reshape(-1, 8, 8, 1))), host)
     bad = cupy.asarray(X)
     bad[3, 5] = cupy.nan
     with pytest.raises(ValueError, match="NaN or infinity"):

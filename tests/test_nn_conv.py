@@ -281,6 +281,17 @@ def test_max_pool_cpu_kernel_equals_the_array_path(n, h, w, c, size, seed, nan):
         np.testing.assert_array_equal(dx, slow.backward(dy))
 
 
+def test_max_pool_of_windows_larger_than_the_kernel_takes_is_still_exact():
+    # 17 x 17 windows have taps beyond a uint8: the array path serves them.
+    rng = np.random.RandomState(8)
+    x = rng.randn(1, 34, 17, 2).astype(np.float32)
+    pool = MaxPool2D("p", 17)
+    out = pool.forward(x, training=True)
+    np.testing.assert_array_equal(out, pool_ref(x, 17))
+    dx = pool.backward(np.ones(out.shape, np.float32))
+    assert dx.sum() == out.size and dx.max() == 1
+
+
 def test_max_pool_of_an_input_smaller_than_the_window_is_an_error():
     with pytest.raises(ValueError, match="leaves nothing"):
         MaxPool2D("p", 2).forward(np.zeros((1, 1, 4, 2)), training=False)

@@ -500,8 +500,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _device_rows(self, X):
         """cupy ``X`` checked as :meth:`_logits` checks host rows, as float32 rows on the device."""
-        image_shape = getattr(self.network_, "image_shape", None)
-        if X.ndim == 4 and image_shape is not None and tuple(X.shape[1:]) == image_shape:
+        if X.ndim == 4:  # images, as image_rows takes them from the host
+            image_shape = getattr(self.network_, "image_shape", None)
+            if image_shape is not None and tuple(X.shape[1:]) != image_shape:
+                raise ValueError(f"X holds images of shape {tuple(X.shape[1:])}, but the model was fitted on "
+                                 f"images of shape {image_shape}")
             X = X.reshape(X.shape[0], -1)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n_samples, n_features), got a cupy array of shape {X.shape}")

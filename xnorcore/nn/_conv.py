@@ -367,9 +367,10 @@ class MaxPool2D:
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: {self.size}x{self.size} max-pool of an input of "
                              f"height and width {(h, w)} leaves nothing")
-        if xp is np and x.dtype == np.float32 and x.flags.c_contiguous:
-            # One pass, which also notes the tap that the gradient goes to.  One
-            # thread, as for the XNOR products of training (Dense.forward).
+        if xp is np and x.dtype == np.float32 and x.flags.c_contiguous and self.size <= 16:
+            # One pass, which also notes the tap that the gradient goes to (a
+            # uint8: windows of up to 16 x 16).  One thread, as for the XNOR
+            # products of training (Dense.forward).
             out = np.empty((n, oh, ow, c), dtype=np.float32)
             taps = np.empty((n, oh, ow, c), dtype=np.uint8)
             _train.maxpool_forward(x, self.size, out, taps, 1)
