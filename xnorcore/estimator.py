@@ -481,11 +481,14 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         compiler = PackedConvModel if isinstance(self.network_, ConvNetwork) else PackedModel
         return compiler.from_network(self.network_, self.input_mean_, self.input_scale_)
 
-    def _logits(self, X, packed=None):
+    def _logits(self, X, packed=None, host=True):
+        """float64 logits of X, as a numpy array; ``host=False`` leaves those of cupy rows that
+        a GPU-trained MLP predicts on the device."""
         check_is_fitted(self, "network_")
         if packed is None:
             packed = self.network_.binary
-        if is_cupy(X) and packed and self.network_.xp is not np and not isinstance(self.network_, ConvNetwork):
+        on_device = is_cupy(X) and packed and self.network_.xp is not np and not isinstance(self.network_, ConvNetwork)
+        if on_device:
             X = self._device_rows(X)  # a GPU-trained MLP predicts cupy rows where they are
         else:
             reject_masked(X, "X")
@@ -496,6 +499,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             return float_decision_function(self.network_, X, self.input_mean_, self.input_scale_)
         if getattr(self, "_inference", None) is None:
             self._inference = self._compile()
+        if on_device:
+            return self._inference.decision_function(X, host=host)
         return self._inference.decision_function(X)
 
     def _device_rows(self, X):
@@ -568,7 +573,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         y : ndarray of shape (n_samples,)
         """
         check_is_fitted(self, "network_")
-        return self.classes_[self._logits(X).argmax(axis=1)]
+        # (The argmax of device logits runs there: only the indices come back.)
+        return self.classes_[to_numpy(self._logits(X, host=False).argmax(axis=1))]
 
     # ------------------------------------------------------------ inspection
     def drop_training_state(self):

@@ -36,11 +36,14 @@ PREDICT_ROWS = 4096
 _FORMAT_VERSION = 1
 
 
-def blocked_logits(forward, X, rows=PREDICT_ROWS):
-    """``forward`` over blocks of ``rows`` rows of ``X``, as one float64 numpy array."""
-    blocks = [to_numpy(forward(X[start:start + rows])).astype(np.float64)
-              for start in range(0, max(X.shape[0], 1), rows)]
-    return np.concatenate(blocks)
+def blocked_logits(forward, X, rows=PREDICT_ROWS, host=True):
+    """``forward`` over blocks of ``rows`` rows of ``X``, as one float64 array: numpy, or with
+    ``host=False`` on the device of ``forward``'s results."""
+    blocks = []
+    for start in range(0, max(X.shape[0], 1), rows):
+        z = forward(X[start:start + rows])
+        blocks.append((to_numpy(z) if host else z).astype(np.float64, copy=False))
+    return (np if host else get_array_module(blocks[0])).concatenate(blocks)
 
 
 def format_header(name):
@@ -273,11 +276,12 @@ class PackedModel:
             h, prepared = backend.to_device(xp.ascontiguousarray(rows)), None
         return run_layers(self.layers, h, backend, prepared, activations)
 
-    def decision_function(self, X):
+    def decision_function(self, X, host=True):
         """Logits of raw rows ``X`` (float32, numpy, or cupy for a model on the GPU), as a float64
-        numpy array, in blocks of rows (the backend's ``PREDICT_ROWS``, or :data:`PREDICT_ROWS`)."""
+        numpy array (on the model's device with ``host=False``), in blocks of rows (the backend's
+        ``PREDICT_ROWS``, or :data:`PREDICT_ROWS`)."""
         rows = getattr(backend_for(self.layers[-1].weight), "PREDICT_ROWS", PREDICT_ROWS)
-        return blocked_logits(self.forward, X, rows)
+        return blocked_logits(self.forward, X, rows, host)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):
