@@ -179,6 +179,21 @@ def test_train_conv_digits_names_its_run_folder(tmp_path):
     assert (logs / "bin" / "matmul" / "conv_32-pool" / "hid_16" / "bs_50" / "0.0" / "1").is_dir()
 
 
+def test_train_random_shift_flag(tmp_path):
+    pytest.importorskip("tensorboardX")
+    common = ("--binary", "--layers", "1", "--n_hidden", "16", "--batch_size", "50", "--max_steps", "2",
+              "--eval_every_n", "2", "--log_dir", tmp_path / "logs")
+    # Digits are 8x8 images: a shift of 1 trains an MLP on moved digits, one of 8 cannot move them.
+    proc = xnorcore("train", "--random_shift", "1", *common)
+    assert proc.returncode == 0, proc.stderr
+    check_train_output(proc.stdout, 2, 2)
+    proc = xnorcore("train", "--random_shift", "8", *common)
+    assert proc.returncode != 0
+    assert "random_shift=8 must be smaller than the height and the width" in proc.stderr
+    proc = xnorcore("train", "--random_shift", "-1", *common)
+    assert proc.returncode != 0 and "--random_shift" in proc.stderr
+
+
 def test_next_run_dir(tmp_path):
     assert next_run_dir(tmp_path / "absent") == tmp_path / "absent" / "1"
     assert next_run_dir(tmp_path) == tmp_path / "1"

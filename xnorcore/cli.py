@@ -176,6 +176,9 @@ def build_parser():
          help="a CNN: the recommended conv layers for the image size (conv_layers='auto', "
          "for 28x28 digits 3x3 convolutions of 32 and 64 channels, each with a 2x2 max-pool) "
          "before the hidden layers; the images must be square with one channel")
+    _add(tr, "--random_shift", type=_nonnegative_int, default=None, metavar="PIXELS",
+         help="move each training image by up to PIXELS pixels along each axis (random_shift; "
+         "default: 2 for 28x28 images with --conv, none otherwise; 0 turns it off)")
     _add(tr, "--device", choices=("cpu", "gpu", "auto"), default="cpu", help="where to train (default cpu)")
     _add(tr, "--seed", type=_seed, default=0, help="seed for weights and batch order (default 0)")
     _add(tr, "--save", metavar="PATH",
@@ -237,11 +240,11 @@ def _hidden_layer_sizes(args):
     return value
 
 
-def _image_shape(n_features):
-    """``(side, side, 1)`` for square single-channel images of ``n_features`` pixels."""
+def _image_shape(n_features, flag="--conv"):
+    """``(side, side, 1)`` for square single-channel images of ``n_features`` pixels (``flag`` asked for them)."""
     side = math.isqrt(n_features)
     if side * side != n_features:
-        raise CLIError(f"--conv needs square single-channel images, got {n_features} features per image")
+        raise CLIError(f"{flag} needs square single-channel images, got {n_features} features per image")
     return (side, side, 1)
 
 
@@ -402,12 +405,18 @@ def cmd_train(args):
         # this command's business.
         clf.set_params(learning_rate_init=args.lr, batch_size=args.batch_size, reg=args.reg,
                        device=args.device, verbose=False)
+        if args.random_shift is not None:
+            clf.set_params(random_shift=args.random_shift)
     else:
         from .estimator import BNNClassifier
 
         conv = {}
         if args.conv:
             conv = dict(image_shape=_image_shape(X_train.shape[1]), conv_layers="auto")
+        if args.random_shift:
+            conv.setdefault("image_shape", _image_shape(X_train.shape[1], "--random_shift"))
+        if args.random_shift is not None:
+            conv["random_shift"] = args.random_shift
         clf = BNNClassifier(
             hidden_layer_sizes=hidden,
             **conv,
