@@ -181,6 +181,7 @@ def test_conv_xnor_forward_equals_the_float_product(n, h, w, c, o, k, stride, di
     weight = rng.uniform(-1, 1, (k, k, c, o)).astype(np.float32)
     layers = [Conv2D("c", weight, binary_weights=True, binary_input=True, stride=stride, dilation=dilation,
                      padding=padding, xnor=xnor) for xnor in (True, False)]
+    np.testing.assert_array_equal(layers[0].forward(x, training=False), layers[1].forward(x, training=False))
     out = [layer.forward(x, training=True) for layer in layers]
     np.testing.assert_array_equal(out[0], out[1])
     assert out[0].dtype == np.float32
