@@ -482,8 +482,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         return compiler.from_network(self.network_, self.input_mean_, self.input_scale_)
 
     def _logits(self, X, packed=None, host=True):
-        """float64 logits of X, as a numpy array; ``host=False`` leaves those of cupy rows that
-        a GPU-trained MLP predicts on the device."""
+        """float64 logits of X, as a numpy array; with ``host=False`` on the model's device
+        (so the logits of cupy rows that a GPU-trained MLP predicts stay there)."""
         check_is_fitted(self, "network_")
         if packed is None:
             packed = self.network_.binary
@@ -499,18 +499,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             return float_decision_function(self.network_, X, self.input_mean_, self.input_scale_)
         if getattr(self, "_inference", None) is None:
             self._inference = self._compile()
-        if on_device:
-            return self._inference.decision_function(X, host=host)
-        return self._inference.decision_function(X)
+        return self._inference.decision_function(X, host=host)
 
     def _device_rows(self, X):
         """cupy ``X`` checked as :meth:`_logits` checks host rows, as float32 rows on the device."""
-        if X.ndim == 4:  # images, as image_rows takes them from the host
-            image_shape = getattr(self.network_, "image_shape", None)
-            if image_shape is not None and tuple(X.shape[1:]) != image_shape:
-                raise ValueError(f"X holds images of shape {tuple(X.shape[1:])}, but the model was fitted on "
-                                 f"images of shape {image_shape}")
-            X = X.reshape(X.shape[0], -1)
+        X, _ = image_rows(X, getattr(self.network_, "image_shape", None))
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n_samples, n_features), got a cupy array of shape {X.shape}")
         if X.shape[1] != self.n_features_in_:

@@ -12,8 +12,8 @@ one strided slice per kernel tap, into an array of shape
 ``(N, OH, OW, KH, KW, C)`` that reshapes for free to
 ``(N * OH * OW, KH * KW * C)``, and is multiplied by the HWIO weights reshaped
 to ``(KH * KW * C, O)``.  The backward pass reuses that matrix for the weight
-gradient and scatters the input gradient back with the same taps (col2im),
-adding one strided slice per tap.  Python loops run over the taps only, never
+gradient and scatters the input gradient back with the same taps
+(:func:`input_gradient`), adding one strided slice per tap.  Python loops run over the taps only, never
 over pixels, and all the arithmetic is one BLAS call per product.
 
 Zero padding is what a binary convolution with ``pad_value=0`` computes: with
@@ -121,37 +121,20 @@ def im2col(x, kernel_hw, stride, dilation, pads):
     return cols.reshape(n * oh * ow, kh * kw * c), oh, ow
 
 
-def col2im(dcols, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
-    """Adjoint of :func:`im2col`: add each patch gradient back onto the input."""
-    xp = get_array_module(dcols)
-    n, h, w, c = x_shape
-    kh, kw = kernel_hw
-    (pt, pb), (pl, pr) = pads
-    if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
-        return dcols.reshape(n, h, w, c)
-    dcols = dcols.reshape(n, oh, ow, kh, kw, c)
-    dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
-            dxpad[:, rows, columns, :] += dcols[:, :, :, i, j, :]
-    if any(pads[0] + pads[1]):
-        return xp.ascontiguousarray(dxpad[:, pt:pt + h, pl:pl + w])
-    return dxpad
-
-
 def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
-    """``col2im(dz @ w.T, ...)`` a tap at a time: the gradient of a convolution with respect to its input.
+    """The gradient of a convolution with respect to its input, the adjoint of :func:`im2col` applied to ``dz @ w.T``.
 
     ``dz`` is ``(N * OH * OW, O)``, ``w`` the ``(KH * KW * C, O)`` weights.
-    Each tap's ``dz @ w_tap.T`` comes out contiguous and adds onto the
-    padded input as whole rows, where the patch matrix of :func:`col2im`
-    would be read in runs of ``C`` values.
+    A tap at a time: each tap's ``dz @ w_tap.T`` comes out contiguous and adds
+    onto the padded input as whole rows (the patch matrix ``dz @ w.T`` would be
+    read in runs of ``C`` values).
     """
     xp = get_array_module(dz)
     n, h, w_in, c = x_shape
     kh, kw = kernel_hw
     (pt, pb), (pl, pr) = pads
+    if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
+        return (dz @ w.T).reshape(n, h, w_in, c)
     taps = w.reshape(kh, kw, c, -1)
     dxpad = xp.zeros((n, h + pt + pb, w_in + pl + pr, c), dtype=dz.dtype)
     for i in range(kh):
@@ -241,13 +224,12 @@ class Conv2D(WeightLayer):
         if x.ndim != 4 or x.shape[3] != c:
             raise ValueError(f"{self.name} expects NHWC input with {c} channels, got shape {x.shape}")
         pads = self.pads(x.shape[1:3])
-        cols = None
-        if training or not self.uses_xnor:
+        cols = w = None
+        if training or not self.uses_xnor:  # (the backward pass needs the patches and the weights)
             cols, oh, ow = im2col(x, (kh, kw), self.stride, self.dilation, pads)
-        w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
+            w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
         if self.uses_xnor:
-            # The backward pass still needs the patches; the product is the
-            # integer one, on one thread as Dense.forward explains.
+            # The integer product, on one thread as Dense.forward explains.
             wp = pack_bits(self.weight, axis=2, n_threads=1) if self.weight is not None else self.weight_packed
             z = binary_conv2d(x, wp, stride=self.stride, padding=pads, dilation=self.dilation,
                               n_threads=1).astype(x.dtype)
@@ -276,8 +258,6 @@ class Conv2D(WeightLayer):
             self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:
             return None
-        if kh == kw == 1:
-            return col2im(dz2 @ w.T, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
         return input_gradient(dz2, w, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)
 
 

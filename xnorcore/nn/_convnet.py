@@ -582,9 +582,10 @@ class PackedConvModel:
             activations.extend(block.activation for block in self.features.blocks)
         return run_layers(self.head.layers, h, backend_for(self.head.layers[-1].weight), None, activations)
 
-    def decision_function(self, X):
-        """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path."""
-        return blocked_logits(self.forward, X)
+    def decision_function(self, X, host=True):
+        """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path
+        (``host`` as for :meth:`PackedModel.decision_function`)."""
+        return blocked_logits(self.forward, X, host=host)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):
@@ -738,11 +739,13 @@ def image_rows(X, fitted_shape=None):
     """``(rows, image_shape)``: 4-D X flattened to rows of NHWC pixels, and its ``(H, W, C)``.
 
     Other X comes back as it is, with an image shape of None.  ``fitted_shape``,
-    the image shape of a fitted network, refuses 4-D X of another shape.
+    the image shape of a fitted network, refuses 4-D X of another shape.  A cupy
+    X stays on its device.
     """
     if getattr(X, "ndim", None) != 4:
         return X, None
-    X = np.asarray(X)
+    if not is_cupy(X):
+        X = np.asarray(X)
     shape = tuple(int(s) for s in X.shape[1:])
     if fitted_shape is not None and shape != fitted_shape:
         raise ValueError(f"X holds images of shape {shape}, but the model was fitted on "
