@@ -65,7 +65,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--explicit", action="store_true",
+                        help="time the explicit path (GEMM rows, then a GEMM kernel) instead of the implicit GEMM")
     args = parser.parse_args()
+    if args.explicit:
+        from xnorcore._backends import gpu_conv
+
+        gpu_conv._IMPLICIT = False
     try:
         import torch
     except ImportError:
@@ -73,7 +79,8 @@ def main():
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {smi}, CuPy {cupy.__version__}, "
-          f"torch {getattr(torch, '__version__', 'absent')}, GEMM kernel {_gpu.config().get('kernel')}, batch {args.batch}")
+          f"torch {getattr(torch, '__version__', 'absent')}, GEMM kernel {_gpu.config().get('kernel')}, "
+          f"{'explicit path' if args.explicit else 'implicit GEMM'}, batch {args.batch}")
     print("| layer | xnorcore int32 | xnorcore fused | cuDNN fp16 | int32 / fp16 | fused / fp16 |")
     print("|---|---:|---:|---:|---:|---:|")
     rs = cupy.random.RandomState(0)

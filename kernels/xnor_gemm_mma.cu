@@ -27,51 +27,10 @@
 // each load phase read 128 contiguous bytes: no bank conflicts without padding.
 
 #include "xnor_layout.h"
-
-typedef unsigned int u32;
-typedef xnor_word u64;
+#include "xnor_mma.h"
 
 static constexpr int STAGE_WORDS = 8;               // uint64 words of K per stage (512 bits)
 static constexpr int ROW_CHUNKS = STAGE_WORDS / 2;  // 16-byte chunks per row per stage
-
-__device__ __forceinline__ u32 smem_addr(const void* p)
-{
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// Copy 16 bytes global -> shared; src_bytes = 0 writes zeros (out-of-range rows or K).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
-}
-
-__device__ __forceinline__ int popc4(uint4 v)
-{
-    return __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
-}
-
-__device__ __forceinline__ void mma_and_popc(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1)
-{
-    asm volatile(
-        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // Load rows [row0, row0 + ROWS) x words [k0, k0 + STAGE_WORDS) of `words` into
 // `tile` (ROWS * ROW_CHUNKS uint4, row-major), zero-filling outside the matrix.

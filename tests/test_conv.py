@@ -38,12 +38,15 @@ def pads_of(x_shape, w_shape, stride, padding, dilation):
 
 
 def conv_ref(x, w, stride=1, padding="valid", dilation=1, groups=1, pad_value=0):
-    """Sliding windows over sign(x) padded with pad_value, times sign(w), in int64."""
+    """Sliding windows over sign(x) padded with pad_value, times sign(w): int64 sums.
+
+    The products of +-1 and 0 are summed in float64 (through BLAS), exact for any
+    sum below 2**53 in magnitude, far above the int32 results checked here."""
     sh, sw = (stride, stride) if np.isscalar(stride) else stride
     dh, dw = (dilation, dilation) if np.isscalar(dilation) else dilation
     (pt, pb), (pl, pr) = pads_of(x.shape, w.shape, (sh, sw), padding, (dh, dw))
     sx = np.pad(sign_ref(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
-    sk = sign_ref(w)
+    sk = sign_ref(w).astype(np.float64)
     n, h, wd, c = sx.shape
     kh, kw, cg, o = w.shape
     og = o // groups
@@ -54,7 +57,7 @@ def conv_ref(x, w, stride=1, padding="valid", dilation=1, groups=1, pad_value=0)
         for x_ in range(ow):
             window = sx[:, y * sh : y * sh + (kh - 1) * dh + 1 : dh, x_ * sw : x_ * sw + (kw - 1) * dw + 1 : dw, :]
             for g in range(groups):
-                patch = window[..., g * cg : (g + 1) * cg].reshape(n, -1)
+                patch = window[..., g * cg : (g + 1) * cg].reshape(n, -1).astype(np.float64)
                 out[:, y, x_, g * og : (g + 1) * og] = patch @ sk[..., g * og : (g + 1) * og].reshape(-1, og)
     return out
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from xnorcore import binary_conv2d, binary_conv2d_threshold_pack, pack_bits, pack_conv_weights, unpack_bits
 from xnorcore._backends import gpu as _gpu
 from xnorcore._backends import gpu_conv as _gpu_conv
+from xnorcore.ops import _conv_geometry
 
 from test_conv import case_arrays, conv_cases, conv_kwargs, conv_ref, pool_ref, threshold_ref
 
@@ -61,17 +62,75 @@ def test_gpu_fused_layer_is_threshold_then_pool(case, pool, seed):
     np.testing.assert_array_equal(cupy.asnumpy(got.words), want_words)
 
 
+@st.composite
+def implicit_cases(draw):
+    """Convolutions of many pixels and channels (groups=1): several blocks of pixels
+    and of output channels, windows of one to many stages, both stage widths."""
+    c = draw(st.sampled_from([1, 40, 64, 100, 128, 192, 256, 320]))
+    o = draw(st.sampled_from([1, 17, 64, 65, 127, 128, 130, 200, 257]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    dilation = draw(st.one_of(st.integers(1, 2), st.tuples(st.integers(1, 2), st.integers(1, 2))))
+    padding = draw(st.one_of(st.sampled_from(["valid", "same"]), st.integers(0, 3)))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 18)), draw(st.integers(1, 18)), c)
+    try:
+        _conv_geometry(shape, (kh, kw, c, o), stride, padding, dilation)
+    except ValueError:
+        kh = kw = 1
+    return dict(shape=shape, w_shape=(kh, kw, c, o), stride=stride, dilation=dilation, padding=padding, groups=1,
+                pad_value=draw(st.sampled_from([0, 1, -1])), dtype=np.float32, layout="c",
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(implicit_cases(), st.booleans())
+def test_implicit_gemm_conv_is_exact_on_large_layers(case, pool):
+    """The one-launch kernel (int32 sums and fused layer) on layers that span
+    several thread blocks, against the numpy reference."""
+    import cupy
+
+    x, w = case_arrays(case)
+    kwargs = conv_kwargs(case)
+    want = conv_ref(x, w, **kwargs)
+    got = binary_conv2d(_device(x), _device(w), **kwargs)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    o = w.shape[3]
+    rng = np.random.default_rng(case["seed"])
+    direction = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=o)
+    k = w.shape[0] * w.shape[1] * w.shape[2]
+    threshold = rng.integers(-k // 4 - 1, k // 4 + 2, size=o).astype(np.int32)
+    signs = threshold_ref(want, direction, threshold)
+    fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, pool=pool, **kwargs)
+    np.testing.assert_array_equal(cupy.asnumpy(fused.words), pack_bits(pool_ref(signs) if pool else signs, axis=3).words)
+
+
+def test_groups_of_one_run_the_implicit_kernel_where_it_exists():
+    import cupy
+
+    cc = int(cupy.cuda.Device().compute_capability)
+    _gpu_conv._implicit_plans.clear()
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 10, 10, 64)), rng.standard_normal((3, 3, 64, 8))
+    binary_conv2d(_device(x), _device(w), padding="same")
+    assert len(_gpu_conv._implicit_plans) == (1 if cc >= 80 else 0)
+    binary_conv2d(_device(x), _device(rng.standard_normal((3, 3, 32, 8))), padding="same", groups=2)
+    assert len(_gpu_conv._implicit_plans) == (1 if cc >= 80 else 0)  # grouped: the explicit path
+
+
+@pytest.mark.parametrize("implicit", [True, False])
 @pytest.mark.parametrize("kernel", ["wgmma", "mma", "popc"])
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
-def test_every_gemm_kernel_takes_the_conv_rows(kernel, pad_value, monkeypatch):
+def test_every_gemm_kernel_takes_the_conv_rows(kernel, pad_value, implicit, monkeypatch):
     """The GEMM rows of a convolution carry whole words per tap (more than
-    ceil(k / 64) per row): every kernel, plain and fused, stays exact."""
+    ceil(k / 64) per row): every kernel, plain and fused, stays exact, on the
+    explicit path (GEMM rows) and the implicit one (which the popc kernel never takes)."""
     import cupy
 
     cc = int(cupy.cuda.Device().compute_capability)
     if (kernel == "wgmma" and cc != 90) or (kernel == "mma" and cc < 80):
         pytest.skip(f"the {kernel} kernel does not run on compute capability {cc}")
     monkeypatch.setenv(_gpu.KERNEL_ENV, kernel)
+    monkeypatch.setattr(_gpu_conv, "_IMPLICIT", implicit)
     rng = np.random.default_rng(3)
     for shape, w_shape, kwargs in [
         ((2, 9, 11, 40), (3, 3, 40, 70), {"padding": "same"}),

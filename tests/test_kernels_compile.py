@@ -21,8 +21,9 @@ NVCC = shutil.which("nvcc")
 
 
 def test_kernels_are_package_data():
-    assert {"pack.cu", "xnor_gemm_mma.cu", "xnor_gemm_popc.cu", "xnor_gemm_wgmma.cu"} <= set(SOURCES)
-    assert KERNELS.joinpath("xnor_layout.h").is_file()
+    assert {"conv.cu", "conv_mma.cu", "pack.cu", "real.cu", "xnor_gemm_mma.cu", "xnor_gemm_popc.cu",
+            "xnor_gemm_wgmma.cu"} <= set(SOURCES)
+    assert KERNELS.joinpath("xnor_layout.h").is_file() and KERNELS.joinpath("xnor_mma.h").is_file()
 
 
 # wgmma exists only in the arch-specific sm_90a target, spelled with -gencode

@@ -337,7 +337,8 @@ class _GemmLaunch:
 
     The launch goes through ``cuLaunchKernel`` (``cupy.cuda.driver.launchKernel``)
     with an argument block kept from call to call: each call writes only the
-    four array addresses into it.  That takes less host time than a
+    array addresses into it (None passes a null pointer, for an argument the
+    kernel does not read).  That takes less host time than a
     ``cupy.cuda.Function`` call, which converts every argument each time, and
     for small products host time is most of a call (benchmarks/RESULTS.md,
     "N=1024: host time").  Every kernel argument is 8 bytes
@@ -346,9 +347,10 @@ class _GemmLaunch:
 
     __slots__ = ("function", "grid", "block", "smem", "variant", "values", "params", "params_address")
 
-    def __init__(self, function, grid, block, smem, variant, scalars):
+    def __init__(self, function, grid, block, smem, variant, scalars, n_arrays=None):
         self.function, self.grid, self.block, self.smem, self.variant = function, grid, block, smem, variant
-        n_arrays = 3 if variant is None else 4  # a, b, [counts,] out
+        if n_arrays is None:
+            n_arrays = 3 if variant is None else 4  # a, b, [counts,] out
         self.values = (ctypes.c_uint64 * (n_arrays + len(scalars)))(*([0] * n_arrays), *scalars)
         base = ctypes.addressof(self.values)
         self.params = (ctypes.c_void_p * len(self.values))(*(base + 8 * i for i in range(len(self.values))))
@@ -359,7 +361,7 @@ class _GemmLaunch:
         grid, block = self.grid, self.block
         with _launch_lock:  # one argument block per launch shape: one launch at a time
             for i, array in enumerate(arrays):
-                values[i] = array.data.ptr
+                values[i] = 0 if array is None else array.data.ptr
             _cupy().cuda.driver.launchKernel(
                 self.function.ptr, grid[0], grid[1], 1, block[0], 1, 1, self.smem,
                 _current_stream_ptr(), self.params_address, 0,

@@ -1,9 +1,16 @@
 """The conv operations of the GPU backend: an implicit GEMM over packed words.
 
 :mod:`xnorcore._backends.gpu` exports them, with the signatures of
-:mod:`xnorcore._backends.cpu_conv`.  ``kernels/conv.cu`` lays the packed
-activations out as GEMM rows (``im2col_words``); the rows go through the GEMM
-kernels of :mod:`xnorcore._backends.gpu` (wgmma, mma or popc, as for
+:mod:`xnorcore._backends.cpu_conv`.  On devices with bit tensor cores
+(compute capability 8.0 and later) a convolution with ``groups=1`` is one
+launch of ``kernels/conv_mma.cu``: the kernel gathers each output pixel's
+window words from the packed activations into shared memory itself, counts
+their popcounts, corrects the sums of the pixels whose window reaches a zero
+padding, and writes int32 sums or, for the fused layer, the packed signs.
+Grouped convolutions, and devices without bit tensor cores (or
+``XNORCORE_GPU_KERNEL=popc``), take the explicit path: ``kernels/conv.cu``
+lays the activations out as GEMM rows (``im2col_words``); the rows go through
+the GEMM kernels of :mod:`xnorcore._backends.gpu` (wgmma, mma or popc, as for
 ``binary_matmul``), whose rows may carry more words than ``ceil(k / 64)``
 since padding bits are clear in both operands.  Zero padding is then exact
 through ``conv_zero_pad_fix`` on the output pixels whose window reaches the
@@ -14,6 +21,7 @@ those border rows alone.
 import numpy as np
 
 from .._array import to_numpy
+from ..ops import n_words
 from . import _common, gpu
 
 __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
@@ -22,6 +30,11 @@ _border_rows = {}  # (device, n, geometry) -> int64 device array of the rows who
 _MAX_BORDER_ENTRIES = 64
 _constants = {}  # (device, direction bytes, threshold bytes) -> both on the device
 _MAX_CONSTANTS = 256
+_implicit_plans = {}  # (device, x words shape, O, row words, geometry, cg, pad_value, pack) -> launch
+_MAX_PLANS = 1024
+
+#: Benchmarks set this to False to time the explicit path (GEMM rows, then a GEMM kernel).
+_IMPLICIT = True
 
 
 def _launch(name, items, args):
@@ -147,10 +160,78 @@ def _gemm(cols, counts, w_rows, k, groups):
     return z
 
 
+def _implicit(x_words, groups):
+    """Whether the convolution runs as one launch of ``kernels/conv_mma.cu``."""
+    return _IMPLICIT and groups == 1 and gpu._kernel_choice() != "popc"
+
+
+def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
+    """(launch, tap table on the device) of the implicit-GEMM kernel for this shape, cached per device."""
+    cupy = gpu._cupy()
+    key = (cupy.cuda.runtime.getDevice(), x_shape, o, row_words, geometry, cg, pad_value, pack)
+    plan = _implicit_plans.get(key)
+    if plan is not None:
+        return plan
+    h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+    n, cw = x_shape[0], x_shape[4]
+    window = kh * kw * cw
+    if oh * ow >= 2**31 or h * w * cw >= 2**31 or window >= 2**31 - 8:
+        raise ValueError(f"the GPU convolution takes images of at most 2**31 - 1 output pixels and words, got "
+                         f"{oh} x {ow} output pixels, {h} x {w} x {cw} words and {window} words per window")
+    # 4 words (one mma step) a stage where that rounds the window up much less than 8 do.
+    kstep = 4 if -(-window // 8) * 8 > 1.2 * (-(-window // 4) * 4) else 8
+    warps_n = 1 if o <= 64 else 2
+
+    def const(name):
+        return gpu._constant("conv_mma", f"CONV_MMA_{name}")
+
+    bm, bn = const("BM"), 64 * warps_n
+    smem = const("STAGES") * (bm + bn) * kstep * 8 + bm * 16 + bn * 12  # stages, rows' origins, columns' terms
+    function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""), smem)
+    m = n * oh * ow
+    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value)
+    launch = gpu._GemmLaunch(function, (-(-m // bm), -(-o // bn)), (const("WARPS_M") * warps_n * 32,), smem, "conv",
+                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=9)
+    # Window word q is channel word q % cw of tap q // cw, at (row i * dh, column j * dw) of the window.
+    q = np.arange(-(-row_words // kstep) * kstep)
+    i, j = np.divmod(q // cw, kw)
+    taps = np.stack([i * dh, j * dw, (i * dh * w + j * dw) * cw + q % cw, q % cw], axis=1)
+    taps[q >= window] = (0, 0, 0, -1)
+    plan = (launch, gpu.to_device(taps.astype(np.int32)))
+    if len(_implicit_plans) >= _MAX_PLANS:
+        _implicit_plans.clear()
+    _implicit_plans[key] = plan
+    return plan
+
+
+def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None):
+    """int32 sums (N * OH * OW, O), or with ``thresholds`` (direction, threshold) the
+    fused layer's words (N * OH * OW, ceil(O / 64)): one launch of the implicit GEMM."""
+    cupy = gpu._cupy()
+    w_rows, w_counts, tap_sums, pad = weights
+    oh, ow = geometry[2], geometry[3]
+    m, o = x_words.shape[0] * oh * ow, w_rows.shape[0]
+    if m == 0 or o == 0:
+        return cupy.zeros((m, o) if thresholds is None else (m, n_words(o)), dtype=np.int32 if thresholds is None else np.uint64)
+    x = cupy.ascontiguousarray(x_words)
+    launch, taps = _implicit_plan(x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)
+    if thresholds is None:
+        out = gpu._alloc(lambda: cupy.empty((m, o), dtype=np.int32), 4 * m * o, "hold the convolution's sums")
+        launch(x, w_rows, w_counts, tap_sums, pad, None, None, out, taps)
+    else:
+        out = gpu._alloc(lambda: cupy.empty((m, n_words(o)), dtype=np.uint64), 8 * m * n_words(o),
+                         "hold the layer's words")
+        launch(x, w_rows, w_counts, tap_sums, pad, thresholds[0], thresholds[1], out, taps)
+    return out
+
+
 def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
-    w_rows, w_counts, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    weights = _weights(w_words, cg, pad_value, prepared)
+    if _implicit(x_words, groups):
+        return _implicit_conv(x_words, weights, geometry, cg, pad_value).reshape(n, oh, ow, weights[0].shape[0])
+    w_rows, w_counts, tap_sums, pad = weights
     cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     z = _gemm(cols, counts, w_rows, kh * kw * cg, groups)
     rows = _borders(n, geometry) if pad_value == 0 else None
@@ -165,8 +246,12 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
     n = x_words.shape[0]
     direction, threshold, constants_key = _on_device(direction, threshold)
-    w_rows, w_counts, tap_sums, pad = _weights(w_words, cg, pad_value, prepared)
+    weights = _weights(w_words, cg, pad_value, prepared)
+    w_rows, w_counts, tap_sums, pad = weights
     k = kh * kw * cg
+    if _implicit(x_words, groups):
+        words = _implicit_conv(x_words, weights, geometry, cg, pad_value, (direction, threshold))
+        return _pool(words.reshape(n, oh, ow, words.shape[-1]), pool)
     cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     rows = _borders(n, geometry) if pad_value == 0 else None
     if groups == 1:
@@ -194,12 +279,17 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
         if rows is not None:
             _fix_zero_padding(z, rows, tap_sums, geometry)
         words = _common.threshold_pack(z, direction, threshold)
-    words = words.reshape(n, oh, ow, words.shape[-1])
+    return _pool(words.reshape(n, oh, ow, words.shape[-1]), pool)
+
+
+def _pool(words, pool):
+    """The 2x2 max-pool with stride 2 of the layer's words (N, OH, OW, words), where ``pool``."""
     if not pool:
         return words
-    out = cupy.empty((n, oh // 2, ow // 2, words.shape[-1]), dtype=np.uint64)
+    n, oh, ow, width = words.shape
+    out = gpu._cupy().empty((n, oh // 2, ow // 2, width), dtype=np.uint64)
     if out.size:
-        _launch("pool_words", out.size, (words, out, np.int64(n), np.int32(oh), np.int32(ow), np.int32(words.shape[-1])))
+        _launch("pool_words", out.size, (words, out, np.int64(n), np.int32(oh), np.int32(ow), np.int32(width)))
     return out
 
 

@@ -1,0 +1,359 @@
+// Binary convolution as an implicit GEMM on the bit tensor cores
+// (mma.sync m16n8k256 b1 AND + popcount, compute capability >= 8.0).
+//
+// One launch per layer, groups = 1.  Operands in the conv2d layout of
+// xnor_layout.h: activations x (N, H, W, CW) packed along C, and the weights
+// as GEMM rows w_rows (O, row_words): the KH * KW * CW words of each output
+// channel's window (tap-major, then channel words), then zeros up to an even
+// row_words.  GEMM row p is output pixel p = (b * OH + oy) * OW + ox; its k
+// words are gathered from x straight into shared memory (no im2col array):
+// word q of the window is channel word q % CW of tap q / CW, read from the
+// input pixel under that tap, or, where the tap falls in the padding, written
+// as the pad word of pad_mode (+1: pad[q % CW], the valid channel bits set;
+// 0 and -1: zeros, the padding bits of a -1).  The host lists the window
+// words once (taps: (row offset, column offset, word offset from the window's
+// origin, channel word) per word, to a whole number of stages; channel word -1
+// past the window), so the gather divides nothing.
+//
+// The block counts the popcounts of the rows it gathers (from the fragments
+// its warps load anyway); the weights' come precomputed (w_counts).  Then
+// z = XNOR_DOT_AND(k, pa, pb, popcount(a AND b)) over k = KH * KW * C bits is
+// the convolution with -1 padding (padding bits are clear in both operands);
+// for zero padding (pad_mode 0) the epilogue adds back, on each output pixel
+// whose window reaches the padding, tap_sums[tap, o] = sum over c of
+// sign(w[tap, c, o]) for every tap in the padding.  Two epilogues: int32 sums
+// (N * OH * OW, O); or the fused layer, the bits of direction[o] * z -
+// threshold[o] >= 0 packed along O into (N * OH * OW, ceil(O / 64)) words.
+//
+// Tiling: a block computes BM = 128 pixels x BN = 64 * WARPS_N channels with
+// CONV_MMA_WARPS_M x WARPS_N warps of 32 x 64 outputs each (2 x 8 m16n8k256
+// tiles): a warp's 64 columns are one output word of the fused layer.  K
+// advances KSTEP words a stage (4: 256 bits, one mma step; 8: two), through
+// CONV_MMA_STAGES cp.async buffers; small windows take KSTEP 4, which rounds
+// them up less (a 3x3 window over 64 channels is 9 words: 12, not 16).
+// Fragment layout as in xnor_gemm_mma.cu: thread (g, t) reads the row slice's
+// t-th quarter (KSTEP * 2 bytes) of rows g and g + 8, and column g of B.
+//
+// Indices: element offsets are 64-bit; pixel coordinates, window words,
+// output channels and one image's words fit in int32 (the Python side checks).
+
+#include "xnor_layout.h"
+#include "xnor_mma.h"
+
+static constexpr int CONV_MMA_BM = 128;
+static constexpr int CONV_MMA_WARPS_M = 4;
+static constexpr int CONV_MMA_STAGES = 3;
+// Blocks per multiprocessor asked of the compiler for one warp along O (half for two):
+// 16 warps a multiprocessor at 128 registers a thread.
+static constexpr int CONV_MMA_BLOCKS = 4;
+// Below any tap offset: a row past the last pixel reads no input word.
+static constexpr int CONV_MMA_NO_ROW = -(1 << 30);
+
+template <int KSTEP>
+struct Fragment;  // a thread's quarter of a KSTEP-word row slice
+template <>
+struct Fragment<4> {
+    typedef uint2 type;
+};
+template <>
+struct Fragment<8> {
+    typedef uint4 type;
+};
+
+__device__ __forceinline__ int popc_fragment(uint2 v) { return __popc(v.x) + __popc(v.y); }
+__device__ __forceinline__ int popc_fragment(uint4 v) { return popc4(v); }
+
+__device__ __forceinline__ void mma_fragment(int* c, uint2 lo, uint2 hi, uint2 b)
+{
+    mma_and_popc(c, lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+}
+
+__device__ __forceinline__ void mma_fragment(int* c, uint4 lo, uint4 hi, uint4 b)
+{
+    mma_and_popc(c, lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+    mma_and_popc(c, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
+}
+
+struct ConvShape {
+    long long m, o, row_words, k, out_words;
+    int h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_mode;
+};
+
+// Output pixel `row` as (image b, oy, ox); 32-bit divisions (several times
+// cheaper than 64-bit ones) when every row index fits.
+__device__ __forceinline__ long long pixel_of(long long row, const ConvShape& s, int& oy, int& ox)
+{
+    if (s.m <= 0x7fffffffLL) {
+        const unsigned r = (unsigned)row, q = r / (unsigned)s.ow, b = q / (unsigned)s.oh;
+        ox = (int)(r - q * (unsigned)s.ow);
+        oy = (int)(q - b * (unsigned)s.oh);
+        return b;
+    }
+    const long long q = row / s.ow, b = q / s.oh;
+    ox = (int)(row - q * s.ow);
+    oy = (int)(q - b * s.oh);
+    return b;
+}
+
+template <int KSTEP, int WARPS_N, bool PACK>
+__device__ __forceinline__ void conv_mma_body(
+    const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,
+    const int* __restrict__ tap_sums, const u64* __restrict__ pad, const signed char* __restrict__ direction,
+    const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps, const ConvShape s)
+{
+    constexpr int BM = CONV_MMA_BM;
+    constexpr int WARPS_M = CONV_MMA_WARPS_M;
+    constexpr int STAGES = CONV_MMA_STAGES;
+    constexpr int BN = 64 * WARPS_N;
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WM = BM / WARPS_M;
+    constexpr int MT = WM / 16;
+    constexpr int NT = 8;  // 64 columns a warp
+    constexpr int ROW_STEP = THREADS / KSTEP;  // a thread gathers word (tid % KSTEP) of rows tid / KSTEP + i * ROW_STEP
+    constexpr int A_ROWS = BM / ROW_STEP;
+    constexpr int B_CHUNKS = BN * KSTEP / 2 / THREADS;  // 16-byte weight chunks a thread loads a stage
+    static_assert(THREADS % KSTEP == 0 && BM % ROW_STEP == 0 && B_CHUNKS >= 1 && BN * KSTEP / 2 % THREADS == 0,
+                  "tile loads must divide among threads");
+    typedef typename Fragment<KSTEP>::type frag;
+
+    extern __shared__ uint4 smem[];
+    u64* a_tiles = reinterpret_cast<u64*>(smem);  // STAGES x BM x KSTEP words
+    u64* b_tiles = a_tiles + STAGES * BM * KSTEP;  // STAGES x BN x KSTEP words
+    // Per row of the block: its window origin's word offset in x (negative where the origin lies
+    // in the padding; only taps inside the image are read) and coordinates (y0, x0).
+    long long* row_origin = reinterpret_cast<long long*>(b_tiles + STAGES * BN * KSTEP);
+    int2* row_yx = reinterpret_cast<int2*>(row_origin + BM);
+    // Per column of the block: -2 popcount(weights), and for the fused layer the threshold and
+    // direction (0 past the last channel), read here so that their latency hides behind the products.
+    int* col_term = reinterpret_cast<int*>(row_yx + BM);
+    int* thr = col_term + BN;
+    int* dir = thr + BN;
+
+    const long long row0 = (long long)blockIdx.x * BM;
+    const long long col0 = (long long)blockIdx.y * BN;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = warp / WARPS_N;
+    const int wn = warp % WARPS_N;
+
+    if (threadIdx.x < BM) {
+        const long long row = row0 + threadIdx.x;
+        int2 yx = make_int2(CONV_MMA_NO_ROW, CONV_MMA_NO_ROW);
+        long long origin = 0;
+        if (row < s.m) {
+            int oy, ox;
+            const long long b = pixel_of(row, s, oy, ox);
+            yx = make_int2(oy * s.sh - s.pt, ox * s.sw - s.pl);
+            origin = (b * s.h * s.w + (long long)yx.x * s.w + yx.y) * s.cw;
+        }
+        row_yx[threadIdx.x] = yx;
+        row_origin[threadIdx.x] = origin;
+    }
+    for (int c = threadIdx.x; c < BN; c += THREADS) {
+        const bool ok = col0 + c < s.o;
+        col_term[c] = ok ? -2 * w_counts[col0 + c] : 0;
+        if (PACK) {
+            thr[c] = ok ? threshold[col0 + c] : 0;
+            dir[c] = ok ? direction[col0 + c] : 0;
+        }
+    }
+    __syncthreads();
+
+    const int a_word = threadIdx.x % KSTEP;
+    // Window word q: (row offset, column offset, word offset from the origin, channel word; -1 past the window).
+    auto load_stage = [&](int slot, int kt, const int4 tap) {
+        u64* a_tile = a_tiles + slot * BM * KSTEP;
+        const bool in_window = tap.w >= 0;
+        const bool pad_plus = s.pad_mode == 1 && in_window;
+#pragma unroll
+        for (int i = 0; i < A_ROWS; ++i) {
+            const int r = threadIdx.x / KSTEP + i * ROW_STEP;
+            const int2 yx = row_yx[r];
+            const int y = yx.x + tap.x, xx = yx.y + tap.y;
+            const bool inside = in_window && (unsigned)y < (unsigned)s.h && (unsigned)xx < (unsigned)s.w;
+            const bool padded = pad_plus && !inside;
+            const u64* src = inside ? x + row_origin[r] + tap.z : padded ? pad + tap.w : x;
+            cp_async8(a_tile + r * KSTEP + a_word, src, inside || padded ? 8 : 0);
+        }
+        uint4* b_tile = reinterpret_cast<uint4*>(b_tiles + slot * BN * KSTEP);
+#pragma unroll
+        for (int i = 0; i < B_CHUNKS; ++i) {
+            const int idx = threadIdx.x + i * THREADS;
+            const long long col = col0 + idx / (KSTEP / 2);
+            const long long word = (long long)kt * KSTEP + 2 * (idx % (KSTEP / 2));
+            const bool ok = col < s.o && word < s.row_words;
+            cp_async16(b_tile + idx, ok ? w_rows + col * s.row_words + word : w_rows, ok ? 16 : 0);
+        }
+    };
+
+    int acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+    int pop_a[MT][2];  // rows g and g + 8 of m-tile i, counted by the warps with i % WARPS_N == wn
+#pragma unroll
+    for (int i = 0; i < MT; ++i) pop_a[i][0] = pop_a[i][1] = 0;
+
+    const int k_tiles = (int)((s.row_words + KSTEP - 1) / KSTEP);
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < k_tiles) load_stage(st, st, taps[st * KSTEP + a_word]);
+        cp_async_commit();
+    }
+    int slot = 0;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        const int next = kt + STAGES - 1;
+        const int4 tap = next < k_tiles ? taps[next * KSTEP + a_word] : make_int4(0, 0, 0, -1);  // before the wait
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        // The slot refilled here was read in iteration kt - 1, finished by every thread (the barrier above).
+        if (next < k_tiles) load_stage(slot == 0 ? STAGES - 1 : slot - 1, next, tap);
+        cp_async_commit();
+
+        const frag* a_tile = reinterpret_cast<const frag*>(a_tiles + slot * BM * KSTEP);
+        const frag* b_tile = reinterpret_cast<const frag*>(b_tiles + slot * BN * KSTEP);
+        frag lo[MT], hi[MT];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            lo[i] = a_tile[(wm * WM + i * 16 + g) * 4 + t];
+            hi[i] = a_tile[(wm * WM + i * 16 + g + 8) * 4 + t];
+            if (i % WARPS_N == wn) {
+                pop_a[i][0] += popc_fragment(lo[i]);
+                pop_a[i][1] += popc_fragment(hi[i]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const frag b = b_tile[(wn * 64 + j * 8 + g) * 4 + t];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_fragment(acc[i][j], lo[i], hi[i], b);
+        }
+        slot = slot == STAGES - 1 ? 0 : slot + 1;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the stage buffers are free
+
+    int* row_term = reinterpret_cast<int*>(smem);  // in the stage buffers: k - 2 popcount(row) for the BM rows
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+        if (i % WARPS_N != wn) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int c = pop_a[i][h];
+            c += __shfl_xor_sync(0xffffffffu, c, 1);
+            c += __shfl_xor_sync(0xffffffffu, c, 2);
+            if (t == 0) row_term[wm * WM + i * 16 + g + 8 * h] = (int)s.k - 2 * c;
+        }
+    }
+    __syncthreads();
+
+    // Accumulator r of tile (i, j): row g (+ 8 for r >= 2), column j * 8 + 2 t + r % 2 of the warp's 64.
+    const long long warp_col = col0 + wn * 64;
+    const int* cterm = col_term + wn * 64 + 2 * t;  // cterm[j * 8 + e]: column j * 8 + 2 t + e
+    const bool zero_pad = s.pad_mode == 0;
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int local = wm * WM + i * 16 + g + 8 * h;
+            const long long row = row0 + local;
+            const int rterm = row_term[local];
+            int fix[NT][2];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) fix[j][0] = fix[j][1] = 0;
+            const int2 yx = row_yx[local];
+            const bool border = zero_pad && row < s.m &&
+                                (yx.x < 0 || yx.x + (s.kh - 1) * s.dh >= s.h || yx.y < 0 || yx.y + (s.kw - 1) * s.dw >= s.w);
+            if (__any_sync(0xffffffffu, border) && border) {
+                for (int ti = 0; ti < s.kh; ++ti) {
+                    const int y = yx.x + ti * s.dh;
+                    const bool row_out = y < 0 || y >= s.h;
+                    for (int tj = 0; tj < s.kw; ++tj) {
+                        const int xx = yx.y + tj * s.dw;
+                        if (!row_out && xx >= 0 && xx < s.w) continue;
+                        const int* sums = tap_sums + (long long)(ti * s.kw + tj) * s.o + warp_col;
+#pragma unroll
+                        for (int j = 0; j < NT; ++j)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e)
+                                if (warp_col + j * 8 + 2 * t + e < s.o) fix[j][e] += sums[j * 8 + 2 * t + e];
+                    }
+                }
+            }
+            if constexpr (PACK) {
+                unsigned bits[2] = {0u, 0u};  // columns 0-31 and 32-63 of the warp's word
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int c = wn * 64 + j * 8 + 2 * t + e;
+                        const int v = 4 * acc[i][j][2 * h + e] + rterm + cterm[j * 8 + e] + fix[j][e];
+                        // dir and thr are 0 past the last channel, where the bit must stay clear.
+                        const bool ok = warp_col + j * 8 + 2 * t + e < s.o;
+                        bits[j / 4] |= (unsigned)(ok && dir[c] * v >= thr[c]) << ((j % 4) * 8 + 2 * t + e);
+                    }
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    bits[half] |= __shfl_xor_sync(0xffffffffu, bits[half], 1);
+                    bits[half] |= __shfl_xor_sync(0xffffffffu, bits[half], 2);
+                }
+                if (t == 0 && row < s.m && warp_col < s.o)
+                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)bits[1] << 32) | bits[0];
+            } else {
+                if (row >= s.m) continue;
+                int* out_row = reinterpret_cast<int*>(out) + row * s.o;
+                const bool pairs = s.o % 2 == 0;  // (row * o + even column) is 8-byte aligned
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const long long col = warp_col + j * 8 + 2 * t;
+                    const int v0 = 4 * acc[i][j][2 * h] + rterm + cterm[j * 8] + fix[j][0];
+                    const int v1 = 4 * acc[i][j][2 * h + 1] + rterm + cterm[j * 8 + 1] + fix[j][1];
+                    if (pairs && col + 1 < s.o) {
+                        *reinterpret_cast<int2*>(out_row + col) = make_int2(v0, v1);
+                    } else {
+                        if (col < s.o) out_row[col] = v0;
+                        if (col + 1 < s.o) out_row[col + 1] = v1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Launch: grid (ceil(m / CONV_MMA_BM), ceil(o / (64 * WARPS_N))), block
+// CONV_MMA_WARPS_M * WARPS_N * 32 threads, dynamic shared memory
+// CONV_MMA_STAGES * (CONV_MMA_BM + 64 * WARPS_N) * KSTEP * 8 + CONV_MMA_BM * 16 +
+// 64 * WARPS_N * 12 bytes.  Every
+// argument is 8 bytes (the loader fills one argument block); out is int32
+// sums, or for the _pack kernels words, with direction and threshold read;
+// taps holds ceil(row_words / KSTEP) * KSTEP entries.
+#define XNORCORE_CONV_MMA(NAME, KSTEP, WARPS_N, PACK)                                                           \
+    extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_MMA_BLOCKS / WARPS_N)    \
+    NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,            \
+         const int* __restrict__ tap_sums, const u64* __restrict__ pad, const signed char* __restrict__ direction, \
+         const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps, long long m,   \
+         long long o,                                                                                           \
+         long long row_words, long long k, long long h, long long w, long long oh, long long ow, long long kh,   \
+         long long kw, long long sh, long long sw, long long dh, long long dw, long long pt, long long pl,       \
+         long long cw, long long pad_mode)                                                                      \
+    {                                                                                                          \
+        const ConvShape s = {m, o, row_words, k, (o + 63) / 64, (int)h, (int)w, (int)oh, (int)ow, (int)kh,     \
+                             (int)kw, (int)sh, (int)sw, (int)dh, (int)dw, (int)pt, (int)pl, (int)cw,            \
+                             (int)pad_mode};                                                                    \
+        conv_mma_body<KSTEP, WARPS_N, PACK>(x, w_rows, w_counts, tap_sums, pad, direction, threshold, out, taps, \
+                                            s);                                                                \
+    }
+
+XNORCORE_CONV_MMA(conv_mma_k4_n1, 4, 1, false)
+XNORCORE_CONV_MMA(conv_mma_k4_n2, 4, 2, false)
+XNORCORE_CONV_MMA(conv_mma_k8_n1, 8, 1, false)
+XNORCORE_CONV_MMA(conv_mma_k8_n2, 8, 2, false)
+XNORCORE_CONV_MMA(conv_mma_k4_n1_pack, 4, 1, true)
+XNORCORE_CONV_MMA(conv_mma_k4_n2_pack, 4, 2, true)
+XNORCORE_CONV_MMA(conv_mma_k8_n1_pack, 8, 1, true)
+XNORCORE_CONV_MMA(conv_mma_k8_n2_pack, 8, 2, true)
