@@ -46,8 +46,12 @@ static constexpr int CONV_MMA_STAGES = 3;
 // Blocks per multiprocessor asked of the compiler for one warp along O (half for two):
 // 16 warps a multiprocessor at 128 registers a thread.
 static constexpr int CONV_MMA_BLOCKS = 4;
-// Below any tap offset: a row past the last pixel reads no input word.
-static constexpr int CONV_MMA_NO_ROW = -(1 << 30);
+// The origin of a row past the last pixel, and the row offset of a tap past the
+// window: no tap of the first and no row of the second reads an input word
+// (images have fewer than 2**29 rows and columns; the Python side checks).
+static constexpr int CONV_MMA_NO_ROW = -(1 << 29);
+static constexpr int CONV_MMA_PAST = 1073741824;  // 2**30
+static_assert(CONV_MMA_PAST + CONV_MMA_NO_ROW >= (1 << 29), "a row past the last pixel reads nothing past the window");
 
 template <int KSTEP>
 struct Fragment;  // a thread's quarter of a KSTEP-word row slice
@@ -76,7 +80,7 @@ __device__ __forceinline__ void mma_fragment(int* c, uint4 lo, uint4 hi, uint4 b
 
 struct ConvShape {
     long long m, o, row_words, k, out_words;
-    int h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_mode;
+    int h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_mode, x_classes;
 };
 
 // Output pixel `row` as (image b, oy, ox); 32-bit divisions (several times
@@ -95,11 +99,20 @@ __device__ __forceinline__ long long pixel_of(long long row, const ConvShape& s,
     return b;
 }
 
+static constexpr long long INT_MIN_LL = -0x80000000LL;
+static constexpr long long INT_MAX_LL = 0x7fffffffLL;
+
+__device__ __forceinline__ long long clamp_int(long long v)
+{
+    return v < INT_MIN_LL ? INT_MIN_LL : v > INT_MAX_LL ? INT_MAX_LL : v;
+}
+
 template <int KSTEP, int WARPS_N, bool PACK>
 __device__ __forceinline__ void conv_mma_body(
     const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,
-    const int* __restrict__ tap_sums, const u64* __restrict__ pad, const signed char* __restrict__ direction,
-    const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps, const ConvShape s)
+    const int* __restrict__ border_fix, const u64* __restrict__ pad, const signed char* __restrict__ direction,
+    const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps,
+    const int* __restrict__ y_class, const int* __restrict__ x_class, const ConvShape s)
 {
     constexpr int BM = CONV_MMA_BM;
     constexpr int WARPS_M = CONV_MMA_WARPS_M;
@@ -123,11 +136,12 @@ __device__ __forceinline__ void conv_mma_body(
     // in the padding; only taps inside the image are read) and coordinates (y0, x0).
     long long* row_origin = reinterpret_cast<long long*>(b_tiles + STAGES * BN * KSTEP);
     int2* row_yx = reinterpret_cast<int2*>(row_origin + BM);
-    // Per column of the block: -2 popcount(weights), and for the fused layer the threshold and
-    // direction (0 past the last channel), read here so that their latency hides behind the products.
-    int* col_term = reinterpret_cast<int*>(row_yx + BM);
-    int* thr = col_term + BN;
-    int* dir = thr + BN;
+    int* row_class = reinterpret_cast<int*>(row_yx + BM);  // zero padding: the row's border class, 0 inside
+    // Per column of the block, read here so that their latency hides behind the products:
+    // -2 popcount(weights) (0 past the last channel) and, for the fused layer, the bounds (lo, hi)
+    // that u = z + 2 popcount(weights) must lie within for the bit to be set (empty past the last channel).
+    int* col_term = row_class + BM;
+    int2* bounds = reinterpret_cast<int2*>(col_term + BN);
 
     const long long row0 = (long long)blockIdx.x * BM;
     const long long col0 = (long long)blockIdx.y * BN;
@@ -142,40 +156,53 @@ __device__ __forceinline__ void conv_mma_body(
         const long long row = row0 + threadIdx.x;
         int2 yx = make_int2(CONV_MMA_NO_ROW, CONV_MMA_NO_ROW);
         long long origin = 0;
+        int cls = 0;
         if (row < s.m) {
             int oy, ox;
             const long long b = pixel_of(row, s, oy, ox);
             yx = make_int2(oy * s.sh - s.pt, ox * s.sw - s.pl);
             origin = (b * s.h * s.w + (long long)yx.x * s.w + yx.y) * s.cw;
+            if (s.pad_mode == 0) cls = y_class[oy] * s.x_classes + x_class[ox];
         }
         row_yx[threadIdx.x] = yx;
         row_origin[threadIdx.x] = origin;
+        row_class[threadIdx.x] = cls;
     }
     for (int c = threadIdx.x; c < BN; c += THREADS) {
         const bool ok = col0 + c < s.o;
-        col_term[c] = ok ? -2 * w_counts[col0 + c] : 0;
+        const int term = ok ? -2 * w_counts[col0 + c] : 0;
+        col_term[c] = term;
         if (PACK) {
-            thr[c] = ok ? threshold[col0 + c] : 0;
-            dir[c] = ok ? direction[col0 + c] : 0;
+            // The bit: direction * (u + term) >= threshold.  |u| < 2**31 (the Python side checks k).
+            const long long th = ok ? threshold[col0 + c] : 0, d = ok ? direction[col0 + c] : 0;
+            const long long lo = d > 0 ? th - term : d < 0 || th <= 0 ? INT_MIN_LL : INT_MAX_LL;
+            const long long hi = d < 0 ? -th - term : d > 0 || th <= 0 ? INT_MAX_LL : INT_MIN_LL;
+            bounds[c] = ok ? make_int2((int)clamp_int(lo), (int)clamp_int(hi)) : make_int2(0x7fffffff, -0x7fffffff - 1);
         }
     }
     __syncthreads();
 
     const int a_word = threadIdx.x % KSTEP;
-    // Window word q: (row offset, column offset, word offset from the origin, channel word; -1 past the window).
+    // Window word q: (row offset, column offset, word offset from the origin, channel word); past the
+    // window (CONV_MMA_PAST, 0, 0, -1), a row offset no origin brings inside the image.
     auto load_stage = [&](int slot, int kt, const int4 tap) {
         u64* a_tile = a_tiles + slot * BM * KSTEP;
-        const bool in_window = tap.w >= 0;
-        const bool pad_plus = s.pad_mode == 1 && in_window;
+        if (s.pad_mode == 1 && tap.w >= 0) {  // taps in the padding read the pad word
 #pragma unroll
-        for (int i = 0; i < A_ROWS; ++i) {
-            const int r = threadIdx.x / KSTEP + i * ROW_STEP;
-            const int2 yx = row_yx[r];
-            const int y = yx.x + tap.x, xx = yx.y + tap.y;
-            const bool inside = in_window && (unsigned)y < (unsigned)s.h && (unsigned)xx < (unsigned)s.w;
-            const bool padded = pad_plus && !inside;
-            const u64* src = inside ? x + row_origin[r] + tap.z : padded ? pad + tap.w : x;
-            cp_async8(a_tile + r * KSTEP + a_word, src, inside || padded ? 8 : 0);
+            for (int i = 0; i < A_ROWS; ++i) {
+                const int r = threadIdx.x / KSTEP + i * ROW_STEP;
+                const int2 yx = row_yx[r];
+                const bool inside = (unsigned)(yx.x + tap.x) < (unsigned)s.h && (unsigned)(yx.y + tap.y) < (unsigned)s.w;
+                cp_async8(a_tile + r * KSTEP + a_word, inside ? x + (row_origin[r] + tap.z) : pad + tap.w, 8);
+            }
+        } else {  // taps in the padding and past the window are zeros
+#pragma unroll
+            for (int i = 0; i < A_ROWS; ++i) {
+                const int r = threadIdx.x / KSTEP + i * ROW_STEP;
+                const int2 yx = row_yx[r];
+                const bool inside = (unsigned)(yx.x + tap.x) < (unsigned)s.h && (unsigned)(yx.y + tap.y) < (unsigned)s.w;
+                cp_async8(a_tile + r * KSTEP + a_word, inside ? x + (row_origin[r] + tap.z) : x, inside ? 8 : 0);
+            }
         }
         uint4* b_tile = reinterpret_cast<uint4*>(b_tiles + slot * BN * KSTEP);
 #pragma unroll
@@ -208,7 +235,7 @@ __device__ __forceinline__ void conv_mma_body(
     int slot = 0;
     for (int kt = 0; kt < k_tiles; ++kt) {
         const int next = kt + STAGES - 1;
-        const int4 tap = next < k_tiles ? taps[next * KSTEP + a_word] : make_int4(0, 0, 0, -1);  // before the wait
+        const int4 tap = next < k_tiles ? taps[next * KSTEP + a_word] : make_int4(0, 0, 0, 0);  // before the wait
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         // The slot refilled here was read in iteration kt - 1, finished by every thread (the barrier above).
@@ -253,74 +280,92 @@ __device__ __forceinline__ void conv_mma_body(
     __syncthreads();
 
     // Accumulator r of tile (i, j): row g (+ 8 for r >= 2), column j * 8 + 2 t + r % 2 of the warp's 64.
+    // u = z + 2 popcount(weights) = 4 acc + k - 2 popcount(row), plus, on a row of border class
+    // c > 0, border_fix[c, o]: the sum of sign(w) over the window's taps in the zero padding.
     const long long warp_col = col0 + wn * 64;
+    int rterm[MT][2];
+    int rfix[MT][2];  // offset in border_fix of the row's correction at the thread's first column, or -1
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int local = wm * WM + i * 16 + g + 8 * h;
+            rterm[i][h] = row_term[local];
+            const int cls = row_class[local];
+            rfix[i][h] = cls ? cls * (int)s.o + (int)warp_col + 2 * t : -1;
+        }
+
+    if (PACK || (s.o % 2 == 0 && warp_col + 64 <= s.o)) {
+        // Columns outer, so that each column's term or bounds is read once.
+        if constexpr (PACK) {
+            unsigned bits[MT][2][2] = {};  // (tile, row half, columns 0-31 / 32-63), at positions j % 4 * 8 + e
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int2 b = bounds[wn * 64 + j * 8 + 2 * t + e];  // empty past the last channel
+                    const bool col_ok = warp_col + j * 8 + 2 * t + e < s.o;
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            const int fix = rfix[i][h] >= 0 && col_ok ? border_fix[rfix[i][h] + j * 8 + e] : 0;
+                            const int u = 4 * acc[i][j][2 * h + e] + rterm[i][h] + fix;
+                            if (u >= b.x && u <= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + e);
+                        }
+                }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    unsigned lo = bits[i][h][0] << (2 * t), hi = bits[i][h][1] << (2 * t);
+                    lo |= __shfl_xor_sync(0xffffffffu, lo, 1);
+                    hi |= __shfl_xor_sync(0xffffffffu, hi, 1);
+                    lo |= __shfl_xor_sync(0xffffffffu, lo, 2);
+                    hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
+                    const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                    if (t == 0 && row < s.m && warp_col < s.o)
+                        reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)hi << 32) | lo;
+                }
+        } else {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int2 c2 = *reinterpret_cast<const int2*>(col_term + wn * 64 + j * 8 + 2 * t);
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                        const int2 fix = rfix[i][h] >= 0 ? *reinterpret_cast<const int2*>(border_fix + rfix[i][h] + j * 8)
+                                                        : make_int2(0, 0);
+                        if (row < s.m)
+                            *reinterpret_cast<int2*>(reinterpret_cast<int*>(out) + row * s.o + warp_col + j * 8 + 2 * t) =
+                                make_int2(4 * acc[i][j][2 * h] + rterm[i][h] + c2.x + fix.x,
+                                          4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y + fix.y);
+                    }
+            }
+        }
+        return;
+    }
+
+    // Sums of a warp whose columns reach past the last channel, or of an odd number of channels.
     const int* cterm = col_term + wn * 64 + 2 * t;  // cterm[j * 8 + e]: column j * 8 + 2 t + e
-    const bool zero_pad = s.pad_mode == 0;
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int local = wm * WM + i * 16 + g + 8 * h;
-            const long long row = row0 + local;
-            const int rterm = row_term[local];
-            int fix[NT][2];
+            const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+            if (row >= s.m) continue;
+            int* out_row = reinterpret_cast<int*>(out) + row * s.o;
 #pragma unroll
-            for (int j = 0; j < NT; ++j) fix[j][0] = fix[j][1] = 0;
-            const int2 yx = row_yx[local];
-            const bool border = zero_pad && row < s.m &&
-                                (yx.x < 0 || yx.x + (s.kh - 1) * s.dh >= s.h || yx.y < 0 || yx.y + (s.kw - 1) * s.dw >= s.w);
-            if (__any_sync(0xffffffffu, border) && border) {
-                for (int ti = 0; ti < s.kh; ++ti) {
-                    const int y = yx.x + ti * s.dh;
-                    const bool row_out = y < 0 || y >= s.h;
-                    for (int tj = 0; tj < s.kw; ++tj) {
-                        const int xx = yx.y + tj * s.dw;
-                        if (!row_out && xx >= 0 && xx < s.w) continue;
-                        const int* sums = tap_sums + (long long)(ti * s.kw + tj) * s.o + warp_col;
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
-                        for (int j = 0; j < NT; ++j)
-#pragma unroll
-                            for (int e = 0; e < 2; ++e)
-                                if (warp_col + j * 8 + 2 * t + e < s.o) fix[j][e] += sums[j * 8 + 2 * t + e];
-                    }
+                for (int e = 0; e < 2; ++e) {
+                    const long long col = warp_col + j * 8 + 2 * t + e;
+                    if (col >= s.o) continue;
+                    const int fix = rfix[i][h] >= 0 ? border_fix[rfix[i][h] + j * 8 + e] : 0;
+                    out_row[col] = 4 * acc[i][j][2 * h + e] + rterm[i][h] + cterm[j * 8 + e] + fix;
                 }
-            }
-            if constexpr (PACK) {
-                unsigned bits[2] = {0u, 0u};  // columns 0-31 and 32-63 of the warp's word
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int c = wn * 64 + j * 8 + 2 * t + e;
-                        const int v = 4 * acc[i][j][2 * h + e] + rterm + cterm[j * 8 + e] + fix[j][e];
-                        // dir and thr are 0 past the last channel, where the bit must stay clear.
-                        const bool ok = warp_col + j * 8 + 2 * t + e < s.o;
-                        bits[j / 4] |= (unsigned)(ok && dir[c] * v >= thr[c]) << ((j % 4) * 8 + 2 * t + e);
-                    }
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    bits[half] |= __shfl_xor_sync(0xffffffffu, bits[half], 1);
-                    bits[half] |= __shfl_xor_sync(0xffffffffu, bits[half], 2);
-                }
-                if (t == 0 && row < s.m && warp_col < s.o)
-                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)bits[1] << 32) | bits[0];
-            } else {
-                if (row >= s.m) continue;
-                int* out_row = reinterpret_cast<int*>(out) + row * s.o;
-                const bool pairs = s.o % 2 == 0;  // (row * o + even column) is 8-byte aligned
-#pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const long long col = warp_col + j * 8 + 2 * t;
-                    const int v0 = 4 * acc[i][j][2 * h] + rterm + cterm[j * 8] + fix[j][0];
-                    const int v1 = 4 * acc[i][j][2 * h + 1] + rterm + cterm[j * 8 + 1] + fix[j][1];
-                    if (pairs && col + 1 < s.o) {
-                        *reinterpret_cast<int2*>(out_row + col) = make_int2(v0, v1);
-                    } else {
-                        if (col < s.o) out_row[col] = v0;
-                        if (col + 1 < s.o) out_row[col + 1] = v1;
-                    }
-                }
-            }
         }
     }
 }
@@ -328,25 +373,27 @@ __device__ __forceinline__ void conv_mma_body(
 // Launch: grid (ceil(m / CONV_MMA_BM), ceil(o / (64 * WARPS_N))), block
 // CONV_MMA_WARPS_M * WARPS_N * 32 threads, dynamic shared memory
 // CONV_MMA_STAGES * (CONV_MMA_BM + 64 * WARPS_N) * KSTEP * 8 + CONV_MMA_BM * 16 +
-// 64 * WARPS_N * 12 bytes.  Every
+// 64 * WARPS_N * 12 bytes.  Every product term u = z + 2 popcount(weights) must fit
+// in int32: 3 k < 2**31.  Every
 // argument is 8 bytes (the loader fills one argument block); out is int32
 // sums, or for the _pack kernels words, with direction and threshold read;
 // taps holds ceil(row_words / KSTEP) * KSTEP entries.
 #define XNORCORE_CONV_MMA(NAME, KSTEP, WARPS_N, PACK)                                                           \
     extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_MMA_BLOCKS / WARPS_N)    \
     NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,            \
-         const int* __restrict__ tap_sums, const u64* __restrict__ pad, const signed char* __restrict__ direction, \
-         const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps, long long m,   \
+         const int* __restrict__ border_fix, const u64* __restrict__ pad, const signed char* __restrict__ direction, \
+         const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps,               \
+         const int* __restrict__ y_class, const int* __restrict__ x_class, long long m,                         \
          long long o,                                                                                           \
          long long row_words, long long k, long long h, long long w, long long oh, long long ow, long long kh,   \
          long long kw, long long sh, long long sw, long long dh, long long dw, long long pt, long long pl,       \
-         long long cw, long long pad_mode)                                                                      \
+         long long cw, long long pad_mode, long long x_classes)                                                \
     {                                                                                                          \
         const ConvShape s = {m, o, row_words, k, (o + 63) / 64, (int)h, (int)w, (int)oh, (int)ow, (int)kh,     \
                              (int)kw, (int)sh, (int)sw, (int)dh, (int)dw, (int)pt, (int)pl, (int)cw,            \
-                             (int)pad_mode};                                                                    \
-        conv_mma_body<KSTEP, WARPS_N, PACK>(x, w_rows, w_counts, tap_sums, pad, direction, threshold, out, taps, \
-                                            s);                                                                \
+                             (int)pad_mode, (int)x_classes};                                                    \
+        conv_mma_body<KSTEP, WARPS_N, PACK>(x, w_rows, w_counts, border_fix, pad, direction, threshold, out, taps, \
+                                            y_class, x_class, s);                                              \
     }
 
 XNORCORE_CONV_MMA(conv_mma_k4_n1, 4, 1, false)

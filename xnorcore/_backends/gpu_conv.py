@@ -28,6 +28,7 @@ __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
 
 _border_rows = {}  # (device, n, geometry) -> int64 device array of the rows whose window reaches the padding
 _MAX_BORDER_ENTRIES = 64
+_classes = {}  # (device, geometry) -> the border classes of the implicit GEMM, see _border_classes
 _constants = {}  # (device, direction bytes, threshold bytes) -> both on the device
 _MAX_CONSTANTS = 256
 _implicit_plans = {}  # (device, x words shape, O, row words, geometry, cg, pad_value, pack) -> launch
@@ -44,8 +45,8 @@ def _launch(name, items, args):
 
 def _weights(w_words, cg, pad_value, prepared):
     """(weight rows (O, KH * KW * CW rounded up to even), their popcounts (O,) int32,
-    tap sums (KH * KW, O) int32, pad word (CW,)), all on the device, kept in
-    ``prepared`` (a ConvWeights' dict) where given."""
+    tap sums (KH * KW, O) int32, pad word (CW,)), all on the device, and the tap sums
+    (KH, KW, O) on the host; kept in ``prepared`` (a ConvWeights' dict) where given."""
     cupy = gpu._cupy()
     key = ("gpu", cupy.cuda.runtime.getDevice(), pad_value)
     if prepared is not None and key in prepared:
@@ -65,7 +66,7 @@ def _weights(w_words, cg, pad_value, prepared):
         bits = np.zeros(64 * cw, dtype=np.uint8)
         bits[:cg] = 1
         pad = np.packbits(bits, bitorder="little").view(np.uint64)
-    weights = (rows, counts, tap_sums, gpu.to_device(pad))
+    weights = (rows, counts, tap_sums, gpu.to_device(pad), sums)
     if prepared is not None:
         prepared[key] = weights
     return weights
@@ -160,9 +161,13 @@ def _gemm(cols, counts, w_rows, k, groups):
     return z
 
 
-def _implicit(x_words, groups):
-    """Whether the convolution runs as one launch of ``kernels/conv_mma.cu``."""
-    return _IMPLICIT and groups == 1 and gpu._kernel_choice() != "popc"
+def _implicit(x_words, groups, geometry, cg):
+    """Whether the convolution runs as one launch of ``kernels/conv_mma.cu``: one group,
+    bit tensor cores, images under 2**29 rows and columns, and sums whose terms fit
+    in int32 (3 k < 2**31); other convolutions take the explicit path."""
+    h, w, kh, kw = geometry[0], geometry[1], geometry[4], geometry[5]
+    return (_IMPLICIT and groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31
+            and gpu._kernel_choice() != "popc")
 
 
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
@@ -186,42 +191,92 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
         return gpu._constant("conv_mma", f"CONV_MMA_{name}")
 
     bm, bn = const("BM"), 64 * warps_n
-    smem = const("STAGES") * (bm + bn) * kstep * 8 + bm * 16 + bn * 12  # stages, rows' origins, columns' terms
+    smem = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20 + bn * 12  # stages, rows' origins, columns' terms
     function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""), smem)
     m = n * oh * ow
-    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value)
+    y_sets, x_sets = _border_classes(geometry)[2:]
+    x_classes = x_sets.shape[0]
+    if y_sets.shape[0] * x_classes * o >= 2**31:  # the kernel's offsets in the table of corrections are int32
+        raise ValueError(f"the GPU convolution takes fewer than 2**31 border corrections, got {o} channels "
+                         f"and {y_sets.shape[0] * x_classes} border classes")
+    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value, x_classes)
     launch = gpu._GemmLaunch(function, (-(-m // bm), -(-o // bn)), (const("WARPS_M") * warps_n * 32,), smem, "conv",
-                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=9)
+                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=11)
     # Window word q is channel word q % cw of tap q // cw, at (row i * dh, column j * dw) of the window.
     q = np.arange(-(-row_words // kstep) * kstep)
     i, j = np.divmod(q // cw, kw)
     taps = np.stack([i * dh, j * dw, (i * dh * w + j * dw) * cw + q % cw, q % cw], axis=1)
-    taps[q >= window] = (0, 0, 0, -1)
-    plan = (launch, gpu.to_device(taps.astype(np.int32)))
+    taps[q >= window] = (gpu._constant("conv_mma", "CONV_MMA_PAST"), 0, 0, -1)
+    plan = (launch, gpu.to_device(taps.astype(np.int32))) + _border_classes(geometry)
     if len(_implicit_plans) >= _MAX_PLANS:
         _implicit_plans.clear()
     _implicit_plans[key] = plan
     return plan
 
 
-def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None):
+def _taps_outside(n_out, size, k, stride, dilation, pad):
+    """(sets, index): the distinct sets of kernel taps along one axis that fall outside
+    the image, as rows of a bool (sets, k) array, the empty set first, and the set of
+    each output position."""
+    pos = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :] * dilation
+    outside = np.vstack([np.zeros((1, k), dtype=bool), (pos < 0) | (pos >= size)])
+    sets, index = np.unique(outside, axis=0, return_inverse=True)  # rows sort with False first
+    return sets, index.reshape(-1)[1:].astype(np.int32)
+
+
+def _border_classes(geometry):
+    """(row classes (OH,), column classes (OW,) on the device, the sets of kernel rows and of
+    kernel columns in the padding (bool, host)): an output pixel's border class is
+    row class * (number of column sets) + column class, 0 inside the image."""
+    key = (gpu._cupy().cuda.runtime.getDevice(), geometry)
+    found = _classes.get(key)
+    if found is None:
+        h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
+        y_sets, y_class = _taps_outside(oh, h, kh, sh, dh, pt)
+        x_sets, x_class = _taps_outside(ow, w, kw, sw, dw, pl)
+        if len(_classes) >= _MAX_BORDER_ENTRIES:
+            _classes.clear()
+        found = _classes[key] = (gpu.to_device(y_class), gpu.to_device(x_class), y_sets, x_sets)
+    return found
+
+
+def _border_fix(sums, y_sets, x_sets, prepared, geometry):
+    """(classes, O) int32 on the device: per border class and output channel, the sum of
+    sign(w) over the taps in the zero padding (``sums``: (KH, KW, O) per tap)."""
+    cupy = gpu._cupy()
+    key = ("gpu border", cupy.cuda.runtime.getDevice(), geometry)
+    if prepared is not None and key in prepared:
+        return prepared[key]
+    outside = y_sets[:, None, :, None] | x_sets[None, :, None, :]  # (row sets, column sets, KH, KW)
+    fix = np.einsum("abij,ijo->abo", outside.astype(np.int64), sums.astype(np.int64))
+    fix = gpu.to_device(fix.reshape(-1, sums.shape[2]).astype(np.int32))
+    if prepared is not None:
+        if len(prepared) >= _MAX_CONSTANTS:
+            prepared.clear()
+        prepared[key] = fix
+    return fix
+
+
+def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None, prepared=None):
     """int32 sums (N * OH * OW, O), or with ``thresholds`` (direction, threshold) the
     fused layer's words (N * OH * OW, ceil(O / 64)): one launch of the implicit GEMM."""
     cupy = gpu._cupy()
-    w_rows, w_counts, tap_sums, pad = weights
+    w_rows, w_counts, _, pad, sums = weights
     oh, ow = geometry[2], geometry[3]
     m, o = x_words.shape[0] * oh * ow, w_rows.shape[0]
     if m == 0 or o == 0:
         return cupy.zeros((m, o) if thresholds is None else (m, n_words(o)), dtype=np.int32 if thresholds is None else np.uint64)
     x = cupy.ascontiguousarray(x_words)
-    launch, taps = _implicit_plan(x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)
+    launch, taps, y_class, x_class, y_sets, x_sets = _implicit_plan(
+        x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)
+    fix = _border_fix(sums, y_sets, x_sets, prepared, geometry) if pad_value == 0 else None
+    direction, threshold = (None, None) if thresholds is None else thresholds
     if thresholds is None:
         out = gpu._alloc(lambda: cupy.empty((m, o), dtype=np.int32), 4 * m * o, "hold the convolution's sums")
-        launch(x, w_rows, w_counts, tap_sums, pad, None, None, out, taps)
     else:
         out = gpu._alloc(lambda: cupy.empty((m, n_words(o)), dtype=np.uint64), 8 * m * n_words(o),
                          "hold the layer's words")
-        launch(x, w_rows, w_counts, tap_sums, pad, thresholds[0], thresholds[1], out, taps)
+    launch(x, w_rows, w_counts, fix, pad, direction, threshold, out, taps, y_class, x_class)
     return out
 
 
@@ -229,9 +284,10 @@ def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, pr
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
     weights = _weights(w_words, cg, pad_value, prepared)
-    if _implicit(x_words, groups):
-        return _implicit_conv(x_words, weights, geometry, cg, pad_value).reshape(n, oh, ow, weights[0].shape[0])
-    w_rows, w_counts, tap_sums, pad = weights
+    if _implicit(x_words, groups, geometry, cg):
+        return _implicit_conv(x_words, weights, geometry, cg, pad_value, prepared=prepared).reshape(
+            n, oh, ow, weights[0].shape[0])
+    w_rows, w_counts, tap_sums, pad = weights[:4]
     cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     z = _gemm(cols, counts, w_rows, kh * kw * cg, groups)
     rows = _borders(n, geometry) if pad_value == 0 else None
@@ -247,10 +303,10 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     n = x_words.shape[0]
     direction, threshold, constants_key = _on_device(direction, threshold)
     weights = _weights(w_words, cg, pad_value, prepared)
-    w_rows, w_counts, tap_sums, pad = weights
+    w_rows, w_counts, tap_sums, pad = weights[:4]
     k = kh * kw * cg
-    if _implicit(x_words, groups):
-        words = _implicit_conv(x_words, weights, geometry, cg, pad_value, (direction, threshold))
+    if _implicit(x_words, groups, geometry, cg):
+        words = _implicit_conv(x_words, weights, geometry, cg, pad_value, (direction, threshold), prepared)
         return _pool(words.reshape(n, oh, ow, words.shape[-1]), pool)
     cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     rows = _borders(n, geometry) if pad_value == 0 else None
