@@ -12,25 +12,30 @@
 // as the pad word of pad_mode (+1: pad[q % CW], the valid channel bits set;
 // 0 and -1: zeros, the padding bits of a -1).  The host lists the window
 // words once (taps: (row offset, column offset, word offset from the window's
-// origin, channel word) per word, to a whole number of stages; channel word -1
-// past the window), so the gather divides nothing.
+// origin, channel word) per word, to a whole number of stages; past the
+// window (CONV_MMA_PAST, 0, 0, -1)), so the gather divides nothing.
 //
 // The block counts the popcounts of the rows it gathers (from the fragments
 // its warps load anyway); the weights' come precomputed (w_counts).  Then
 // z = XNOR_DOT_AND(k, pa, pb, popcount(a AND b)) over k = KH * KW * C bits is
-// the convolution with -1 padding (padding bits are clear in both operands);
-// for zero padding (pad_mode 0) the epilogue adds back, on each output pixel
-// whose window reaches the padding, tap_sums[tap, o] = sum over c of
-// sign(w[tap, c, o]) for every tap in the padding.  Two epilogues: int32 sums
+// the convolution with -1 padding (padding bits are clear in both operands).
+// For zero padding (pad_mode 0) the epilogue adds, on each output pixel whose
+// window reaches the padding, the sum of sign(w[tap, c, o]) over the taps and
+// channels in the padding: the host groups output rows (and columns) by the
+// set of kernel rows (columns) that fall outside the image, y_class[oy]
+// (x_class[ox]), and tabulates border_fix[y_class * x_classes + x_class, o],
+// whose class 0 (no tap outside) is never read.  Two epilogues: int32 sums
 // (N * OH * OW, O); or the fused layer, the bits of direction[o] * z -
-// threshold[o] >= 0 packed along O into (N * OH * OW, ceil(O / 64)) words.
+// threshold[o] >= 0, tested as u = z + pb within per-channel bounds, packed
+// along O into (N * OH * OW, ceil(O / 64)) words.
 //
 // Tiling: a block computes BM = 128 pixels x BN = 64 * WARPS_N channels with
 // CONV_MMA_WARPS_M x WARPS_N warps of 32 x 64 outputs each (2 x 8 m16n8k256
 // tiles): a warp's 64 columns are one output word of the fused layer.  K
 // advances KSTEP words a stage (4: 256 bits, one mma step; 8: two), through
-// CONV_MMA_STAGES cp.async buffers; small windows take KSTEP 4, which rounds
-// them up less (a 3x3 window over 64 channels is 9 words: 12, not 16).
+// CONV_MMA_STAGES cp.async buffers; the loader takes KSTEP 4 for fused layers
+// of small windows, which it rounds up less (a 3x3 window over 64 channels is
+// 9 words: 12, not 16).
 // Fragment layout as in xnor_gemm_mma.cu: thread (g, t) reads the row slice's
 // t-th quarter (KSTEP * 2 bytes) of rows g and g + 8, and column g of B.
 //
@@ -396,8 +401,6 @@ __device__ __forceinline__ void conv_mma_body(
                                             y_class, x_class, s);                                              \
     }
 
-XNORCORE_CONV_MMA(conv_mma_k4_n1, 4, 1, false)
-XNORCORE_CONV_MMA(conv_mma_k4_n2, 4, 2, false)
 XNORCORE_CONV_MMA(conv_mma_k8_n1, 8, 1, false)
 XNORCORE_CONV_MMA(conv_mma_k8_n2, 8, 2, false)
 XNORCORE_CONV_MMA(conv_mma_k4_n1_pack, 4, 1, true)

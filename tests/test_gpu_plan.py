@@ -12,6 +12,8 @@ import re
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xnorcore._backends import gpu as _gpu
 
@@ -273,3 +275,39 @@ def test_hopper_fused_layer_plans(fake_cupy):
 def test_fused_layer_falls_back_off_hopper(fake_cupy, monkeypatch):
     monkeypatch.setenv(_gpu.KERNEL_ENV, "mma")
     assert _gpu._plan(8192, 8192, 128, 8192, pack=True) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 7), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 4))
+def test_border_classes_of_the_implicit_conv(n_out, size, k, stride, dilation, pad):
+    """Each output position's class is the set of its kernel taps outside the image;
+    class 0 is the empty set, and the classes are distinct."""
+    from xnorcore._backends.gpu_conv import _taps_outside
+
+    sets, index = _taps_outside(n_out, size, k, stride, dilation, pad)
+    assert not sets[0].any() and len({tuple(row) for row in sets}) == len(sets)
+    assert index.shape == (n_out,) and index.min() >= 0 and index.max() < len(sets)
+    for o in range(n_out):
+        outside = [not 0 <= o * stride - pad + i * dilation < size for i in range(k)]
+        assert sets[index[o]].tolist() == outside
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("o", [64, 65])
+def test_implicit_conv_shared_memory_fits_one_block(pack, o, fake_cupy, monkeypatch):
+    """The implicit-GEMM conv asks for no more shared memory than a block may have,
+    and names a kernel that kernels/conv_mma.cu defines."""
+    from xnorcore._backends import gpu_conv as _gpu_conv
+
+    monkeypatch.setattr(_gpu_conv, "_implicit_plans", {})
+    monkeypatch.setattr(_gpu_conv, "_classes", {})
+    monkeypatch.setattr(_gpu, "to_device", lambda a: a)
+
+    source = _gpu._source("conv_mma")
+    for window_words in (1, 9, 63, 64, 200):
+        geometry = (8, 8, 8, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+        launch = _gpu_conv._implicit_plan((2, 8, 8, 1, window_words), o, window_words + window_words % 2,
+                                          geometry, 64 * window_words, 0, pack)[0]
+        assert launch.smem <= SM90_MAX_DYNAMIC_SMEM
+        assert f"XNORCORE_CONV_MMA({launch.function.name}," in source

@@ -183,8 +183,9 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     if oh * ow >= 2**31 or h * w * cw >= 2**31 or window >= 2**31 - 8:
         raise ValueError(f"the GPU convolution takes images of at most 2**31 - 1 output pixels and words, got "
                          f"{oh} x {ow} output pixels, {h} x {w} x {cw} words and {window} words per window")
-    # 4 words (one mma step) a stage where that rounds the window up much less than 8 do.
-    kstep = 4 if -(-window // 8) * 8 > 1.2 * (-(-window // 4) * 4) else 8
+    # Stages of 8 words (two mma steps), but of 4 for a fused layer of fewer than 64 words
+    # a window: the faster on the ResNet-18 layers (benchmarks/RESULTS.md).
+    kstep = 4 if pack and window < 64 else 8
     warps_n = 1 if o <= 64 else 2
 
     def const(name):
