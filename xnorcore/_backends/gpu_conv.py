@@ -31,7 +31,7 @@ _MAX_BORDER_ENTRIES = 64
 _classes = {}  # (device, geometry) -> the border classes of the implicit GEMM, see _border_classes
 _constants = {}  # (device, direction bytes, threshold bytes) -> both on the device
 _MAX_CONSTANTS = 256
-_implicit_plans = {}  # (device, x words shape, O, row words, geometry, cg, pad_value, pack) -> launch
+_implicit_plans = {}  # (device, x words shape, O, row words, geometry, cg, pad_value, pack) -> see _implicit_plan
 _MAX_PLANS = 1024
 
 #: Benchmarks set this to False to time the explicit path (GEMM rows, then a GEMM kernel).
@@ -171,7 +171,8 @@ def _implicit(x_words, groups, geometry, cg):
 
 
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
-    """(launch, tap table on the device) of the implicit-GEMM kernel for this shape, cached per device."""
+    """(launch, window taps (device), then the four items of :func:`_border_classes`) of the
+    implicit-GEMM kernel for this shape, cached per device."""
     cupy = gpu._cupy()
     key = (cupy.cuda.runtime.getDevice(), x_shape, o, row_words, geometry, cg, pad_value, pack)
     plan = _implicit_plans.get(key)
@@ -208,6 +209,9 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     i, j = np.divmod(q // cw, kw)
     taps = np.stack([i * dh, j * dw, (i * dh * w + j * dw) * cw + q % cw, q % cw], axis=1)
     taps[q >= window] = (gpu._constant("conv_mma", "CONV_MMA_PAST"), 0, 0, -1)
+    if np.abs(taps).max() >= 2**31:
+        raise ValueError(f"the GPU convolution takes windows spanning fewer than 2**31 words, got w.shape "
+                         f"{kh} x {kw} with dilation {(dh, dw)} over {w} x {cw} words a row")
     plan = (launch, gpu.to_device(taps.astype(np.int32))) + _border_classes(geometry)
     if len(_implicit_plans) >= _MAX_PLANS:
         _implicit_plans.clear()
