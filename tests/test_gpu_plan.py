@@ -311,3 +311,16 @@ def test_implicit_conv_shared_memory_fits_one_block(pack, o, fake_cupy, monkeypa
                                           geometry, 64 * window_words, 0, pack)[0]
         assert launch.smem <= SM90_MAX_DYNAMIC_SMEM
         assert f"XNORCORE_CONV_MMA({launch.function.name}," in source
+
+
+@pytest.mark.parametrize(("forced", "cc", "implicit"), [("", 90, True), ("", 80, True), ("popc", 90, False),
+                                                         ("", 75, False)])
+def test_config_names_the_conv_kernel(forced, cc, implicit, fake_cupy, monkeypatch):
+    fake_cupy.cc = cc
+    if forced:
+        monkeypatch.setenv(_gpu.KERNEL_ENV, forced)
+    info = _gpu.config()
+    assert "unavailable" not in info, info
+    assert ("implicit GEMM" in info["conv_kernel"]) == implicit
+    if not implicit:
+        assert info["conv_kernel"] == "GEMM rows on the popc kernel"

@@ -585,8 +585,9 @@ def config():
     -------
     info : dict
         ``cupy`` (version or None), ``device``, ``compute_capability``,
-        ``kernel`` ("wgmma", "mma" or "popc") with ``kernel_detail`` and, where the GPU
-        cannot be used, ``unavailable`` with the reason.
+        ``kernel`` ("wgmma", "mma" or "popc") with ``kernel_detail``, ``conv_kernel``
+        (what runs ``binary_conv2d``) and, where the GPU cannot be used, ``unavailable``
+        with the reason.
     """
     info = {"cupy": None, "device": None, "compute_capability": None, "kernel": None}
     try:
@@ -601,6 +602,9 @@ def config():
         info["compute_capability"] = f"{cc // 10}.{cc % 10}"
         info["kernel"] = _kernel_choice()
         info["kernel_detail"] = _KERNEL_DETAIL[info["kernel"]]
+        from . import gpu_conv  # it imports this module
+
+        info["conv_kernel"] = gpu_conv.describe()
     except Exception as exc:  # config() reports problems, it never raises them
         info["unavailable"] = str(exc)
     return info

@@ -161,6 +161,14 @@ def _gemm(cols, counts, w_rows, k, groups):
     return z
 
 
+def describe():
+    """What runs a convolution on the current device (for :func:`xnorcore.show_config`)."""
+    kernel = gpu._kernel_choice()
+    if _IMPLICIT and kernel != "popc":
+        return "implicit GEMM on the bit tensor cores (kernels/conv_mma.cu) for groups=1, GEMM rows otherwise"
+    return f"GEMM rows on the {kernel} kernel"
+
+
 def _implicit(x_words, groups, geometry, cg):
     """Whether the convolution runs as one launch of ``kernels/conv_mma.cu``: one group,
     bit tensor cores, images under 2**29 rows and columns, and sums whose terms fit
