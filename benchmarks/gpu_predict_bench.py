@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_bench import median_ms  # noqa: E402
 
 
-def host_ms(fn, repeat=5):
+def host_ms(fn, repeat=15):
     fn()
     times = []
     for _ in range(repeat):

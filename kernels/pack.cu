@@ -7,6 +7,10 @@
 //
 // pack_cols_<dtype>: the same for x packed along its first axis (no transposed copy).
 //
+// threshold_pack_float32: the signs of direction[j] * z[r, j] - threshold[j] for float32
+// sums z (rows, length), packed as pack_rows packs x (the hidden layer after a real first
+// layer: batch norm and sign folded into one comparison per unit).
+//
 // row_popcounts: popcount of every row of two word arrays, one warp per row
 // (the row popcounts that the mma GEMM kernel needs).
 
@@ -17,38 +21,68 @@ typedef xnor_word u64;
 static constexpr int PACK_THREADS = 256;
 static constexpr int POPCOUNT_THREADS = 256;
 
-template <typename T>
+// The value whose sign pack_rows packs: the element itself ...
+struct Identity {
+    template <typename T>
+    __device__ __forceinline__ T operator()(T v, long long) const { return v; }
+};
+
+// ... or the folded batch norm of a unit, in the float32 operations of the array
+// path (z * direction, then - threshold; no contraction into one rounding).
+struct Threshold {
+    const signed char* __restrict__ direction;
+    const float* __restrict__ threshold;
+    __device__ __forceinline__ float operator()(float z, long long j) const
+    {
+        return __fsub_rn(__fmul_rn(z, (float)direction[j]), threshold[j]);
+    }
+};
+
+// Words a warp builds per step of its loop: their loads are issued together, so
+// that enough bytes are in flight to keep the memory busy.
+static constexpr int PACK_WORDS_PER_WARP = 4;
+
+template <typename T, typename Value = Identity>
 __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long rows, long long length,
                                           long long n_words, u64* __restrict__ words,
-                                          int* __restrict__ has_nan)
+                                          int* __restrict__ has_nan, Value value = Value())
 {
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    // A task: PACK_WORDS_PER_WARP consecutive words of one row (one division a task).
+    const long long tasks_per_row = (n_words + PACK_WORDS_PER_WARP - 1) / PACK_WORDS_PER_WARP;
     bool nan_seen = false;
-    for (long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < rows * n_words;
-         w += warps) {
-        const long long r = w / n_words;
-        const long long j = (w - r * n_words) * 64 + lane;
+    for (long long task = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; task < rows * tasks_per_row;
+         task += warps) {
+        const long long r = task / tasks_per_row;
+        const long long w0 = (task - r * tasks_per_row) * PACK_WORDS_PER_WARP;
         const T* row = x + r * length;
-        bool lo = false, hi = false;
-        if (j < length) {
-            const T v = row[j];
-            lo = XNOR_SIGN_BIT(v);
-            nan_seen |= v != v;
+        bool bits[PACK_WORDS_PER_WARP][2];
+#pragma unroll
+        for (int u = 0; u < PACK_WORDS_PER_WARP; ++u) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const long long j = (w0 + u) * 64 + 32 * half + lane;
+                bits[u][half] = false;
+                if (j < length) {
+                    const T v = value(row[j], j);
+                    bits[u][half] = XNOR_SIGN_BIT(v);
+                    nan_seen |= v != v;
+                }
+            }
         }
-        if (j + 32 < length) {
-            const T v = row[j + 32];
-            hi = XNOR_SIGN_BIT(v);
-            nan_seen |= v != v;
+#pragma unroll
+        for (int u = 0; u < PACK_WORDS_PER_WARP; ++u) {
+            const unsigned lo_bits = __ballot_sync(0xffffffffu, bits[u][0]);
+            const unsigned hi_bits = __ballot_sync(0xffffffffu, bits[u][1]);
+            if (lane == 0 && w0 + u < n_words) words[r * n_words + w0 + u] = (u64)lo_bits | ((u64)hi_bits << 32);
         }
-        const unsigned lo_bits = __ballot_sync(0xffffffffu, lo);
-        const unsigned hi_bits = __ballot_sync(0xffffffffu, hi);
-        if (lane == 0) words[w] = (u64)lo_bits | ((u64)hi_bits << 32);
     }
     if (__any_sync(0xffffffffu, nan_seen) && lane == 0) atomicOr(has_nan, 1);
 }
 
-// Launch: block PACK_THREADS threads, any grid (the loop strides over words).
+// Launch: block PACK_THREADS threads, any grid (the loop strides over tasks; rows *
+// ceil(n_words / PACK_WORDS_PER_WARP) / (PACK_THREADS / 32) blocks give each warp one).
 #define XNORCORE_PACK_ROWS(NAME, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(PACK_THREADS)                                       \
     NAME(const T* __restrict__ x, long long rows, long long length, long long n_words,               \
@@ -63,6 +97,15 @@ XNORCORE_PACK_ROWS(pack_rows_int32, int)
 XNORCORE_PACK_ROWS(pack_rows_int64, long long)
 XNORCORE_PACK_ROWS(pack_rows_float32, float)
 XNORCORE_PACK_ROWS(pack_rows_float64, double)
+
+// Launch: as pack_rows; direction and threshold hold `length` values.
+extern "C" __global__ void __launch_bounds__(PACK_THREADS)
+threshold_pack_float32(const float* __restrict__ z, long long rows, long long length, long long n_words,
+                       const signed char* __restrict__ direction, const float* __restrict__ threshold,
+                       u64* __restrict__ words, int* __restrict__ has_nan)
+{
+    pack_rows<float>(z, rows, length, n_words, words, has_nan, Threshold{direction, threshold});
+}
 
 // pack_cols_<dtype>: x (length, cols) C-contiguous packed along its first axis
 // -> words (cols, n_words), the layout of pack_rows applied to x.T without

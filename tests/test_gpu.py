@@ -7,6 +7,8 @@ everywhere.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xnorcore import PackedBits, binary_matmul, pack_bits, unpack_bits
 from xnorcore._backends import gpu as _gpu
@@ -392,13 +394,115 @@ class TestGPU:
         assert _gpu._modules[key] is module
 
 
+# --- the real first layer of packed predict ---------------------------------------
+
+
+def _float32_values(rng, shape):
+    """float32 values over the whole range: signed zeros, subnormals, large and small magnitudes."""
+    bits = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values[~np.isfinite(values)] = np.float32(3.0e38)
+    values.flat[: min(values.size, 4)] = [0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).tiny / 8][
+        : min(values.size, 4)]
+    return values
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 70), st.integers(1, 300), st.integers(0, 2**32 - 1))
+def test_split_bf16x3_parts_sum_exactly_to_the_standardized_rows(rows, k, seed):
+    import cupy
+
+    rng = np.random.default_rng(seed)
+    x = _float32_values(rng, (rows, k)) if seed % 2 else rng.standard_normal((rows, k)).astype(np.float32)
+    mean = np.zeros(k, np.float32) if seed % 2 else rng.standard_normal(k).astype(np.float32)
+    scale = np.float32(1.0 if seed % 2 else rng.uniform(0.1, 100.0))
+    blocks = 3 if seed % 3 else 6
+    parts = _gpu._split_bf16x3(cupy.asarray(x), cupy.asarray(mean), cupy.asarray(scale), blocks).get()
+    kp = -(-k // 8) * 8
+    assert parts.shape == (rows, blocks, kp)
+    if blocks == 6:  # b1 b2 b3 b1 b2 b1
+        np.testing.assert_array_equal(parts[:, 3:], parts[:, [0, 1, 0]])
+    as_float = (parts[:, :3].astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    assert np.isfinite(as_float).all()
+    np.testing.assert_array_equal(as_float[:, :, k:], 0.0)
+    v = ((x - mean) / scale).astype(np.float64)  # rounded in float32 on the host, as predict rounds host rows
+    total = as_float[:, :, :k].sum(axis=1)
+    # Exact where every part is a normal number (|v| >= 2^-103: its last bit, and so
+    # every part, at least 2^-126); CuPy compiles with flush to zero, so smaller
+    # values are within the smallest normal number.
+    normal = np.abs(v) >= 2.0**-103
+    np.testing.assert_array_equal(total[normal], v[normal])
+    assert (np.abs(total - v)[~normal] <= 2.0**-126).all()
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("rows, k, n, weights", [(1, 1, 1, "binary"), (37, 70, 10, "binary"), (300, 784, 130, "binary"),
+                                                 (5, 9, 1, "real"), (64, 200, 33, "real"), (0, 12, 4, "binary"),
+                                                 (3, 16, 0, "binary")])
+def test_gpu_input_layer_sums_are_float32_sums(rows, k, n, weights):
+    import cupy
+
+    rng = np.random.default_rng(rows + k + n)
+    x = (rng.random((rows, k)) * 255).astype(np.float32)
+    mean = (rng.random(k) * 100).astype(np.float32)
+    scale = np.float32(77.5)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    if weights == "binary":
+        w = np.where(w < 0, -1, 1).astype(np.float32)
+    prepared = _gpu.prepare_input_layer(cupy.asarray(w), mean, scale)
+    kp = -(-k // 8) * 8
+    assert prepared[-1].shape == ((6 if weights == "real" else 3) * kp, n)  # three parts suffice for +-1
+    z = _gpu.input_layer(cupy.asarray(x), prepared)
+    assert isinstance(z, cupy.ndarray) and z.dtype == np.float32 and z.shape == (rows, n)
+    v = ((x - mean) / scale).astype(np.float64)
+    exact = v @ w.astype(np.float64)
+    # float32 products and float32 additions: within the bound of k additions of
+    # the terms' magnitudes, at the truncating accumulation's unit 2^-23 (and the
+    # products of parts left out, below 2^-23 of a term).
+    bound = 3 * (k + 8) * 2.0**-23 * (np.abs(v) @ np.abs(w).astype(np.float64)) + 1e-30
+    assert (np.abs(z.get() - exact) <= bound).all()
+    # The same rows from the host as a numpy array give the same sums.
+    np.testing.assert_array_equal(_gpu.input_layer(x, prepared).get(), z.get())
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("rows, n", [(1, 1), (3, 64), (17, 65), (130, 1000), (0, 8), (5, 0)])
+def test_gpu_float_threshold_pack_equals_the_array_operations(rows, n):
+    import cupy
+
+    from xnorcore._backends import _common
+
+    rng = np.random.default_rng(rows * 31 + n)
+    z = np.round(rng.standard_normal((rows, n)) * 4).astype(np.float32) / 2  # ties with the thresholds
+    if z.size:
+        z.flat[0] = -0.0
+    direction = rng.integers(-1, 2, n).astype(np.int8)
+    threshold = (np.round(rng.standard_normal(n) * 4) / 2).astype(np.float32)
+    got = _gpu.threshold_pack(cupy.asarray(z), cupy.asarray(direction), cupy.asarray(threshold))
+    want = _common.threshold_pack(z.copy(), direction, threshold)
+    assert got.shape == want.shape == (rows, -(-n // 64))
+    np.testing.assert_array_equal(got.get(), want)
+    if z.size:
+        z[-1, -1] = np.nan
+        with pytest.raises(ValueError, match="must not contain NaN"):
+            _gpu.threshold_pack(cupy.asarray(z), cupy.asarray(direction), cupy.asarray(threshold))
+        with pytest.raises(ValueError, match="must not contain NaN"):
+            with _gpu.deferred_nan_checks():
+                words = _gpu.threshold_pack(cupy.asarray(z), cupy.asarray(direction), cupy.asarray(threshold))
+                assert words.shape == want.shape  # returned: the check waits for the block's end
+
+
 # --- the output layer and predict on device rows -------------------------------------
 
 
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("rows, k, n", [(1, 1, 1), (5, 70, 10), (130, 1024, 10), (3, 64, 16), (0, 5, 3),
-                                        (9, 129, 2), (4097, 300, 7)])
+                                        (9, 129, 2), (4097, 300, 7), (200, 4100, 13), (70, 190, 37)])
 def test_gpu_signed_sums_equal_the_cpu_kernel_bit_for_bit(rows, k, n):
     import cupy
 
@@ -408,9 +512,15 @@ def test_gpu_signed_sums_equal_the_cpu_kernel_bit_for_bit(rows, k, n):
     s = np.where(rng.random((rows, k)) < 0.5, 1.0, -1.0)
     w = rng.standard_normal((k, n))
     words = pack_bits(s, axis=1).words
-    got = _gpu.real_layer(cupy.asarray(words), k, cupy.asarray(w.astype(np.float32)))
+    w64 = w.astype(np.float32).astype(np.float64)
+    # Each column's sum is its own: the CPU kernel's (at most 16 columns a call) column by column.
+    want = np.hstack([_cpu.signed_sums(words, k, w64[:, c:c + 16]) for c in range(0, n, 16)])
+    got = _gpu.signed_sums(cupy.asarray(words), k, cupy.asarray(w.astype(np.float32)))
     assert isinstance(got, cupy.ndarray) and got.dtype == np.float64 and got.shape == (rows, n)
-    np.testing.assert_array_equal(got.get(), _cpu.signed_sums(words, k, w.astype(np.float32).astype(np.float64)))
+    np.testing.assert_array_equal(got.get(), want)
+    if n <= _gpu.SIGNED_SUMS_MAX_UNITS:  # the output layer of a classifier
+        np.testing.assert_array_equal(_gpu.real_layer(cupy.asarray(words), k, cupy.asarray(w.astype(np.float32))).get(),
+                                      want)
 
 
 @pytest.mark.gpu

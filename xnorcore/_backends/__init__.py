@@ -37,6 +37,9 @@ Operations
     Bits of ``direction * z - threshold >= 0`` for an (R, N) int32 or float32
     ``z``, int8 ``direction`` (N,) and ``threshold`` (N,) of z's dtype: batch
     norm and sign folded into one comparison per unit.
+``deferred_nan_checks()``
+    A context manager: within it, ``threshold_pack`` need not wait for the
+    device to check its sums for NaN; the checks raise at its end.
 ``xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_threads) -> words (M, ceil(N / 64))``
     The fused binary layer: ``threshold_pack(xnor_gemm(a_words, b_words, k), ...)``.
 ``prepare_input_layer(w, mean, scale) -> prepared``

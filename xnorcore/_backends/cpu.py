@@ -151,6 +151,10 @@ def xnor_gemm(a_words, b_words, k, n_threads=None):
     )
 
 
+#: No checks to defer: the CPU kernels return with their results.
+deferred_nan_checks = contextlib.nullcontext
+
+
 def threshold_pack(z, direction, threshold, n_threads=None):
     """Words of the signs of ``direction * z - threshold`` along rows, in one pass."""
     if z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):

@@ -585,7 +585,8 @@ class PackedConvModel:
     def decision_function(self, X, host=True):
         """Logits of raw rows ``X`` (float32 numpy array), in blocks of rows as the float path
         (``host`` as for :meth:`PackedModel.decision_function`)."""
-        return blocked_logits(self.forward, X, host=host)
+        with backend_for(self.head.layers[-1].weight).deferred_nan_checks():
+            return blocked_logits(self.forward, X, host=host)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):

@@ -280,8 +280,9 @@ class PackedModel:
         """Logits of raw rows ``X`` (float32, numpy, or cupy for a model on the GPU), as a float64
         numpy array (on the model's device with ``host=False``), in blocks of rows (the backend's
         ``PREDICT_ROWS``, or :data:`PREDICT_ROWS`)."""
-        rows = getattr(backend_for(self.layers[-1].weight), "PREDICT_ROWS", PREDICT_ROWS)
-        return blocked_logits(self.forward, X, rows, host)
+        backend = backend_for(self.layers[-1].weight)
+        with backend.deferred_nan_checks():  # the device runs ahead through every block
+            return blocked_logits(self.forward, X, getattr(backend, "PREDICT_ROWS", PREDICT_ROWS), host)
 
     # ------------------------------------------------------------ arrays
     def to_arrays(self):
