@@ -107,6 +107,14 @@ def test_real_valued_cnn_trains_on_the_float_path(digits):
     assert not any(r["binary"] for r in clf.summary(as_dict=True)["layers"])
 
 
+def test_input_dropout_leaves_a_cnn_alone(digits):
+    X, y = digits
+    a = _cnn(max_iter=1, input_dropout=0.0).fit(X[:300], y[:300])
+    b = _cnn(max_iter=1, input_dropout=0.9).fit(X[:300], y[:300])
+    np.testing.assert_array_equal(a.predict_proba(X[:50]), b.predict_proba(X[:50]))
+    assert all(blk.dense.dropout == 0.0 for blk in b.network_.head.blocks)
+
+
 def test_partial_fit_and_warm_start_with_conv_layers(digits):
     X, y = digits
     clf = _cnn()

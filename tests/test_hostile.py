@@ -1193,12 +1193,12 @@ def test_continuing_with_a_changed_architecture_is_refused(small, change, fitted
 @pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
 def test_continuing_with_a_changed_dropout_trains_with_it(small, how):
     X, y = small
-    clf = fitted_clf(small, hidden_layer_sizes=(16, 16)).set_params(dropout=0.25)
+    clf = fitted_clf(small, hidden_layer_sizes=(16, 16)).set_params(dropout=0.25, input_dropout=0.1)
     if how == "warm_start":
         clf.set_params(warm_start=True).fit(X, y)
     else:
         clf.partial_fit(X, y)
-    assert [b.dense.dropout for b in clf.network_.blocks] == [0.0, 0.25, 0.25]
+    assert [b.dense.dropout for b in clf.network_.blocks] == [0.1, 0.25, 0.25]
 
 
 @pytest.mark.parametrize("random_state", [-1, 2**32, "seed", 1.5])

@@ -592,6 +592,8 @@ def test_forged_metadata(saved, tmp_path, key, value, message):
     ("architecture", "n_features", 0, r"architecture is not a network"),
     ("architecture", "hidden_layer_sizes", [48, -1], r"architecture is not a network"),
     ("architecture", "dropout", 1.5, r"architecture dropout must be in \[0, 1\)"),
+    ("architecture", "input_dropout", 1.0, r"architecture input_dropout must be in \[0, 1\), got 1\.0"),
+    ("architecture", "input_dropout", "0.2", r"metadata 'architecture\.input_dropout' must be float"),
     ("params", "max_iter", 0, r"params are not valid BNNClassifier parameters: .*max_iter"),
     ("params", "evil", 1, r"params has unknown parameters \['evil'\]"),
     ("optimizer", "t", "1", r"metadata 'optimizer\.t' must be int"),
@@ -603,6 +605,18 @@ def test_forged_values(saved, tmp_path, section, key, value, message):
     path = _rewrite(saved, tmp_path / "f.xnor", meta=forge)
     with pytest.raises(ModelFileError, match=r"f\.xnor: " + message):
         load_model(path)
+
+
+def test_files_without_input_dropout_load(saved, tmp_path):
+    """Files written before input_dropout record it neither as a parameter nor in the architecture."""
+    def forge(m):
+        assert m["architecture"]["input_dropout"] == m["params"]["input_dropout"] == 0.2
+        del m["architecture"]["input_dropout"], m["params"]["input_dropout"]
+    clf = load_model(_rewrite(saved, tmp_path / "f.xnor", meta=forge))
+    assert clf.network_.blocks[0].dense.dropout == 0.0
+    assert clf.get_params()["input_dropout"] == BNNClassifier().input_dropout
+    np.testing.assert_array_equal(clf.predict_proba(np.zeros((2, clf.n_features_in_))),
+                                  load_model(saved).predict_proba(np.zeros((2, clf.n_features_in_))))
 
 
 def test_forged_batch_norm_layers(saved, tmp_path):

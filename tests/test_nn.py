@@ -294,6 +294,14 @@ def test_drop_training_state_keeps_predictions_and_pickles_small():
         net.train_step(X, y, Adam(), 1e-3)
 
 
+def test_input_dropout_is_the_first_layers_dropout_of_features_only():
+    net = Network(9, 3, (4, 4), dropout=0.1, input_dropout=0.3)
+    assert [b.dense.dropout for b in net.blocks] == [0.3, 0.1, 0.1]
+    # After conv layers the first dense layer takes the hidden dropout.
+    net = Network(9, 3, (4, 4), dropout=0.1, input_dropout=0.3, conv_input=True)
+    assert [b.dense.dropout for b in net.blocks] == [0.1, 0.1, 0.1]
+
+
 def test_dense_with_dropout_xnor_product_matches_masked_float_product():
     rng = np.random.RandomState(9)
     x = np.where(rng.rand(33, 130) < 0.5, -1.0, 1.0).astype(np.float32)

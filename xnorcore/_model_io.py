@@ -25,7 +25,8 @@ others:
       ``architecture``: what builds that network.  Both kinds record the
       dense layers' ``n_outputs``, ``hidden_layer_sizes``, ``binary``,
       ``batch_norm``, ``dropout`` and ``binarize_last``; ``"mlp"`` adds
-      ``n_features`` and ``binarize_first``, ``"cnn"`` adds ``image_shape``
+      ``n_features``, ``binarize_first`` and ``input_dropout`` (0 where
+      absent, in files of earlier versions), ``"cnn"`` adds ``image_shape``
       (``[height, width, channels]``) and ``conv_layers``, the normalized
       items in order: ``["conv", channels, [kernel_height, kernel_width]]``
       (stride 1, "same" zero padding, then batch norm and sign, or ReLU) or
@@ -351,7 +352,8 @@ class _MLPKind:
     @staticmethod
     def architecture(network):
         return {"n_features": network.n_features, **_dense_architecture(network),
-                "binarize_first": network.binarize_first}
+                "binarize_first": network.binarize_first,
+                "input_dropout": float(network.blocks[0].dense.dropout)}
 
     @staticmethod
     def build(arch, xnor, max_weights):
@@ -364,8 +366,11 @@ class _MLPKind:
         _check_weight_count(arch, _dense_weights([n_features, *sizes, n_outputs]), max_weights)
         # Drawing initial weights costs as much as reading the file; they are
         # replaced, so any seed does.
+        input_dropout = arch.get("input_dropout", "float", optional=True) or 0.0
+        if not 0 <= input_dropout < 1:
+            raise _fail(arch.path, f"architecture input_dropout must be in [0, 1), got {input_dropout}")
         return Network(n_features, n_outputs, sizes, **options, binarize_first=arch.get("binarize_first", "bool"),
-                       xnor=xnor, random_state=np.random.RandomState(0), xp=np)
+                       input_dropout=input_dropout, xnor=xnor, random_state=np.random.RandomState(0), xp=np)
 
 
 class _CNNKind:

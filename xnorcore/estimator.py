@@ -113,6 +113,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         Dropout probability on the input of every layer after the first.  A
         continued network (``warm_start``, :meth:`partial_fit`) trains with
         the current value.
+    input_dropout : float, default=0.2
+        Dropout probability on the input features of the first dense layer
+        (BinaryNet's input dropout), which regularizes a binary MLP most;
+        a continued network trains with the current value.  Ignored with
+        ``conv_layers``, whose images ``random_shift`` augments instead.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data, stop when its accuracy
         has not improved by ``tol`` for ``n_iter_no_change`` epochs, and keep
@@ -216,6 +221,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "reg": [Interval(Real, 0, np.inf, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -245,6 +251,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         max_iter=20,
         reg=0.0,
         dropout=0.0,
+        input_dropout=0.2,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=10,
@@ -270,6 +277,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.reg = reg
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -348,14 +356,16 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 rng = self._random_state if incremental else check_random_state(self.random_state)
                 mean, scale = self.input_mean_, self.input_scale_
                 net, opt, checkpoint = resume_training(self.network_, self.optimizer_, xp, rng=rng,
-                                                       dropout=self.dropout, in_place=incremental)
+                                                       dropout=self.dropout, input_dropout=self.input_dropout,
+                                                       in_place=incremental)
                 history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
             else:
                 rng = check_random_state(self.random_state)
                 mean, scale = input_stats(X, sample_weight)
                 net = build_network(
                     X.shape[1], len(all_classes), sizes, image_shape, conv_layers, binary=self.binary,
-                    batch_norm=self.batch_norm, dropout=self.dropout, binarize_first=self.binarize_first,
+                    batch_norm=self.batch_norm, dropout=self.dropout, input_dropout=self.input_dropout,
+                    binarize_first=self.binarize_first,
                     binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
                 )
                 opt, history = Adam(), TrainingHistory()

@@ -176,6 +176,9 @@ class Network(BlockStack):
         a bias).
     dropout : float
         Dropout probability on the input of every layer after the first.
+    input_dropout : float, default=0.0
+        Dropout probability on the input features of the first layer (of a
+        network that reads real features, not conv layers' output).
     binarize_first, binarize_last : bool
         Binarize the weights of the first / the output layer as well.
     xnor : bool
@@ -196,7 +199,7 @@ class Network(BlockStack):
     conv_input = False
 
     def __init__(self, n_features, n_outputs, hidden_layer_sizes, *, binary=True,
-                 batch_norm=True, dropout=0.0, binarize_first=False, binarize_last=False,
+                 batch_norm=True, dropout=0.0, input_dropout=0.0, binarize_first=False, binarize_last=False,
                  xnor=False, conv_input=False, random_state=None, xp=np):
         rng = random_state if random_state is not None else np.random.RandomState(0)
         self.binary = bool(binary)
@@ -226,7 +229,7 @@ class Network(BlockStack):
             name = f"dense{i + 1}"
             dense = Dense(
                 name, weight, binary_weights=binary_weights, binary_input=binary_input,
-                bias=not has_bn, dropout=0.0 if first else dropout, xnor=xnor,
+                bias=not has_bn, dropout=input_dropout if first else dropout, xnor=xnor,
                 need_input_grad=i > 0 or self.conv_input,
             )
             bn = BatchNorm(f"bn{i + 1}", n_out, xp) if has_bn else None

@@ -260,17 +260,19 @@ def train_standardized(net, opt, X, y, history, *, mean, scale, batch_size, rng,
 
 
 def build_network(n_features, n_outputs, hidden_layer_sizes, image_shape=None, conv_layers=(), *,
-                  binarize_first=False, **kwargs):
+                  binarize_first=False, input_dropout=0.0, **kwargs):
     """A new :class:`ConvNetwork` where there are ``conv_layers``, else a :class:`Network`.
 
     ``kwargs`` (``binary``, ``batch_norm``, ``dropout``, ``binarize_last``,
-    ``xnor``, ``random_state``, ``xp``) go to either; ``binarize_first``
-    applies to a :class:`Network` only (after conv layers the first dense
-    layer is binary like any other).
+    ``xnor``, ``random_state``, ``xp``) go to either; ``binarize_first`` and
+    ``input_dropout`` apply to a :class:`Network` only (after conv layers the
+    first dense layer is binary like any other, and images are augmented by
+    shifts instead).
     """
     if conv_layers:
         return ConvNetwork(image_shape, conv_layers, n_outputs, hidden_layer_sizes, **kwargs)
-    return Network(n_features, n_outputs, hidden_layer_sizes, binarize_first=binarize_first, **kwargs)
+    return Network(n_features, n_outputs, hidden_layer_sizes, binarize_first=binarize_first,
+                   input_dropout=input_dropout, **kwargs)
 
 
 def check_continuable(net, opt, what, **architecture):
@@ -310,7 +312,7 @@ class Checkpoint:
         return net.to(self.xp), opt.to(self.xp)
 
 
-def resume_training(net, opt, xp, *, rng, dropout, in_place):
+def resume_training(net, opt, xp, *, rng, dropout, input_dropout=0.0, in_place):
     """``(net, opt, checkpoint)``: a fitted network and its optimizer, to continue training on ``xp``.
 
     With ``in_place`` (a training loop that calls once per batch) they are
@@ -318,7 +320,8 @@ def resume_training(net, opt, xp, *, rng, dropout, in_place):
     of them and of ``rng``) is what puts them back after a failure; otherwise
     they are copies, the fitted ones stay intact, and ``checkpoint`` is None.
     Dropout is how training runs, not part of the network: a continued
-    network trains with ``dropout``.
+    network trains with ``dropout`` (and ``input_dropout`` on the real
+    features that a :class:`Network` without conv layers reads).
     """
     checkpoint = Checkpoint(net, opt, rng) if in_place else None
     if not in_place:
@@ -326,4 +329,6 @@ def resume_training(net, opt, xp, *, rng, dropout, in_place):
     net, opt = net.to(xp), opt.to(xp)
     for block in net.blocks[1:]:
         block.dense.dropout = float(dropout)
+    if isinstance(net, Network) and not net.conv_input:
+        net.blocks[0].dense.dropout = float(input_dropout)
     return net, opt, checkpoint
