@@ -316,7 +316,9 @@ def test_gpu_device_without_gpu_is_a_clear_error(digits):
         ({"dropout": 1.0}, r"'dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),
         ({"input_dropout": -0.1}, r"'input_dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),
         ({"batch_size": 0}, r"'batch_size' parameter of BNNClassifier must be an int in the range \[1, inf\). Got 0"),
-        ({"max_iter": 2.5}, r"'max_iter' parameter of BNNClassifier must be an int in the range \[1, inf\)"),
+        ({"max_iter": 2.5}, r"'max_iter' parameter of BNNClassifier must be a str among \{'auto'\} or an int in the "
+                            r"range \[1, inf\)"),
+        ({"max_iter": "many"}, r"'max_iter' parameter of BNNClassifier must be a str among \{'auto'\}"),
         ({"learning_rate_init": -1}, "'learning_rate_init' parameter of BNNClassifier must be a float in the range"),
         ({"xnor": "yes"}, r"'xnor' parameter of BNNClassifier must be a str among \{'auto'\} or an instance of 'bool'"),
         ({"device": "tpu"}, "'device' parameter of BNNClassifier must be a str among"),

@@ -1,10 +1,12 @@
 """BNNClassifier with conv layers (image_shape, conv_layers) and the packed CNN."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 
 from xnorcore import BNNClassifier
@@ -105,6 +107,19 @@ def test_real_valued_cnn_trains_on_the_float_path(digits):
     assert clf.score(X, y) > 0.8
     assert clf._inference is None
     assert not any(r["binary"] for r in clf.summary(as_dict=True)["layers"])
+
+
+def test_auto_max_iter_is_fewer_epochs_for_a_cnn(digits):
+    from xnorcore.estimator import AUTO_EPOCHS_CNN, AUTO_EPOCHS_MLP
+
+    X, y = digits
+    assert BNNClassifier().max_iter == "auto" and AUTO_EPOCHS_CNN < AUTO_EPOCHS_MLP
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cnn = _cnn(max_iter="auto", hidden_layer_sizes=(8,), conv_layers=(4,)).fit(X[:200], y[:200])
+        mlp = BNNClassifier((8,), random_state=0, device="cpu").fit(X[:200], y[:200])
+    assert (cnn.n_iter_, mlp.n_iter_) == (AUTO_EPOCHS_CNN, AUTO_EPOCHS_MLP)
+    assert len(mlp.loss_curve_) == AUTO_EPOCHS_MLP
 
 
 def test_input_dropout_leaves_a_cnn_alone(digits):

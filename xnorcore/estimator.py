@@ -28,6 +28,11 @@ from .nn._trainer import train_standardized
 __all__ = ["BNNClassifier"]
 
 
+#: Epochs of ``max_iter="auto"`` for an MLP and a CNN, chosen on MNIST within
+#: the time of a 2-core CPU (benchmarks/RESULTS.md).
+AUTO_EPOCHS_MLP = 30
+AUTO_EPOCHS_CNN = 20
+
 class BNNClassifier(ClassifierMixin, BaseEstimator):
     """Classifier built on a binary neural network (BinaryNet-style MLP).
 
@@ -105,8 +110,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         norm needs at least 2 samples per batch: with batch norm,
         ``batch_size=1`` (or a single training sample) raises ValueError, and
         a last batch of one sample in an epoch joins the batch before it.
-    max_iter : int, default=20
-        Number of epochs of :meth:`fit`.
+    max_iter : int or "auto", default="auto"
+        Number of epochs of :meth:`fit`.  ``"auto"``: 30 for an MLP and 20
+        with ``conv_layers``: on MNIST the binary MLP still gains from 20 to
+        30 epochs, and the recommended CNN loses at 15 what it gains in time
+        (``benchmarks/RESULTS.md``).
     reg : float, default=0.0
         L1 penalty on all weights.
     dropout : float, default=0.0
@@ -218,7 +226,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         "learning_rate_init": [Interval(Real, 0, np.inf, closed="neither")],
         "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "reg": [Interval(Real, 0, np.inf, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
@@ -248,7 +256,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         learning_rate_init=0.003,
         lr_schedule="cosine",
         batch_size=200,
-        max_iter=20,
+        max_iter="auto",
         reg=0.0,
         dropout=0.0,
         input_dropout=0.2,
@@ -298,6 +306,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 f"hidden_layer_sizes={self.hidden_layer_sizes!r}"
             )
         return tuple(int(h) for h in sizes)
+
+    def _max_iter(self, conv_layers):
+        """The epochs of :meth:`fit`: ``max_iter``, or what ``"auto"`` picks for this network."""
+        if self.max_iter == "auto":
+            return AUTO_EPOCHS_CNN if conv_layers else AUTO_EPOCHS_MLP
+        return int(self.max_iter)
 
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Everything behind :meth:`fit` (``incremental=False``) and :meth:`partial_fit`.
@@ -375,7 +389,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 net, opt, X, y_idx, history, mean=mean, scale=scale, sample_weight=sample_weight,
                 shift=(images, max_shift),
                 validation_fraction=self.validation_fraction if early_stopping else None,
-                epochs=1 if incremental else self.max_iter, batch_size=self.batch_size,
+                epochs=1 if incremental else self._max_iter(conv_layers), batch_size=self.batch_size,
                 learning_rate_init=self.learning_rate_init,
                 lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
                 rng=rng, tol=self.tol, n_iter_no_change=None if incremental else self.n_iter_no_change,
@@ -385,7 +399,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 # As MLPClassifier: the last epoch still improved by more than tol.
                 what = "validation score" if early_stopping else "training loss"
                 warnings.warn(
-                    f"BNNClassifier stopped at max_iter={self.max_iter} epochs while the {what} "
+                    f"BNNClassifier stopped at max_iter={self._max_iter(conv_layers)} epochs while the {what} "
                     f"was still improving by more than tol={self.tol}; a larger max_iter may "
                     "give a better model",
                     ConvergenceWarning,
