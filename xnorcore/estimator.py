@@ -33,6 +33,7 @@ __all__ = ["BNNClassifier"]
 AUTO_EPOCHS_MLP = 30
 AUTO_EPOCHS_CNN = 20
 
+
 class BNNClassifier(ClassifierMixin, BaseEstimator):
     """Classifier built on a binary neural network (BinaryNet-style MLP).
 
