@@ -89,6 +89,22 @@ def test_pack_cols_matches_pack_rows_every_variant(variant, rng):
         assert not nan_cols and not nan_rows
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.float32, np.float64])
+@pytest.mark.parametrize("rows, length", [(2, 64), (3136, 64), (97, 64), (64, 128), (6, 4032), (8, 4096),
+                                          (1, 64), (0, 64), (12, 192)])
+def test_grouped_pack_rows_equals_the_row_kernel(variant, rng, dtype, rows, length):
+    # Rows of whole words go through the row kernel a group of rows at a time.
+    x = random_matrix(rng, (rows, length), dtype, special=0.2)
+    words, nan = _cpu.pack_rows(x)
+    expected, expected_nan = _bitpack.pack_rows(x)
+    assert words.shape == expected.shape == (rows, length // 64)
+    np.testing.assert_array_equal(words, expected)
+    assert nan == expected_nan
+    if rows and np.dtype(dtype).kind == "f":
+        x[rows // 2, length - 1] = np.nan  # found in any row of a group
+        assert _cpu.pack_rows(x)[1]
+
+
 def test_pack_nan_detected_every_variant(variant):
     for dtype in (np.float32, np.float64):
         for index in [(0, 0), (63, 5), (64, 69), (99, 3)]:
