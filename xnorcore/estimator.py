@@ -386,11 +386,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 opt, history = Adam(), TrainingHistory()
             net.set_xnor(xnor)
             early_stopping = self.early_stopping and not incremental
+            max_iter = self._max_iter(conv_layers)
             net = train_standardized(
                 net, opt, X, y_idx, history, mean=mean, scale=scale, sample_weight=sample_weight,
                 shift=(images, max_shift),
                 validation_fraction=self.validation_fraction if early_stopping else None,
-                epochs=1 if incremental else self._max_iter(conv_layers), batch_size=self.batch_size,
+                epochs=1 if incremental else max_iter, batch_size=self.batch_size,
                 learning_rate_init=self.learning_rate_init,
                 lr_schedule="constant" if incremental else self.lr_schedule, reg=self.reg, shuffle=self.shuffle,
                 rng=rng, tol=self.tol, n_iter_no_change=None if incremental else self.n_iter_no_change,
@@ -400,7 +401,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 # As MLPClassifier: the last epoch still improved by more than tol.
                 what = "validation score" if early_stopping else "training loss"
                 warnings.warn(
-                    f"BNNClassifier stopped at max_iter={self._max_iter(conv_layers)} epochs while the {what} "
+                    f"BNNClassifier stopped at max_iter={max_iter} epochs while the {what} "
                     f"was still improving by more than tol={self.tol}; a larger max_iter may "
                     "give a better model",
                     ConvergenceWarning,
