@@ -161,12 +161,16 @@ def _gemm(cols, counts, w_rows, k, groups):
     return z
 
 
+def _implicit_available():
+    """Whether this device runs ``kernels/conv_mma.cu`` at all: bit tensor cores, not forced off."""
+    return _IMPLICIT and gpu._kernel_choice() != "popc"
+
+
 def describe():
     """What runs a convolution on the current device (for :func:`xnorcore.show_config`)."""
-    kernel = gpu._kernel_choice()
-    if _IMPLICIT and kernel != "popc":
+    if _implicit_available():
         return "implicit GEMM on the bit tensor cores (kernels/conv_mma.cu) for groups=1, GEMM rows otherwise"
-    return f"GEMM rows on the {kernel} kernel"
+    return f"GEMM rows on the {gpu._kernel_choice()} kernel"
 
 
 def _implicit(x_words, groups, geometry, cg):
@@ -174,8 +178,7 @@ def _implicit(x_words, groups, geometry, cg):
     bit tensor cores, images under 2**29 rows and columns, and sums whose terms fit
     in int32 (3 k < 2**31); other convolutions take the explicit path."""
     h, w, kh, kw = geometry[0], geometry[1], geometry[4], geometry[5]
-    return (_IMPLICIT and groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31
-            and gpu._kernel_choice() != "popc")
+    return groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31 and _implicit_available()
 
 
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
@@ -204,7 +207,8 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     smem = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20 + bn * 12  # stages, rows' origins, columns' terms
     function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""), smem)
     m = n * oh * ow
-    y_sets, x_sets = _border_classes(geometry)[2:]
+    classes = _border_classes(geometry)
+    y_sets, x_sets = classes[2:]
     x_classes = x_sets.shape[0]
     if y_sets.shape[0] * x_classes * o >= 2**31:  # the kernel's offsets in the table of corrections are int32
         raise ValueError(f"the GPU convolution takes fewer than 2**31 border corrections, got {o} channels "
@@ -220,7 +224,7 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     if np.abs(taps).max() >= 2**31:
         raise ValueError(f"the GPU convolution takes windows spanning fewer than 2**31 words, got w.shape "
                          f"{kh} x {kw} with dilation {(dh, dw)} over {w} x {cw} words a row")
-    plan = (launch, gpu.to_device(taps.astype(np.int32))) + _border_classes(geometry)
+    plan = (launch, gpu.to_device(taps.astype(np.int32))) + classes
     if len(_implicit_plans) >= _MAX_PLANS:
         _implicit_plans.clear()
     _implicit_plans[key] = plan
