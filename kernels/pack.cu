@@ -6,6 +6,7 @@
 // coalesced.  A NaN sets *has_nan (its bit is 0, but the caller raises).
 //
 // pack_cols_<dtype>: the same for x packed along its first axis (no transposed copy).
+// sign_pack_rows_float32 and sign_pack_cols_float32 also write the signs as float32.
 //
 // threshold_pack_float32: the signs of direction[j] * z[r, j] - threshold[j] for float32
 // sums z (rows, length), packed as pack_rows packs x (the hidden layer after a real first
@@ -42,10 +43,12 @@ struct Threshold {
 // that enough bytes are in flight to keep the memory busy.
 static constexpr int PACK_WORDS_PER_WARP = 4;
 
+// With `signs`, each element's sign is also written there as +-1.0f (x's layout).
 template <typename T, typename Value = Identity>
 __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long rows, long long length,
                                           long long n_words, u64* __restrict__ words,
-                                          int* __restrict__ has_nan, Value value = Value())
+                                          int* __restrict__ has_nan, Value value = Value(),
+                                          float* __restrict__ signs = nullptr)
 {
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
@@ -68,6 +71,7 @@ __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long row
                     const T v = value(row[j], j);
                     bits[u][half] = XNOR_SIGN_BIT(v);
                     nan_seen |= v != v;
+                    if (signs) signs[r * length + j] = bits[u][half] ? 1.0f : -1.0f;
                 }
             }
         }
@@ -107,14 +111,26 @@ threshold_pack_float32(const float* __restrict__ z, long long rows, long long le
     pack_rows<float>(z, rows, length, n_words, words, has_nan, Threshold{direction, threshold});
 }
 
+// sign_pack_rows_float32: pack_rows_float32 that also writes sign(x) as float32 +-1 to
+// `signs` (rows, length): a sign activation of training, as floats for the float
+// products around it and as the words of the next layer's XNOR product, in one pass.
+// Launch: as pack_rows.
+extern "C" __global__ void __launch_bounds__(PACK_THREADS)
+sign_pack_rows_float32(const float* __restrict__ x, long long rows, long long length, long long n_words,
+                       u64* __restrict__ words, int* __restrict__ has_nan, float* __restrict__ signs)
+{
+    pack_rows<float>(x, rows, length, n_words, words, has_nan, Identity(), signs);
+}
+
 // pack_cols_<dtype>: x (length, cols) C-contiguous packed along its first axis
 // -> words (cols, n_words), the layout of pack_rows applied to x.T without
 // copying the transpose.  A thread builds word w of column c; the threads of a
 // warp take consecutive columns, so each row read is coalesced.
+// With `signs`, each element's sign is also written there as +-1.0f (x's layout).
 template <typename T>
 __device__ __forceinline__ void pack_cols(const T* __restrict__ x, long long length, long long cols,
                                           long long n_words, u64* __restrict__ words,
-                                          int* __restrict__ has_nan)
+                                          int* __restrict__ has_nan, float* __restrict__ signs = nullptr)
 {
     const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
@@ -127,8 +143,10 @@ __device__ __forceinline__ void pack_cols(const T* __restrict__ x, long long len
 #pragma unroll 8
         for (int i = 0; i < count; ++i) {
             const T v = p[i * cols];
-            bits |= (u64)(XNOR_SIGN_BIT(v)) << i;
+            const bool bit = XNOR_SIGN_BIT(v);
+            bits |= (u64)bit << i;
             nan_seen |= v != v;
+            if (signs) signs[(j0 + i) * cols + c] = bit ? 1.0f : -1.0f;
         }
         words[c * n_words + w] = bits;
     }
@@ -150,6 +168,17 @@ XNORCORE_PACK_COLS(pack_cols_int32, int)
 XNORCORE_PACK_COLS(pack_cols_int64, long long)
 XNORCORE_PACK_COLS(pack_cols_float32, float)
 XNORCORE_PACK_COLS(pack_cols_float64, double)
+
+// sign_pack_cols_float32: pack_cols_float32 that also writes sign(x) as float32 +-1 to
+// `signs` (length, cols): the binary weights of a training step, as the forward
+// product's words and the backward pass's floats, in one read of the latent weights.
+// Launch: as pack_cols.
+extern "C" __global__ void __launch_bounds__(PACK_THREADS)
+sign_pack_cols_float32(const float* __restrict__ x, long long length, long long cols, long long n_words,
+                       u64* __restrict__ words, int* __restrict__ has_nan, float* __restrict__ signs)
+{
+    pack_cols<float>(x, length, cols, n_words, words, has_nan, signs);
+}
 
 // Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over rows).
 // Both operands of a product in one launch: counts holds the a_rows counts of a,

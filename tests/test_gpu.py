@@ -548,3 +548,120 @@ def test_gpu_model_predicts_cupy_rows_as_host_rows():
         clf.predict(cupy.asarray(X.ravel()))
     with pytest.raises(ValueError, match="0 sample"):
         clf.predict(cupy.asarray(X[:0]))
+
+
+# --- training's kernels ------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("shape", [(1, 1), (63, 5), (64, 64), (65, 130), (1000, 1024), (2049, 3)])
+def test_gpu_training_kernels_equal_the_checked_and_array_operations(shape):
+    import cupy
+
+    from xnorcore.nn import binarize, ste_mask
+
+    rng = np.random.default_rng(shape[0])
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[:2] = [-0.0, 0.0][: x.size]
+    xd = cupy.asarray(x)
+    signs, words = _gpu.sign_pack_cols(xd)
+    assert signs.dtype == np.float32 and signs.shape == shape
+    np.testing.assert_array_equal(signs.get(), binarize(x))
+    np.testing.assert_array_equal(words.get(), pack_bits(x, axis=0).words)
+    np.testing.assert_array_equal(_gpu.pack_signs(xd).get(), pack_bits(x, axis=1).words)
+    signs, words = _gpu.sign_pack_rows(xd)
+    np.testing.assert_array_equal(signs.get(), binarize(x))
+    np.testing.assert_array_equal(words.get(), pack_bits(x, axis=1).words)
+    x.flat[-3:] = [np.nan, 1.0, -1.0][-x.size:]
+    xd = cupy.asarray(x)
+    for dtype in (np.float32, np.int8):
+        got = _gpu.signs(xd, dtype)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.get(), binarize(x).astype(dtype))
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dy.flat[:1] = np.inf
+    got = _gpu.ste_grad(cupy.asarray(dy), xd).get()
+    np.testing.assert_array_equal(got.view(np.int32), (dy * ste_mask(x)).view(np.int32))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (1000, 37), (3, 3, 5, 64)])
+def test_gpu_adam_kernel_is_the_array_operations_bit_for_bit(clip, shape):
+    import cupy
+
+    from test_nn import adam_operands
+    from xnorcore.nn._optim import adam_arrays
+
+    rng = np.random.default_rng(shape[0])
+    for step in (1e-3, 0.37):
+        want = [cupy.asarray(a) for a in adam_operands(rng, shape)]
+        got = [a.copy() for a in want]
+        adam_arrays(*want, 0.9, 0.999, 1e-8, step, clip)
+        _gpu.adam_update(*got, 0.9, 0.999, 1e-8, step, clip)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.view(np.int32).get(), b.view(np.int32).get())
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("hidden", [(65,), (64, 127), (1024, 1024)])
+def test_gpu_xnor_and_float_products_train_identically(hidden, dropout):
+    import cupy
+
+    from xnorcore.nn import Adam, Network
+
+    rng = np.random.RandomState(0)
+    X = cupy.asarray(rng.randn(300, 37).astype(np.float32))
+    y = cupy.asarray(rng.randint(0, 3, 300))
+    nets = [Network(37, 3, hidden, binary=True, dropout=dropout, binarize_last=True, xnor=xnor,
+                    random_state=np.random.RandomState(7), xp=cupy) for xnor in (False, True)]
+    assert nets[1].blocks[-1].dense.uses_xnor and not nets[0].blocks[-1].dense.uses_xnor
+    curves = []
+    for net in nets:
+        opt, drop = Adam(), cupy.random.RandomState(3)
+        curves.append([float(net.train_step(X[i:i + 100], y[i:i + 100], opt, 1e-2, rng=drop))
+                       for i in (0, 100, 200, 0, 100)])
+    assert curves[0] == curves[1]
+    for a, b in zip(nets[0].params(), nets[1].params()):
+        np.testing.assert_array_equal(a[1].get(), b[1].get())
+    np.testing.assert_array_equal(nets[0].forward(X).get(), nets[1].forward(X).get())
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (512, 1024), (4, 5, 5, 8), (64, 14, 14, 33)])
+def test_gpu_fused_batch_norm_follows_the_array_path(shape):
+    import cupy
+
+    from xnorcore.nn import BatchNorm
+    from xnorcore.nn._conv import ChannelBatchNorm
+
+    rng = np.random.default_rng(sum(shape))
+    layer = ChannelBatchNorm if len(shape) == 4 else BatchNorm
+    c = shape[-1]
+    host, device = layer("bn", c, np), layer("bn", c, cupy)
+    device.gamma = cupy.asarray(rng.uniform(0.5, 2, c).astype(np.float32))
+    host.gamma = device.gamma.get()
+    for step in range(3):
+        z = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)
+        up = rng.standard_normal(shape).astype(np.float32)
+        want, got = host.forward(z, training=True), device.forward(cupy.asarray(z), training=True)
+        assert got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_allclose(got.get(), want, rtol=1e-5, atol=1e-5)
+        for name in ("running_mean", "running_var"):  # (the array path sums in float32)
+            np.testing.assert_allclose(getattr(device, name).get(), getattr(host, name), rtol=1e-5, atol=1e-6)
+        want, got = host.backward(up), device.backward(cupy.asarray(up))
+        np.testing.assert_allclose(got.get(), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(device.gamma_grad.get(), host.gamma_grad, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(device.beta_grad.get(), host.beta_grad, rtol=1e-4, atol=1e-4)
+    # Integer sums in (the XNOR product's) give what their float32 values give.
+    z = rng.integers(-1024, 1025, (max(2, shape[0]), c)).astype(np.int32)
+    stats = [(cupy.zeros(c, np.float32), cupy.ones(c, np.float32)) for _ in range(2)]
+    a = _gpu.batch_norm_train(cupy.asarray(z), device.gamma, device.beta, *stats[0], 0.9, 1e-4)
+    b = _gpu.batch_norm_train(cupy.asarray(z, dtype=np.float32), device.gamma, device.beta, *stats[1], 0.9, 1e-4)
+    for x, y in zip(a + stats[0], b + stats[1]):
+        np.testing.assert_array_equal(x.get(), y.get())

@@ -150,6 +150,32 @@ def test_adam_cpu_kernel_equals_the_array_path(clip):
         assert np.nanmax(np.abs(fast)) > 1.0
 
 
+def adam_operands(rng, shape):
+    """(p, g, m, v) of an Adam step: gradients over many magnitudes, NaN and infinities among them."""
+    p = rng.uniform(-1.5, 1.5, shape).astype(np.float32)
+    g = (rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, shape)).astype(np.float32)
+    g.flat[:3] = [np.nan, np.inf, 0.0][: g.size]
+    m = (rng.standard_normal(shape) * 1e-2).astype(np.float32)
+    v = np.abs(rng.standard_normal(shape) * 1e-3).astype(np.float32)
+    return p, g, m, v
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (1000, 37)])
+def test_adam_cpu_kernel_is_the_array_operations_bit_for_bit(clip, shape):
+    from xnorcore._backends import cpu
+    from xnorcore.nn._optim import adam_arrays
+
+    rng = np.random.default_rng(shape[0])
+    for step in (1e-3, 0.37):
+        want = adam_operands(rng, shape)
+        got = [a.copy() for a in want]
+        adam_arrays(*want, 0.9, 0.999, 1e-8, step, clip)
+        cpu.adam_update(*got, 0.9, 0.999, 1e-8, step, clip)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+
+
 def _train(net, X, y, steps=20, seed=0, lr=1e-2):
     opt = Adam()
     rng = np.random.RandomState(seed)

@@ -30,6 +30,36 @@ Operations
 ``pack_cols(x, n_threads) -> (words, has_nan)``
     ``x`` is (L, R), packed along its first axis; ``words`` is (R, ceil(L / 64)).
     Saves the transposed copy that packing ``b`` of ``binary_matmul`` would need.
+``signs(x, dtype) -> array``
+    ``+1`` where ``x >= 0``, ``-1`` elsewhere (NaN too), as ``dtype``;
+    unchecked (training's sign activations).
+``ste_grad(dy, x) -> array``
+    The straight-through estimator's gradient of sign: ``dy * (|x| <= 1)``,
+    the mask as 1 or 0 of ``x``'s dtype.
+``batch_norm_train(z, gamma, beta, running_mean, running_var, momentum, eps) -> (out, xhat, inv_std)``
+    Batch norm of a training step over the rows of a 2-D float32 or int32
+    ``z``: the batch's mean and (biased) variance per column, taken in float64;
+    the running statistics updated in place (the variance unbiased);
+    ``xhat = (z - mean) * inv_std`` and ``out = xhat * gamma + beta`` in
+    float32.  None where the layers' array operations serve (the CPU).
+``batch_norm_backward(dy, xhat, inv_std, gamma) -> (dz, gamma_grad, beta_grad)``
+    Its gradients, ``gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))``
+    with the sums in float64.  None where ``batch_norm_train`` is.
+``pack_signs(x, n_threads) -> words``
+    The words of ``pack_rows`` for rows known to hold no NaN (training's +-1
+    activations): nothing to check, so nothing waits for the device.
+``sign_pack_rows(x, n_threads) -> (signs, words)``
+    A sign activation of training on float32 rows ``x`` (R, L): ``sign(x)``
+    as float32 +-1 (NaN to -1) and the words of ``pack_rows(x)``, in one pass
+    on the GPU, unchecked.
+``sign_pack_cols(w, n_threads) -> (signs, words)``
+    Float32 weights ``w`` (K, N) of a training step: ``sign(w)`` as float32
+    +-1 (NaN to -1, as ``binarize``; the backward pass multiplies by it) and
+    the words of ``pack_cols(w)``, in one pass on the GPU, unchecked.
+``adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads)``
+    One Adam step in place on float32 C-contiguous arrays of one shape, in
+    the float32 operations of ``nn.Adam``'s array path (``clip``: then clip
+    ``p`` to [-1, 1]); one pass over memory.  ``n_threads=None`` is one thread.
 ``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
     ``a_words`` (M, W) and ``b_words`` (N, W), ``W = ceil(k / 64)``; the result
     is ``k - 2 popcount(a ^ b)``.

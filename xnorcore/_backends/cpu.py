@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from .. import _bitpack
+from .. import _bitpack, _train
+from ..ops import _signs
 from .._threads import MIN_THREAD_WORK_NS, kernel_threads, work_threads
 from . import _common
 from . import cpu_conv as _cpu_conv
@@ -160,6 +161,39 @@ def pack_rows(x, n_threads=None):
 
 def pack_cols(x, n_threads=None):
     return _bitpack.pack_cols(x, _threads(n_threads, x.size * _NS_PER_PACKED_ELEMENT))
+
+
+signs = _signs
+
+#: No fused batch norm: the layers' array operations are as fast here.
+batch_norm_train = batch_norm_backward = None
+
+
+def ste_grad(dy, x):
+    """``dy`` where ``|x| <= 1``, ``dy * 0`` elsewhere; see :mod:`xnorcore._backends`."""
+    return dy * (np.abs(x) <= 1).astype(x.dtype)
+
+
+def pack_signs(x, n_threads=None):
+    """The words of :func:`pack_rows` of rows known to hold no NaN; see :mod:`xnorcore._backends`."""
+    return pack_rows(x, n_threads)[0]
+
+
+def sign_pack_rows(x, n_threads=None):
+    """``sign(x)`` of float32 rows as float32 and its words; see :mod:`xnorcore._backends`."""
+    x = np.ascontiguousarray(x)
+    return _signs(x, np.float32), pack_rows(x, n_threads)[0]
+
+
+def sign_pack_cols(w, n_threads=None):
+    """``sign(w)`` as float32 and its words along the first axis; see :mod:`xnorcore._backends`."""
+    return _signs(w, np.float32), pack_cols(w, n_threads)[0]
+
+
+def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
+    """One Adam step in place, one pass over memory; see :mod:`xnorcore._backends`."""
+    _train.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, 1 - b1, b2, 1 - b2, eps,
+                       step, bool(clip), 1 if n_threads is None else n_threads)
 
 
 def xnor_gemm(a_words, b_words, k, n_threads=None):

@@ -242,10 +242,11 @@ def _grid_1d(items, per_block, cap=65535):
     return (max(1, min(cap, math.ceil(items / per_block))),)
 
 
-def _pack(kind, x, rows, length, grid):
+def _pack(kind, x, rows, length, grid, flag=None):
     """Run pack_<kind>_<dtype> on ``x``; return (words (rows, n_words), NaN flag).
 
-    The flag is a one-element device array, not read here (see :mod:`xnorcore._backends`).
+    The flag is a one-element device array, not read here (see :mod:`xnorcore._backends`):
+    ``flag`` where given, else a new one.
     """
     cupy = _cupy()
     width = n_words(length)
@@ -254,7 +255,8 @@ def _pack(kind, x, rows, length, grid):
     )
     if words.size == 0:
         return words, False
-    flag = cupy.zeros(1, dtype=np.int32)
+    if flag is None:
+        flag = cupy.zeros(1, dtype=np.int32)
     kernel = _function("pack", f"pack_{kind}_{_PACK_DTYPES[x.dtype]}")
     sizes = (np.int64(rows), np.int64(length)) if kind == "rows" else (np.int64(length), np.int64(rows))
     kernel(grid(width), (_constant("pack", "PACK_THREADS"),), (x,) + sizes + (np.int64(width), words, flag))
@@ -265,6 +267,173 @@ def pack_rows(x, n_threads=None):
     """Pack the rows of a C-contiguous 2-D cupy array; see :mod:`xnorcore._backends`."""
     rows, length = x.shape
     return _pack("rows", x, rows, length, lambda width: _pack_rows_grid(rows, width))
+
+
+_unread_flags = {}  # device id -> the NaN flag of the packers whose input is known finite
+
+
+def _unread_flag():
+    """A NaN flag that packing may set and nothing reads, one per device (no memset per call)."""
+    cupy = _cupy()
+    dev = cupy.cuda.runtime.getDevice()
+    flag = _unread_flags.get(dev)
+    if flag is None:
+        flag = _unread_flags[dev] = cupy.zeros(1, dtype=np.int32)
+    return flag
+
+
+def pack_signs(x, n_threads=None):
+    """The words of :func:`pack_rows` of rows known to hold no NaN; see :mod:`xnorcore._backends`."""
+    rows, length = x.shape
+    return _pack("rows", x, rows, length, lambda width: _pack_rows_grid(rows, width), _unread_flag())[0]
+
+
+def sign_pack_rows(x, n_threads=None):
+    """``sign(x)`` of float32 rows as float32 and its words, in one kernel; see :mod:`xnorcore._backends`."""
+    cupy = _cupy()
+    x = cupy.ascontiguousarray(x, dtype=np.float32)
+    rows, length = x.shape
+    width = n_words(length)
+    signs = _alloc(lambda: cupy.empty((rows, length), dtype=np.float32), x.nbytes, "hold signs")
+    words = _alloc(lambda: cupy.empty((rows, width), dtype=np.uint64), rows * width * 8, "pack signs")
+    if words.size:
+        _function("pack", "sign_pack_rows_float32")(
+            _pack_rows_grid(rows, width), (_constant("pack", "PACK_THREADS"),),
+            (x, np.int64(rows), np.int64(length), np.int64(width), words, _unread_flag(), signs),
+        )
+    return signs, words
+
+
+def sign_pack_cols(w, n_threads=None):
+    """``sign(w)`` as float32 and its words along the first axis, in one kernel; see :mod:`xnorcore._backends`."""
+    cupy = _cupy()
+    w = cupy.ascontiguousarray(w, dtype=np.float32)
+    length, cols = w.shape
+    width = n_words(length)
+    signs = _alloc(lambda: cupy.empty((length, cols), dtype=np.float32), w.nbytes, "hold the signs of the weights")
+    words = _alloc(lambda: cupy.empty((cols, width), dtype=np.uint64), cols * width * 8, "pack the weights")
+    if words.size:
+        threads = _constant("pack", "PACK_THREADS")
+        _function("pack", "sign_pack_cols_float32")(
+            (math.ceil(cols / threads), min(width, 65535)), (threads,),
+            (w, np.int64(length), np.int64(cols), np.int64(width), words, _unread_flag(), signs),
+        )
+    return signs, words
+
+
+_elementwise = {}  # name -> cupy.ElementwiseKernel of the one-pass array operations below
+
+
+def _elementwise_kernel(name, in_params, out_params, body):
+    kernel = _elementwise.get(name)
+    if kernel is None:
+        kernel = _elementwise[name] = _cupy().ElementwiseKernel(in_params, out_params, body, f"xnorcore_{name}")
+    return kernel
+
+
+def signs(x, dtype):
+    """+1 where ``x >= 0``, -1 elsewhere (NaN too), as ``dtype``, one kernel; see :mod:`xnorcore._backends`."""
+    out = _alloc(lambda: _cupy().empty(x.shape, dtype=dtype), x.size * np.dtype(dtype).itemsize, "hold signs")
+    _elementwise_kernel("signs", "T x", "Y y", "y = x >= 0 ? (Y)1 : (Y)-1")(x, out)
+    return out
+
+
+def ste_grad(dy, x):
+    """``dy`` where ``|x| <= 1``, ``dy * 0`` elsewhere, one kernel; see :mod:`xnorcore._backends`."""
+    return _elementwise_kernel("ste_grad", "T dy, T x", "T dx", "dx = dy * (abs(x) <= (T)1 ? (T)1 : (T)0)")(dy, x)
+
+
+#: Blocks of a column_sums launch to aim for (a few per multiprocessor).
+_COLUMN_SUMS_BLOCKS = 512
+
+
+def _column_sums(a, b):
+    """Partial float64 sums of ``a`` and ``a * b`` per column (kernels/batch_norm.cu): (partial, splits)."""
+    cupy = _cupy()
+    rows, cols = a.shape
+    col_blocks = -(-cols // _constant("batch_norm", "BN_COLS"))
+    splits = max(1, min(-(-rows // 64), _COLUMN_SUMS_BLOCKS // col_blocks))
+    per_split = -(-rows // splits)
+    splits = -(-rows // per_split)
+    partial = cupy.empty((splits, 2, cols), dtype=np.float64)
+    name = "column_sums_int32" if a.dtype == _INT32 else "column_sums_float32"
+    _function("batch_norm", name)(
+        (col_blocks, splits), (_constant("batch_norm", "BN_COLS"), _constant("batch_norm", "BN_ROWS")),
+        (a, b, np.int64(rows), np.int64(cols), np.int64(per_split), partial),
+    )
+    return partial, splits
+
+
+def batch_norm_train(z, gamma, beta, running_mean, running_var, momentum, eps):
+    """Batch norm of a training step over the rows of ``z``, fused; see :mod:`xnorcore._backends`."""
+    cupy = _cupy()
+    if z.dtype != _INT32:
+        z = cupy.ascontiguousarray(z, dtype=np.float32)
+    rows, cols = z.shape
+    partial, splits = _column_sums(z, z)
+    stats = cupy.empty((3, cols), dtype=np.float32)  # mean, var, 1 / sqrt(var + eps)
+    f32 = np.float32
+    _function("batch_norm", "batch_norm_stats")(
+        _grid_1d(cols, 256), (256,),
+        (partial, np.int32(splits), np.int64(rows), np.int64(cols), f32(eps), f32(momentum),
+         f32(rows / max(rows - 1, 1)), stats[0], stats[1], stats[2], running_mean, running_var),
+    )
+    xhat = _alloc(lambda: cupy.empty((rows, cols), dtype=np.float32), 4 * z.size, "hold batch norm's xhat")
+    out = cupy.empty_like(xhat)
+    _elementwise_kernel(
+        "batch_norm_apply",
+        "T z, float32 mean, float32 inv_std, float32 gamma, float32 beta", "float32 xhat, float32 out",
+        "xhat = __fmul_rn(__fsub_rn((float)z, mean), inv_std); out = __fadd_rn(__fmul_rn(xhat, gamma), beta)",
+    )(z, stats[0], stats[2], gamma, beta, xhat, out)
+    return out, xhat, stats[2]
+
+
+def batch_norm_backward(dy, xhat, inv_std, gamma):
+    """Gradients of :func:`batch_norm_train`, fused; see :mod:`xnorcore._backends`."""
+    cupy = _cupy()
+    dy = cupy.ascontiguousarray(dy, dtype=np.float32)
+    rows, cols = dy.shape
+    partial, splits = _column_sums(dy, xhat)
+    grads = cupy.empty((2, cols), dtype=np.float32)  # beta_grad, gamma_grad
+    _function("batch_norm", "batch_norm_grads")(
+        _grid_1d(cols, 256), (256,), (partial, np.int32(splits), np.int64(cols), grads)
+    )
+    # gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), rounded as ChannelBatchNorm's array path.
+    dx = _elementwise_kernel(
+        "batch_norm_grad",
+        "float32 dy, float32 xhat, float32 gamma, float32 inv_std, float32 beta_grad, float32 gamma_grad, float32 m",
+        "float32 dx",
+        "dx = __fmul_rn(__fsub_rn(dy, __fadd_rn(__fmul_rn(xhat, __fdiv_rn(gamma_grad, m)), __fdiv_rn(beta_grad, m))),"
+        " __fmul_rn(gamma, inv_std))",
+    )(dy, xhat, gamma, inv_std, grads[0], grads[1], np.float32(rows))
+    return dx, grads[1], grads[0]
+
+
+_adam_kernel = None
+
+
+def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
+    """One Adam step in place, one kernel; see :mod:`xnorcore._backends`."""
+    global _adam_kernel
+    if _adam_kernel is None:
+        # The float32 operations of Adam.step's array path, each rounded on its
+        # own (no contraction into fused multiply-adds), so both agree bit for bit.
+        _adam_kernel = _cupy().ElementwiseKernel(
+            "float32 g, float32 b1, float32 c1, float32 b2, float32 c2, float32 eps, float32 step, bool clip",
+            "float32 p, float32 m, float32 v",
+            """
+            const float mi = __fadd_rn(__fmul_rn(m, b1), __fmul_rn(g, c1));
+            const float vi = __fadd_rn(__fmul_rn(v, b2), __fmul_rn(__fmul_rn(g, g), c2));
+            m = mi;
+            v = vi;
+            float pi = __fsub_rn(p, __fmul_rn(__fdiv_rn(mi, __fadd_rn(__fsqrt_rn(vi), eps)), step));
+            if (clip) pi = pi > 1.0f ? 1.0f : (pi < -1.0f ? -1.0f : pi);  // NaN stays NaN, as in clip
+            p = pi;
+            """,
+            "xnorcore_adam_update",
+        )
+    f32 = np.float32
+    _adam_kernel(g, f32(b1), f32(1 - b1), f32(b2), f32(1 - b2), f32(eps), f32(step), bool(clip), p, m, v)
 
 
 def _pack_rows_grid(rows, width):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._array import get_array_module
 from .._backends import backend_for
-from ..ops import _signs, binary_matmul, pack_bits, unpack_bits
+from ..ops import binary_matmul, pack_bits, unpack_bits
 
 _F32 = np.float32
 
@@ -26,7 +26,7 @@ def binarize(x):
     the check would cost a device synchronisation per call, and the inputs
     were validated when they entered the network.
     """
-    return _signs(x, x.dtype)
+    return backend_for(x).signs(x, x.dtype)
 
 
 def ste_mask(x):
@@ -122,7 +122,19 @@ class Dense(WeightLayer):
             return self.weight_packed
         return pack_bits(self.weight, axis=0, n_threads=n_threads)
 
-    def forward(self, x, training, rng=None):
+    @property
+    def takes_packed_input(self):
+        """Whether a training step's forward pass can take its input as words (:meth:`forward`'s ``x_words``)."""
+        return self.uses_xnor and self.dropout == 0
+
+    def forward(self, x, training, rng=None, x_words=None, int_sums=False):
+        """``dropout(x) @ W (+ b)``.
+
+        In training, ``x_words`` (the words of ``sign(x)`` along rows, where the
+        activation that made ``x`` packed them too) saves the XNOR product a
+        packing pass; ``int_sums``, for a batch norm next, lets the XNOR
+        product's sums stay int32 (batch norm takes them as they are).
+        """
         mask = None
         scale = None
         if training and self.dropout > 0:
@@ -133,17 +145,30 @@ class Dense(WeightLayer):
             x = x * mask
             scale = _F32(1.0 / (1.0 - self.dropout))
         w = None
-        if self.uses_xnor:
-            # One CPU thread: minibatch products are small, and OpenMP threads
-            # spinning between calls would fight OpenBLAS's threads for the
-            # cores during the float GEMMs around them (benchmarks/RESULTS.md).
-            wp = self.packed_weight(n_threads=1)
-            z = binary_matmul(x, wp, n_threads=1)
+        if self.uses_xnor and training:
+            # The backend's kernels straight away: x holds +-1 (and the zeros of
+            # dropout), never NaN, and the latent weights are checked by the loss,
+            # so nothing waits for a NaN flag.  sign(W) comes out of the packing
+            # as floats too, for the backward pass.  One CPU thread: minibatch
+            # products are small, and OpenMP threads spinning between calls would
+            # fight OpenBLAS's threads for the cores during the float GEMMs
+            # around them (benchmarks/RESULTS.md).
+            backend = backend_for(x)
+            w, w_words = backend.sign_pack_cols(self.weight, 1)
+            k = x.shape[1]
+            if x_words is None or mask is not None:
+                x_words = backend.pack_signs(get_array_module(x).ascontiguousarray(x), 1)
+            z = backend.xnor_gemm(x_words, w_words, k, 1)
             if mask is not None:
                 # x holds -1, 0, +1.  With s = sign(x) (0 -> +1) and
                 # t = -sign(-x) (0 -> -1), x = (s + t) / 2, and both s and t
                 # are +-1 vectors.
-                z = (z - binary_matmul(-x, wp, n_threads=1)) // 2
+                z -= backend.xnor_gemm(backend.pack_signs(-x, 1), w_words, k, 1)
+                z //= 2
+            if not (int_sums and mask is None and self.bias is None):
+                z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
+        elif self.uses_xnor:
+            z = binary_matmul(x, self.packed_weight(n_threads=1), n_threads=1)
             z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
         elif not training and self.binary_input and not self.binary_weights:
             # A real layer on +-1 inputs: each row's float64 sums come from its
@@ -229,8 +254,33 @@ class BatchNorm:
             (f"{self.name}/beta", self.beta, self.beta_grad, False),
         ]
 
+    def _fused_forward(self, z):
+        """The training forward pass in the backend's fused kernels, or None where it has none."""
+        fused = backend_for(z).batch_norm_train
+        if fused is None:
+            return None
+        out, xhat, inv_std = fused(z, self.gamma, self.beta, self.running_mean, self.running_var,
+                                   self.momentum, self.eps)
+        self._cache = (xhat, inv_std)
+        return out
+
+    def _fused_backward(self, dy):
+        """The backward pass in the backend's fused kernels, or None where it has none
+        (then the forward pass had none either: both run on the device of the step)."""
+        fused = backend_for(dy).batch_norm_backward
+        if fused is None:
+            return None
+        xhat, inv_std = self._cache[:2]
+        dz, self.gamma_grad, self.beta_grad = fused(dy, xhat, inv_std, self.gamma)
+        return dz
+
     def forward(self, z, training, rng=None):
         if training:
+            out = self._fused_forward(z)
+            if out is not None:
+                return out
+            if z.dtype.kind != "f":  # the int32 sums of an XNOR product (Dense's int_sums)
+                z = z.astype(_F32)
             mean = z.mean(axis=0)
             var = z.var(axis=0)
             m = _F32(self.momentum)
@@ -248,6 +298,9 @@ class BatchNorm:
         return out
 
     def backward(self, dy):
+        dz = self._fused_backward(dy)
+        if dz is not None:
+            return dz
         xhat, inv_std = self._cache
         self.beta_grad = dy.sum(axis=0)
         self.gamma_grad = (dy * xhat).sum(axis=0)
@@ -275,8 +328,13 @@ class Sign(ParameterFreeLayer):
             self._x = x
         return binarize(x)
 
+    def forward_packed(self, x):
+        """The forward pass of a training step, and the words of its output along rows."""
+        self._x = x
+        return backend_for(x).sign_pack_rows(x, 1)
+
     def backward(self, dy):
-        return dy * ste_mask(self._x)
+        return backend_for(dy, self._x).ste_grad(dy, self._x)
 
 
 class ReLU(ParameterFreeLayer):

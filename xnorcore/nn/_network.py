@@ -269,11 +269,24 @@ class Network(BlockStack):
         last = self.blocks[-1]
         if not training and not self.binary:
             h = h.astype(np.float64)
-        for block in self.blocks:
-            if not training and block is last:
-                h = h.astype(np.float64)
-            for layer in block.layers():
-                h = layer.forward(h, training, rng)
+        words = None  # in training, the words of h where its sign activation packed them
+        for i, block in enumerate(self.blocks):
+            if not training:
+                if block is last:
+                    h = h.astype(np.float64)
+                for layer in block.layers():
+                    h = layer.forward(h, training, rng)
+                block.activation = h
+                continue
+            h = block.dense.forward(h, training, rng, x_words=words, int_sums=block.bn is not None)
+            words = None
+            if block.bn is not None:
+                h = block.bn.forward(h, training, rng)
+            if block.act is not None:
+                if isinstance(block.act, Sign) and self.blocks[i + 1].dense.takes_packed_input:
+                    h, words = block.act.forward_packed(h)
+                else:
+                    h = block.act.forward(h, training, rng)
             block.activation = h
         return h
 

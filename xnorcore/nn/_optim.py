@@ -2,14 +2,34 @@
 
 import numpy as np
 
-from .. import _train
 from .._array import get_array_module, to_module, to_numpy
+from .._backends import backend_for
 
 
 def _fused(*arrays):
-    """Whether the numpy arrays can take the fused kernels: float32, C-contiguous, one shape."""
+    """Whether the arrays can take the backend's fused kernel: float32, C-contiguous, one shape."""
     shape = arrays[0].shape
     return all(a.dtype == np.float32 and a.flags.c_contiguous and a.shape == shape for a in arrays)
+
+
+def adam_arrays(p, g, m, v, b1, b2, eps, step, clip):
+    """One Adam step in place in array operations (any dtypes and layouts): what the fused kernels compute."""
+    xp = get_array_module(p)
+    # In place with one scratch array: the update is memory bound.
+    buf = xp.multiply(g, np.float32(1 - b1))
+    m *= np.float32(b1)
+    m += buf
+    xp.multiply(g, g, out=buf)
+    buf *= np.float32(1 - b2)
+    v *= np.float32(b2)
+    v += buf
+    xp.sqrt(v, out=buf)
+    buf += np.float32(eps)
+    xp.divide(m, buf, out=buf)
+    buf *= np.float32(step)
+    p -= buf
+    if clip:
+        xp.clip(p, -1, 1, out=p)
 
 
 class Adam:
@@ -56,28 +76,14 @@ class Adam:
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
             m, v = self.m[name], self.v[name]
-            if xp is np and _fused(p, g, m, v):
-                # One pass over memory instead of ten, on one thread: OpenBLAS's
-                # threads still spin after the products of the step, and a
-                # second thread would wait for a core (as Dense.forward explains).
-                _train.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, 1 - b1,
-                                   b2, 1 - b2, self.eps, step, bool(clip), 1)
+            if _fused(p, g, m, v):
+                # One pass over memory (one kernel on the GPU) instead of ten; on
+                # one CPU thread: OpenBLAS's threads still spin after the products
+                # of the step, and a second thread would wait for a core (as
+                # Dense.forward explains).
+                backend_for(p).adam_update(p, g, m, v, b1, b2, self.eps, step, clip, 1)
                 continue
-            # In place with one scratch array: the update is memory bound.
-            buf = xp.multiply(g, np.float32(1 - b1))
-            m *= np.float32(b1)
-            m += buf
-            xp.multiply(g, g, out=buf)
-            buf *= np.float32(1 - b2)
-            v *= np.float32(b2)
-            v += buf
-            xp.sqrt(v, out=buf)
-            buf += np.float32(self.eps)
-            xp.divide(m, buf, out=buf)
-            buf *= np.float32(step)
-            p -= buf
-            if clip:
-                xp.clip(p, -1, 1, out=p)
+            adam_arrays(p, g, m, v, b1, b2, self.eps, step, clip)
 
     def to(self, xp):
         """Move the moments to ``xp`` (numpy or cupy), in place; returns self."""
