@@ -7,6 +7,7 @@ Run from the repository root, for example::
     python benchmarks/train_bench.py mnist-float
     python benchmarks/train_bench.py predict            # packed predict vs MLPClassifier.predict
     python benchmarks/train_bench.py throughput --device gpu   # examples/s, batch 512..8192
+    python benchmarks/train_bench.py step --device gpu --repeat 6   # ms per step, XNOR vs float, alternating
 
 Each task prints one JSON line per measurement (machine, date, settings, figures)
 and never asserts anything: the figures go to benchmarks/RESULTS.md.
@@ -192,29 +193,71 @@ def task_throughput(args):
              ("binary-matmul", dict(binary=True, xnor=False)),
              ("float", dict(binary=False))]
     for batch in sizes:
-        rates = {}
+        runs = {}
         for name, kw in modes:
             clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0,
                                 device=args.device, **kw)
             clf.fit(X[:2 * batch], y[:2 * batch])  # warm-up: compile kernels, allocate
-            net, opt = clf.network_, clf.optimizer_
-            xp = net.xp
+            xp = clf.network_.xp
             # Time the training loop itself on device-resident data (no input
             # validation or host-to-device copy inside the timing).
             Xd = xp.asarray(((X - clf.input_mean_) / clf.input_scale_).astype(np.float32))
             yd = xp.asarray(np.searchsorted(clf.classes_, y))
-            perm_rng = np.random.RandomState(0)
-            drop_rng = xp.random.RandomState(0)
-            best = 0.0
-            for _ in range(args.repeat):
+            runs[name] = (clf.network_, clf.optimizer_, Xd, yd, np.random.RandomState(0), xp.random.RandomState(0))
+        best = dict.fromkeys(runs, 0.0)
+        for r in range(args.repeat):  # the modes in turn, their order rotated each round
+            names = [name for name, _ in modes]
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                net, opt, Xd, yd, perm_rng, drop_rng = runs[name]
                 _, seconds = run_epoch(net, opt, Xd, yd, batch_size=batch, lr=1e-3, reg=0.0, perm_rng=perm_rng,
                                        drop_rng=drop_rng, shuffle=True)
-                best = max(best, n / seconds)
-            rates[name] = round(best)
+                best[name] = max(best[name], n / seconds)
+        rates = {name: round(rate) for name, rate in best.items()}
         _emit({
             "task": "throughput", "batch_size": batch, "hidden_layer_sizes": hidden, "n_samples": n,
             "examples_per_s": rates, "xnor_vs_matmul": round(rates["binary-xnor"] / rates["binary-matmul"], 3),
             "device": args.device, "machine": _machine(),
+        })
+
+
+def _step_ms(net, opt, xb, yb, drop_rng, steps):
+    """Median milliseconds of one training step: device time by CUDA events on the GPU, wall time on the CPU."""
+    step = lambda: net.train_step(xb, yb, opt, 1e-3, rng=drop_rng)  # noqa: E731
+    if net.xp is np:
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+    from cupyx.profiler import benchmark
+
+    return float(np.median(benchmark(step, n_repeat=steps, n_warmup=3).gpu_times[0]) * 1e3)
+
+
+def task_step(args):
+    """Milliseconds per training step, XNOR against float products, in alternating rounds (the same minibatch)."""
+    X_train, y_train, _, _ = _mnist(args)
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else MNIST_BINARY["hidden_layer_sizes"]
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        nets = {}
+        for xnor in (True, False):
+            clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0,
+                                device=args.device, xnor=xnor)
+            clf.fit(X_train[:2 * batch], y_train[:2 * batch])  # warm-up: compile kernels, allocate
+            xp = clf.network_.xp
+            xb = xp.asarray(((X_train[:batch] - clf.input_mean_) / clf.input_scale_).astype(np.float32))
+            yb = xp.asarray(np.searchsorted(clf.classes_, y_train[:batch]))
+            nets[xnor] = (clf.network_, clf.optimizer_, xb, yb, xp.random.RandomState(0))
+        times = {True: [], False: []}
+        for r in range(args.repeat):
+            for xnor in ((True, False) if r % 2 == 0 else (False, True)):
+                times[xnor].append(_step_ms(*nets[xnor], steps=20))
+        xnor_ms, float_ms = statistics.median(times[True]), statistics.median(times[False])
+        _emit({
+            "task": "step", "batch_size": batch, "hidden_layer_sizes": hidden, "rounds": args.repeat,
+            "step_ms": {"binary-xnor": round(xnor_ms, 3), "binary-matmul": round(float_ms, 3)},
+            "xnor_speedup": round(float_ms / xnor_ms, 3), "device": args.device, "machine": _machine(),
         })
 
 
@@ -224,6 +267,7 @@ TASKS = {
     "mnist-float": task_mnist_float,
     "predict": task_predict,
     "throughput": task_throughput,
+    "step": task_step,
 }
 
 
