@@ -289,37 +289,31 @@ def pack_signs(x, n_threads=None):
     return _pack("rows", x, rows, length, lambda width: _pack_rows_grid(rows, width), _unread_flag())[0]
 
 
-def sign_pack_rows(x, n_threads=None):
-    """``sign(x)`` of float32 rows as float32 and its words, in one kernel; see :mod:`xnorcore._backends`."""
+def _sign_pack(kind, x, rows, length, grid):
+    """Run sign_pack_<kind>_float32 on float32 ``x``: (its signs as float32 in x's shape, words (rows, n_words))."""
     cupy = _cupy()
     x = cupy.ascontiguousarray(x, dtype=np.float32)
-    rows, length = x.shape
     width = n_words(length)
-    signs = _alloc(lambda: cupy.empty((rows, length), dtype=np.float32), x.nbytes, "hold signs")
-    words = _alloc(lambda: cupy.empty((rows, width), dtype=np.uint64), rows * width * 8, "pack signs")
+    signs = _alloc(lambda: cupy.empty(x.shape, dtype=np.float32), x.nbytes, "hold signs")
+    words = _alloc(lambda: cupy.empty((rows, width), dtype=np.uint64), rows * width * 8, f"pack {rows} rows of signs")
     if words.size:
-        _function("pack", "sign_pack_rows_float32")(
-            _pack_rows_grid(rows, width), (_constant("pack", "PACK_THREADS"),),
-            (x, np.int64(rows), np.int64(length), np.int64(width), words, _unread_flag(), signs),
-        )
+        sizes = (np.int64(rows), np.int64(length)) if kind == "rows" else (np.int64(length), np.int64(rows))
+        args = (x,) + sizes + (np.int64(width), words, _unread_flag(), signs)
+        _function("pack", f"sign_pack_{kind}_float32")(grid(width), (_constant("pack", "PACK_THREADS"),), args)
     return signs, words
+
+
+def sign_pack_rows(x, n_threads=None):
+    """``sign(x)`` of float32 rows as float32 and its words, in one kernel; see :mod:`xnorcore._backends`."""
+    rows, length = x.shape
+    return _sign_pack("rows", x, rows, length, lambda width: _pack_rows_grid(rows, width))
 
 
 def sign_pack_cols(w, n_threads=None):
     """``sign(w)`` as float32 and its words along the first axis, in one kernel; see :mod:`xnorcore._backends`."""
-    cupy = _cupy()
-    w = cupy.ascontiguousarray(w, dtype=np.float32)
     length, cols = w.shape
-    width = n_words(length)
-    signs = _alloc(lambda: cupy.empty((length, cols), dtype=np.float32), w.nbytes, "hold the signs of the weights")
-    words = _alloc(lambda: cupy.empty((cols, width), dtype=np.uint64), cols * width * 8, "pack the weights")
-    if words.size:
-        threads = _constant("pack", "PACK_THREADS")
-        _function("pack", "sign_pack_cols_float32")(
-            (math.ceil(cols / threads), min(width, 65535)), (threads,),
-            (w, np.int64(length), np.int64(cols), np.int64(width), words, _unread_flag(), signs),
-        )
-    return signs, words
+    threads = _constant("pack", "PACK_THREADS")
+    return _sign_pack("cols", w, cols, length, lambda width: (math.ceil(cols / threads), min(width, 65535)))
 
 
 _elementwise = {}  # name -> cupy.ElementwiseKernel of the one-pass array operations below
