@@ -376,6 +376,24 @@ def test_fused_threshold_pack_matches_unfused_arithmetic(dtype, n):
         assert not (packed.words[:, -1] >> np.uint64(n % 64)).any()
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("where", [0, 69])  # the first and the last 64-row block
+def test_float_threshold_of_overflowed_sums_is_an_error(where, n_threads):
+    # inf - inf is NaN, whose sign is no answer: the CPU raises as the GPU does.
+    from xnorcore._backends import cpu
+
+    z = np.ones((70, 130), dtype=np.float32)
+    threshold = np.zeros(130, dtype=np.float32)
+    direction = np.ones(130, dtype=np.int8)
+    z[where, 129] = np.inf
+    threshold[129] = np.inf
+    with pytest.raises(ValueError, match="must not contain NaN .*float32 sums overflowed"):
+        cpu.threshold_pack(z, direction, threshold, n_threads)
+    z[where, 129] = np.float32(3e38)  # a finite sum past an infinite threshold is a sign
+    words = cpu.threshold_pack(z, direction, threshold, n_threads)
+    assert (words[where, 2] >> np.uint64(1)) & np.uint64(1) == 0  # bit 129: 3e38 - inf < 0
+
+
 @pytest.mark.parametrize("batch_norm, binarize_last, hidden", [(True, False, (65, 64)), (False, True, (63,)), (True, True, ())])
 def test_packed_model_round_trips_through_plain_arrays(batch_norm, binarize_last, hidden):
     """to_arrays gives JSON metadata and numpy arrays only; from_arrays rebuilds the same logits."""

@@ -271,18 +271,19 @@ ctypedef fused _unit_sum:
     float
 
 
-cdef inline void _threshold_row(const xnor_kernels *kern, int dtype, const _unit_sum *z,
-                                const int8_t *direction, const _unit_sum *threshold, int64_t n,
-                                _unit_sum *buffer, uint64_t *out) noexcept nogil:
+cdef inline int _threshold_row(const xnor_kernels *kern, int dtype, const _unit_sum *z,
+                               const int8_t *direction, const _unit_sum *threshold, int64_t n,
+                               _unit_sum *buffer, uint64_t *out) noexcept nogil:
     # z, direction, threshold: input (n,); buffer: scratch (n,) for float sums;
     # out: output words.  Int32 sums go through the table's fused kernel.
+    # Returns nonzero where a float value to pack is NaN.
     cdef int64_t j
     if _unit_sum is int32_t:
         kern.threshold_pack(z, direction, threshold, n, out)
-    else:
-        for j in range(n):
-            buffer[j] = direction[j] * z[j] - threshold[j]
-        kern.pack_row(dtype, buffer, n, out)
+        return 0
+    for j in range(n):
+        buffer[j] = direction[j] * z[j] - threshold[j]
+    return kern.pack_row(dtype, buffer, n, out)
 
 
 def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
@@ -290,17 +291,18 @@ def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
     """Signs of ``direction * z - threshold``, packed along rows.
 
     z (R, N): input, a layer's sums; direction (N,) in {-1, 0, 1} and
-    threshold (N,): input, folded batch norm.  Returns words (R, ceil(N / 64)),
+    threshold (N,): input, folded batch norm.  The words (R, ceil(N / 64)) have
     bit j of a row set where ``direction[j] * z[j] - threshold[j] >= 0`` (the
     arithmetic of the unfused numpy expression), padding bits 0.  Each row goes
     through a per-thread buffer that stays in L1 and the SIMD row packer, so z
-    is read once and no (R, N) temporary is written.
+    is read once and no (R, N) temporary is written.  Returns (words, has_nan),
+    has_nan telling whether a float value to pack was NaN (its bit is 0).
     """
     cdef int64_t rows = z.shape[0], n = z.shape[1]
     cdef int64_t n_words = (n + 63) // 64
     words = np.empty((rows, n_words), dtype=np.uint64)
     if rows == 0 or n_words == 0:
-        return words
+        return words, False
     cdef uint64_t[:, ::1] out = words
     cdef const xnor_kernels *kern = _active
     cdef int dtype = XNOR_I32 if _unit_sum is int32_t else XNOR_F32
@@ -310,6 +312,7 @@ def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
     cdef int64_t block_rows = 64
     cdef int64_t r0, r, j
     cdef int failed = 0
+    cdef int nan = 0
     cdef _unit_sum *buffer
     for r0 in prange(0, rows, block_rows, nogil=True, schedule="static", num_threads=nt):
         buffer = <_unit_sum *>malloc(n * sizeof(_unit_sum))
@@ -317,12 +320,12 @@ def threshold_pack(const _unit_sum[:, ::1] z, const int8_t[::1] direction,
             failed += 1
         else:
             for r in range(r0, min(r0 + block_rows, rows)):
-                _threshold_row(kern, dtype, &z[r, 0], &direction[0], &threshold[0], n, buffer,
-                               &out[r, 0])
+                nan += _threshold_row(kern, dtype, &z[r, 0], &direction[0], &threshold[0], n, buffer,
+                                      &out[r, 0])
             free(buffer)
     if failed:
         raise MemoryError("threshold_pack could not allocate its row buffer")
-    return words
+    return words, nan != 0
 
 
 def xnor_gemm_threshold_pack(a_words, b_words, int64_t k, const int8_t[::1] direction,

@@ -66,7 +66,8 @@ Operations
 ``threshold_pack(z, direction, threshold, n_threads) -> words (R, ceil(N / 64))``
     Bits of ``direction * z - threshold >= 0`` for an (R, N) int32 or float32
     ``z``, int8 ``direction`` (N,) and ``threshold`` (N,) of z's dtype: batch
-    norm and sign folded into one comparison per unit.
+    norm and sign folded into one comparison per unit.  Float32 sums that give
+    NaN (past the float32 range) raise ValueError.
 ``deferred_nan_checks()``
     A context manager: within it, ``threshold_pack`` need not wait for the
     device to check its sums for NaN; the checks raise at its end.

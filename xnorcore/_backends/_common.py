@@ -5,6 +5,9 @@ import numpy as np
 from .._array import get_array_module
 from ..ops import PackedBits, pack_bits, unpack_bits
 
+#: The error of a threshold on float32 sums with NaN among them, on every backend.
+NAN_SUMS = "the sums to threshold must not contain NaN (float32 sums overflowed: inputs too large)"
+
 
 def threshold_pack(z, direction, threshold):
     """Words of ``direction * z - threshold >= 0``, computed in place on ``z`` (a fresh array of sums)."""

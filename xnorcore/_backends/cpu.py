@@ -210,8 +210,11 @@ deferred_nan_checks = contextlib.nullcontext
 def threshold_pack(z, direction, threshold, n_threads=None):
     """Words of the signs of ``direction * z - threshold`` along rows, in one pass."""
     if z.dtype == threshold.dtype and z.dtype in (np.int32, np.float32):
-        return _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold,
-                                       _threads(n_threads, z.size * _NS_PER_THRESHOLD))
+        words, has_nan = _bitpack.threshold_pack(np.ascontiguousarray(z), direction, threshold,
+                                                 _threads(n_threads, z.size * _NS_PER_THRESHOLD))
+        if has_nan:  # sums past the float32 range (inf - inf), as the GPU refuses them
+            raise ValueError(_common.NAN_SUMS)
+        return words
     return _common.threshold_pack(z, direction, threshold)
 
 

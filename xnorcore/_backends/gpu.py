@@ -781,7 +781,7 @@ def config():
 
 
 _deferred = threading.local()
-_NAN_SUMS = "the sums to threshold must not contain NaN (float32 sums overflowed: inputs too large)"
+_NAN_SUMS = _common.NAN_SUMS
 
 
 @contextlib.contextmanager
