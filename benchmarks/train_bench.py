@@ -182,6 +182,18 @@ def task_predict(args):
     })
 
 
+def _warm_network(hidden, batch, device, X, y, **params):
+    """``(network, optimizer, X, y)`` of a BNNClassifier fitted one epoch on 2 batches (kernels compiled,
+    memory allocated), with ``X`` standardized and both on the network's device: the training loop can
+    then be timed without input validation or host-to-device copies."""
+    clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0, device=device,
+                        **params)
+    clf.fit(X[:2 * batch], y[:2 * batch])
+    xp = clf.network_.xp
+    Xd = xp.asarray(((X - clf.input_mean_) / clf.input_scale_).astype(np.float32))
+    return clf.network_, clf.optimizer_, Xd, xp.asarray(np.searchsorted(clf.classes_, y))
+
+
 def task_throughput(args):
     """Training examples/s for binary with and without xnor, and float, per batch size."""
     X_train, y_train, _, _ = _mnist(args)
@@ -195,15 +207,8 @@ def task_throughput(args):
     for batch in sizes:
         runs = {}
         for name, kw in modes:
-            clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0,
-                                device=args.device, **kw)
-            clf.fit(X[:2 * batch], y[:2 * batch])  # warm-up: compile kernels, allocate
-            xp = clf.network_.xp
-            # Time the training loop itself on device-resident data (no input
-            # validation or host-to-device copy inside the timing).
-            Xd = xp.asarray(((X - clf.input_mean_) / clf.input_scale_).astype(np.float32))
-            yd = xp.asarray(np.searchsorted(clf.classes_, y))
-            runs[name] = (clf.network_, clf.optimizer_, Xd, yd, np.random.RandomState(0), xp.random.RandomState(0))
+            net, opt, Xd, yd = _warm_network(hidden, batch, args.device, X, y, **kw)
+            runs[name] = (net, opt, Xd, yd, np.random.RandomState(0), net.xp.random.RandomState(0))
         best = dict.fromkeys(runs, 0.0)
         for r in range(args.repeat):  # the modes in turn, their order rotated each round
             names = [name for name, _ in modes]
@@ -242,13 +247,9 @@ def task_step(args):
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         nets = {}
         for xnor in (True, False):
-            clf = BNNClassifier(hidden_layer_sizes=hidden, batch_size=batch, max_iter=1, random_state=0,
-                                device=args.device, xnor=xnor)
-            clf.fit(X_train[:2 * batch], y_train[:2 * batch])  # warm-up: compile kernels, allocate
-            xp = clf.network_.xp
-            xb = xp.asarray(((X_train[:batch] - clf.input_mean_) / clf.input_scale_).astype(np.float32))
-            yb = xp.asarray(np.searchsorted(clf.classes_, y_train[:batch]))
-            nets[xnor] = (clf.network_, clf.optimizer_, xb, yb, xp.random.RandomState(0))
+            net, opt, Xd, yd = _warm_network(hidden, batch, args.device, X_train[:2 * batch], y_train[:2 * batch],
+                                             binary=True, xnor=xnor)
+            nets[xnor] = (net, opt, Xd[:batch], yd[:batch], net.xp.random.RandomState(0))
         times = {True: [], False: []}
         for r in range(args.repeat):
             for xnor in ((True, False) if r % 2 == 0 else (False, True)):
