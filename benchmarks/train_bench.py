@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from xnorcore import BNNClassifier  # noqa: E402
 from xnorcore.datasets import load_digits_split, load_mnist  # noqa: E402
+from xnorcore.nn import _graph  # noqa: E402
 from xnorcore.nn._trainer import run_epoch  # noqa: E402
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
@@ -226,8 +227,12 @@ def task_throughput(args):
 
 
 def _step_ms(net, opt, xb, yb, drop_rng, steps):
-    """Median milliseconds of one training step: device time by CUDA events on the GPU, wall time on the CPU."""
+    """Median milliseconds of one training step: device time by CUDA events on the GPU (the step replayed
+    as a CUDA graph, as training runs it, unless XNORCORE_GPU_GRAPHS=0), wall time on the CPU."""
     step = lambda: net.train_step(xb, yb, opt, 1e-3, rng=drop_rng)  # noqa: E731
+    if _graph.enabled(xb):
+        graphed = _graph.graphed_steps(net, opt, 0.0)
+        step = lambda: graphed(xb, yb, 1e-3, drop_rng)  # noqa: E731
     if net.xp is np:
         times = []
         for _ in range(steps):
@@ -257,6 +262,7 @@ def task_step(args):
         xnor_ms, float_ms = statistics.median(times[True]), statistics.median(times[False])
         _emit({
             "task": "step", "batch_size": batch, "hidden_layer_sizes": hidden, "rounds": args.repeat,
+            "graphs": _graph.enabled(nets[True][2]),
             "step_ms": {"binary-xnor": round(xnor_ms, 3), "binary-matmul": round(float_ms, 3)},
             "xnor_speedup": round(float_ms / xnor_ms, 3), "device": args.device, "machine": _machine(),
         })

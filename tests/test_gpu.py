@@ -665,3 +665,166 @@ def test_gpu_fused_batch_norm_follows_the_array_path(shape):
     b = _gpu.batch_norm_train(cupy.asarray(z, dtype=np.float32), device.gamma, device.beta, *stats[1], 0.9, 1e-4)
     for x, y in zip(a + stats[0], b + stats[1]):
         np.testing.assert_array_equal(x.get(), y.get())
+
+
+# --- training steps replayed as CUDA graphs ----------------------------------------
+
+
+def _train_epochs(make_net, X, y, *, epochs=2, batch_size=64, lr=1e-2, reg=0.0):
+    """Losses and the network after ``epochs`` of :func:`run_epoch` (shuffled, dropout drawn on the device)."""
+    import cupy
+
+    from xnorcore.nn import Adam
+    from xnorcore.nn._trainer import run_epoch
+
+    net, opt = make_net(), Adam()
+    perm_rng, drop_rng = np.random.RandomState(1), cupy.random.RandomState(2)
+    losses = [run_epoch(net, opt, X, y, batch_size=batch_size, lr=lr / (e + 1), reg=reg, perm_rng=perm_rng,
+                        drop_rng=drop_rng, shuffle=True)[0] for e in range(epochs)]
+    return losses, net, opt
+
+
+def _assert_same_training(a, b):
+    (losses_a, net_a, opt_a), (losses_b, net_b, opt_b) = a, b
+    assert losses_a == losses_b
+    assert opt_a.t == opt_b.t
+    for (name, p, g, _), (_, q, h, _) in zip(net_a.params(), net_b.params()):
+        np.testing.assert_array_equal(p.get(), q.get(), err_msg=name)
+        np.testing.assert_array_equal(g.get(), h.get(), err_msg=name)
+        np.testing.assert_array_equal(opt_a.m[name].get(), opt_b.m[name].get(), err_msg=name)
+    for la, lb in zip(net_a.layers(), net_b.layers()):
+        for attr in ("running_mean", "running_var"):
+            if hasattr(la, attr):
+                np.testing.assert_array_equal(getattr(la, attr).get(), getattr(lb, attr).get())
+
+
+NETS = {  # name -> (network kwargs, conv layers)
+    "binary-xnor": (dict(binary=True, xnor=True), None),
+    "binary-matmul": (dict(binary=True, xnor=False), None),
+    "binary-xnor-dropout": (dict(binary=True, xnor=True, dropout=0.3, input_dropout=0.2, binarize_last=True), None),
+    "float": (dict(binary=False, dropout=0.2), None),
+    "cnn-float": (dict(binary=True, xnor=False, dropout=0.2), (8, "pool", 16)),
+    "cnn-xnor": (dict(binary=True, xnor=True), (8, "pool", 16)),
+}
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("reg", [0.0, 1e-4])
+@pytest.mark.parametrize("name", list(NETS))
+def test_gpu_graphed_steps_train_as_uncaptured_ones(monkeypatch, name, reg):
+    import cupy
+
+    from xnorcore.nn import ConvNetwork, Network
+    from xnorcore.nn import _graph
+
+    kwargs, conv = NETS[name]
+    rng = np.random.RandomState(0)
+    X = cupy.asarray(rng.randn(300, 64).astype(np.float32))  # 4 full batches of 64 and one of 44
+    y = cupy.asarray(rng.randint(0, 3, 300))
+
+    def make_net():
+        if conv is None:
+            return Network(64, 3, (96, 65), random_state=np.random.RandomState(7), xp=cupy, **kwargs)
+        kw = {k: v for k, v in kwargs.items() if k != "input_dropout"}
+        return ConvNetwork((8, 8, 1), conv, 3, (32,), random_state=np.random.RandomState(7), xp=cupy, **kw)
+
+    monkeypatch.setenv(_graph.ENV, "0")
+    uncaptured = _train_epochs(make_net, X, y, reg=reg)
+    assert uncaptured[1] not in _graph._steps
+    monkeypatch.delenv(_graph.ENV)
+    graphed = _train_epochs(make_net, X, y, reg=reg)
+    _assert_same_training(graphed, uncaptured)
+    steps = _graph._steps[graphed[1]]
+    if name != "cnn-xnor":  # (its conv layers check their packed input for NaN, which waits for the device)
+        assert steps.graph is not None and not steps.failed
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_graphed_steps_are_captured_again_when_the_network_changes(monkeypatch):
+    import copy
+
+    import cupy
+
+    from xnorcore.nn import Adam, Network
+    from xnorcore.nn import _graph
+    from xnorcore.nn._trainer import run_epoch
+
+    rng = np.random.RandomState(0)
+    X = cupy.asarray(rng.randn(256, 20).astype(np.float32))
+    y = cupy.asarray(rng.randint(0, 4, 256))
+
+    def epoch(net, opt, seed):
+        return run_epoch(net, opt, X, y, batch_size=32, lr=1e-2, reg=0.0, perm_rng=np.random.RandomState(seed),
+                         drop_rng=cupy.random.RandomState(seed), shuffle=True)[0]
+
+    net, opt = Network(20, 4, (40,), xnor=True, random_state=np.random.RandomState(3), xp=cupy), Adam()
+    epoch(net, opt, 0)
+    steps = _graph.graphed_steps(net, opt, 0.0)
+    assert steps.graph is not None
+    assert _graph.graphed_steps(net, opt, 0.0) is steps
+    assert _graph.graphed_steps(net, opt, 1e-3) is not steps  # another reg
+    # A copy trains on its own arrays (its own graph); a changed dropout rate is captured again.
+    twin, twin_opt = copy.deepcopy(net).to(cupy), copy.deepcopy(opt).to(cupy)
+    for n, o in ((net, opt), (twin, twin_opt)):
+        n.blocks[1].dense.dropout = 0.25
+        epoch(n, o, 5)
+    assert _graph._steps[net] is not steps and _graph._steps[net].graph is not None
+    assert _graph._steps[twin].graph is not None
+    monkeypatch.setenv(_graph.ENV, "0")
+    again, again_opt = copy.deepcopy(twin).to(cupy), copy.deepcopy(twin_opt).to(cupy)
+    monkeypatch.delenv(_graph.ENV)
+    loss = epoch(twin, twin_opt, 6)
+    monkeypatch.setenv(_graph.ENV, "0")
+    assert loss == epoch(again, again_opt, 6)
+    for a, b in zip(twin.params(), again.params()):
+        np.testing.assert_array_equal(a[1].get(), b[1].get())
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_fit_with_graphs_equals_fit_without(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from xnorcore import BNNClassifier
+    from xnorcore.nn import _graph
+
+    X, y = load_digits(return_X_y=True)
+    params = dict(hidden_layer_sizes=(128, 128), max_iter=3, batch_size=100, device="gpu", xnor=True,
+                  early_stopping=True, random_state=0)
+    graphed = BNNClassifier(**params).fit(X, y)
+    monkeypatch.setenv(_graph.ENV, "0")
+    uncaptured = BNNClassifier(**params).fit(X, y)
+    assert graphed.loss_curve_ == uncaptured.loss_curve_
+    np.testing.assert_array_equal(graphed.predict_proba(X), uncaptured.predict_proba(X))
+    # partial_fit continues the fitted network (graphs back on for the first)
+    monkeypatch.delenv(_graph.ENV)
+    graphed.partial_fit(X, y)
+    monkeypatch.setenv(_graph.ENV, "0")
+    uncaptured.partial_fit(X, y)
+    np.testing.assert_array_equal(graphed.predict_proba(X), uncaptured.predict_proba(X))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 1), (5, 1, 3), (64, 65, 63), (300, 37, 3), (0, 4, 2), (3, 0, 2)])
+def test_gpu_training_matmul_takes_c_and_transposed_operands(m, k, n):
+    import cupy
+
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    a = np.where(rng.random((m, k)) < 0.5, -1, 1).astype(np.float32)  # +-1: every product is exact
+    b = rng.integers(-3, 4, (k, n)).astype(np.float32)
+    want = a @ b
+    strided = cupy.zeros((m, 2 * k), dtype=np.float32)
+    strided[:, ::2] = cupy.asarray(a)
+    for da in (cupy.asarray(a), cupy.asarray(np.ascontiguousarray(a.T)).T, strided[:, ::2]):
+        for db in (cupy.asarray(b), cupy.asarray(np.ascontiguousarray(b.T)).T):
+            got = _gpu.matmul(da, db)
+            assert got.flags.c_contiguous and got.dtype == np.float32
+            np.testing.assert_array_equal(got.get(), want)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    got = _gpu.matmul(cupy.asarray(x), cupy.asarray(b))
+    np.testing.assert_allclose(got.get(), x @ b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="matching inner size"):
+        _gpu._cublas.matmul(cupy.asarray(a), cupy.asarray(b.T.copy()) if k != n else cupy.zeros((k + 1, n), np.float32))

@@ -60,6 +60,11 @@ Operations
     One Adam step in place on float32 C-contiguous arrays of one shape, in
     the float32 operations of ``nn.Adam``'s array path (``clip``: then clip
     ``p`` to [-1, 1]); one pass over memory.  ``n_threads=None`` is one thread.
+``matmul(a, b) -> array``
+    ``a @ b`` of training's float products (2-D, each operand C-contiguous or
+    a transposed C-contiguous array).  The GPU calls cuBLAS itself for float32,
+    so that a training step can be captured into a CUDA graph (CuPy's own
+    products refuse capture; :mod:`xnorcore.nn._graph`).
 ``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
     ``a_words`` (M, W) and ``b_words`` (N, W), ``W = ceil(k / 64)``; the result
     is ``k - 2 popcount(a ^ b)``.

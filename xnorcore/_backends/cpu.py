@@ -36,6 +36,11 @@ VARIANT_ENV = "XNORCORE_POPCOUNT"
 #: Training's binary products go through xnor_gemm (benchmarks/train_bench.py).
 prefers_xnor_training = True
 
+
+def matmul(a, b):
+    """``a @ b`` of training's products (BLAS through numpy); see :mod:`xnorcore._backends`."""
+    return a @ b
+
 #: Rows of the first layer's input with at most this fraction of nonzeros go
 #: through the zero-skipping kernel (see input_layer), the others through BLAS,
 #: which is faster on them (benchmarks/RESULTS.md).

@@ -41,7 +41,7 @@ import threading
 import numpy as np
 
 from ..ops import PackedBits, n_words
-from . import _common
+from . import _common, _cublas
 
 NAME = "gpu"
 
@@ -404,31 +404,53 @@ def batch_norm_backward(dy, xhat, inv_std, gamma):
     return dx, grads[1], grads[0]
 
 
-_adam_kernel = None
+_adam_kernels = {}  # False / True (step read from a device array) -> cupy.ElementwiseKernel
+
+#: One Adam step in place: the float32 operations of Adam.step's array path, each
+#: rounded on its own (no contraction into fused multiply-adds), so both agree bit
+#: for bit.  ``STEP`` is the step size: an argument, or the element of a device array.
+_ADAM_BODY = """
+const float mi = __fadd_rn(__fmul_rn(m, b1), __fmul_rn(g, c1));
+const float vi = __fadd_rn(__fmul_rn(v, b2), __fmul_rn(__fmul_rn(g, g), c2));
+m = mi;
+v = vi;
+float pi = __fsub_rn(p, __fmul_rn(__fdiv_rn(mi, __fadd_rn(__fsqrt_rn(vi), eps)), STEP));
+if (clip) pi = pi > 1.0f ? 1.0f : (pi < -1.0f ? -1.0f : pi);  // NaN stays NaN, as in clip
+p = pi;
+"""
 
 
 def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
-    """One Adam step in place, one kernel; see :mod:`xnorcore._backends`."""
-    global _adam_kernel
-    if _adam_kernel is None:
-        # The float32 operations of Adam.step's array path, each rounded on its
-        # own (no contraction into fused multiply-adds), so both agree bit for bit.
-        _adam_kernel = _cupy().ElementwiseKernel(
-            "float32 g, float32 b1, float32 c1, float32 b2, float32 c2, float32 eps, float32 step, bool clip",
+    """One Adam step in place, one kernel; see :mod:`xnorcore._backends`.
+
+    ``step`` may be a one-element float32 cupy array: the kernel reads it when
+    it runs, so a captured CUDA graph of the step takes a new step size at each
+    replay (:mod:`xnorcore.nn._graph`).
+    """
+    cupy = _cupy()
+    on_device = isinstance(step, cupy.ndarray)
+    kernel = _adam_kernels.get(on_device)
+    if kernel is None:
+        step_param = "raw float32 step" if on_device else "float32 step"
+        kernel = _adam_kernels[on_device] = cupy.ElementwiseKernel(
+            f"float32 g, float32 b1, float32 c1, float32 b2, float32 c2, float32 eps, {step_param}, bool clip",
             "float32 p, float32 m, float32 v",
-            """
-            const float mi = __fadd_rn(__fmul_rn(m, b1), __fmul_rn(g, c1));
-            const float vi = __fadd_rn(__fmul_rn(v, b2), __fmul_rn(__fmul_rn(g, g), c2));
-            m = mi;
-            v = vi;
-            float pi = __fsub_rn(p, __fmul_rn(__fdiv_rn(mi, __fadd_rn(__fsqrt_rn(vi), eps)), step));
-            if (clip) pi = pi > 1.0f ? 1.0f : (pi < -1.0f ? -1.0f : pi);  // NaN stays NaN, as in clip
-            p = pi;
-            """,
-            "xnorcore_adam_update",
+            _ADAM_BODY.replace("STEP", "step[0]" if on_device else "step"),
+            "xnorcore_adam_update_dev" if on_device else "xnorcore_adam_update",
         )
     f32 = np.float32
-    _adam_kernel(g, f32(b1), f32(1 - b1), f32(b2), f32(1 - b2), f32(eps), f32(step), bool(clip), p, m, v)
+    if on_device and (step.dtype != f32 or step.size != 1):
+        raise ValueError(f"step must be a float or a one-element float32 array, got {step.dtype} {step.shape}")
+    kernel(g, f32(b1), f32(1 - b1), f32(b2), f32(1 - b2), f32(eps), step if on_device else f32(step), bool(clip),
+           p, m, v)
+
+
+def matmul(a, b):
+    """``a @ b`` of training's 2-D products: float32 on cuBLAS directly (:mod:`._cublas`: CuPy's
+    products cannot be captured into a CUDA graph), anything else through cupy; see :mod:`xnorcore._backends`."""
+    if a.dtype == np.float32 and b.dtype == np.float32 and a.ndim == b.ndim == 2:
+        return _cublas.matmul(a, b)
+    return a @ b
 
 
 def _pack_rows_grid(rows, width):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import _train
 from ..ops import binary_conv2d, get_array_module, pack_bits
-from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer
+from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer, matmul
 
 _F32 = np.float32
 
@@ -134,13 +134,13 @@ def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow):
     kh, kw = kernel_hw
     (pt, pb), (pl, pr) = pads
     if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
-        return (dz @ w.T).reshape(n, h, w_in, c)
+        return matmul(dz, w.T).reshape(n, h, w_in, c)
     taps = w.reshape(kh, kw, c, -1)
     dxpad = xp.zeros((n, h + pt + pb, w_in + pl + pr, c), dtype=dz.dtype)
     for i in range(kh):
         for j in range(kw):
             rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
-            dxpad[:, rows, columns, :] += (dz @ taps[i, j].T).reshape(n, oh, ow, c)
+            dxpad[:, rows, columns, :] += matmul(dz, taps[i, j].T).reshape(n, oh, ow, c)
     if any(pads[0] + pads[1]):
         return xp.ascontiguousarray(dxpad[:, pt:pt + h, pl:pl + w_in])
     return dxpad
@@ -235,7 +235,7 @@ class Conv2D(WeightLayer):
                               n_threads=1).astype(x.dtype)
             oh, ow = z.shape[1:3]
         else:
-            z = (cols @ w).reshape(n, oh, ow, o)
+            z = (matmul(cols, w) if training else cols @ w).reshape(n, oh, ow, o)
         if self.bias is not None:
             z += self.bias
         if training:
@@ -253,9 +253,9 @@ class Conv2D(WeightLayer):
         # BLAS is several times faster on the product with the narrower
         # matrix as its result's rows (a first layer has few columns).
         if cols.shape[1] < o:
-            self.weight_grad = (dz2.T @ cols).T.reshape(kh, kw, c, o)
+            self.weight_grad = matmul(dz2.T, cols).T.reshape(kh, kw, c, o)
         else:
-            self.weight_grad = (cols.T @ dz2).reshape(kh, kw, c, o)
+            self.weight_grad = matmul(cols.T, dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:
             return None
         return input_gradient(dz2, w, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow)

@@ -29,6 +29,11 @@ def binarize(x):
     return backend_for(x).signs(x, x.dtype)
 
 
+def matmul(a, b):
+    """``a @ b`` of a training step's float products, on the arrays' backend (a CUDA graph can capture the GPU's)."""
+    return backend_for(a, b).matmul(a, b)
+
+
 def ste_mask(x):
     """Where the straight-through estimator lets the gradient of sign through."""
     xp = get_array_module(x)
@@ -178,7 +183,7 @@ class Dense(WeightLayer):
             z = backend_for(bits).real_layer(bits.words, bits.length, self.weight)
         else:
             w = self.effective_weight()
-            z = x @ w
+            z = matmul(x, w) if training else x @ w
         if scale is not None:
             z *= scale
         if self.bias is not None:
@@ -196,12 +201,12 @@ class Dense(WeightLayer):
         # For binary weights the straight-through estimator would cancel the
         # gradient where |W| > 1, but the optimizer clips latent weights to
         # [-1, 1] after every step, so that mask is identically one.
-        self.weight_grad = x.T @ dz
+        self.weight_grad = matmul(x.T, dz)
         if not self.need_input_grad:
             return None
         if w is None:
             w = self.effective_weight()
-        dx = dz @ w.T
+        dx = matmul(dz, w.T)
         if mask is not None:
             dx *= mask
         return dx

@@ -290,11 +290,13 @@ class Network(BlockStack):
             block.activation = h
         return h
 
-    def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None, sample_weight=None, weight_sum=None):
+    def train_step(self, x, y, optimizer, lr, reg=0.0, rng=None, sample_weight=None, weight_sum=None,
+                   step_size=None):
         """One optimizer step on a minibatch; returns the loss (on the device).
 
         ``sample_weight`` (on the device) and its host-side ``weight_sum``
         weight each sample's loss, as :func:`softmax_cross_entropy` does.
+        ``step_size`` goes to :meth:`Adam.step` (a step captured as a CUDA graph).
         """
         if not self.has_training_state:
             raise RuntimeError(
@@ -312,7 +314,7 @@ class Network(BlockStack):
                 if name.endswith("/weight"):
                     g += reg32 * xp.sign(p)
                     loss = loss + reg32 * xp.abs(p).sum()
-        optimizer.step(params, lr)
+        optimizer.step(params, lr, step_size=step_size)
         return loss
 
     # -------------------------------------------------------------- inference

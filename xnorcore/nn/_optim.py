@@ -56,7 +56,21 @@ class Adam:
         self.m = {}
         self.v = {}
 
-    def step(self, params, lr):
+    def next_step_size(self, lr):
+        """Advance the step count; returns the step size of that step, the bias correction folded into ``lr``."""
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        return lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+
+    def init_state(self, params):
+        """Create the moments of ``params`` (as :meth:`step` takes them) that have none yet, as zeros."""
+        for name, p, _, _ in params:
+            if name not in self.m:
+                xp = get_array_module(p)
+                self.m[name] = xp.zeros_like(p)
+                self.v[name] = xp.zeros_like(p)
+
+    def step(self, params, lr, step_size=None):
         """Apply one update.
 
         Parameters
@@ -65,25 +79,26 @@ class Adam:
             ``clip`` tells whether ``param`` is a latent binary weight.
         lr : float
             Learning rate of this step.
+        step_size : cupy array of one float32, optional
+            Where the GPU kernels read the step size when they run, instead of
+            taking the one of ``lr`` now: what a captured CUDA graph of the step
+            needs (:mod:`xnorcore.nn._graph` sets it, and the step count, before
+            each replay).  Every parameter must then take the fused kernel.
         """
-        self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        # Bias correction folded into the step size.
-        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        step = self.next_step_size(lr) if step_size is None else step_size
+        self.init_state(params)
         for name, p, g, clip in params:
-            xp = get_array_module(p)
-            if name not in self.m:
-                self.m[name] = xp.zeros_like(p)
-                self.v[name] = xp.zeros_like(p)
             m, v = self.m[name], self.v[name]
             if _fused(p, g, m, v):
                 # One pass over memory (one kernel on the GPU) instead of ten; on
                 # one CPU thread: OpenBLAS's threads still spin after the products
                 # of the step, and a second thread would wait for a core (as
                 # Dense.forward explains).
-                backend_for(p).adam_update(p, g, m, v, b1, b2, self.eps, step, clip, 1)
+                backend_for(p).adam_update(p, g, m, v, self.beta1, self.beta2, self.eps, step, clip, 1)
                 continue
-            adam_arrays(p, g, m, v, b1, b2, self.eps, step, clip)
+            if step_size is not None:
+                raise ValueError(f"step_size needs float32 C-contiguous parameters and gradients; {name} is not")
+            adam_arrays(p, g, m, v, self.beta1, self.beta2, self.eps, step, clip)
 
     def to(self, xp):
         """Move the moments to ``xp`` (numpy or cupy), in place; returns self."""

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .._array import get_array_module, to_numpy
+from . import _graph
 from ._augment import RandomShift
 from ._convnet import ConvNetwork
 from ._network import Network
@@ -49,7 +50,8 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     sample joins the batch before it: batch statistics of one sample are zero
     variance, and the step would train on nothing but the batch norm's offsets.
     ``augment`` (a :class:`~xnorcore.nn._augment.RandomShift`) transforms
-    each minibatch, drawing from ``drop_rng``.
+    each minibatch, drawing from ``drop_rng``.  On the GPU, the unweighted
+    steps of full minibatches replay a CUDA graph (:mod:`xnorcore.nn._graph`).
     """
     xp = get_array_module(X)
     n = X.shape[0]
@@ -68,6 +70,7 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     bounds = list(range(0, n, batch_size)) + [n]
     if (net.batch_norm or net.binarize_last) and len(bounds) > 2 and n - bounds[-2] == 1:
         del bounds[-2]
+    graphed = _graph.graphed_steps(net, opt, reg) if _graph.enabled(X) and weights is None else None
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if order is None:
             idx = host_idx = slice(start, stop)
@@ -78,7 +81,10 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
             xb = augment(xb, drop_rng)
         if weights is None:
             weight = xb.shape[0]
-            loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
+            if graphed is not None and weight == batch_size:
+                loss = graphed(xb, yb, lr, drop_rng)
+            else:
+                loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
         else:
             weight = float(sample_weight[host_idx].sum())
             if weight == 0:
