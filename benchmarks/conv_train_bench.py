@@ -6,8 +6,8 @@ Run from the repository root, for example::
     python benchmarks/conv_train_bench.py --device gpu --batch-sizes 256,1024
 
 Each round fits one epoch on ``--n-samples`` MNIST images (from ``--data-dir``,
-else scikit-learn's digits upscaled to 28x28) with ``xnor=True`` and with
-``xnor=False``, in alternating order; the two give the same model (checked
+else scikit-learn's digits upscaled to 28x28) with ``xnor=True``, ``xnor=False``
+and ``xnor="auto"``, in rotating order; all give the same model (checked
 here), so only the time differs.  Prints one JSON line per batch size (examples/s
 of each, median over the rounds, and their ratio) and asserts nothing: the
 figures go to benchmarks/RESULTS.md.
@@ -56,23 +56,27 @@ def main():
     conv = args.conv if args.conv == "auto" else eval(args.conv)  # noqa: S307 (a benchmark's own flag)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     warnings.simplefilter("ignore")
+    modes = (True, False, "auto")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        times = {True: [], False: []}
+        times = {mode: [] for mode in modes}
         proba = {}
         for r in range(args.rounds):
-            for xnor in ((True, False) if r % 2 == 0 else (False, True)):
+            for mode in modes[r % 3:] + modes[:r % 3]:  # the order rotated each round
                 clf = BNNClassifier(hidden, image_shape=(28, 28, 1), conv_layers=conv, max_iter=1,
-                                    batch_size=batch, xnor=xnor, device=args.device, random_state=0)
+                                    batch_size=batch, xnor=mode, device=args.device, random_state=0)
                 t = time.perf_counter()
                 clf.fit(X, y)
-                times[xnor].append(time.perf_counter() - t)
-                proba[xnor] = clf.predict_proba(X[:256])
-        xnor_s, float_s = statistics.median(times[True]), statistics.median(times[False])
+                times[mode].append(time.perf_counter() - t)
+                proba[mode] = clf.predict_proba(X[:256])
+        seconds = {mode: statistics.median(t) for mode, t in times.items()}
         print(json.dumps({
             "date": str(datetime.date.today()), "cpus": os.cpu_count(), "device": args.device,
             "conv_layers": str(conv), "hidden": hidden, "batch_size": batch, "n_samples": len(X),
-            "xnor_examples_per_s": round(len(X) / xnor_s), "float_examples_per_s": round(len(X) / float_s),
-            "xnor_speedup": round(float_s / xnor_s, 3), "same_model": bool(np.array_equal(proba[True], proba[False])),
+            "xnor_examples_per_s": round(len(X) / seconds[True]), "float_examples_per_s": round(len(X) / seconds[False]),
+            "auto_examples_per_s": round(len(X) / seconds["auto"]),
+            "xnor_speedup": round(seconds[False] / seconds[True], 3),
+            "auto_speedup": round(seconds[False] / seconds["auto"], 3),
+            "same_model": bool(np.array_equal(proba[True], proba[False]) and np.array_equal(proba[True], proba["auto"])),
             "load": os.getloadavg()[0],
         }), flush=True)
 

@@ -72,6 +72,18 @@ def test_xnor_and_float_training_give_identical_models(digits, conv):
     np.testing.assert_array_equal(a.predict(X_test), b.predict(X_test))
 
 
+def test_auto_xnor_follows_the_backend_per_layer_kind(digits):
+    from xnorcore._backends import cpu
+
+    X_train, _, y_train, _ = digits
+    clf = BNNClassifier(**dict(SMALL, max_iter=1, conv_layers=(8, "pool"), image_shape=(8, 8, 1))).fit(X_train, y_train)
+    assert clf.xnor_ is cpu.prefers_xnor_training is True
+    assert all(b.dense.xnor for b in clf.network_.blocks)
+    assert all(b.conv.xnor == cpu.prefers_xnor_conv_training for b in clf.network_.features.blocks)
+    clf.set_params(xnor=False, warm_start=True).fit(X_train, y_train)  # continued with float products
+    assert not any(b.conv.xnor for b in clf.network_.features.blocks) and clf.xnor_ is False
+
+
 def test_predict_uses_packed_path_equal_to_float_path(digits, fitted):
     from xnorcore import PackedBits
 

@@ -670,17 +670,23 @@ def test_gpu_fused_batch_norm_follows_the_array_path(shape):
 # --- training steps replayed as CUDA graphs ----------------------------------------
 
 
-def _train_epochs(make_net, X, y, *, epochs=2, batch_size=64, lr=1e-2, reg=0.0):
-    """Losses and the network after ``epochs`` of :func:`run_epoch` (shuffled, dropout drawn on the device)."""
+def _train_epochs(make_net, X, y, *, epochs=2, batch_size=64, lr=1e-2, reg=0.0, shift=None):
+    """Losses and the network after ``epochs`` of :func:`run_epoch` (shuffled, dropout drawn on the
+    device); ``shift``, an ``(image_shape, max_shift)``, moves the images as the estimator does."""
     import cupy
 
     from xnorcore.nn import Adam
+    from xnorcore.nn._augment import RandomShift
     from xnorcore.nn._trainer import run_epoch
 
     net, opt = make_net(), Adam()
     perm_rng, drop_rng = np.random.RandomState(1), cupy.random.RandomState(2)
+    augment = None
+    if shift is not None:
+        mean = cupy.asarray(np.random.RandomState(4).rand(X.shape[1]).astype(np.float32))
+        augment = RandomShift(shift[0], shift[1], mean, 1.7)
     losses = [run_epoch(net, opt, X, y, batch_size=batch_size, lr=lr / (e + 1), reg=reg, perm_rng=perm_rng,
-                        drop_rng=drop_rng, shuffle=True)[0] for e in range(epochs)]
+                        drop_rng=drop_rng, shuffle=True, augment=augment)[0] for e in range(epochs)]
     return losses, net, opt
 
 
@@ -704,6 +710,7 @@ NETS = {  # name -> (network kwargs, conv layers)
     "binary-xnor-dropout": (dict(binary=True, xnor=True, dropout=0.3, input_dropout=0.2, binarize_last=True), None),
     "float": (dict(binary=False, dropout=0.2), None),
     "cnn-float": (dict(binary=True, xnor=False, dropout=0.2), (8, "pool", 16)),
+    "cnn-float-first-layer-narrow": (dict(binary=True, xnor=False), (33, "pool", 16)),  # (its weight grad: 9 x 33)
     "cnn-xnor": (dict(binary=True, xnor=True), (8, "pool", 16)),
 }
 
@@ -729,11 +736,12 @@ def test_gpu_graphed_steps_train_as_uncaptured_ones(monkeypatch, name, reg):
         kw = {k: v for k, v in kwargs.items() if k != "input_dropout"}
         return ConvNetwork((8, 8, 1), conv, 3, (32,), random_state=np.random.RandomState(7), xp=cupy, **kw)
 
+    shift = None if conv is None else ((8, 8, 1), 1)
     monkeypatch.setenv(_graph.ENV, "0")
-    uncaptured = _train_epochs(make_net, X, y, reg=reg)
+    uncaptured = _train_epochs(make_net, X, y, reg=reg, shift=shift)
     assert uncaptured[1] not in _graph._steps
     monkeypatch.delenv(_graph.ENV)
-    graphed = _train_epochs(make_net, X, y, reg=reg)
+    graphed = _train_epochs(make_net, X, y, reg=reg, shift=shift)
     _assert_same_training(graphed, uncaptured)
     steps = _graph._steps[graphed[1]]
     if name != "cnn-xnor":  # (its conv layers check their packed input for NaN, which waits for the device)
@@ -793,17 +801,39 @@ def test_gpu_fit_with_graphs_equals_fit_without(monkeypatch):
     X, y = load_digits(return_X_y=True)
     params = dict(hidden_layer_sizes=(128, 128), max_iter=3, batch_size=100, device="gpu", xnor=True,
                   early_stopping=True, random_state=0)
-    graphed = BNNClassifier(**params).fit(X, y)
+    cnn = dict(params, conv_layers=(8, "pool"), image_shape=(8, 8, 1), random_shift=1, xnor="auto")
+    graphed, graphed_cnn = BNNClassifier(**params).fit(X, y), BNNClassifier(**cnn).fit(X, y)
     monkeypatch.setenv(_graph.ENV, "0")
-    uncaptured = BNNClassifier(**params).fit(X, y)
+    uncaptured, uncaptured_cnn = BNNClassifier(**params).fit(X, y), BNNClassifier(**cnn).fit(X, y)
     assert graphed.loss_curve_ == uncaptured.loss_curve_
     np.testing.assert_array_equal(graphed.predict_proba(X), uncaptured.predict_proba(X))
+    assert graphed_cnn.loss_curve_ == uncaptured_cnn.loss_curve_
+    np.testing.assert_array_equal(graphed_cnn.predict_proba(X), uncaptured_cnn.predict_proba(X))
     # partial_fit continues the fitted network (graphs back on for the first)
     monkeypatch.delenv(_graph.ENV)
     graphed.partial_fit(X, y)
     monkeypatch.setenv(_graph.ENV, "0")
     uncaptured.partial_fit(X, y)
     np.testing.assert_array_equal(graphed.predict_proba(X), uncaptured.predict_proba(X))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_auto_xnor_takes_xnor_in_dense_layers_and_float_in_conv_layers():
+    from sklearn.datasets import load_digits
+
+    from xnorcore import BNNClassifier
+
+    X, y = load_digits(return_X_y=True)
+    clf = BNNClassifier((32,), image_shape=(8, 8, 1), conv_layers=(8, "pool"), max_iter=1, device="gpu",
+                        random_state=0).fit(X, y)
+    assert clf.xnor_ is _gpu.prefers_xnor_training is True
+    assert all(b.dense.xnor for b in clf.network_.blocks)
+    assert not _gpu.prefers_xnor_conv_training
+    assert not any(b.conv.xnor for b in clf.network_.features.blocks)
+    same = BNNClassifier((32,), image_shape=(8, 8, 1), conv_layers=(8, "pool"), max_iter=1, device="gpu",
+                         random_state=0, xnor=False).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), same.predict_proba(X))
 
 
 @pytest.mark.gpu

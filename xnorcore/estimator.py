@@ -91,8 +91,9 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         :func:`xnorcore.binary_matmul` and the binary convolutions with
         :func:`xnorcore.binary_conv2d` (XNOR and popcount) instead of float
         products.  The two give identical results; "auto" uses XNOR on the
-        CPU and the float product on the GPU, whichever trained faster in
-        benchmarks/train_bench.py and benchmarks/conv_train_bench.py.
+        CPU, and on the GPU in the dense layers but not in the conv layers:
+        whichever trained faster in benchmarks/train_bench.py and
+        benchmarks/conv_train_bench.py.
         Prediction of a binary network always runs on packed bits.
     batch_norm : bool, default=True
         Batch normalization after each hidden dense layer.
@@ -202,7 +203,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
     device_ : str
         "cpu" or "gpu": where the model was trained.
     xnor_ : bool
-        Whether XNOR products were used in training.
+        Whether XNOR products were used in training (in the dense layers;
+        the conv layers follow ``xnor``, "auto" choosing per device).
 
     Examples
     --------
@@ -363,7 +365,11 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 check_classes(np.unique(y[sample_weight > 0]), "y with positive sample_weight")
             y_idx = encode_labels(y, all_classes)
             xp, backend = for_device(self.device)
-            xnor = self.binary and (backend.prefers_xnor_training if self.xnor == "auto" else bool(self.xnor))
+            if self.xnor == "auto":
+                xnor, conv_xnor = backend.prefers_xnor_training, backend.prefers_xnor_conv_training
+            else:
+                xnor = conv_xnor = bool(self.xnor)
+            xnor, conv_xnor = self.binary and xnor, self.binary and conv_xnor
 
             exponent = getattr(self, "input_exponent_", 0) if resume else input_exponent(X)
             X = model_input(X, exponent)
@@ -384,7 +390,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                     binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
                 )
                 opt, history = Adam(), TrainingHistory()
-            net.set_xnor(xnor)
+            net.set_xnor(xnor, conv_xnor)
             early_stopping = self.early_stopping and not incremental
             max_iter = self._max_iter(conv_layers)
             net = train_standardized(

@@ -86,9 +86,12 @@ Operations
 ``real_layer(words, k, w) -> float64 (R, N)``
     A real layer (k, N) on packed +-1 rows: ``unpack(words) @ w`` in float64.
 ``prefers_xnor_training``
-    Whether training's binary x binary products should use ``xnor_gemm``
-    (``BNNClassifier(xnor="auto")``): whichever trained faster on this device
-    in ``benchmarks/train_bench.py``.
+    Whether training's binary x binary products of dense layers should use
+    ``xnor_gemm`` (``BNNClassifier(xnor="auto")``): whichever trained faster on
+    this device in ``benchmarks/train_bench.py``.
+``prefers_xnor_conv_training``
+    The same for binary conv layers (``conv2d`` against a float product),
+    from ``benchmarks/conv_train_bench.py``.
 
 ``conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads, prepared=None) -> int32 (N, OH, OW, O)``
     The binary convolution (``binary_conv2d``) of NHWC words ``x_words``

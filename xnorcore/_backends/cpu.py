@@ -33,8 +33,10 @@ real_conv2d, real_conv2d_pool = _cpu_conv.real_conv2d, _cpu_conv.real_conv2d_poo
 #: Environment variable that forces a popcount variant.
 VARIANT_ENV = "XNORCORE_POPCOUNT"
 
-#: Training's binary products go through xnor_gemm (benchmarks/train_bench.py).
+#: Training's binary products go through xnor_gemm and conv2d (benchmarks/train_bench.py,
+#: benchmarks/conv_train_bench.py).
 prefers_xnor_training = True
+prefers_xnor_conv_training = True
 
 
 def matmul(a, b):

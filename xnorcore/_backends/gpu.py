@@ -45,11 +45,15 @@ from . import _common, _cublas
 
 NAME = "gpu"
 
-#: Training's backward passes are float products either way.  The XNOR forward
-#: trains faster at batch 8,192 but not at every smaller batch, where the step is
-#: bound by host time and the two paths are within noise of each other
-#: (benchmarks/train_bench.py step, benchmarks/RESULTS.md), so float stays the default.
-prefers_xnor_training = False
+#: Training's backward passes are float products either way.  With each step
+#: replayed as a CUDA graph (xnorcore.nn._graph) the step is bound by the device,
+#: and the XNOR forward of dense layers trains 1.07-1.21x faster than the float one
+#: at batches 512 to 8,192 (benchmarks/train_bench.py step, benchmarks/RESULTS.md).
+#: The conv layers' XNOR path prepares its weight words on the host at every step
+#: (gpu_conv._weights), which waits for the device and keeps the step from being
+#: captured: float products train those faster.
+prefers_xnor_training = True
+prefers_xnor_conv_training = False
 
 #: Environment variable that forces a GEMM kernel.
 KERNEL_ENV = "XNORCORE_GPU_KERNEL"

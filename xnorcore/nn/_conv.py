@@ -253,7 +253,8 @@ class Conv2D(WeightLayer):
         # BLAS is several times faster on the product with the narrower
         # matrix as its result's rows (a first layer has few columns).
         if cols.shape[1] < o:
-            self.weight_grad = matmul(dz2.T, cols).T.reshape(kh, kw, c, o)
+            # (C order, as the optimizer's fused kernel takes it)
+            self.weight_grad = get_array_module(dz).ascontiguousarray(matmul(dz2.T, cols).T).reshape(kh, kw, c, o)
         else:
             self.weight_grad = matmul(cols.T, dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:

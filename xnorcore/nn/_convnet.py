@@ -486,10 +486,11 @@ class ConvNetwork:
         h, w, c = self.image_shape
         return h * w * c
 
-    def set_xnor(self, xnor):
+    def set_xnor(self, xnor, conv=None):
+        """Use XNOR products in the binary dense layers, and in the conv layers where ``conv`` (default: ``xnor``)."""
         self.head.set_xnor(xnor)
         for block in self.features.blocks:
-            block.conv.xnor = bool(xnor)
+            block.conv.xnor = bool(xnor if conv is None else conv)
 
     @property
     def has_training_state(self):

@@ -6,11 +6,12 @@ than the kernels themselves (benchmarks/RESULTS.md).  :class:`GraphedSteps`
 therefore runs the first full minibatch of a fit as it is (which compiles the
 kernels and creates the optimizer's moments), captures the second one as a CUDA
 graph, and replays that graph for every later minibatch of the same size: one
-launch per step.
+launch per step, the minibatch's augmentation (random shifts) included.
 
 What changes from one step to the next lives in device buffers that the
 graph reads: the minibatch (copied into place), the dropout draws (drawn from
-the same RandomState, in the same order, as an uncaptured step draws them) and
+and shifts, drawn from the same RandomState, in the same order, as an uncaptured
+step draws them) and
 Adam's step size (the learning rate and the bias correction).  A replayed step
 therefore computes what the uncaptured one computes.  Arrays that the capture
 allocates come from a memory pool of their own, which nothing else allocates
@@ -43,21 +44,33 @@ def enabled(X):
 
 
 class _DrawnRandom:
-    """Stands in for the dropout RandomState while a step is captured: each draw becomes
-    a buffer that :meth:`refill` fills from the real one before every replay."""
+    """Stands in for the RandomState of dropout and shifts while a step is captured: each
+    draw becomes a buffer that :meth:`refill` fills, by the same call on the real one, before
+    every replay."""
 
     def __init__(self, xp):
         self._xp = xp
-        self.buffers = []
+        # The buffers are the graph's inputs, written before it runs: they must not share memory
+        # with what the graph writes, as they would if they came from the capture's pool (which
+        # hands a capture the memory of its earlier temporaries).
+        self._pool = xp.cuda.MemoryPool()
+        self._draws = []  # (buffer, method name, args)
 
-    def random_sample(self, size=None, dtype=float):
-        buf = self._xp.empty(size, dtype=dtype)
-        self.buffers.append(buf)
+    def _draw(self, size, dtype, name, *args):
+        with self._xp.cuda.using_allocator(self._pool.malloc):
+            buf = self._xp.empty(size, dtype=dtype)
+        self._draws.append((buf, name, args))
         return buf
 
+    def random_sample(self, size=None, dtype=float):
+        return self._draw(size, dtype, "random_sample", size, dtype)
+
+    def randint(self, low, high=None, size=None, dtype="l"):
+        return self._draw(size, dtype, "randint", low, high, size, dtype)
+
     def refill(self, rng):
-        for buf in self.buffers:
-            self._xp.copyto(buf, rng.random_sample(buf.shape, buf.dtype))
+        for buf, name, args in self._draws:
+            self._xp.copyto(buf, getattr(rng, name)(*args))
 
 
 def _signature(net, opt, reg):
@@ -81,24 +94,25 @@ class GraphedSteps:
     Call it as :meth:`Network.train_step` is called, without sample weights.
     """
 
-    def __init__(self, net, opt, reg):
+    def __init__(self, net, opt, reg, augment=None):
         self._net = weakref.ref(net)  # (the cache below keys on the network)
-        self.opt, self.reg = opt, float(reg)
+        self.opt, self.reg, self.augment = opt, float(reg), augment
         self.signature = None  # taken when the graph is captured
         self.graph = None
         self.failed = False  # the step could not be captured: every step runs uncaptured
         self._warm = False
         self._shape = None
 
-    def matches(self, net, opt, reg):
-        """Whether this object may go on serving ``net``, ``opt`` and ``reg`` as they are now."""
-        if net is not self._net() or opt is not self.opt or float(reg) != self.reg:
+    def matches(self, net, opt, reg, augment=None):
+        """Whether this object may go on serving ``net``, ``opt``, ``reg`` and ``augment`` as they are now."""
+        if net is not self._net() or opt is not self.opt or float(reg) != self.reg or augment is not self.augment:
             return False
         return self.signature is None or self.signature == _signature(net, opt, reg)
 
     def __call__(self, xb, yb, lr, rng):
-        """One step on the minibatch ``(xb, yb)``; returns its loss (a device scalar
-        that the next replay overwrites: use it before the next call)."""
+        """One step on the minibatch ``(xb, yb)``, augmented first (drawing from ``rng``) where
+        this was made with ``augment``; returns its loss (a device scalar that the next replay
+        overwrites: use it before the next call)."""
         if self.graph is not None and xb.shape == self._shape and yb.dtype == self._y.dtype:
             return self._replay(xb, yb, lr, rng)
         if self._warm and self.graph is None and not self.failed:
@@ -110,6 +124,8 @@ class GraphedSteps:
             else:
                 return self._replay(xb, yb, lr, rng)
         self._warm = True
+        if self.augment is not None:
+            xb = self.augment(xb, rng)
         return self._net().train_step(xb, yb, self.opt, lr, reg=self.reg, rng=rng)
 
     def _capture(self, xb, yb):
@@ -126,7 +142,8 @@ class GraphedSteps:
             with stream, cupy.cuda.using_allocator(self._pool.malloc):
                 stream.begin_capture()
                 try:
-                    loss = net.train_step(self._x, self._y, opt, 0.0, reg=self.reg, rng=self._random,
+                    x = self._x if self.augment is None else self.augment(self._x, self._random)
+                    loss = net.train_step(x, self._y, opt, 0.0, reg=self.reg, rng=self._random,
                                           step_size=self._step_size)
                 finally:
                     graph = stream.end_capture()
@@ -150,10 +167,10 @@ class GraphedSteps:
 _steps = weakref.WeakKeyDictionary()  # network -> its GraphedSteps
 
 
-def graphed_steps(net, opt, reg):
+def graphed_steps(net, opt, reg, augment=None):
     """The :class:`GraphedSteps` of ``net``, kept from the last epoch where it still fits."""
     steps = _steps.get(net)
-    if steps is None or not steps.matches(net, opt, reg):
+    if steps is None or not steps.matches(net, opt, reg, augment):
         _steps.pop(net, None)  # the old graph's memory goes before a new one is taken
-        steps = _steps[net] = GraphedSteps(net, opt, reg)
+        steps = _steps[net] = GraphedSteps(net, opt, reg, augment)
     return steps

@@ -249,7 +249,8 @@ class Network(BlockStack):
     def xnor(self):
         return self.blocks[-1].dense.xnor
 
-    def set_xnor(self, xnor):
+    def set_xnor(self, xnor, conv=None):
+        """Use XNOR products in the binary dense layers (``conv``: for conv layers, which this network has none of)."""
         for block in self.blocks:
             block.dense.xnor = bool(xnor)
 

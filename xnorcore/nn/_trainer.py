@@ -70,21 +70,22 @@ def run_epoch(net, opt, X, y, *, batch_size, lr, reg, perm_rng, drop_rng, shuffl
     bounds = list(range(0, n, batch_size)) + [n]
     if (net.batch_norm or net.binarize_last) and len(bounds) > 2 and n - bounds[-2] == 1:
         del bounds[-2]
-    graphed = _graph.graphed_steps(net, opt, reg) if _graph.enabled(X) and weights is None else None
+    graphed = _graph.graphed_steps(net, opt, reg, augment) if _graph.enabled(X) and weights is None else None
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if order is None:
             idx = host_idx = slice(start, stop)
         else:
             idx, host_idx = order[start:stop], perm[start:stop]
         xb, yb = X[idx], y[idx]
-        if augment is not None:
+        replay = graphed is not None and xb.shape[0] == batch_size  # (the graph augments the batch itself)
+        if augment is not None and not replay:
             xb = augment(xb, drop_rng)
-        if weights is None:
+        if replay:
+            weight = batch_size
+            loss = graphed(xb, yb, lr, drop_rng)
+        elif weights is None:
             weight = xb.shape[0]
-            if graphed is not None and weight == batch_size:
-                loss = graphed(xb, yb, lr, drop_rng)
-            else:
-                loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
+            loss = net.train_step(xb, yb, opt, lr, reg=reg, rng=drop_rng)
         else:
             weight = float(sample_weight[host_idx].sum())
             if weight == 0:
