@@ -458,6 +458,22 @@ def test_real_conv2d_pool_is_exact(case):
         _cpu.set_variant(previous)
 
 
+def test_real_conv2d_pool_refuses_to_threshold_nan_sums(variant):
+    # Two pixels at +-3e38 times weights of 10 overflow in every window of the 2x2 image: the
+    # sums are inf (variants that fuse multiply and add) or NaN (inf - inf).  A unit of direction
+    # 0 then thresholds 0 * inf = NaN or NaN itself, which the fused output must not pack as -1
+    # silently (as threshold_pack refuses it); units of direction +-1 compare +-inf or NaN.
+    x = np.array([3e38, -3e38, 0, 1], dtype=np.float32).reshape(1, 2, 2, 1)
+    weight = np.full((3, 3, 1, 3), 10, dtype=np.float32)
+    pads = ((1, 1), (1, 1))
+    assert not np.isfinite(_cpu.real_conv2d_pool(x, weight, None, pads)).any()
+    direction, threshold = np.array([1, -1, 0], dtype=np.int8), np.zeros(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="must not contain NaN .*float32 sums overflowed"):
+        _cpu.real_conv2d_pool(x, weight, None, pads, direction, threshold)
+    words = _cpu.real_conv2d_pool(x / 1e8, weight, None, pads, direction, threshold)  # large, finite sums
+    assert words.shape == (1, 1, 1, 1)
+
+
 def test_real_conv2d_pool_threads_batches_and_threshold_pack_agree(variant, rng):
     # Real-valued floats: the sums round, but in one order per output, so one
     # or two threads and any batch give the same floats, and the fused output

@@ -392,7 +392,9 @@ def real_conv2d_pool(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, t
     O), ``max`` over each 2x2 window of the convolution, plus the bias.  With
     direction (O,) int8 and threshold (O,) float32: the words (N, PH, PW,
     ceil(O / 64)) of ``direction * z - threshold >= 0``, the arithmetic of
-    ``threshold_pack`` on those sums, which never reach memory.
+    ``threshold_pack`` on those sums, which never reach memory.  Returns
+    ``(result, has_nan)``: whether a thresholded value was NaN (its bit is 0;
+    always False without ``direction``).
     Images go to the threads in static blocks.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
@@ -408,7 +410,7 @@ def real_conv2d_pool(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, t
     else:
         result = np.empty((n, ph, pw, o), dtype=np.float32)
     if n == 0 or ph == 0 or pw == 0 or o == 0:
-        return result
+        return result, False
     cdef const float *bias_ptr = NULL
     cdef const float[::1] bias_view
     if bias is not None:
@@ -428,6 +430,7 @@ def real_conv2d_pool(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, t
     cdef int64_t y0 = max(0, -pt), y1 = min(h, hp - pt), x0 = max(0, -pl), x1 = min(wd, wp - pl)
     cdef int64_t img, y, j, r
     cdef int failed = 0
+    cdef int nan = 0
     cdef float *buf
     cdef float *z
     cdef float *row
@@ -451,11 +454,11 @@ def real_conv2d_pool(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, t
                 for r in range(ph * pw):
                     for j in range(o):
                         row[j] = d[j] * z[r * o + j] - t[j]
-                    kern.pack_row(XNOR_F32, row, o, &words[img, r // pw, r % pw, 0])
+                    nan += kern.pack_row(XNOR_F32, row, o, &words[img, r // pw, r % pw, 0])
             else:
                 kern.real_pool(buf, wp, c, kh, kw, ph, pw, &w[0, 0], o, o_pad, bias_ptr,
                                &sums[img, 0, 0, 0])
             free(buf)
     if failed:
         raise MemoryError("real_conv2d_pool could not allocate its image buffer")
-    return result
+    return result, nan > 0

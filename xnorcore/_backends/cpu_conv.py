@@ -32,6 +32,7 @@ counts follow the one rule of :func:`xnorcore._threads.work_threads`.
 import numpy as np
 
 from .. import _bitpack, _conv
+from . import _common
 from .._threads import work_threads
 
 __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d", "real_conv2d_pool"]
@@ -150,6 +151,9 @@ def real_conv2d_pool(x, w, bias, pads, direction=None, threshold=None, n_threads
         direction = np.ascontiguousarray(direction, dtype=np.int8)
         threshold = np.ascontiguousarray(threshold, dtype=np.float32)
     work = n * ph * pw * 4 * kh * kw * c * o_pad * _NS_PER_REAL_MAC
-    return _conv.real_conv2d_pool(np.ascontiguousarray(x, dtype=np.float32), weights, bias,
-                                  (kh, kw, pt, pl, ph, pw, o), direction, threshold, variant,
-                                  work_threads(n_threads, work))
+    out, has_nan = _conv.real_conv2d_pool(np.ascontiguousarray(x, dtype=np.float32), weights, bias,
+                                          (kh, kw, pt, pl, ph, pw, o), direction, threshold, variant,
+                                          work_threads(n_threads, work))
+    if has_nan:  # sums past the float32 range (inf - inf): threshold_pack refuses them too
+        raise ValueError(_common.NAN_SUMS)
+    return out
