@@ -9,18 +9,18 @@ graph, and replays that graph for every later minibatch of the same size: one
 launch per step, the minibatch's augmentation (random shifts) included.
 
 What changes from one step to the next lives in device buffers that the
-graph reads: the minibatch (copied into place), the dropout draws (drawn from
-and shifts, drawn from the same RandomState, in the same order, as an uncaptured
-step draws them) and
-Adam's step size (the learning rate and the bias correction).  A replayed step
-therefore computes what the uncaptured one computes.  Arrays that the capture
-allocates come from a memory pool of their own, which nothing else allocates
-from, so the addresses baked into the graph stay valid as long as it lives.
+graph reads: the minibatch (copied into place), the draws of dropout and shifts
+(drawn from the same RandomState, in the same order, as an uncaptured step
+draws them) and Adam's step size (the learning rate and the bias correction).
+A replayed step therefore computes what the uncaptured one computes.  Arrays
+that the capture allocates come from a memory pool of their own, which nothing
+else allocates from, so the addresses baked into the graph stay valid as long
+as it lives; the step thus holds a step's worth of device memory for itself.
 
 A step that cannot be captured (one that waits for the device, as the XNOR
-conv layers' NaN checks do) runs uncaptured, as every step does on the CPU,
-with sample weights, and for a minibatch of another size (an epoch's last).
-``XNORCORE_GPU_GRAPHS=0`` turns graphs off.
+conv layers do when they lay out their weights on the host) runs uncaptured,
+as every step does on the CPU, with sample weights, and for a minibatch of
+another size (an epoch's last).  ``XNORCORE_GPU_GRAPHS=0`` turns graphs off.
 """
 
 import os
@@ -113,7 +113,8 @@ class GraphedSteps:
         """One step on the minibatch ``(xb, yb)``, augmented first (drawing from ``rng``) where
         this was made with ``augment``; returns its loss (a device scalar that the next replay
         overwrites: use it before the next call)."""
-        if self.graph is not None and xb.shape == self._shape and yb.dtype == self._y.dtype:
+        if (self.graph is not None and xb.shape == self._shape and xb.dtype == self._x.dtype
+                and yb.dtype == self._y.dtype):
             return self._replay(xb, yb, lr, rng)
         if self._warm and self.graph is None and not self.failed:
             try:
