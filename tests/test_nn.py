@@ -412,3 +412,20 @@ def test_packed_model_round_trips_through_plain_arrays(batch_norm, binarize_last
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
     with pytest.raises(ValueError, match="must describe an xnorcore.PackedModel"):
         PackedModel.from_arrays({"format": "other"}, arrays)
+
+
+def test_train_releases_the_networks_step_graph():
+    # (On the GPU a fit's steps replay a CUDA graph kept per network; the fitted network keeps none.)
+    from xnorcore.nn import _graph
+    from xnorcore.nn._trainer import TrainingHistory, train
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(64, 5).astype(np.float32), rng.randint(0, 2, 64)
+    net, opt = Network(5, 2, (8,), random_state=np.random.RandomState(1)), Adam()
+    _graph._steps[net] = _graph.GraphedSteps(net, opt, 0.0)  # as a GPU epoch leaves it
+    history = TrainingHistory()
+    out = train(net, opt, X, y, history, epochs=2, batch_size=32, learning_rate_init=1e-2, lr_schedule="cosine",
+                reg=0.0, shuffle=True, rng=np.random.RandomState(2))
+    assert out is net and history.n_iter == 2
+    assert net not in _graph._steps
+    assert not _graph.enabled(X)  # numpy arrays never replay graphs

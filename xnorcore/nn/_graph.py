@@ -15,7 +15,8 @@ draws them) and Adam's step size (the learning rate and the bias correction).
 A replayed step therefore computes what the uncaptured one computes.  Arrays
 that the capture allocates come from a memory pool of their own, which nothing
 else allocates from, so the addresses baked into the graph stay valid as long
-as it lives; the step thus holds a step's worth of device memory for itself.
+as it lives; the step thus holds a step's worth of device memory for itself,
+until the fit ends (:func:`~xnorcore.nn._trainer.train` releases it).
 
 A step that cannot be captured (one that waits for the device, as the XNOR
 conv layers do when they lay out their weights on the host) runs uncaptured,
@@ -30,7 +31,7 @@ import numpy as np
 
 from .._array import is_cupy
 
-__all__ = ["ENV", "GraphedSteps", "enabled", "graphed_steps"]
+__all__ = ["ENV", "GraphedSteps", "enabled", "graphed_steps", "release"]
 
 #: Environment variable: "0" runs every step uncaptured.
 ENV = "XNORCORE_GPU_GRAPHS"
@@ -166,6 +167,11 @@ class GraphedSteps:
 
 
 _steps = weakref.WeakKeyDictionary()  # network -> its GraphedSteps
+
+
+def release(net):
+    """Drop the graph of ``net``'s steps, if any, and the device memory it holds."""
+    _steps.pop(net, None)
 
 
 def graphed_steps(net, opt, reg, augment=None):

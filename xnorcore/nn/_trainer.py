@@ -228,6 +228,7 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
             break
     else:
         history.improving = epochs > 0 and no_improvement == 0
+    _graph.release(net)  # a fitted network keeps no graph (and no memory of its own for one)
     return best_net if best_net is not None else net
 
 
