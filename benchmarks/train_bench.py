@@ -229,10 +229,11 @@ def task_throughput(args):
 def _step_ms(net, opt, xb, yb, drop_rng, steps):
     """Median milliseconds of one training step: device time by CUDA events on the GPU (the step replayed
     as a CUDA graph, as training runs it, unless XNORCORE_GPU_GRAPHS=0), wall time on the CPU."""
-    step = lambda: net.train_step(xb, yb, opt, 1e-3, rng=drop_rng)  # noqa: E731
     if _graph.enabled(xb):
         graphed = _graph.graphed_steps(net, opt, 0.0)
         step = lambda: graphed(xb, yb, 1e-3, drop_rng)  # noqa: E731
+    else:
+        step = lambda: net.train_step(xb, yb, opt, 1e-3, rng=drop_rng)  # noqa: E731
     if net.xp is np:
         times = []
         for _ in range(steps):

@@ -38,11 +38,6 @@ VARIANT_ENV = "XNORCORE_POPCOUNT"
 prefers_xnor_training = True
 prefers_xnor_conv_training = True
 
-
-def matmul(a, b):
-    """``a @ b`` of training's products (BLAS through numpy); see :mod:`xnorcore._backends`."""
-    return a @ b
-
 #: Rows of the first layer's input with at most this fraction of nonzeros go
 #: through the zero-skipping kernel (see input_layer), the others through BLAS,
 #: which is faster on them (benchmarks/RESULTS.md).
@@ -195,6 +190,11 @@ def sign_pack_rows(x, n_threads=None):
 def sign_pack_cols(w, n_threads=None):
     """``sign(w)`` as float32 and its words along the first axis; see :mod:`xnorcore._backends`."""
     return _signs(w, np.float32), pack_cols(w, n_threads)[0]
+
+
+def matmul(a, b):
+    """``a @ b`` of training's products (BLAS through numpy); see :mod:`xnorcore._backends`."""
+    return a @ b
 
 
 def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
