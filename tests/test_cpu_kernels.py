@@ -138,6 +138,25 @@ def test_pack_rows_finds_every_nan_and_no_infinity_every_variant(variant, dtype,
                 assert _bitpack.pack_rows(x)[1], (length, position, hex(pattern))
 
 
+@pytest.mark.parametrize("length", [64, 65, 127, 128, 200, 1000])
+def test_pack_rows_at_every_alignment_every_variant(variant, rng, length):
+    # float32 rows that start anywhere in a cache line (numpy gives 16 bytes),
+    # or off the 4-byte grid: the same words, and a NaN in any word is found.
+    raw = np.zeros(4 * (2 * length + 64) + 3, dtype=np.uint8)
+    values = random_matrix(rng, (2, length), np.float32, special=0.2)
+    for byte_offset in list(range(0, 64, 4)) + [1, 2, 7]:
+        x = raw[byte_offset:byte_offset + values.nbytes].view(np.float32).reshape(values.shape)
+        x[...] = values
+        words, nan = _bitpack.pack_rows(x)
+        assert not nan
+        np.testing.assert_array_equal(words, _bitpack.pack_rows(values.copy())[0], err_msg=str(byte_offset))
+        np.testing.assert_array_equal(unpack_bits(pack_bits(x, axis=1)), sign_ref(values))
+        for position in (0, 15, 63, length - 1):
+            x[...] = values
+            x[1, position] = np.nan
+            assert _bitpack.pack_rows(x)[1], (byte_offset, position)
+
+
 def test_pack_padding_is_zero_every_variant(variant):
     for length in (1, 63, 65, 127, 129):
         words, _ = _bitpack.pack_rows(np.ones((3, length), dtype=np.float32))

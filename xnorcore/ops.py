@@ -474,7 +474,7 @@ def _pack_unchecked(backend, x, axis, n_threads):
         has_nan = bool(np.isnan(x).any())
         packed, _ = _pack_unchecked(backend, np.where(x >= 0, np.int8(1), np.int8(-1)), axis, n_threads)
         return packed, has_nan
-    moved = xp.moveaxis(x, axis, -1)
+    moved = x if axis == x.ndim - 1 else xp.moveaxis(x, axis, -1)  # moveaxis costs microseconds
     pack_cols = getattr(backend, "pack_cols", None)
     if pack_cols is not None and not moved.flags.c_contiguous:
         # Pack along a leading axis in place rather than copying a transpose:
