@@ -16,17 +16,20 @@
 // window (CONV_MMA_PAST, 0, 0, -1)), so the gather divides nothing.
 //
 // The block counts the popcounts of the rows it gathers (from the fragments
-// its warps load anyway); the weights' come precomputed (w_counts).  Then
+// its warps load anyway); the weights' are in the epilogue's table.  Then
 // z = XNOR_DOT_AND(k, pa, pb, popcount(a AND b)) over k = KH * KW * C bits is
 // the convolution with -1 padding (padding bits are clear in both operands).
-// For zero padding (pad_mode 0) the epilogue adds, on each output pixel whose
-// window reaches the padding, the sum of sign(w[tap, c, o]) over the taps and
-// channels in the padding: the host groups output rows (and columns) by the
-// set of kernel rows (columns) that fall outside the image, y_class[oy]
-// (x_class[ox]), and tabulates border_fix[y_class * x_classes + x_class, o],
-// whose class 0 (no tap outside) is never read.  Two epilogues: int32 sums
-// (N * OH * OW, O); or the fused layer, the bits of direction[o] * z -
-// threshold[o] >= 0, tested as u = z + pb within per-channel bounds, packed
+// For zero padding (pad_mode 0) an output pixel whose window reaches the padding
+// needs the sum of sign(w[tap, c, o]) over the taps and channels in the padding
+// added: the host groups output rows (and columns) by the set of kernel rows
+// (columns) that fall outside the image, y_class[oy] (x_class[ox]), so that a
+// pixel's border class is y_class * x_classes + x_class, 0 inside the image (and
+// for the other pad modes).  conv_class_table folds those sums and the weights'
+// popcounts (and for the fused layer the thresholds) into one table per class
+// and output channel, which the block copies to shared memory.  Two epilogues:
+// int32 sums (N * OH * OW, O), u + table[class, o] with u = 4 popcount(a AND b)
+// + k - 2 popcount(a); or the fused layer, the bits of direction[o] * z -
+// threshold[o] >= 0, tested as u within table[class, o] = (lo, hi), packed
 // along O into (N * OH * OW, ceil(O / 64)) words.
 //
 // Tiling: a block computes BM = 128 pixels x BN = 64 * WARPS_N channels with
@@ -69,6 +72,15 @@ struct Fragment<8> {
     typedef uint4 type;
 };
 
+template <bool PACK>
+struct TableEntry {  // the epilogue table's entry: an int32 term
+    typedef int type;
+};
+template <>
+struct TableEntry<true> {  // the fused layer's bounds (lo, hi)
+    typedef int2 type;
+};
+
 __device__ __forceinline__ int popc_fragment(uint2 v) { return __popc(v.x) + __popc(v.y); }
 __device__ __forceinline__ int popc_fragment(uint4 v) { return popc4(v); }
 
@@ -85,7 +97,7 @@ __device__ __forceinline__ void mma_fragment(int* c, uint4 lo, uint4 hi, uint4 b
 
 struct ConvShape {
     long long m, o, row_words, k, out_words;
-    int h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_mode, x_classes;
+    int h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_mode, x_classes, classes;
 };
 
 // Output pixel `row` as (image b, oy, ox); 32-bit divisions (several times
@@ -107,16 +119,47 @@ __device__ __forceinline__ long long pixel_of(long long row, const ConvShape& s,
 static constexpr long long INT_MIN_LL = -0x80000000LL;
 static constexpr long long INT_MAX_LL = 0x7fffffffLL;
 
-__device__ __forceinline__ long long clamp_int(long long v)
+__device__ __forceinline__ int clamp_int(long long v)
 {
-    return v < INT_MIN_LL ? INT_MIN_LL : v > INT_MAX_LL ? INT_MAX_LL : v;
+    return (int)(v < INT_MIN_LL ? INT_MIN_LL : v > INT_MAX_LL ? INT_MAX_LL : v);
+}
+
+// The epilogue's table, (classes, o_pad) entries for o_pad = o rounded up to whole blocks of
+// columns: for int32 sums the term -2 popcount(w[o]) + fix[class, o]; for the fused layer the
+// bounds (lo, hi) that u must lie within for the bit direction * z - threshold >= 0, where
+// z = u - 2 popcount(w[o]) + fix[class, o] (empty past the last channel).  fix is
+// border_fix[class, o] for classes > 0 with has_fix, else 0; direction and threshold are read
+// with pack only.  |u| and every term stay below 2**31 (3 k < 2**31, the Python side checks),
+// so clamping the bounds to int32 is exact.
+extern "C" __global__ void __launch_bounds__(256)
+conv_class_table(const int* __restrict__ w_counts, const int* __restrict__ border_fix,
+                 const signed char* __restrict__ direction, const int* __restrict__ threshold,
+                 void* __restrict__ table, long long o, long long o_pad, long long classes, int has_fix, int pack)
+{
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < classes * o_pad;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long c = idx / o_pad, col = idx % o_pad;
+        const bool ok = col < o;
+        const long long term = (ok ? -2LL * w_counts[col] : 0) + (ok && c > 0 && has_fix ? border_fix[c * o + col] : 0);
+        if (!pack) {
+            reinterpret_cast<int*>(table)[idx] = (int)term;
+            continue;
+        }
+        int2 b = make_int2((int)INT_MAX_LL, (int)INT_MIN_LL);  // empty
+        if (ok) {
+            const long long th = threshold[col], d = direction[col];
+            if (d > 0) b = make_int2(clamp_int(th - term), (int)INT_MAX_LL);         // z >= th
+            else if (d < 0) b = make_int2((int)INT_MIN_LL, clamp_int(-th - term));   // -z >= th
+            else if (th <= 0) b = make_int2((int)INT_MIN_LL, (int)INT_MAX_LL);     // 0 >= th
+        }
+        reinterpret_cast<int2*>(table)[idx] = b;
+    }
 }
 
 template <int KSTEP, int WARPS_N, bool PACK>
 __device__ __forceinline__ void conv_mma_body(
-    const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,
-    const int* __restrict__ border_fix, const u64* __restrict__ pad, const signed char* __restrict__ direction,
-    const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps,
+    const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,
+    const u64* __restrict__ pad, void* __restrict__ out, const int4* __restrict__ taps,
     const int* __restrict__ y_class, const int* __restrict__ x_class, const ConvShape s)
 {
     constexpr int BM = CONV_MMA_BM;
@@ -142,11 +185,10 @@ __device__ __forceinline__ void conv_mma_body(
     long long* row_origin = reinterpret_cast<long long*>(b_tiles + STAGES * BN * KSTEP);
     int2* row_yx = reinterpret_cast<int2*>(row_origin + BM);
     int* row_class = reinterpret_cast<int*>(row_yx + BM);  // zero padding: the row's border class, 0 inside
-    // Per column of the block, read here so that their latency hides behind the products:
-    // -2 popcount(weights) (0 past the last channel) and, for the fused layer, the bounds (lo, hi)
-    // that u = z + 2 popcount(weights) must lie within for the bit to be set (empty past the last channel).
-    int* col_term = row_class + BM;
-    int2* bounds = reinterpret_cast<int2*>(col_term + BN);
+    // The block's columns of the epilogue's table (conv_class_table), class by class: int2 bounds
+    // for the fused layer, int32 terms for the sums.  Copied with the first stage.
+    typedef typename TableEntry<PACK>::type entry;
+    entry* tab = reinterpret_cast<entry*>(row_class + BM);
 
     const long long row0 = (long long)blockIdx.x * BM;
     const long long col0 = (long long)blockIdx.y * BN;
@@ -173,16 +215,13 @@ __device__ __forceinline__ void conv_mma_body(
         row_origin[threadIdx.x] = origin;
         row_class[threadIdx.x] = cls;
     }
-    for (int c = threadIdx.x; c < BN; c += THREADS) {
-        const bool ok = col0 + c < s.o;
-        const int term = ok ? -2 * w_counts[col0 + c] : 0;
-        col_term[c] = term;
-        if (PACK) {
-            // The bit: direction * (u + term) >= threshold.  |u| < 2**31 (the Python side checks k).
-            const long long th = ok ? threshold[col0 + c] : 0, d = ok ? direction[col0 + c] : 0;
-            const long long lo = d > 0 ? th - term : d < 0 || th <= 0 ? INT_MIN_LL : INT_MAX_LL;
-            const long long hi = d < 0 ? -th - term : d > 0 || th <= 0 ? INT_MAX_LL : INT_MIN_LL;
-            bounds[c] = ok ? make_int2((int)clamp_int(lo), (int)clamp_int(hi)) : make_int2(0x7fffffff, -0x7fffffff - 1);
+    {
+        constexpr int CHUNKS = BN * (int)sizeof(entry) / 16;  // 16-byte copies per class
+        const long long o_pad = (long long)gridDim.y * BN;
+        for (int idx = threadIdx.x; idx < s.classes * CHUNKS; idx += THREADS) {
+            const int c = idx / CHUNKS, chunk = idx % CHUNKS;
+            cp_async16(reinterpret_cast<uint4*>(tab + c * BN) + chunk,
+                       reinterpret_cast<const uint4*>(reinterpret_cast<const entry*>(table) + c * o_pad + col0) + chunk, 16);
         }
     }
     __syncthreads();
@@ -285,120 +324,93 @@ __device__ __forceinline__ void conv_mma_body(
     __syncthreads();
 
     // Accumulator r of tile (i, j): row g (+ 8 for r >= 2), column j * 8 + 2 t + r % 2 of the warp's 64.
-    // u = z + 2 popcount(weights) = 4 acc + k - 2 popcount(row), plus, on a row of border class
-    // c > 0, border_fix[c, o]: the sum of sign(w) over the window's taps in the zero padding.
+    // u = 4 acc + k - 2 popcount(row); the row's class picks its row of the table.
     const long long warp_col = col0 + wn * 64;
     int rterm[MT][2];
-    int rfix[MT][2];  // offset in border_fix of the row's correction at the thread's first column, or -1
+    const entry* rtab[MT][2];  // the table's entry for the row's class at the thread's first column
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int local = wm * WM + i * 16 + g + 8 * h;
             rterm[i][h] = row_term[local];
-            const int cls = row_class[local];
-            rfix[i][h] = cls ? cls * (int)s.o + (int)warp_col + 2 * t : -1;
+            rtab[i][h] = tab + row_class[local] * BN + wn * 64 + 2 * t;
         }
 
-    if (PACK || (s.o % 2 == 0 && warp_col + 64 <= s.o)) {
-        // Columns outer, so that each column's term or bounds is read once.
-        if constexpr (PACK) {
-            unsigned bits[MT][2][2] = {};  // (tile, row half, columns 0-31 / 32-63), at positions j % 4 * 8 + e
+    if constexpr (PACK) {
+        unsigned bits[MT][2][2] = {};  // (tile, row half, columns 0-31 / 32-63), at positions j % 4 * 8 + e
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int2 b = bounds[wn * 64 + j * 8 + 2 * t + e];  // empty past the last channel
-                    const bool col_ok = warp_col + j * 8 + 2 * t + e < s.o;
+            for (int h = 0; h < 2; ++h)
 #pragma unroll
-                    for (int i = 0; i < MT; ++i)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) {
-                            const int fix = rfix[i][h] >= 0 && col_ok ? border_fix[rfix[i][h] + j * 8 + e] : 0;
-                            const int u = 4 * acc[i][j][2 * h + e] + rterm[i][h] + fix;
-                            if (u >= b.x && u <= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + e);
-                        }
+                for (int j = 0; j < NT; ++j) {
+                    const int4 b = *reinterpret_cast<const int4*>(rtab[i][h] + j * 8);  // columns 2 t, 2 t + 1
+                    const int u0 = 4 * acc[i][j][2 * h] + rterm[i][h], u1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h];
+                    if (u0 >= b.x && u0 <= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8);
+                    if (u1 >= b.z && u1 <= b.w) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + 1);
                 }
 #pragma unroll
-            for (int i = 0; i < MT; ++i)
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    unsigned lo = bits[i][h][0] << (2 * t), hi = bits[i][h][1] << (2 * t);
-                    lo |= __shfl_xor_sync(0xffffffffu, lo, 1);
-                    hi |= __shfl_xor_sync(0xffffffffu, hi, 1);
-                    lo |= __shfl_xor_sync(0xffffffffu, lo, 2);
-                    hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
-                    const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
-                    if (t == 0 && row < s.m && warp_col < s.o)
-                        reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)hi << 32) | lo;
-                }
-        } else {
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                const int2 c2 = *reinterpret_cast<const int2*>(col_term + wn * 64 + j * 8 + 2 * t);
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
-                        const int2 fix = rfix[i][h] >= 0 ? *reinterpret_cast<const int2*>(border_fix + rfix[i][h] + j * 8)
-                                                        : make_int2(0, 0);
-                        if (row < s.m)
-                            *reinterpret_cast<int2*>(reinterpret_cast<int*>(out) + row * s.o + warp_col + j * 8 + 2 * t) =
-                                make_int2(4 * acc[i][j][2 * h] + rterm[i][h] + c2.x + fix.x,
-                                          4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y + fix.y);
-                    }
+            for (int h = 0; h < 2; ++h) {
+                unsigned lo = bits[i][h][0] << (2 * t), hi = bits[i][h][1] << (2 * t);
+                lo |= __shfl_xor_sync(0xffffffffu, lo, 1);
+                hi |= __shfl_xor_sync(0xffffffffu, hi, 1);
+                lo |= __shfl_xor_sync(0xffffffffu, lo, 2);
+                hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
+                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                if (t == 0 && row < s.m && warp_col < s.o)
+                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)hi << 32) | lo;
             }
-        }
         return;
-    }
-
-    // Sums of a warp whose columns reach past the last channel, or of an odd number of channels.
-    const int* cterm = col_term + wn * 64 + 2 * t;  // cterm[j * 8 + e]: column j * 8 + 2 t + e
+    } else {
+        const bool whole = s.o % 2 == 0 && warp_col + 64 <= s.o;  // the warp's 64 columns, in pairs
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
-            if (row >= s.m) continue;
-            int* out_row = reinterpret_cast<int*>(out) + row * s.o;
+            for (int h = 0; h < 2; ++h) {
+                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                if (row >= s.m) continue;
+                int* out_row = reinterpret_cast<int*>(out) + row * s.o + warp_col + 2 * t;
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const long long col = warp_col + j * 8 + 2 * t + e;
-                    if (col >= s.o) continue;
-                    const int fix = rfix[i][h] >= 0 ? border_fix[rfix[i][h] + j * 8 + e] : 0;
-                    out_row[col] = 4 * acc[i][j][2 * h + e] + rterm[i][h] + cterm[j * 8 + e] + fix;
+                for (int j = 0; j < NT; ++j) {
+                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
+                    const int v0 = 4 * acc[i][j][2 * h] + rterm[i][h] + c2.x;
+                    const int v1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y;
+                    if (whole) {
+                        *reinterpret_cast<int2*>(out_row + j * 8) = make_int2(v0, v1);
+                    } else {
+                        // columns past the last channel, or an odd number of channels
+                        const long long col = warp_col + j * 8 + 2 * t;
+                        if (col < s.o) out_row[j * 8] = v0;
+                        if (col + 1 < s.o) out_row[j * 8 + 1] = v1;
+                    }
                 }
-        }
+            }
     }
 }
 
 // Launch: grid (ceil(m / CONV_MMA_BM), ceil(o / (64 * WARPS_N))), block
 // CONV_MMA_WARPS_M * WARPS_N * 32 threads, dynamic shared memory
-// CONV_MMA_STAGES * (CONV_MMA_BM + 64 * WARPS_N) * KSTEP * 8 + CONV_MMA_BM * 16 +
-// 64 * WARPS_N * 12 bytes.  Every product term u = z + 2 popcount(weights) must fit
-// in int32: 3 k < 2**31.  Every
-// argument is 8 bytes (the loader fills one argument block); out is int32
-// sums, or for the _pack kernels words, with direction and threshold read;
-// taps holds ceil(row_words / KSTEP) * KSTEP entries.
+// CONV_MMA_STAGES * (CONV_MMA_BM + 64 * WARPS_N) * KSTEP * 8 + CONV_MMA_BM * 20 +
+// classes * 64 * WARPS_N * (PACK ? 8 : 4) bytes.  Every product term u = z + 2 popcount(weights)
+// must fit in int32: 3 k < 2**31.  Every argument is 8 bytes (the loader fills one argument
+// block); out is int32 sums, or for the _pack kernels words; table is conv_class_table's, with
+// o_pad = gridDim.y * 64 * WARPS_N; taps holds ceil(row_words / KSTEP) * KSTEP entries.
 #define XNORCORE_CONV_MMA(NAME, KSTEP, WARPS_N, PACK)                                                           \
     extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_MMA_BLOCKS / WARPS_N)    \
-    NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const int* __restrict__ w_counts,            \
-         const int* __restrict__ border_fix, const u64* __restrict__ pad, const signed char* __restrict__ direction, \
-         const int* __restrict__ threshold, void* __restrict__ out, const int4* __restrict__ taps,               \
-         const int* __restrict__ y_class, const int* __restrict__ x_class, long long m,                         \
-         long long o,                                                                                           \
+    NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,             \
+         const u64* __restrict__ pad, void* __restrict__ out, const int4* __restrict__ taps,                    \
+         const int* __restrict__ y_class, const int* __restrict__ x_class, long long m, long long o,             \
          long long row_words, long long k, long long h, long long w, long long oh, long long ow, long long kh,   \
          long long kw, long long sh, long long sw, long long dh, long long dw, long long pt, long long pl,       \
-         long long cw, long long pad_mode, long long x_classes)                                                \
+         long long cw, long long pad_mode, long long x_classes, long long classes)                             \
     {                                                                                                          \
         const ConvShape s = {m, o, row_words, k, (o + 63) / 64, (int)h, (int)w, (int)oh, (int)ow, (int)kh,     \
                              (int)kw, (int)sh, (int)sw, (int)dh, (int)dw, (int)pt, (int)pl, (int)cw,            \
-                             (int)pad_mode, (int)x_classes};                                                    \
-        conv_mma_body<KSTEP, WARPS_N, PACK>(x, w_rows, w_counts, border_fix, pad, direction, threshold, out, taps, \
-                                            y_class, x_class, s);                                              \
+                             (int)pad_mode, (int)x_classes, (int)classes};                                      \
+        conv_mma_body<KSTEP, WARPS_N, PACK>(x, w_rows, table, pad, out, taps, y_class, x_class, s);            \
     }
 
 XNORCORE_CONV_MMA(conv_mma_k8_n1, 8, 1, false)

@@ -117,6 +117,28 @@ def test_groups_of_one_run_the_implicit_kernel_where_it_exists():
     assert len(_gpu_conv._implicit_plans) == (1 if cc >= 80 else 0)  # grouped: the explicit path
 
 
+def test_implicit_kernel_takes_tables_of_every_size():
+    """The epilogue's table of border classes sizes the kernel's shared memory: the
+    same kernel runs layers of 1, 2 and 25 classes in any order, and a table past
+    the limit (7 x 7, "same": 49 classes of 128 columns) takes the explicit path."""
+    import cupy
+
+    cc = int(cupy.cuda.Device().compute_capability)
+    rng = np.random.default_rng(11)
+    for shape, w_shape, padding in [((2, 8, 8, 64), (3, 3, 64, 65), "valid"), ((1, 9, 9, 64), (5, 5, 64, 65), "same"),
+                                    ((1, 1, 1, 1), (1, 2, 1, 65), "same"), ((1, 7, 7, 8), (7, 7, 8, 65), "same"),
+                                    ((2, 8, 8, 64), (3, 3, 64, 65), "valid")]:
+        _gpu_conv._implicit_plans.clear()
+        x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
+        want = conv_ref(x, w, padding=padding)
+        np.testing.assert_array_equal(cupy.asnumpy(binary_conv2d(_device(x), _device(w), padding=padding)), want)
+        direction = rng.choice(np.array([-1, 1], dtype=np.int8), size=w_shape[3])
+        threshold = rng.integers(-9, 10, size=w_shape[3]).astype(np.int32)
+        fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, padding=padding)
+        np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(fused)), threshold_ref(want, direction, threshold))
+        assert len(_gpu_conv._implicit_plans) == (0 if w_shape[0] == 7 or cc < 80 else 2), (shape, w_shape)
+
+
 @pytest.mark.parametrize("implicit", [True, False])
 @pytest.mark.parametrize("kernel", ["wgmma", "mma", "popc"])
 @pytest.mark.parametrize("pad_value", [0, 1, -1])

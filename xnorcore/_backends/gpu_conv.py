@@ -6,8 +6,11 @@
 launch of ``kernels/conv_mma.cu``: the kernel gathers each output pixel's
 window words from the packed activations into shared memory itself, counts
 their popcounts, corrects the sums of the pixels whose window reaches a zero
-padding, and writes int32 sums or, for the fused layer, the packed signs.
-Grouped convolutions, and devices without bit tensor cores (or
+padding, and writes int32 sums or, for the fused layer, the packed signs.  Its
+epilogue reads one table per border class and output channel (``conv_class_table``:
+the weights' popcounts and zero-padding corrections, and the fused layer's
+thresholds), kept with a ConvWeights.  Grouped convolutions, kernels whose table
+would not fit in shared memory, and devices without bit tensor cores (or
 ``XNORCORE_GPU_KERNEL=popc``), take the explicit path: ``kernels/conv.cu``
 lays the activations out as GEMM rows (``im2col_words``); the rows go through
 the GEMM kernels of :mod:`xnorcore._backends.gpu` (wgmma, mma or popc, as for
@@ -17,6 +20,8 @@ through ``conv_zero_pad_fix`` on the output pixels whose window reaches the
 padding; the fused layer runs the fused GEMM kernel on every row and redoes
 those border rows alone.
 """
+
+import math
 
 import numpy as np
 
@@ -173,12 +178,33 @@ def describe():
     return f"GEMM rows on the {gpu._kernel_choice()} kernel"
 
 
-def _implicit(x_words, groups, geometry, cg):
+#: The most shared memory that the implicit GEMM's table of border classes may take
+#: (48 KiB: 5 x 5 kernels with "same" padding take 25 KiB); more goes the explicit path.
+_MAX_TABLE_BYTES = 48 * 1024
+
+
+def _classes_of(geometry, pad_value):
+    """The number of border classes of the implicit GEMM's table: one without zero padding."""
+    if pad_value != 0:
+        return 1
+    y_sets, x_sets = _border_classes(geometry)[2:]
+    return y_sets.shape[0] * x_sets.shape[0]
+
+
+def _implicit(x_words, groups, geometry, cg, o, pad_value):
     """Whether the convolution runs as one launch of ``kernels/conv_mma.cu``: one group,
-    bit tensor cores, images under 2**29 rows and columns, and sums whose terms fit
-    in int32 (3 k < 2**31); other convolutions take the explicit path."""
+    bit tensor cores, images under 2**29 rows and columns, sums whose terms fit in
+    int32 (3 k < 2**31) and a table of border classes that fits in shared memory;
+    other convolutions take the explicit path."""
     h, w, kh, kw = geometry[0], geometry[1], geometry[4], geometry[5]
-    return groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31 and _implicit_available()
+    if not (groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31 and _implicit_available()):
+        return False
+    return _classes_of(geometry, pad_value) * _block_columns(o) * 8 <= _MAX_TABLE_BYTES
+
+
+def _block_columns(o):
+    """Output channels per block of the implicit GEMM: one warp's 64, or two warps' for more."""
+    return 64 if o <= 64 else 128
 
 
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
@@ -198,24 +224,27 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     # Stages of 8 words (two mma steps), but of 4 for a fused layer of fewer than 64 words
     # a window: the faster on the ResNet-18 layers (benchmarks/RESULTS.md).
     kstep = 4 if pack and window < 64 else 8
-    warps_n = 1 if o <= 64 else 2
+    bn = _block_columns(o)
+    warps_n = bn // 64
 
     def const(name):
         return gpu._constant("conv_mma", f"CONV_MMA_{name}")
 
-    bm, bn = const("BM"), 64 * warps_n
-    smem = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20 + bn * 12  # stages, rows' origins, columns' terms
-    function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""), smem)
-    m = n * oh * ow
+    bm = const("BM")
     classes = _border_classes(geometry)
-    y_sets, x_sets = classes[2:]
-    x_classes = x_sets.shape[0]
-    if y_sets.shape[0] * x_classes * o >= 2**31:  # the kernel's offsets in the table of corrections are int32
-        raise ValueError(f"the GPU convolution takes fewer than 2**31 border corrections, got {o} channels "
-                         f"and {y_sets.shape[0] * x_classes} border classes")
-    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value, x_classes)
+    x_classes = classes[3].shape[0]
+    n_classes = _classes_of(geometry, pad_value)
+    # stages, rows' origins, coordinates and classes, the block's columns of the table
+    base = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20
+    smem = base + n_classes * bn * (8 if pack else 4)
+    # The kernel's shared memory limit is set once, for the largest table any layer may have.
+    function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""),
+                             base + _MAX_TABLE_BYTES)
+    m = n * oh * ow
+    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value, x_classes,
+               n_classes)
     launch = gpu._GemmLaunch(function, (-(-m // bm), -(-o // bn)), (const("WARPS_M") * warps_n * 32,), smem, "conv",
-                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=11)
+                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=8)
     # Window word q is channel word q % cw of tap q // cw, at (row i * dh, column j * dw) of the window.
     q = np.arange(-(-row_words // kstep) * kstep)
     i, j = np.divmod(q // cw, kw)
@@ -274,26 +303,58 @@ def _border_fix(sums, y_sets, x_sets, prepared, geometry):
     return fix
 
 
-def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None, prepared=None):
-    """int32 sums (N * OH * OW, O), or with ``thresholds`` (direction, threshold) the
-    fused layer's words (N * OH * OW, ceil(O / 64)): one launch of the implicit GEMM."""
+def _class_table(weights, geometry, pad_value, thresholds, prepared):
+    """The implicit GEMM's epilogue table (conv_class_table in ``kernels/conv_mma.cu``) on the
+    device: per border class and output channel, int32 terms, or with ``thresholds``
+    (direction, threshold, key) the fused layer's bounds.  Kept in ``prepared`` where given
+    (per content of the thresholds: device thresholds, whose key is None, make it each call)."""
     cupy = gpu._cupy()
-    w_rows, w_counts, _, pad, sums = weights
+    w_rows, w_counts, _, _, sums = weights
+    o = w_rows.shape[0]
+    key = ("gpu class table", cupy.cuda.runtime.getDevice(), geometry, pad_value,
+           None if thresholds is None else thresholds[2])
+    keep = prepared is not None and (thresholds is None or thresholds[2] is not None)
+    if keep and key in prepared:
+        return prepared[key]
+    classes = _classes_of(geometry, pad_value)
+    bn = _block_columns(o)
+    o_pad = -(-o // bn) * bn
+    shape = (classes, o_pad) if thresholds is None else (classes, o_pad, 2)
+    table = gpu._alloc(lambda: cupy.empty(shape, dtype=np.int32), 4 * math.prod(shape), "hold the convolution's table")
+    y_sets, x_sets = _border_classes(geometry)[2:]
+    fix = _border_fix(sums, y_sets, x_sets, prepared, geometry) if pad_value == 0 else None
+    direction, threshold = (w_counts, w_counts) if thresholds is None else thresholds[:2]  # unread without
+    gpu._function("conv_mma", "conv_class_table")(
+        gpu._grid_1d(classes * o_pad, 256), (256,),
+        (w_counts, w_counts if fix is None else fix, direction, threshold, table, np.int64(o), np.int64(o_pad),
+         np.int64(classes), np.int32(fix is not None), np.int32(thresholds is not None)))
+    if keep:
+        if len(prepared) >= _MAX_CONSTANTS:
+            prepared.clear()
+        prepared[key] = table
+    return table
+
+
+def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None, prepared=None):
+    """int32 sums (N * OH * OW, O), or with ``thresholds`` (direction, threshold, key of
+    :func:`_on_device`) the fused layer's words (N * OH * OW, ceil(O / 64)): one launch
+    of the implicit GEMM."""
+    cupy = gpu._cupy()
+    w_rows, pad = weights[0], weights[3]
     oh, ow = geometry[2], geometry[3]
     m, o = x_words.shape[0] * oh * ow, w_rows.shape[0]
     if m == 0 or o == 0:
         return cupy.zeros((m, o) if thresholds is None else (m, n_words(o)), dtype=np.int32 if thresholds is None else np.uint64)
     x = cupy.ascontiguousarray(x_words)
-    launch, taps, y_class, x_class, y_sets, x_sets = _implicit_plan(
-        x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)
-    fix = _border_fix(sums, y_sets, x_sets, prepared, geometry) if pad_value == 0 else None
-    direction, threshold = (None, None) if thresholds is None else thresholds
+    launch, taps, y_class, x_class = _implicit_plan(
+        x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)[:4]
+    table = _class_table(weights, geometry, pad_value, thresholds, prepared)
     if thresholds is None:
         out = gpu._alloc(lambda: cupy.empty((m, o), dtype=np.int32), 4 * m * o, "hold the convolution's sums")
     else:
         out = gpu._alloc(lambda: cupy.empty((m, n_words(o)), dtype=np.uint64), 8 * m * n_words(o),
                          "hold the layer's words")
-    launch(x, w_rows, w_counts, fix, pad, direction, threshold, out, taps, y_class, x_class)
+    launch(x, w_rows, table, pad, out, taps, y_class, x_class)
     return out
 
 
@@ -301,7 +362,7 @@ def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, pr
     h, w, oh, ow, kh, kw = geometry[:6]
     n = x_words.shape[0]
     weights = _weights(w_words, cg, pad_value, prepared)
-    if _implicit(x_words, groups, geometry, cg):
+    if _implicit(x_words, groups, geometry, cg, weights[0].shape[0], pad_value):
         return _implicit_conv(x_words, weights, geometry, cg, pad_value, prepared=prepared).reshape(
             n, oh, ow, weights[0].shape[0])
     w_rows, w_counts, tap_sums, pad = weights[:4]
@@ -322,8 +383,9 @@ def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, dir
     weights = _weights(w_words, cg, pad_value, prepared)
     w_rows, w_counts, tap_sums, pad = weights[:4]
     k = kh * kw * cg
-    if _implicit(x_words, groups, geometry, cg):
-        words = _implicit_conv(x_words, weights, geometry, cg, pad_value, (direction, threshold), prepared)
+    if _implicit(x_words, groups, geometry, cg, w_rows.shape[0], pad_value):
+        words = _implicit_conv(x_words, weights, geometry, cg, pad_value, (direction, threshold, constants_key),
+                               prepared)
         return _pool(words.reshape(n, oh, ow, words.shape[-1]), pool)
     cols, counts = _im2col(x_words, pad, geometry, groups, w_counts)
     rows = _borders(n, geometry) if pad_value == 0 else None
