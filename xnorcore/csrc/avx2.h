@@ -65,10 +65,50 @@ XNOR_AVX2_ATTR static uint64_t xnor_mask64_avx2(int dtype, const void *p, int n,
     }
 }
 
+/* The full words of a float32 row: eight loads, compares and movemasks a word,
+ * and a NaN test that costs no compare.  (a + b + ... + h) * 0 is NaN where any
+ * of the eight is, and 0 where all are finite and so is their sum; the sums
+ * accumulate over the row.  Infinities and sums past FLT_MAX also give NaN:
+ * then (rarely) the row is checked again exactly.  Returns the words done. */
+XNOR_AVX2_ATTR static int64_t xnor_pack_words_f32_avx2(const float *q, int64_t length,
+                                                       uint64_t *out, int *nan)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc = zero;
+    int64_t words = length / 64;
+    for (int64_t w = 0; w < words; w++) {
+        const float *p = q + 64 * w;
+        __m256 v[8];
+        uint64_t m = 0;
+        for (int g = 0; g < 8; g++) {
+            v[g] = _mm256_loadu_ps(p + 8 * g);
+            m |= (uint64_t)(uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v[g], zero, _CMP_GE_OQ)) << (8 * g);
+        }
+        out[w] = m;
+        __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])),
+                                   _mm256_add_ps(_mm256_add_ps(v[4], v[5]), _mm256_add_ps(v[6], v[7])));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(sum, zero));
+    }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(acc, acc, _CMP_UNORD_Q))) {
+        for (int64_t i = 0; i < 64 * words && !*nan; i++)
+            *nan = q[i] != q[i];
+    }
+    return words;
+}
+
 XNOR_AVX2_ATTR static int xnor_pack_row_avx2(int dtype, const void *x, int64_t length,
                                              uint64_t *out)
 {
     int nan = 0;
+    if (dtype == XNOR_F32 && length >= 64) {
+        /* the full words here, the tail below */
+        int64_t done = xnor_pack_words_f32_avx2((const float *)x, length, out, &nan);
+        x = (const float *)x + 64 * done;
+        length -= 64 * done;
+        out += done;
+        if (length == 0)
+            return nan;
+    }
     const char *p = (const char *)x;
     size_t step = 64 * xnor_itemsize(dtype);
     for (int64_t w = 0; w < length; w += 64, p += step) {
