@@ -75,7 +75,7 @@ XNOR_AVX2_ATTR static int64_t xnor_pack_words_f32_avx2(const float *q, int64_t l
 {
     const __m256 zero = _mm256_setzero_ps();
     __m256 acc = zero;
-    int64_t words = length / 64;
+    const int64_t words = length / 64;
     for (int64_t w = 0; w < words; w++) {
         const float *p = q + 64 * w;
         __m256 v[8];
@@ -100,18 +100,11 @@ XNOR_AVX2_ATTR static int xnor_pack_row_avx2(int dtype, const void *x, int64_t l
                                              uint64_t *out)
 {
     int nan = 0;
-    if (dtype == XNOR_F32 && length >= 64) {
-        /* the full words here, the tail below */
-        int64_t done = xnor_pack_words_f32_avx2((const float *)x, length, out, &nan);
-        x = (const float *)x + 64 * done;
-        length -= 64 * done;
-        out += done;
-        if (length == 0)
-            return nan;
-    }
-    const char *p = (const char *)x;
+    /* float32: the full words first, the loop below the tail */
+    const int64_t start = dtype == XNOR_F32 ? 64 * xnor_pack_words_f32_avx2((const float *)x, length, out, &nan) : 0;
     size_t step = 64 * xnor_itemsize(dtype);
-    for (int64_t w = 0; w < length; w += 64, p += step) {
+    const char *p = (const char *)x + start * xnor_itemsize(dtype);
+    for (int64_t w = start; w < length; w += 64, p += step) {
         int n = length - w < 64 ? (int)(length - w) : 64;
         out[w / 64] = xnor_mask64_avx2(dtype, p, n, &nan);
     }

@@ -126,7 +126,7 @@ XNOR_AVX512_ATTR static void xnor_transpose64_avx512(uint64_t a[64])
 #define XNOR_PACK_ROW_512(T, CALL)                                                           \
     {                                                                                        \
         const T *q = (const T *)x;                                                           \
-        int64_t w = 0;                                                                       \
+        int64_t w = start;                                                                   \
         for (; w + 64 <= length; w += 64) {                                                  \
             const T *p = q + w;                                                              \
             int n = 64;                                                                      \
@@ -153,9 +153,11 @@ XNOR_AVX512_ATTR static void xnor_transpose64_avx512(uint64_t a[64])
 XNOR_AVX512_ATTR static int64_t xnor_pack_words_f32_avx512(const float *q, int64_t length,
                                                            uint64_t *out, int *nan)
 {
+    const int64_t words = length / 64;
+    if (words == 0)
+        return 0;
     const __m512 zero = _mm512_setzero_ps();
     __m512 acc = zero;
-    int64_t words = length / 64;
     uintptr_t address = (uintptr_t)q;
     if (address % 4) {
         /* not even float-aligned: unaligned loads */
@@ -205,15 +207,8 @@ XNOR_AVX512_ATTR static int xnor_pack_row_avx512(int dtype, const void *x, int64
                                                  uint64_t *out)
 {
     int nan = 0;
-    if (dtype == XNOR_F32 && length >= 64) {
-        /* the full words here, the tail below */
-        int64_t done = xnor_pack_words_f32_avx512((const float *)x, length, out, &nan);
-        x = (const float *)x + 64 * done;
-        length -= 64 * done;
-        out += done;
-        if (length == 0)
-            return nan;
-    }
+    /* float32: the full words first, the loop below the tail */
+    const int64_t start = dtype == XNOR_F32 ? 64 * xnor_pack_words_f32_avx512((const float *)x, length, out, &nan) : 0;
     switch (dtype) {
     case XNOR_I8: XNOR_PACK_ROW_512(int8_t, xnor_m64_i8_avx512(p, n))
     case XNOR_I16: XNOR_PACK_ROW_512(int16_t, xnor_m64_i16_avx512(p, n))
