@@ -492,7 +492,7 @@ def _pack_unchecked(backend, x, axis, n_threads):
     else:
         rows = xp.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), length)
         words, has_nan = backend.pack_rows(rows, n_threads)
-    return PackedBits._trusted(words.reshape(out_shape), shape, axis), has_nan
+    return PackedBits._of_kernel(words.reshape(out_shape), shape, axis), has_nan
 
 
 def unpack_bits(packed, dtype=np.int8):
