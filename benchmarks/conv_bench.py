@@ -8,8 +8,9 @@ packed input and weights (int32 output) and ``binary_conv2d_threshold_pack``
 (the fused packed output), each with the weights as ``pack_conv_weights``
 gives them (a layer of a packed model: panels prepared once) and as
 ``pack_bits(w, axis=2)`` (prepared on every call), ``binary_matmul`` on prepacked operands of the same GEMM
-size, ``pack_bits`` of the float32 NHWC input, and ``binary_conv2d`` on that
-float input (its packing cost is the difference to the packed-input conv).  Rounds alternate the
+size, ``pack_bits`` of the float32 NHWC input, and both convs on that float input
+(their packing cost is the difference to the same conv on packed input, as a share of
+it; in brackets the median of the rounds' own shares).  Rounds alternate the
 contenders so that load on a shared machine hits all of them alike; the table
 gives each one's minimum over the rounds, the ratios of the minima to PyTorch's
 and, in brackets, the median over the rounds of the ratio within a round.  PyTorch
@@ -80,6 +81,9 @@ def _contenders(n, hw, c, o, nt, rng):
             xp, wp, direction, threshold, padding="same", n_threads=nt
         )
     fns["conv float x"] = lambda: binary_conv2d(x, wl, padding="same", n_threads=nt)
+    fns["fused float x"] = lambda: binary_conv2d_threshold_pack(
+        x, wl, direction, threshold, padding="same", n_threads=nt
+    )
     fns["matmul"] = lambda: binary_matmul(a, b, n_threads=nt)
     fns["pack x"] = lambda: pack_bits(x, axis=-1, n_threads=nt)
     return fns
@@ -111,8 +115,9 @@ def main():
             rows.append((f"{n}x{hw}x{hw}x{c}->{o}", nt, rounds))
     names = list(rows[0][2])
     print("| layer | threads | " + " | ".join(f"{k} ms" for k in names)
-          + " | torch / int32 (median) | torch / fused (median) | pack / int32 | packing in conv / int32 |")
-    print("|---|---|" + "---|" * (len(names) + 4))
+          + " | torch / int32 (median) | torch / fused (median) | pack / int32 | packing in conv / int32 (median)"
+          + " | packing in fused / fused (median) |")
+    print("|---|---|" + "---|" * (len(names) + 5))
     for layer, nt, rounds in rows:
         best = {k: min(v) for k, v in rounds.items()}
         t = rounds.get("torch fp32")
@@ -123,9 +128,14 @@ def main():
                 return ""
             return f"{min(t) / best[k]:.1f}x ({np.median(np.divide(t, rounds[k])):.1f}x)"
 
+        def packing(on_float, packed):
+            # what the float input adds, best over best and the median of the rounds' own shares
+            share = np.subtract(rounds[on_float], rounds[packed]) / np.asarray(rounds[packed])
+            return f"{(best[on_float] - best[packed]) / best[packed]:.0%} ({np.median(share):.0%})"
+
         print(f"| {layer} | {nt} | " + " | ".join(f"{best[k] * 1e3:.3f}" for k in names)
               + f" | {ratio('conv int32')} | {ratio('conv fused')} | {best['pack x'] / best['conv int32']:.0%}"
-              + f" | {(best['conv float x'] - best['conv int32']) / best['conv int32']:.0%} |")
+              + f" | {packing('conv float x', 'conv int32')} | {packing('fused float x', 'conv fused')} |")
     print(f"# load after: {os.getloadavg()[0]:.2f}")
 
 
