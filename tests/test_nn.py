@@ -414,9 +414,9 @@ def test_packed_model_round_trips_through_plain_arrays(batch_norm, binarize_last
         PackedModel.from_arrays({"format": "other"}, arrays)
 
 
-def test_train_releases_the_networks_step_graph():
+def test_train_releases_the_networks_step_graph(monkeypatch):
     # (On the GPU a fit's steps replay a CUDA graph kept per network; the fitted network keeps none.)
-    from xnorcore.nn import _graph
+    from xnorcore.nn import _graph, _trainer
     from xnorcore.nn._trainer import TrainingHistory, train
 
     rng = np.random.RandomState(0)
@@ -429,3 +429,10 @@ def test_train_releases_the_networks_step_graph():
     assert out is net and history.n_iter == 2
     assert net not in _graph._steps
     assert not _graph.enabled(X)  # numpy arrays never replay graphs
+    # a fit that fails keeps none either
+    _graph._steps[net] = _graph.GraphedSteps(net, opt, 0.0)
+    monkeypatch.setattr(_trainer, "run_epoch", lambda *args, **kwargs: (np.nan, 0.0))
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        train(net, opt, X, y, TrainingHistory(), epochs=2, batch_size=32, learning_rate_init=1e-2,
+              lr_schedule="cosine", reg=0.0, shuffle=True, rng=np.random.RandomState(2))
+    assert net not in _graph._steps

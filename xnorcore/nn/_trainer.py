@@ -193,42 +193,44 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
     best_net = None
     no_improvement = 0
     history.improving = False
-    for epoch in range(epochs):
-        lr = learning_rate(lr_schedule, learning_rate_init, epoch, epochs)
-        loss, seconds = run_epoch(
-            net, opt, X, y, batch_size=batch_size, lr=lr, reg=reg, perm_rng=rng, drop_rng=drop_rng,
-            shuffle=shuffle, progress=f"epoch {history.n_iter + 1}" if verbose else None,
-            sample_weight=sample_weight, augment=augment,
-        )
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss} at epoch {history.n_iter + 1}; lower "
-                f"learning_rate_init (got {learning_rate_init})"
+    try:
+        for epoch in range(epochs):
+            lr = learning_rate(lr_schedule, learning_rate_init, epoch, epochs)
+            loss, seconds = run_epoch(
+                net, opt, X, y, batch_size=batch_size, lr=lr, reg=reg, perm_rng=rng, drop_rng=drop_rng,
+                shuffle=shuffle, progress=f"epoch {history.n_iter + 1}" if verbose else None,
+                sample_weight=sample_weight, augment=augment,
             )
-        history.n_iter += 1
-        history.t += len(X)
-        history.loss_curve.append(loss)
-        message = f"Iteration {history.n_iter}, loss = {loss:.6f}"
-        if validation is not None:
-            score = accuracy(net, *validation)
-            history.validation_scores.append(score)
-            message += f", validation score = {score:.4f}"
-            no_improvement = 0 if score > history.best_validation_score + tol else no_improvement + 1
-            if score > history.best_validation_score:
-                history.best_validation_score = score
-                best_net = copy.deepcopy(net)
-        else:
-            no_improvement = no_improvement + 1 if loss > best_loss - tol else 0
-        best_loss = min(best_loss, loss)
-        if verbose:
-            print(f"{message}, {len(X) / max(seconds, 1e-9):.0f} examples/s, lr = {lr:.2e}", flush=True)
-        if n_iter_no_change is not None and no_improvement >= n_iter_no_change:
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss} at epoch {history.n_iter + 1}; lower "
+                    f"learning_rate_init (got {learning_rate_init})"
+                )
+            history.n_iter += 1
+            history.t += len(X)
+            history.loss_curve.append(loss)
+            message = f"Iteration {history.n_iter}, loss = {loss:.6f}"
+            if validation is not None:
+                score = accuracy(net, *validation)
+                history.validation_scores.append(score)
+                message += f", validation score = {score:.4f}"
+                no_improvement = 0 if score > history.best_validation_score + tol else no_improvement + 1
+                if score > history.best_validation_score:
+                    history.best_validation_score = score
+                    best_net = copy.deepcopy(net)
+            else:
+                no_improvement = no_improvement + 1 if loss > best_loss - tol else 0
+            best_loss = min(best_loss, loss)
             if verbose:
-                print(f"No improvement for {no_improvement} epochs; stopping.", flush=True)
-            break
-    else:
-        history.improving = epochs > 0 and no_improvement == 0
-    _graph.release(net)  # a fitted network keeps no graph (and no memory of its own for one)
+                print(f"{message}, {len(X) / max(seconds, 1e-9):.0f} examples/s, lr = {lr:.2e}", flush=True)
+            if n_iter_no_change is not None and no_improvement >= n_iter_no_change:
+                if verbose:
+                    print(f"No improvement for {no_improvement} epochs; stopping.", flush=True)
+                break
+        else:
+            history.improving = epochs > 0 and no_improvement == 0
+    finally:
+        _graph.release(net)  # a trained network keeps no graph (nor device memory for one), even after an error
     return best_net if best_net is not None else net
 
 
