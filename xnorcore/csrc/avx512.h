@@ -149,50 +149,36 @@ XNOR_AVX512_ATTR static void xnor_transpose64_avx512(uint64_t a[64])
  * compare: (a + b + c + d) * 0 is NaN where any of the four is, and 0 where
  * all are finite and so is their sum; the sums accumulate over the row.
  * Infinities and sums past FLT_MAX also give NaN: then (rarely) the row is
- * checked again exactly.  Returns the words done. */
+ * checked again exactly.  Returns the words done (none off the 4-byte grid). */
 XNOR_AVX512_ATTR static int64_t xnor_pack_words_f32_avx512(const float *q, int64_t length,
                                                            uint64_t *out, int *nan)
 {
     const int64_t words = length / 64;
-    if (words == 0)
-        return 0;
+    const uintptr_t address = (uintptr_t)q;
+    if (words == 0 || address % 4)
+        return 0; /* no full word, or not even float-aligned (rare): the general loop takes the row */
     const __m512 zero = _mm512_setzero_ps();
     __m512 acc = zero;
-    uintptr_t address = (uintptr_t)q;
-    if (address % 4) {
-        /* not even float-aligned: unaligned loads */
-        for (int64_t w = 0; w < words; w++) {
-            const float *p = q + 64 * w;
-            __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
-            __m512 c = _mm512_loadu_ps(p + 32), d = _mm512_loadu_ps(p + 48);
-            out[w] = (uint64_t)_mm512_cmp_ps_mask(a, zero, _CMP_GE_OQ)
-                     | (uint64_t)_mm512_cmp_ps_mask(b, zero, _CMP_GE_OQ) << 16
-                     | (uint64_t)_mm512_cmp_ps_mask(c, zero, _CMP_GE_OQ) << 32
-                     | (uint64_t)_mm512_cmp_ps_mask(d, zero, _CMP_GE_OQ) << 48;
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)), zero));
-        }
-    } else {
-        int k = (int)(address % 64 / 4);
-        const float *base = q - k;
-        /* vector 0: the k floats before the row masked off */
-        __m512 e = _mm512_maskz_load_ps((__mmask16)(0xFFFFu << k), base);
-        uint64_t carry = _mm512_cmp_ps_mask(e, zero, _CMP_GE_OQ);
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(e, zero));
-        for (int64_t w = 0; w < words; w++) {
-            const float *p = base + 64 * w;
-            __m512 b = _mm512_load_ps(p + 16), c = _mm512_load_ps(p + 32), d = _mm512_load_ps(p + 48);
-            /* vector 4 w + 4 holds floats 64 w + 64 - k to 64 w + 79 - k of the row */
-            int64_t left = length - (64 * w + 64 - k);
-            __m512 f = left >= 16 ? _mm512_load_ps(p + 64)
-                                  : _mm512_maskz_load_ps((__mmask16)((1u << left) - 1), p + 64);
-            uint64_t next = _mm512_cmp_ps_mask(f, zero, _CMP_GE_OQ);
-            uint64_t lo = carry | (uint64_t)_mm512_cmp_ps_mask(b, zero, _CMP_GE_OQ) << 16
-                          | (uint64_t)_mm512_cmp_ps_mask(c, zero, _CMP_GE_OQ) << 32
-                          | (uint64_t)_mm512_cmp_ps_mask(d, zero, _CMP_GE_OQ) << 48;
-            out[w] = lo >> k | next << (63 - k) << 1; /* k = 0: no bit of next */
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(b, c), _mm512_add_ps(d, f)), zero));
-            carry = next;
-        }
+    const int k = (int)(address % 64 / 4);
+    const float *base = q - k;
+    /* vector 0: the k floats before the row masked off */
+    __m512 e = _mm512_maskz_load_ps((__mmask16)(0xFFFFu << k), base);
+    uint64_t carry = _mm512_cmp_ps_mask(e, zero, _CMP_GE_OQ);
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(e, zero));
+    for (int64_t w = 0; w < words; w++) {
+        const float *p = base + 64 * w;
+        __m512 b = _mm512_load_ps(p + 16), c = _mm512_load_ps(p + 32), d = _mm512_load_ps(p + 48);
+        /* vector 4 w + 4 holds floats 64 w + 64 - k to 64 w + 79 - k of the row */
+        int64_t left = length - (64 * w + 64 - k);
+        __m512 f = left >= 16 ? _mm512_load_ps(p + 64)
+                              : _mm512_maskz_load_ps((__mmask16)((1u << left) - 1), p + 64);
+        uint64_t next = _mm512_cmp_ps_mask(f, zero, _CMP_GE_OQ);
+        uint64_t lo = carry | (uint64_t)_mm512_cmp_ps_mask(b, zero, _CMP_GE_OQ) << 16
+                      | (uint64_t)_mm512_cmp_ps_mask(c, zero, _CMP_GE_OQ) << 32
+                      | (uint64_t)_mm512_cmp_ps_mask(d, zero, _CMP_GE_OQ) << 48;
+        out[w] = lo >> k | next << (63 - k) << 1; /* k = 0: no bit of next */
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(b, c), _mm512_add_ps(d, f)), zero));
+        carry = next;
     }
     if (_mm512_cmp_ps_mask(acc, acc, _CMP_UNORD_Q)) {
         for (int64_t v = 0; v < length && !*nan; v += 16) {
