@@ -323,7 +323,8 @@ def _class_table(weights, geometry, pad_value, thresholds, prepared):
     table = gpu._alloc(lambda: cupy.empty(shape, dtype=np.int32), 4 * math.prod(shape), "hold the convolution's table")
     y_sets, x_sets = _border_classes(geometry)[2:]
     fix = _border_fix(sums, y_sets, x_sets, prepared, geometry) if pad_value == 0 else None
-    direction, threshold = (w_counts, w_counts) if thresholds is None else thresholds[:2]  # unread without
+    # without thresholds the kernel reads neither: any int array stands in
+    direction, threshold = (w_counts, w_counts) if thresholds is None else thresholds[:2]
     gpu._function("conv_mma", "conv_class_table")(
         gpu._grid_1d(classes * o_pad, 256), (256,),
         (w_counts, w_counts if fix is None else fix, direction, threshold, table, np.int64(o), np.int64(o_pad),
