@@ -52,41 +52,47 @@ __device__ __forceinline__ void pack_rows(const T* __restrict__ x, long long row
 {
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
-    // A task: PACK_WORDS_PER_WARP consecutive words of one row (one division a task).
-    const long long tasks_per_row = (n_words + PACK_WORDS_PER_WARP - 1) / PACK_WORDS_PER_WARP;
+    // A task: PACK_WORDS_PER_WARP consecutive words of the (rows, n_words) result, which
+    // may span rows (short rows: a conv's channels), with one division a task.
+    const long long total = rows * n_words;
     bool nan_seen = false;
-    for (long long task = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; task < rows * tasks_per_row;
-         task += warps) {
-        const long long r = task / tasks_per_row;
-        const long long w0 = (task - r * tasks_per_row) * PACK_WORDS_PER_WARP;
-        const T* row = x + r * length;
+    for (long long task = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+         task * PACK_WORDS_PER_WARP < total; task += warps) {
+        const long long first = task * PACK_WORDS_PER_WARP;
+        long long r = first / n_words, w = first - r * n_words;
         bool bits[PACK_WORDS_PER_WARP][2];
 #pragma unroll
         for (int u = 0; u < PACK_WORDS_PER_WARP; ++u) {
+            const bool inside = first + u < total;
+            const T* row = x + r * length;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                const long long j = (w0 + u) * 64 + 32 * half + lane;
+                const long long j = w * 64 + 32 * half + lane;
                 bits[u][half] = false;
-                if (j < length) {
+                if (inside && j < length) {
                     const T v = value(row[j], j);
                     bits[u][half] = XNOR_SIGN_BIT(v);
                     nan_seen |= v != v;
                     if (signs) signs[r * length + j] = bits[u][half] ? 1.0f : -1.0f;
                 }
             }
+            if (++w == n_words) {
+                w = 0;
+                ++r;
+            }
         }
 #pragma unroll
         for (int u = 0; u < PACK_WORDS_PER_WARP; ++u) {
             const unsigned lo_bits = __ballot_sync(0xffffffffu, bits[u][0]);
             const unsigned hi_bits = __ballot_sync(0xffffffffu, bits[u][1]);
-            if (lane == 0 && w0 + u < n_words) words[r * n_words + w0 + u] = (u64)lo_bits | ((u64)hi_bits << 32);
+            if (lane == 0 && first + u < total) words[first + u] = (u64)lo_bits | ((u64)hi_bits << 32);
         }
     }
     if (__any_sync(0xffffffffu, nan_seen) && lane == 0) atomicOr(has_nan, 1);
 }
 
-// Launch: block PACK_THREADS threads, any grid (the loop strides over tasks; rows *
-// ceil(n_words / PACK_WORDS_PER_WARP) / (PACK_THREADS / 32) blocks give each warp one).
+// Launch: block PACK_THREADS threads, any grid (the loop strides over tasks;
+// ceil(rows * n_words / PACK_WORDS_PER_WARP) / (PACK_THREADS / 32) blocks give each warp one).
 #define XNORCORE_PACK_ROWS(NAME, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(PACK_THREADS)                                       \
     NAME(const T* __restrict__ x, long long rows, long long length, long long n_words,               \

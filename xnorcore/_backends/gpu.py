@@ -460,7 +460,7 @@ def matmul(a, b):
 def _pack_rows_grid(rows, width):
     """The grid of pack_rows (or threshold_pack_float32) that gives each warp one task."""
     per_warp = _constant("pack", "PACK_WORDS_PER_WARP")
-    return _grid_1d(rows * -(-width // per_warp), _constant("pack", "PACK_THREADS") // 32)
+    return _grid_1d(-(-(rows * width) // per_warp), _constant("pack", "PACK_THREADS") // 32)
 
 
 def pack_cols(x, n_threads=None):
