@@ -633,6 +633,29 @@ def test_gpu_xnor_and_float_products_train_identically(hidden, dropout):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("conv", [(8, "pool", 16), (8, 70, "pool"), (8, "pool", "pool", 16)])
+def test_gpu_xnor_and_float_conv_products_train_identically(conv):
+    import cupy
+
+    from xnorcore.nn import Adam, ConvNetwork
+
+    rng = np.random.RandomState(0)
+    X = cupy.asarray(rng.randn(300, 100).astype(np.float32))
+    y = cupy.asarray(rng.randint(0, 3, 300))
+    nets = [ConvNetwork((10, 10, 1), conv, 3, (32,), binary=True, xnor=xnor, random_state=np.random.RandomState(7),
+                        xp=cupy) for xnor in (False, True)]
+    assert nets[1].features.blocks[1].conv.uses_xnor and not nets[0].features.blocks[1].conv.uses_xnor
+    curves = []
+    for net in nets:
+        opt = Adam()
+        curves.append([float(net.train_step(X[i:i + 100], y[i:i + 100], opt, 1e-2)) for i in (0, 100, 200, 0)])
+    assert curves[0] == curves[1]
+    for a, b in zip(nets[0].params(), nets[1].params()):
+        np.testing.assert_array_equal(a[1].get(), b[1].get(), err_msg=a[0])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (512, 1024), (4, 5, 5, 8), (64, 14, 14, 33)])
 def test_gpu_fused_batch_norm_follows_the_array_path(shape):
     import cupy
@@ -744,8 +767,7 @@ def test_gpu_graphed_steps_train_as_uncaptured_ones(monkeypatch, name, reg):
     graphed = _train_epochs(make_net, X, y, reg=reg, shift=shift)
     _assert_same_training(graphed, uncaptured)
     steps = _graph._steps[graphed[1]]
-    if name != "cnn-xnor":  # (its conv layers check their packed input for NaN, which waits for the device)
-        assert steps.graph is not None and not steps.failed
+    assert steps.graph is not None and not steps.failed
 
 
 @pytest.mark.gpu
@@ -819,7 +841,7 @@ def test_gpu_fit_with_graphs_equals_fit_without(monkeypatch):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_gpu_auto_xnor_takes_xnor_in_dense_layers_and_float_in_conv_layers():
+def test_gpu_auto_xnor_takes_the_backends_choice_in_dense_and_conv_layers():
     from sklearn.datasets import load_digits
 
     from xnorcore import BNNClassifier
@@ -829,9 +851,12 @@ def test_gpu_auto_xnor_takes_xnor_in_dense_layers_and_float_in_conv_layers():
                         random_state=0).fit(X, y)
     assert clf.xnor_ is _gpu.prefers_xnor_training is True
     assert all(b.dense.xnor for b in clf.network_.blocks)
-    assert not _gpu.prefers_xnor_conv_training
-    assert not any(b.conv.xnor for b in clf.network_.features.blocks)
-    same = BNNClassifier((32,), image_shape=(8, 8, 1), conv_layers=(8, "pool"), max_iter=1, device="gpu",
+    assert _gpu.prefers_xnor_conv_training is True
+    assert [b.conv.uses_xnor for b in clf.network_.features.blocks] == [False]  # (the first layer is real)
+    clf = BNNClassifier((32,), image_shape=(8, 8, 1), conv_layers=(8, 8, "pool"), max_iter=1, device="gpu",
+                        random_state=0).fit(X, y)
+    assert [b.conv.uses_xnor for b in clf.network_.features.blocks] == [False, True]
+    same = BNNClassifier((32,), image_shape=(8, 8, 1), conv_layers=(8, 8, "pool"), max_iter=1, device="gpu",
                          random_state=0, xnor=False).fit(X, y)
     np.testing.assert_array_equal(clf.predict_proba(X), same.predict_proba(X))
 

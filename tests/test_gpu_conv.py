@@ -230,3 +230,41 @@ def test_real_conv2d_on_the_gpu_matches_the_cpu():
         want = _cpu.real_conv2d(x, w, geometry)
         got = _gpu_conv.real_conv2d(cupy.asarray(x), cupy.asarray(w), geometry)
         np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,stride,dilation,padding", [
+    (2, 7, 9, 70, 9, 3, 1, 1, "same"),  # C past one word, O under one warp's columns
+    (3, 8, 5, 64, 130, 3, 2, 1, ((0, 2), (1, 0))),  # O past one block's columns
+    (1, 9, 9, 5, 3, 2, 1, 2, "valid"),
+    (4, 14, 14, 32, 64, 3, 1, 1, "same"),  # the recommended CNN's second layer
+])
+def test_gpu_xnor_training_forward_equals_the_float_product(n, h, w, c, o, k, stride, dilation, padding):
+    import cupy
+
+    from xnorcore.nn._conv import Conv2D
+
+    rng = np.random.RandomState(n * h + c)
+    x = cupy.asarray(np.where(rng.rand(n, h, w, c) < 0.5, -1, 1).astype(np.float32))
+    weight = rng.uniform(-1, 1, (k, k, c, o)).astype(np.float32)
+    weight[rng.rand(*weight.shape) < 0.1] = 0  # sign(0) = +1 in both products
+    layers = [Conv2D("c", cupy.asarray(weight), binary_weights=True, binary_input=True, stride=stride,
+                     dilation=dilation, padding=padding, xnor=xnor) for xnor in (True, False)]
+    out = [layer.forward(x, training=True) for layer in layers]
+    assert isinstance(out[0], cupy.ndarray) and out[0].dtype == np.float32
+    np.testing.assert_array_equal(cupy.asnumpy(out[0]), cupy.asnumpy(out[1]))
+    dz = cupy.asarray(rng.randn(*out[0].shape).astype(np.float32))
+    np.testing.assert_array_equal(cupy.asnumpy(layers[0].backward(dz)), cupy.asnumpy(layers[1].backward(dz)))
+    np.testing.assert_array_equal(cupy.asnumpy(layers[0].weight_grad), cupy.asnumpy(layers[1].weight_grad))
+    # Nothing of the XNOR step waits for the device: the same forward pass is captured as a graph.
+    layers[0].forward(x, training=True)  # (the first call of a shape fills the caches)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    pool = cupy.cuda.MemoryPool()  # (what the capture frees stays the graph's)
+    with stream, cupy.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        try:
+            captured = layers[0].forward(x, training=True)
+        finally:
+            graph = stream.end_capture()
+        graph.launch()
+    stream.synchronize()
+    np.testing.assert_array_equal(cupy.asnumpy(captured), cupy.asnumpy(out[0]))

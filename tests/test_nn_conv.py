@@ -475,3 +475,22 @@ def test_packed_conv_model_from_arrays_refuses_what_does_not_fit():
     words[0, 0, 0, 0] |= np.uint64(1) << np.uint64(63)  # 4 input channels: bits 4..63 are padding
     with pytest.raises(ValueError, match=r"words has padding bits set"):
         PackedConvModel.from_arrays(metadata, {**arrays, "features/conv2/weight_bits": words})
+
+
+@pytest.mark.parametrize("conv", [(8, "pool", 16), (8, 70, "pool"), (8, "pool", "pool", 16)])
+def test_xnor_and_float_conv_products_train_identically(conv):
+    from xnorcore.nn import Adam, ConvNetwork
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 100).astype(np.float32)
+    y = rng.randint(0, 3, 300)
+    nets = [ConvNetwork((10, 10, 1), conv, 3, (32,), binary=True, xnor=xnor, random_state=np.random.RandomState(7))
+            for xnor in (False, True)]
+    assert nets[1].features.blocks[1].conv.uses_xnor and not nets[0].features.blocks[1].conv.uses_xnor
+    curves = []
+    for net in nets:
+        opt = Adam()
+        curves.append([float(net.train_step(X[i:i + 100], y[i:i + 100], opt, 1e-2)) for i in (0, 100, 200, 0)])
+    assert curves[0] == curves[1]
+    for a, b in zip(nets[0].params(), nets[1].params()):
+        np.testing.assert_array_equal(a[1], b[1], err_msg=a[0])

@@ -49,11 +49,11 @@ NAME = "gpu"
 #: replayed as a CUDA graph (xnorcore.nn._graph) the step is bound by the device,
 #: and the XNOR forward of dense layers trains 1.07-1.21x faster than the float one
 #: at batches 512 to 8,192 (benchmarks/train_bench.py step, benchmarks/RESULTS.md).
-#: The conv layers' XNOR path prepares its weight words on the host at every step
-#: (gpu_conv._weights), which waits for the device and keeps the step from being
-#: captured: float products train those faster.
+#: The conv layers' XNOR forward, captured too, trains the recommended CNN as fast
+#: as their float products at batches 256 and 512 and 2-4% faster from 1,024
+#: (benchmarks/conv_train_bench.py, 5 epochs a fit).
 prefers_xnor_training = True
-prefers_xnor_conv_training = False
+prefers_xnor_conv_training = True
 
 #: Environment variable that forces a GEMM kernel.
 KERNEL_ENV = "XNORCORE_GPU_KERNEL"

@@ -50,31 +50,47 @@ def _launch(name, items, args):
 
 def _weights(w_words, cg, pad_value, prepared):
     """(weight rows (O, KH * KW * CW rounded up to even), their popcounts (O,) int32,
-    tap sums (KH * KW, O) int32, pad word (CW,)), all on the device, and the tap sums
-    (KH, KW, O) on the host; kept in ``prepared`` (a ConvWeights' dict) where given."""
+    tap sums (KH * KW, O) int32, pad word (CW,)), all on the device; kept in ``prepared``
+    (a ConvWeights' dict) where given.  Device words are laid out by kernels alone:
+    nothing waits for the device (a training step's weights change every step)."""
     cupy = gpu._cupy()
     key = ("gpu", cupy.cuda.runtime.getDevice(), pad_value)
     if prepared is not None and key in prepared:
         return prepared[key]
-    host = np.ascontiguousarray(to_numpy(w_words))
-    kh, kw, o, cw = host.shape
+    words = cupy.ascontiguousarray(gpu.to_device(w_words))
+    kh, kw, o, cw = words.shape
     per_row = kh * kw * cw
-    rows = np.zeros((o, per_row + per_row % 2), dtype=np.uint64)  # even words per row, as _im2col's
-    rows[:, :per_row] = host.transpose(2, 0, 1, 3).reshape(o, per_row)
-    counts = gpu.to_device(np.bitwise_count(rows).sum(axis=1, dtype=np.int64).astype(np.int32))
-    rows = gpu.to_device(rows)
+    rows = cupy.zeros((o, per_row + per_row % 2), dtype=np.uint64)  # even words per row, as _im2col's
+    rows[:, :per_row] = words.transpose(2, 0, 1, 3).reshape(o, per_row)
+    tap_counts = gpu._alloc(lambda: cupy.empty((kh * kw, o), dtype=np.int32), 4 * kh * kw * o,
+                            "hold the weights' popcounts")
+    threads = gpu._constant("pack", "POPCOUNT_THREADS")
+    gpu._function("pack", "row_popcounts")(
+        gpu._grid_1d(kh * kw * o, threads // 32), (threads,),
+        (words, np.int64(kh * kw * o), words, np.int64(0), np.int64(cw), tap_counts))
+    counts = tap_counts.sum(axis=0, dtype=np.int32)
     # sum over the channels of sign(w) per tap and output channel: 2 popcount - cg
-    sums = (2 * np.bitwise_count(host).sum(axis=3, dtype=np.int64) - cg).astype(np.int32)
-    tap_sums = gpu.to_device(sums.reshape(kh * kw, o))
-    pad = np.zeros(cw, dtype=np.uint64)
-    if pad_value == 1:  # the cg valid bits set, the padding bits clear as in any word
-        bits = np.zeros(64 * cw, dtype=np.uint8)
-        bits[:cg] = 1
-        pad = np.packbits(bits, bitorder="little").view(np.uint64)
-    weights = (rows, counts, tap_sums, gpu.to_device(pad), sums)
+    tap_sums = 2 * tap_counts - np.int32(cg)
+    weights = (rows, counts, tap_sums, _pad_word(cw, cg, pad_value))
     if prepared is not None:
         prepared[key] = weights
     return weights
+
+
+def _pad_word(cw, cg, pad_value):
+    """The channel words (CW,) on the device of a padded position as the explicit path reads it:
+    cg bits set for +1 padding, none otherwise (the padding bits of a word are clear)."""
+    cupy = gpu._cupy()
+    key = ("pad", cupy.cuda.runtime.getDevice(), cw, cg, pad_value == 1)
+    found = _classes.get(key)
+    if found is None:
+        bits = np.zeros(64 * cw, dtype=np.uint8)
+        if pad_value == 1:
+            bits[:cg] = 1
+        if len(_classes) >= _MAX_BORDER_ENTRIES:
+            _classes.clear()
+        found = _classes[key] = gpu.to_device(np.packbits(bits, bitorder="little").view(np.uint64))
+    return found
 
 
 def _im2col(x_words, pad, geometry, groups, w_counts):
@@ -286,21 +302,33 @@ def _border_classes(geometry):
     return found
 
 
-def _border_fix(sums, y_sets, x_sets, prepared, geometry):
+def _border_fix(tap_sums, geometry, prepared):
     """(classes, O) int32 on the device: per border class and output channel, the sum of
-    sign(w) over the taps in the zero padding (``sums``: (KH, KW, O) per tap)."""
+    sign(w) over the taps in the zero padding (``tap_sums``: (KH * KW, O) per tap, device)."""
     cupy = gpu._cupy()
     key = ("gpu border", cupy.cuda.runtime.getDevice(), geometry)
     if prepared is not None and key in prepared:
         return prepared[key]
-    outside = y_sets[:, None, :, None] | x_sets[None, :, None, :]  # (row sets, column sets, KH, KW)
-    fix = np.einsum("abij,ijo->abo", outside.astype(np.int64), sums.astype(np.int64))
-    fix = gpu.to_device(fix.reshape(-1, sums.shape[2]).astype(np.int32))
+    outside = _taps_in_padding(geometry)
+    fix = (outside[:, :, None] * tap_sums[None, :, :]).sum(axis=1, dtype=np.int32)
     if prepared is not None:
         if len(prepared) >= _MAX_CONSTANTS:
             prepared.clear()
         prepared[key] = fix
     return fix
+
+
+def _taps_in_padding(geometry):
+    """int32 (classes, KH * KW) on the device: 1 where a tap of a border class's windows is in the padding."""
+    key = ("taps", gpu._cupy().cuda.runtime.getDevice(), geometry)
+    found = _classes.get(key)
+    if found is None:
+        y_sets, x_sets = _border_classes(geometry)[2:]
+        outside = y_sets[:, None, :, None] | x_sets[None, :, None, :]  # (row sets, column sets, KH, KW)
+        if len(_classes) >= _MAX_BORDER_ENTRIES:
+            _classes.clear()
+        found = _classes[key] = gpu.to_device(outside.reshape(y_sets.shape[0] * x_sets.shape[0], -1).astype(np.int32))
+    return found
 
 
 def _class_table(weights, geometry, pad_value, thresholds, prepared):
@@ -309,7 +337,7 @@ def _class_table(weights, geometry, pad_value, thresholds, prepared):
     (direction, threshold, key) the fused layer's bounds.  Kept in ``prepared`` where given
     (per content of the thresholds: device thresholds, whose key is None, make it each call)."""
     cupy = gpu._cupy()
-    w_rows, w_counts, _, _, sums = weights
+    w_rows, w_counts, tap_sums = weights[:3]
     o = w_rows.shape[0]
     key = ("gpu class table", cupy.cuda.runtime.getDevice(), geometry, pad_value,
            None if thresholds is None else thresholds[2])
@@ -321,8 +349,7 @@ def _class_table(weights, geometry, pad_value, thresholds, prepared):
     o_pad = -(-o // bn) * bn
     shape = (classes, o_pad) if thresholds is None else (classes, o_pad, 2)
     table = gpu._alloc(lambda: cupy.empty(shape, dtype=np.int32), 4 * math.prod(shape), "hold the convolution's table")
-    y_sets, x_sets = _border_classes(geometry)[2:]
-    fix = _border_fix(sums, y_sets, x_sets, prepared, geometry) if pad_value == 0 else None
+    fix = _border_fix(tap_sums, geometry, prepared) if pad_value == 0 else None
     # without thresholds the kernel reads neither: any int array stands in
     direction, threshold = (w_counts, w_counts) if thresholds is None else thresholds[:2]
     gpu._function("conv_mma", "conv_class_table")(

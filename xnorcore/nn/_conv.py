@@ -27,7 +27,8 @@ import numbers
 import numpy as np
 
 from .. import _train
-from ..ops import binary_conv2d, get_array_module, pack_bits
+from .._backends import backend_for
+from ..ops import _conv_geometry, binary_conv2d, get_array_module, pack_bits
 from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer, matmul
 
 _F32 = np.float32
@@ -218,29 +219,58 @@ class Conv2D(WeightLayer):
                 conv_output_size(w, kw, self.stride, self.dilation, pl + pr),
                 self.shape[3])
 
-    def forward(self, x, training, rng=None):
+    def forward(self, x, training, rng=None, int_sums=False):
+        """The convolution of ``x`` (NHWC) with the layer's weights (plus bias).
+
+        ``int_sums``, for a max-pool or batch norm next, lets a training step's XNOR
+        sums stay int32 (both take them as they are, as Dense's ``int_sums``).
+        """
         n = x.shape[0]
         kh, kw, c, o = self.shape
         if x.ndim != 4 or x.shape[3] != c:
             raise ValueError(f"{self.name} expects NHWC input with {c} channels, got shape {x.shape}")
         pads = self.pads(x.shape[1:3])
         cols = w = None
-        if training or not self.uses_xnor:  # (the backward pass needs the patches and the weights)
+        if training or not self.uses_xnor:  # (the backward pass needs the patches)
             cols, oh, ow = im2col(x, (kh, kw), self.stride, self.dilation, pads)
-            w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
-        if self.uses_xnor:
+        if self.uses_xnor and training:
+            w, z = self._xnor_training_sums(x, pads)
+            if not (int_sums and self.bias is None):
+                z = z.astype(x.dtype)
+        elif self.uses_xnor:
             # The integer product, on one thread as Dense.forward explains.
             wp = pack_bits(self.weight, axis=2, n_threads=1) if self.weight is not None else self.weight_packed
             z = binary_conv2d(x, wp, stride=self.stride, padding=pads, dilation=self.dilation,
                               n_threads=1).astype(x.dtype)
-            oh, ow = z.shape[1:3]
         else:
+            w = self.effective_weight().astype(x.dtype, copy=False).reshape(kh * kw * c, o)
             z = (matmul(cols, w) if training else cols @ w).reshape(n, oh, ow, o)
+        oh, ow = z.shape[1:3]
         if self.bias is not None:
             z += self.bias
         if training:
             self._cache = (cols, w, x.shape, pads, oh, ow)
         return z
+
+    def _xnor_training_sums(self, x, pads):
+        """(sign(W) as (KH * KW * C, O) of x's dtype, the int32 XNOR sums of a training step).
+
+        The backend's kernels straight away, as in Dense.forward: x holds the +-1 of a sign
+        activation, never NaN, and the latent weights are checked by the loss, so nothing
+        waits for the device (the GPU can capture the step as a CUDA graph).  sign(W) comes
+        out of the packing along C (the columns of a (C, KH * KW * O) matrix) as floats too,
+        for the backward pass.  One CPU thread, as Dense.forward explains.
+        """
+        kh, kw, c, o = self.shape
+        backend = backend_for(x)
+        xp = get_array_module(x)
+        signs, w_words = backend.sign_pack_cols(
+            xp.ascontiguousarray(self.weight.transpose(2, 0, 1, 3)).reshape(c, kh * kw * o), 1)
+        w = signs.reshape(c, kh, kw, o).transpose(1, 2, 0, 3).astype(x.dtype, copy=False).reshape(kh * kw * c, o)
+        cw = w_words.shape[1]
+        x_words = backend.pack_signs(xp.ascontiguousarray(x).reshape(-1, c), 1).reshape(*x.shape[:3], 1, cw)
+        geometry = _conv_geometry(x.shape, self.shape, self.stride, pads, self.dilation)
+        return w, backend.conv2d(x_words, w_words.reshape(kh, kw, o, cw), geometry, 1, c, 0, 1)
 
     def backward(self, dz):
         cols, w, x_shape, pads, oh, ow = self._cache
@@ -283,6 +313,8 @@ class ChannelBatchNorm(BatchNorm):
         out = self._fused_forward(z)
         if out is not None:
             return out.reshape(shape)
+        if z.dtype.kind != "f":  # the int32 sums of an XNOR product (Conv2D's int_sums)
+            z = z.astype(_F32)
         m = z.shape[0]
         ones = xp.ones(m, dtype=z.dtype)
         mean = (ones @ z) / z.dtype.type(m)
@@ -354,6 +386,8 @@ class MaxPool2D:
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: {self.size}x{self.size} max-pool of an input of "
                              f"height and width {(h, w)} leaves nothing")
+        if xp is np and x.dtype.kind != "f":  # the int32 sums of an XNOR product (Conv2D's int_sums)
+            x = x.astype(np.float32)  # (for the kernel below; float32 represents them exactly)
         if xp is np and x.dtype == np.float32 and x.flags.c_contiguous and self.size <= 16:
             # One pass, which also notes the tap that the gradient goes to (a
             # uint8: windows of up to 16 x 16).  One thread, as for the XNOR
@@ -379,7 +413,7 @@ class MaxPool2D:
             return dx
         xp = get_array_module(x)
         oh, ow = out.shape[1:3]
-        dx = xp.zeros_like(x)
+        dx = xp.zeros(x.shape, dtype=dy.dtype)  # (x may hold int32 sums)
         free = xp.ones(out.shape, dtype=bool)
         for tap in self._taps(oh, ow):
             hit = x[tap] == out

@@ -209,7 +209,11 @@ class ConvFeatures(BlockStack):
                 if not training and not item.conv.binary_input:
                     h, layers = real_block_sums(item, h), layers[2 if item.pool is not None else 1:]
                 for layer in layers:
-                    h = layer.forward(h, training, rng)
+                    if layer is item.conv:
+                        # (its XNOR sums may stay int32: the max-pool and batch norm after it take them)
+                        h = layer.forward(h, training, rng, int_sums=True)
+                    else:
+                        h = layer.forward(h, training, rng)
                 item.activation = h
             else:
                 h = item.forward(h, training, rng)
