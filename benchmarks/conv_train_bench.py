@@ -6,7 +6,7 @@ Run from the repository root, for example::
     python benchmarks/conv_train_bench.py --device gpu --batch-sizes 256,1024
 
 After a short warm-up fit of each mode (the GPU kernels compile at their first
-call), each round fits one epoch on ``--n-samples`` MNIST images (from ``--data-dir``,
+call), each round fits ``--epochs`` epochs (one by default) on ``--n-samples`` MNIST images (from ``--data-dir``,
 else scikit-learn's digits upscaled to 28x28) with ``xnor=True``, ``xnor=False``
 and ``xnor="auto"``, in rotating order; all give the same model (checked
 here), so only the time differs.  Prints one JSON line per batch size (examples/s
@@ -52,7 +52,11 @@ def main():
     parser.add_argument("--batch-sizes", default="200")
     parser.add_argument("--n-samples", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs a fit (at most 10: a fit of more may stop early); examples/s counts them all")
     args = parser.parse_args()
+    if not 1 <= args.epochs <= 10:
+        parser.error(f"--epochs must be from 1 to 10 (n_iter_no_change), got {args.epochs}")
     X, y = _images(args.data_dir, args.n_samples)
     conv = args.conv if args.conv == "auto" else eval(args.conv)  # noqa: S307 (a benchmark's own flag)
     hidden = tuple(int(h) for h in args.hidden.split(","))
@@ -60,7 +64,7 @@ def main():
     modes = (True, False, "auto")
 
     def model(mode, batch):
-        return BNNClassifier(hidden, image_shape=(28, 28, 1), conv_layers=conv, max_iter=1,
+        return BNNClassifier(hidden, image_shape=(28, 28, 1), conv_layers=conv, max_iter=args.epochs,
                              batch_size=batch, xnor=mode, device=args.device, random_state=0)
 
     for batch in (int(b) for b in args.batch_sizes.split(",")):
@@ -76,11 +80,12 @@ def main():
                 times[mode].append(time.perf_counter() - t)
                 proba[mode] = clf.predict_proba(X[:256])
         seconds = {mode: statistics.median(t) for mode, t in times.items()}
+        examples = args.epochs * len(X)
         print(json.dumps({
             "date": str(datetime.date.today()), "cpus": os.cpu_count(), "device": args.device,
             "conv_layers": str(conv), "hidden": hidden, "batch_size": batch, "n_samples": len(X),
-            "xnor_examples_per_s": round(len(X) / seconds[True]), "float_examples_per_s": round(len(X) / seconds[False]),
-            "auto_examples_per_s": round(len(X) / seconds["auto"]),
+            "epochs": args.epochs, "xnor_examples_per_s": round(examples / seconds[True]),
+            "float_examples_per_s": round(examples / seconds[False]), "auto_examples_per_s": round(examples / seconds["auto"]),
             "xnor_speedup": round(seconds[False] / seconds[True], 3),
             "auto_speedup": round(seconds[False] / seconds["auto"], 3),
             "same_model": bool(np.array_equal(proba[True], proba[False]) and np.array_equal(proba[True], proba["auto"])),
