@@ -649,3 +649,39 @@ def test_checked_geometry_is_reused_only_for_the_same_arguments():
             with pytest.raises(ValueError, match=match):
                 binary_conv2d(x, w, **{**dict(stride=1, dilation=1, padding=1), **kwargs})
     np.testing.assert_array_equal(binary_conv2d(x, w, padding=1), conv_ref(x, w, padding=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_real_input_packed_in_the_conv_is_exact_and_checked_for_nan(variant, dtype, n_threads):
+    # Whole words per pixel (C a multiple of 64): x's image rows are packed as long rows
+    # (pack_rows), groups included, and a NaN in any of them must be found.
+    rng = np.random.default_rng(len(VARIANTS) * 7 + n_threads)
+    x = (rng.standard_normal((3, 6, 5, 128)) * 4).astype(dtype)
+    x[0, 0, 0, :3] = 0  # sign(0) = +1
+    w = rng.standard_normal((3, 3, 128, 70)).astype(np.float32)
+    direction = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=70)
+    threshold = rng.integers(-40, 40, size=70).astype(np.int32)
+    for groups, kwargs in [(1, dict(padding="same")), (1, dict(stride=2, padding=1, pad_value=-1)),
+                           (2, dict(padding="valid"))]:
+        wg = w[:, :, : 128 // groups]
+        z = conv_ref(x, wg, groups=groups, **kwargs)
+        got = binary_conv2d(x, wg, groups=groups, n_threads=n_threads, **kwargs)
+        np.testing.assert_array_equal(got, z)
+        for pool in (False, True):
+            want = threshold_ref(z, direction, threshold)
+            packed = binary_conv2d_threshold_pack(x, wg, direction, threshold, pool=pool, groups=groups,
+                                                  n_threads=n_threads, **kwargs)
+            np.testing.assert_array_equal(unpack_bits(packed), pool_ref(want) if pool else want)
+    # (and with no output channels the rows are still checked)
+    for at in [(0, 0, 0, 0), (1, 3, 2, 64), (2, 5, 4, 127)]:
+        if np.dtype(dtype).kind != "f":
+            break
+        bad = x.copy()
+        bad[at] = np.nan
+        for weights in (w, w[..., :0]):
+            with pytest.raises(ValueError, match="x must not contain NaN"):
+                binary_conv2d(bad, weights, padding="same", n_threads=n_threads)
+            with pytest.raises(ValueError, match="x must not contain NaN"):
+                binary_conv2d_threshold_pack(bad, weights, direction[: weights.shape[3]],
+                                             threshold[: weights.shape[3]], n_threads=n_threads)
