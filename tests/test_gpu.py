@@ -633,29 +633,6 @@ def test_gpu_xnor_and_float_products_train_identically(hidden, dropout):
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("conv", [(8, "pool", 16), (8, 70, "pool"), (8, "pool", "pool", 16)])
-def test_gpu_xnor_and_float_conv_products_train_identically(conv):
-    import cupy
-
-    from xnorcore.nn import Adam, ConvNetwork
-
-    rng = np.random.RandomState(0)
-    X = cupy.asarray(rng.randn(300, 100).astype(np.float32))
-    y = cupy.asarray(rng.randint(0, 3, 300))
-    nets = [ConvNetwork((10, 10, 1), conv, 3, (32,), binary=True, xnor=xnor, random_state=np.random.RandomState(7),
-                        xp=cupy) for xnor in (False, True)]
-    assert nets[1].features.blocks[1].conv.uses_xnor and not nets[0].features.blocks[1].conv.uses_xnor
-    curves = []
-    for net in nets:
-        opt = Adam()
-        curves.append([float(net.train_step(X[i:i + 100], y[i:i + 100], opt, 1e-2)) for i in (0, 100, 200, 0)])
-    assert curves[0] == curves[1]
-    for a, b in zip(nets[0].params(), nets[1].params()):
-        np.testing.assert_array_equal(a[1].get(), b[1].get(), err_msg=a[0])
-
-
-@pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (512, 1024), (4, 5, 5, 8), (64, 14, 14, 33)])
 def test_gpu_fused_batch_norm_follows_the_array_path(shape):
     import cupy

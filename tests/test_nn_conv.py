@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xnorcore._backends import gpu as _gpu_backend
 from xnorcore.nn._conv import (
     ChannelBatchNorm,
     Conv2D,
@@ -477,15 +478,27 @@ def test_packed_conv_model_from_arrays_refuses_what_does_not_fit():
         PackedConvModel.from_arrays(metadata, {**arrays, "features/conv2/weight_bits": words})
 
 
+_GPU_REASON = _gpu_backend.unavailable_reason()
+ON_EACH_DEVICE = pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        _GPU_REASON is not None, reason=f"GPU tests need CuPy and a CUDA device: {_GPU_REASON}")]),
+])
+
+
+@ON_EACH_DEVICE
 @pytest.mark.parametrize("conv", [(8, "pool", 16), (8, 70, "pool"), (8, "pool", "pool", 16)])
-def test_xnor_and_float_conv_products_train_identically(conv):
+def test_xnor_and_float_conv_products_train_identically(conv, device):
+    from xnorcore._array import to_numpy
+    from xnorcore._backends import for_device
     from xnorcore.nn import Adam, ConvNetwork
 
+    xp = for_device(device)[0]
     rng = np.random.RandomState(0)
-    X = rng.randn(300, 100).astype(np.float32)
-    y = rng.randint(0, 3, 300)
-    nets = [ConvNetwork((10, 10, 1), conv, 3, (32,), binary=True, xnor=xnor, random_state=np.random.RandomState(7))
-            for xnor in (False, True)]
+    X = xp.asarray(rng.randn(300, 100).astype(np.float32))
+    y = xp.asarray(rng.randint(0, 3, 300))
+    nets = [ConvNetwork((10, 10, 1), conv, 3, (32,), binary=True, xnor=xnor, random_state=np.random.RandomState(7),
+                        xp=xp) for xnor in (False, True)]
     assert nets[1].features.blocks[1].conv.uses_xnor and not nets[0].features.blocks[1].conv.uses_xnor
     curves = []
     for net in nets:
@@ -493,4 +506,4 @@ def test_xnor_and_float_conv_products_train_identically(conv):
         curves.append([float(net.train_step(X[i:i + 100], y[i:i + 100], opt, 1e-2)) for i in (0, 100, 200, 0)])
     assert curves[0] == curves[1]
     for a, b in zip(nets[0].params(), nets[1].params()):
-        np.testing.assert_array_equal(a[1], b[1], err_msg=a[0])
+        np.testing.assert_array_equal(to_numpy(a[1]), to_numpy(b[1]), err_msg=a[0])

@@ -33,7 +33,9 @@ __all__ = ["conv2d", "conv2d_threshold_pack", "real_conv2d"]
 
 _border_rows = {}  # (device, n, geometry) -> int64 device array of the rows whose window reaches the padding
 _MAX_BORDER_ENTRIES = 64
-_classes = {}  # (device, geometry) -> the border classes of the implicit GEMM, see _border_classes
+# (device, geometry) -> the border classes of the implicit GEMM (_border_classes); also
+# ("taps", device, geometry) -> _taps_in_padding's and ("pad", device, ...) -> _pad_word's arrays
+_classes = {}
 _constants = {}  # (device, direction bytes, threshold bytes) -> both on the device
 _MAX_CONSTANTS = 256
 _implicit_plans = {}  # (device, x words shape, O, row words, geometry, cg, pad_value, pack) -> see _implicit_plan
