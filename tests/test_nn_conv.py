@@ -507,3 +507,34 @@ def test_xnor_and_float_conv_products_train_identically(conv, device):
     assert curves[0] == curves[1]
     for a, b in zip(nets[0].params(), nets[1].params()):
         np.testing.assert_array_equal(to_numpy(a[1]), to_numpy(b[1]), err_msg=a[0])
+
+
+@ON_EACH_DEVICE
+def test_int32_sums_pass_the_pool_and_batch_norm_as_their_floats(device):
+    # Conv2D's int_sums: an XNOR training step's sums go on as int32 where a max-pool or a
+    # batch norm comes next; both must compute what they compute on the same sums as floats.
+    from xnorcore._array import to_numpy
+    from xnorcore._backends import for_device
+
+    xp = for_device(device)[0]
+    rng = np.random.RandomState(3)
+    x = xp.asarray(np.where(rng.rand(3, 6, 7, 70) < 0.5, -1, 1).astype(np.float32))
+    weight = xp.asarray(rng.uniform(-1, 1, (3, 3, 70, 5)).astype(np.float32))
+    conv = Conv2D("c", weight, binary_weights=True, binary_input=True, xnor=True)
+    z = conv.forward(x, training=True, int_sums=True)
+    assert z.dtype == np.int32
+    np.testing.assert_array_equal(to_numpy(z), to_numpy(conv.forward(x, training=True)))
+    biased = Conv2D("b", weight, binary_weights=True, binary_input=True, xnor=True, bias=True)
+    biased.bias[...] = 0.5
+    assert biased.forward(x, training=True, int_sums=True).dtype == np.float32  # (the bias is real)
+    dy = xp.asarray(rng.randn(3, 3, 3, 5).astype(np.float32))
+    pools = [MaxPool2D("p"), MaxPool2D("q")]
+    outs = [pools[0].forward(z, training=True), pools[1].forward(z.astype(np.float32), training=True)]
+    np.testing.assert_array_equal(to_numpy(outs[0]), to_numpy(outs[1]))
+    grads = [p.backward(dy) for p in pools]
+    assert grads[0].dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(grads[0]), to_numpy(grads[1]))
+    bns = [ChannelBatchNorm("n", 5, xp), ChannelBatchNorm("m", 5, xp)]
+    outs = [bns[0].forward(z, training=True), bns[1].forward(z.astype(np.float32), training=True)]
+    np.testing.assert_array_equal(to_numpy(outs[0]), to_numpy(outs[1]))
+    np.testing.assert_array_equal(to_numpy(bns[0].running_var), to_numpy(bns[1].running_var))
