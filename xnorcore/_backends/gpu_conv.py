@@ -64,12 +64,8 @@ def _weights(w_words, cg, pad_value, prepared):
     per_row = kh * kw * cw
     rows = cupy.zeros((o, per_row + per_row % 2), dtype=np.uint64)  # even words per row, as _im2col's
     rows[:, :per_row] = words.transpose(2, 0, 1, 3).reshape(o, per_row)
-    tap_counts = gpu._alloc(lambda: cupy.empty((kh * kw, o), dtype=np.int32), 4 * kh * kw * o,
-                            "hold the weights' popcounts")
-    threads = gpu._constant("pack", "POPCOUNT_THREADS")
-    gpu._function("pack", "row_popcounts")(
-        gpu._grid_1d(kh * kw * o, threads // 32), (threads,),
-        (words, np.int64(kh * kw * o), words, np.int64(0), np.int64(cw), tap_counts))
+    flat = words.reshape(kh * kw * o, cw)
+    tap_counts = gpu._row_popcounts(flat, flat[:0]).reshape(kh * kw, o)
     counts = tap_counts.sum(axis=0, dtype=np.int32)
     # sum over the channels of sign(w) per tap and output channel: 2 popcount - cg
     tap_sums = 2 * tap_counts - np.int32(cg)
@@ -79,20 +75,26 @@ def _weights(w_words, cg, pad_value, prepared):
     return weights
 
 
+def _cached(key, make):
+    """``_classes[key]``, from ``make()`` where absent (the cache emptied when full)."""
+    found = _classes.get(key)
+    if found is None:
+        if len(_classes) >= _MAX_BORDER_ENTRIES:
+            _classes.clear()
+        found = _classes[key] = make()
+    return found
+
+
 def _pad_word(cw, cg, pad_value):
     """The channel words (CW,) on the device of a padded position as the explicit path reads it:
     cg bits set for +1 padding, none otherwise (the padding bits of a word are clear)."""
-    cupy = gpu._cupy()
-    key = ("pad", cupy.cuda.runtime.getDevice(), cw, cg, pad_value == 1)
-    found = _classes.get(key)
-    if found is None:
+    def make():
         bits = np.zeros(64 * cw, dtype=np.uint8)
         if pad_value == 1:
             bits[:cg] = 1
-        if len(_classes) >= _MAX_BORDER_ENTRIES:
-            _classes.clear()
-        found = _classes[key] = gpu.to_device(np.packbits(bits, bitorder="little").view(np.uint64))
-    return found
+        return gpu.to_device(np.packbits(bits, bitorder="little").view(np.uint64))
+
+    return _cached(("pad", gpu._cupy().cuda.runtime.getDevice(), cw, cg, pad_value == 1), make)
 
 
 def _im2col(x_words, pad, geometry, groups, w_counts):
@@ -292,16 +294,13 @@ def _border_classes(geometry):
     """(row classes (OH,), column classes (OW,) on the device, the sets of kernel rows and of
     kernel columns in the padding (bool, host)): an output pixel's border class is
     row class * (number of column sets) + column class, 0 inside the image."""
-    key = (gpu._cupy().cuda.runtime.getDevice(), geometry)
-    found = _classes.get(key)
-    if found is None:
+    def make():
         h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geometry
         y_sets, y_class = _taps_outside(oh, h, kh, sh, dh, pt)
         x_sets, x_class = _taps_outside(ow, w, kw, sw, dw, pl)
-        if len(_classes) >= _MAX_BORDER_ENTRIES:
-            _classes.clear()
-        found = _classes[key] = (gpu.to_device(y_class), gpu.to_device(x_class), y_sets, x_sets)
-    return found
+        return gpu.to_device(y_class), gpu.to_device(x_class), y_sets, x_sets
+
+    return _cached((gpu._cupy().cuda.runtime.getDevice(), geometry), make)
 
 
 def _border_fix(tap_sums, geometry, prepared):
@@ -322,15 +321,12 @@ def _border_fix(tap_sums, geometry, prepared):
 
 def _taps_in_padding(geometry):
     """int32 (classes, KH * KW) on the device: 1 where a tap of a border class's windows is in the padding."""
-    key = ("taps", gpu._cupy().cuda.runtime.getDevice(), geometry)
-    found = _classes.get(key)
-    if found is None:
+    def make():
         y_sets, x_sets = _border_classes(geometry)[2:]
         outside = y_sets[:, None, :, None] | x_sets[None, :, None, :]  # (row sets, column sets, KH, KW)
-        if len(_classes) >= _MAX_BORDER_ENTRIES:
-            _classes.clear()
-        found = _classes[key] = gpu.to_device(outside.reshape(y_sets.shape[0] * x_sets.shape[0], -1).astype(np.int32))
-    return found
+        return gpu.to_device(outside.reshape(y_sets.shape[0] * x_sets.shape[0], -1).astype(np.int32))
+
+    return _cached(("taps", gpu._cupy().cuda.runtime.getDevice(), geometry), make)
 
 
 def _class_table(weights, geometry, pad_value, thresholds, prepared):
