@@ -90,7 +90,8 @@ def check(shapes=None):
 
 def wgmma_kernel(pa, pb, k, variant, function=None, stages=None, pack=False):
     """A closure launching the wgmma kernel alone on fixed buffers, and its output.
-    With ``pack``, the fused layer's kernel (direction +1, threshold 0: the signs of the sums)."""
+    With ``pack``, the fused layer's kernel (direction +1, threshold 0: the signs of the sums).
+    ``function`` and ``stages``: a kernel compiled with other constants."""
     import cupy
 
     from xnorcore._backends import gpu as _gpu
@@ -99,6 +100,11 @@ def wgmma_kernel(pa, pb, k, variant, function=None, stages=None, pack=False):
     m, n, width = a.shape[0], b.shape[0], a.shape[1]
     _gpu._WGMMA_VARIANT = variant
     plan = _gpu._wgmma_plan(m, n, width, k, pack=pack, variant=variant)
+    if function is not None:
+        prefix = variant.upper()
+        bm, bn = _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BM"), _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BN")
+        plan.function = function
+        plan.smem = 1024 + stages * ((bm + bn) * 128 + 16) + 16
     if pack:
         counts = _gpu._row_popcounts(a, b)
         padded = -(-n // plan.bn) * plan.bn
@@ -109,11 +115,6 @@ def wgmma_kernel(pa, pb, k, variant, function=None, stages=None, pack=False):
             (counts[m:], cupy.ones(n, dtype=np.int8), cupy.zeros(n, dtype=np.int32), np.int64(n), np.int64(padded), bounds))
         out = cupy.empty((m, -(-n // 64)), dtype=np.uint64)
         return (lambda: plan(a, b, counts, out, bounds)), out
-    if function is not None:
-        prefix = variant.upper()
-        bm, bn = _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BM"), _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BN")
-        plan.function = function
-        plan.smem = 1024 + stages * ((bm + bn) * 128 + 16) + 16
     counts = _gpu._row_popcounts(a, b)
     out = cupy.empty((m, n), dtype=np.int32)
     return (lambda: plan(a, b, counts, out)), out
@@ -171,8 +172,9 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
     return rows
 
 
-def sweep(sizes=(8192,)):
-    """Recompile with other stage counts and raster groups; time each (exactness checked)."""
+def sweep(sizes=(8192,), configs=None, rounds=3):
+    """Recompile with other stage counts and raster groups; time each, int32 and fused
+    (exactness checked), the configurations alternating in each of ``rounds``."""
     import cupy
 
     from xnorcore import pack_bits
@@ -180,30 +182,39 @@ def sweep(sizes=(8192,)):
 
     src = _gpu._source("xnor_gemm_wgmma")
     options = _gpu._compile_options("xnor_gemm_wgmma")
-    configs = [("coop", 4, 8), ("coop", 3, 8), ("coop", 4, 16), ("ping", 6, 8), ("ping", 4, 8), ("ping", 6, 16)]
+    configs = configs or [("coop", 4, 8), ("coop", 3, 8), ("coop", 4, 16), ("ping", 6, 8), ("ping", 4, 8),
+                          ("ping", 6, 16)]
     for size in sizes:
         rs = cupy.random.RandomState(2)
         a32 = rs.standard_normal((size, size), dtype=np.float32)
         b32 = rs.standard_normal((size, size), dtype=np.float32)
         want = reference(a32, b32)
+        want_bits = pack_bits(want.astype(np.float32), axis=1).words  # the fused kernel's signs, as bits
         pa, pb = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
         del a32, b32
         ops = 2.0 * size**3
+        runs = []
         for variant, stages, group in configs:
             prefix = variant.upper()
             text = re.sub(rf"{prefix}_STAGES = \d+", f"{prefix}_STAGES = {stages}", src)
             text = re.sub(r"WG_GROUP_M = \d+", f"WG_GROUP_M = {group}", text)
             module = cupy.RawModule(code=text, options=options)
-            fn = module.get_function(f"xnor_gemm_wgmma_{variant}")
             bm, bn = _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BM"), _gpu._constant("xnor_gemm_wgmma", f"{prefix}_BN")
-            fn.max_dynamic_shared_size_bytes = 1024 + stages * ((bm + bn) * 128 + 16) + 16
-            launch, out = wgmma_kernel(pa, pb, size, variant, function=fn.kernel, stages=stages)
-            ms = [back_to_back_ms(launch) for _ in range(3)]
-            ok = bool((out == want).all())
-            print(f"| sweep {size} | {variant} stages={stages} group={group} | "
-                  f"{' / '.join(f'{x * 1e3:.1f}' for x in ms)} us | {ops / min(ms) / 1e9:.0f} TOPS | "
-                  f"{'exact' if ok else 'WRONG'} |", flush=True)
-        del pa, pb, want
+            for pack in (False, True):
+                fn = module.get_function(f"xnor_gemm_wgmma_{variant}" + ("_pack" if pack else ""))
+                fn.max_dynamic_shared_size_bytes = 1024 + stages * ((bm + bn) * 128 + 16) + 16
+                launch, out = wgmma_kernel(pa, pb, size, variant, function=fn.kernel, stages=stages, pack=pack)
+                launch()
+                ok = bool((out == (want_bits if pack else want)).all())
+                name = f"{variant}{' fused' if pack else ''} stages={stages} group={group}"
+                runs.append((name, launch, ok, []))
+        for _ in range(rounds):
+            for name, launch, ok, ms in runs:
+                ms.append(back_to_back_ms(launch))
+        for name, launch, ok, ms in runs:
+            print(f"| sweep {size} | {name} | {' / '.join(f'{x * 1e3:.1f}' for x in ms)} us | "
+                  f"{ops / min(ms) / 1e9:.0f} TOPS | {'exact' if ok else 'WRONG'} |", flush=True)
+        del pa, pb, want, want_bits, runs
         cupy.get_default_memory_pool().free_all_blocks()
 
 
@@ -218,7 +229,7 @@ def main():
     if args.what == "time":
         time_sizes(args.sizes)
     if args.what == "sweep":
-        sweep()
+        sweep(args.sizes)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ class TestGPU:
     @pytest.mark.parametrize("schedule", ["coop", "ping"])
     def test_wgmma_tiles_and_k_tails(self, schedule, monkeypatch):
         """Each wgmma schedule at every K tail of its 1024-bit stages and across tile edges,
-        with more tiles than multiprocessors so that each block runs several."""
+        with more tiles than multiprocessors so that each block runs several, and odd numbers
+        of tile rows and columns."""
         import cupy
 
         reason = _kernel_runs_here("wgmma")
@@ -196,7 +197,7 @@ class TestGPU:
         monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", schedule)
         rs = cupy.random.RandomState(13)
         shapes = [(1, 1, 1), (128, 1024, 256), (129, 1025, 257), (64, 960, 1), (1, 3073, 300),
-                  (255, 4097, 511), (3000, 2111, 2900), (5000, 130, 4100)]
+                  (255, 4097, 511), (3000, 2111, 2900), (2900, 2111, 3000), (5000, 130, 4100), (300, 1025, 130)]
         for m, k, n in shapes:
             a = rs.standard_normal((m, k), dtype=np.float32)
             b = rs.standard_normal((k, n), dtype=np.float32)
