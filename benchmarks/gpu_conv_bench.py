@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU, CuPy and (for the baseline) PyTorch::
 
-    python benchmarks/gpu_conv_bench.py [--batch 256] [--rounds 2]
+    python benchmarks/gpu_conv_bench.py [--batch 256] [--rounds 2] [--layers 0 1]
 
 The layers are ResNet-18's: its 3x3 stride-1 "same" layers (56x56x64,
 28x28x128, 14x14x256, 7x7x512 to the same channels) and its downsampling
@@ -67,6 +67,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="indices of the layers to time (default all)")
     parser.add_argument("--explicit", action="store_true",
                         help="time the explicit path (GEMM rows, then a GEMM kernel) instead of the implicit GEMM")
     args = parser.parse_args()
@@ -87,7 +89,8 @@ def main():
           "fused device | device int32 / fp16 | device fused / fp16 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rs = cupy.random.RandomState(0)
-    for h, c, o, k, stride, padding in LAYERS:
+    layers = LAYERS if args.layers is None else [LAYERS[i] for i in args.layers]
+    for h, c, o, k, stride, padding in layers:
         x = rs.standard_normal((args.batch, h, h, c), dtype=np.float32)
         w = rs.standard_normal((k, k, c, o), dtype=np.float32)
         px = pack_bits(x, axis=3)
