@@ -128,7 +128,8 @@ conv_border_threshold_pack(const int* __restrict__ z, const long long* __restric
             const int o = 64 * b.i + bit;
             const int v = z[b.r * o_total + o] +
                           padded_taps_sum(tap_sums + o, o_total, b.oy, b.ox, h, w, kh, kw, sh, sw, dh, dw, pt, pl);
-            bits |= (u64)((int)direction[o] * v >= threshold[o]) << bit;
+            // direction * v - threshold in int32 with wrap-around, as numpy and the CPU kernels
+            bits |= (u64)((int)((unsigned)(int)direction[o] * (unsigned)v - (unsigned)threshold[o]) >= 0) << bit;
         }
         words[b.p * out_w + b.i] = bits;
     }

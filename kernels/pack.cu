@@ -16,6 +16,7 @@
 // (the row popcounts that the mma GEMM kernel needs).
 
 #include "xnor_layout.h"
+#include "xnor_fused.h"
 
 typedef xnor_word u64;
 
@@ -209,8 +210,9 @@ row_popcounts(const u64* __restrict__ a, long long a_rows, const u64* __restrict
 // Launch: block POPCOUNT_THREADS threads, any grid (the loop strides over columns).
 // The column tests of the fused wgmma layer (xnor_gemm_wgmma.cu, PACK): with
 // pb = b_counts[j] and v = K - 2 pa + 4 popcount(a AND b) - 2 pb, the layer's bit
-// direction * v - threshold >= 0 is lo <= K - 2 pa + 4 popcount(a AND b) <= hi.
-// Columns from n to padded never pass.
+// direction * v - threshold >= 0 (in int32, fused_test of xnor_fused.h) is
+// lo <= K - 2 pa + 4 popcount(a AND b) <= hi, for 3 K < 2**31 (the Python side
+// checks).  Columns from n to padded never pass.
 extern "C" __global__ void __launch_bounds__(POPCOUNT_THREADS)
 column_bounds(const int* __restrict__ b_counts, const signed char* __restrict__ direction,
               const int* __restrict__ threshold, long long n, long long padded, int2* __restrict__ bounds)
@@ -220,10 +222,11 @@ column_bounds(const int* __restrict__ b_counts, const signed char* __restrict__ 
          j += (long long)gridDim.x * blockDim.x) {
         int2 b = make_int2(highest, lowest);  // empty
         if (j < n) {
-            const int d = direction[j], t = threshold[j], pb2 = 2 * b_counts[j];
-            if (d > 0) b = make_int2(t + pb2, highest);
-            else if (d < 0) b = make_int2(lowest, pb2 - t);
-            else if (t <= 0) b = make_int2(lowest, highest);
+            long long at;
+            bool flip;
+            fused_test(direction[j], threshold[j], at, flip);
+            at += 2LL * b_counts[j];  // v >= at is K - 2 pa + 4 popcount(a AND b) >= at + 2 pb
+            b = flip ? make_int2(lowest, clamp_int32(at - 1)) : make_int2(clamp_int32(at), highest);
         }
         bounds[j] = b;
     }

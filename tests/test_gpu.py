@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xnorcore import PackedBits, binary_matmul, pack_bits, unpack_bits
+from xnorcore._backends import cpu as _cpu
 from xnorcore._backends import gpu as _gpu
 
 
@@ -229,6 +230,31 @@ class TestGPU:
             cupy.full(want.shape, 2**64 - 1, dtype=np.uint64)  # a freed block of set bits where the words may land
             got = _gpu.xnor_gemm_threshold_pack(pa.words, pb.words, k, cupy.asarray(direction), cupy.asarray(threshold))
             np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"{kernel} {(m, k, n)}")
+
+    @pytest.mark.parametrize("kernel", ["wgmma-coop", "wgmma-ping", "mma", "popc"], indirect=True)
+    def test_fused_layer_wraps_in_int32_as_the_cpu(self, kernel, monkeypatch):
+        """Thresholds at and near the ends of int32: direction * z - threshold >= 0 wraps
+        around in int32 on every kernel as in numpy and the CPU layer, whose words it equals."""
+        import cupy
+
+        monkeypatch.setattr(_gpu, "_WGMMA_PACK_VARIANT", _gpu._WGMMA_VARIANT)
+        rng = np.random.default_rng(19)
+        top, bottom = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+        for m, k, n in [(70, 300, 130), (129, 1025, 65)]:
+            a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+            z = (_signs(a).astype(np.float64) @ _signs(b)).astype(np.int32)
+            edges = np.array([top, top - 1, bottom, bottom + 1, k, -k, 0, 1, -1], dtype=np.int64)
+            threshold = rng.choice(edges, size=n).astype(np.int32)
+            pa, pb = pack_bits(a, axis=1), pack_bits(b, axis=0)
+            for direction in (np.ones(n, np.int8), -np.ones(n, np.int8), np.zeros(n, np.int8),
+                              rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=n)):
+                with np.errstate(over="ignore"):
+                    want = pack_bits(np.where(direction.astype(np.int32) * z - threshold >= 0, 1, -1), axis=1).words
+                cpu = _cpu.xnor_gemm_threshold_pack(pa.words, pb.words, k, direction, threshold)
+                np.testing.assert_array_equal(cpu, want)
+                got = _gpu.xnor_gemm_threshold_pack(cupy.asarray(pa.words), cupy.asarray(pb.words), k,
+                                                    cupy.asarray(direction), cupy.asarray(threshold))
+                np.testing.assert_array_equal(cupy.asnumpy(got), want, err_msg=f"{kernel} {(m, k, n)} {direction[:3]}")
 
     def test_fused_layer_kernel_is_chosen_on_hopper(self, monkeypatch):
         """Binary layers of every size on compute capability 9.0 run as one fused kernel;
@@ -506,8 +532,6 @@ def test_gpu_float_threshold_pack_equals_the_array_operations(rows, n):
                                         (9, 129, 2), (4097, 300, 7), (200, 4100, 13), (70, 190, 37)])
 def test_gpu_signed_sums_equal_the_cpu_kernel_bit_for_bit(rows, k, n):
     import cupy
-
-    from xnorcore._backends import cpu as _cpu
 
     rng = np.random.default_rng(rows * 7 + k)
     s = np.where(rng.random((rows, k)) < 0.5, 1.0, -1.0)

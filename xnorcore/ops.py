@@ -1075,7 +1075,9 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
         Sign of each channel's batch-norm scale (0: the channel is constant).
     threshold : array_like of shape (O,), integer values within int32
         Per-channel threshold; bit ``o`` is set where ``direction[o] * z[o] -
-        threshold[o] >= 0``.
+        threshold[o] >= 0``, computed in int32 with wrap-around as numpy's
+        int32 arithmetic does, on every backend (thresholds within the range
+        of the sums, as folded batch norms give, never wrap).
     pool : bool, default=False
         Also max-pool 2x2 with stride 2 (floor: an odd last row or column is
         dropped).  The max of +-1 values is +1 where any is +1: an OR of the bits.

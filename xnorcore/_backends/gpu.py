@@ -868,8 +868,10 @@ def xnor_gemm_threshold_pack(a_words, b_words, k, direction, threshold, n_thread
     if m == 0 or n == 0:
         return cupy.zeros((m, n_words(n)), dtype=np.uint64)
     a, b = _operands(a_words, b_words, k, padded)
-    # The fused kernel compares integers; a and b are aligned now, hence padded=True below.
-    fused = _plan(m, n, a.shape[1], k, pack=True) if np.dtype(threshold.dtype).kind in "iu" else None
+    # The fused kernel compares integers whose terms stay within int32 (3 k < 2**31: its column
+    # bounds, kernels/pack.cu); a and b are aligned now, hence padded=True below.
+    integer = np.dtype(threshold.dtype).kind in "iu" and 3 * k < 2**31
+    fused = _plan(m, n, a.shape[1], k, pack=True) if integer else None
     if fused is None:
         return threshold_pack(xnor_gemm(a, b, k, padded=True, counts=counts), direction, threshold)
     if counts is None:
