@@ -29,8 +29,9 @@
 // and output channel, which the block copies to shared memory.  Two epilogues:
 // int32 sums (N * OH * OW, O), u + table[class, o] with u = 4 popcount(a AND b)
 // + k - 2 popcount(a); or the fused layer, the bits of direction[o] * z -
-// threshold[o] >= 0, tested as u within table[class, o] = (lo, hi), packed
-// along O into (N * OH * OW, ceil(O / 64)) words.
+// threshold[o] >= 0 (in int32, see xnor_fused.h), tested as u >= table[class, o]
+// (one compare; the bits of some channels flipped a word at a time), packed along O into
+// (N * OH * OW, ceil(O / 64)) words.
 //
 // Tiling: a block computes BM = 128 pixels x BN = 64 * WARPS_N channels with
 // CONV_MMA_WARPS_M x WARPS_N warps of 32 x 64 outputs each (2 x 8 m16n8k256
@@ -47,6 +48,7 @@
 
 #include "xnor_layout.h"
 #include "xnor_mma.h"
+#include "xnor_fused.h"
 
 static constexpr int CONV_MMA_BM = 128;
 static constexpr int CONV_MMA_WARPS_M = 4;
@@ -70,15 +72,6 @@ struct Fragment<4> {
 template <>
 struct Fragment<8> {
     typedef uint4 type;
-};
-
-template <bool PACK>
-struct TableEntry {  // the epilogue table's entry: an int32 term
-    typedef int type;
-};
-template <>
-struct TableEntry<true> {  // the fused layer's bounds (lo, hi)
-    typedef int2 type;
 };
 
 __device__ __forceinline__ int popc_fragment(uint2 v) { return __popc(v.x) + __popc(v.y); }
@@ -116,21 +109,14 @@ __device__ __forceinline__ long long pixel_of(long long row, const ConvShape& s,
     return b;
 }
 
-static constexpr long long INT_MIN_LL = -0x80000000LL;
-static constexpr long long INT_MAX_LL = 0x7fffffffLL;
-
-__device__ __forceinline__ int clamp_int(long long v)
-{
-    return (int)(v < INT_MIN_LL ? INT_MIN_LL : v > INT_MAX_LL ? INT_MAX_LL : v);
-}
-
-// The epilogue's table, (classes, o_pad) entries for o_pad = o rounded up to whole blocks of
-// columns: for int32 sums the term -2 popcount(w[o]) + fix[class, o]; for the fused layer the
-// bounds (lo, hi) that u must lie within for the bit direction * z - threshold >= 0, where
-// z = u - 2 popcount(w[o]) + fix[class, o] (empty past the last channel).  fix is
-// border_fix[class, o] for classes > 0 with has_fix, else 0; direction and threshold are read
-// with pack only.  |u| and every term stay below 2**31 (3 k < 2**31, the Python side checks),
-// so clamping the bounds to int32 is exact.
+// The epilogue's table, (classes, o_pad) int32 entries for o_pad = o rounded up to whole blocks
+// of columns: for int32 sums the term -2 popcount(w[o]) + fix[class, o]; for the fused layer a
+// bound b such that the layer's bit (fused_test in xnor_fused.h) is (u >= b) XOR flip[o], where
+// z = u - 2 popcount(w[o]) + fix[class, o] (past the last channel a bound no u reaches, flip 0).
+// The fused layer's flips follow, one 64-bit word per 64 columns (o_pad / 64 words, bit j of
+// word q for column 64 q + j).  fix is border_fix[class, o] for classes > 0 with has_fix, else
+// 0; direction and threshold are read with pack only.  |z| <= k and |u| <= 3 k < 2**31 (the
+// Python side checks), so clamping the bounds to int32 is exact.
 extern "C" __global__ void __launch_bounds__(256)
 conv_class_table(const int* __restrict__ w_counts, const int* __restrict__ border_fix,
                  const signed char* __restrict__ direction, const int* __restrict__ threshold,
@@ -145,14 +131,26 @@ conv_class_table(const int* __restrict__ w_counts, const int* __restrict__ borde
             reinterpret_cast<int*>(table)[idx] = (int)term;
             continue;
         }
-        int2 b = make_int2((int)INT_MAX_LL, (int)INT_MIN_LL);  // empty
+        int b = 0x7fffffff;  // no u reaches it: a clear bit
         if (ok) {
-            const long long th = threshold[col], d = direction[col];
-            if (d > 0) b = make_int2(clamp_int(th - term), (int)INT_MAX_LL);         // z >= th
-            else if (d < 0) b = make_int2((int)INT_MIN_LL, clamp_int(-th - term));   // -z >= th
-            else if (th <= 0) b = make_int2((int)INT_MIN_LL, (int)INT_MAX_LL);     // 0 >= th
+            long long at;
+            bool flip;
+            fused_test(direction[col], threshold[col], at, flip);
+            b = clamp_int32(at - term);  // z >= at is u >= at - term
         }
-        reinterpret_cast<int2*>(table)[idx] = b;
+        reinterpret_cast<int*>(table)[idx] = b;
+    }
+    if (!pack) return;
+    u64* flips = reinterpret_cast<u64*>(reinterpret_cast<int*>(table) + classes * o_pad);
+    for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < o_pad / 64; q += (long long)gridDim.x * blockDim.x) {
+        u64 bits = 0;
+        for (int j = 0; j < 64 && q * 64 + j < o; ++j) {
+            long long at;
+            bool flip;
+            fused_test(direction[q * 64 + j], threshold[q * 64 + j], at, flip);
+            bits |= (u64)flip << j;
+        }
+        flips[q] = bits;
     }
 }
 
@@ -185,10 +183,9 @@ __device__ __forceinline__ void conv_mma_body(
     long long* row_origin = reinterpret_cast<long long*>(b_tiles + STAGES * BN * KSTEP);
     int2* row_yx = reinterpret_cast<int2*>(row_origin + BM);
     int* row_class = reinterpret_cast<int*>(row_yx + BM);  // zero padding: the row's border class, 0 inside
-    // The block's columns of the epilogue's table (conv_class_table), class by class: int2 bounds
-    // for the fused layer, int32 terms for the sums.  Copied with the first stage.
-    typedef typename TableEntry<PACK>::type entry;
-    entry* tab = reinterpret_cast<entry*>(row_class + BM);
+    // The block's columns of the epilogue's table (conv_class_table), class by class: the fused
+    // layer's bounds, or the sums' terms.  Copied with the first stage.
+    int* tab = row_class + BM;
 
     const long long row0 = (long long)blockIdx.x * BM;
     const long long col0 = (long long)blockIdx.y * BN;
@@ -199,34 +196,51 @@ __device__ __forceinline__ void conv_mma_body(
     const int wm = warp / WARPS_N;
     const int wn = warp % WARPS_N;
 
+    const int a_word = threadIdx.x % KSTEP;
+    const int k_tiles = (int)((s.row_words + KSTEP - 1) / KSTEP);
+    // The taps of the first stages, read before the block's set-up so that their latency overlaps it.
+    int4 first_taps[STAGES - 1];
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) first_taps[st] = st < k_tiles ? taps[st * KSTEP + a_word] : make_int4(0, 0, 0, 0);
+
+    // The fused layer's flips of the warp's 64 columns (see conv_class_table), read early too.
+    u64 flip = 0;
+    if constexpr (PACK) {
+        const long long o_pad = (long long)gridDim.y * BN;
+        flip = reinterpret_cast<const u64*>(reinterpret_cast<const int*>(table) + s.classes * o_pad)[(col0 + wn * 64) / 64];
+    }
+
+    // The row's border classes, loaded here and stored for the epilogue after the main loop
+    // (nothing before it reads them, so the loads' latency hides behind it).
+    int y_cls = 0, x_cls = 0;
     if (threadIdx.x < BM) {
         const long long row = row0 + threadIdx.x;
         int2 yx = make_int2(CONV_MMA_NO_ROW, CONV_MMA_NO_ROW);
         long long origin = 0;
-        int cls = 0;
         if (row < s.m) {
             int oy, ox;
             const long long b = pixel_of(row, s, oy, ox);
             yx = make_int2(oy * s.sh - s.pt, ox * s.sw - s.pl);
             origin = (b * s.h * s.w + (long long)yx.x * s.w + yx.y) * s.cw;
-            if (s.pad_mode == 0) cls = y_class[oy] * s.x_classes + x_class[ox];
+            if (s.pad_mode == 0) {
+                y_cls = y_class[oy];
+                x_cls = x_class[ox];
+            }
         }
         row_yx[threadIdx.x] = yx;
         row_origin[threadIdx.x] = origin;
-        row_class[threadIdx.x] = cls;
     }
     {
-        constexpr int CHUNKS = BN * (int)sizeof(entry) / 16;  // 16-byte copies per class
+        constexpr int CHUNKS = BN * 4 / 16;  // 16-byte copies per class
         const long long o_pad = (long long)gridDim.y * BN;
         for (int idx = threadIdx.x; idx < s.classes * CHUNKS; idx += THREADS) {
             const int c = idx / CHUNKS, chunk = idx % CHUNKS;
             cp_async16(reinterpret_cast<uint4*>(tab + c * BN) + chunk,
-                       reinterpret_cast<const uint4*>(reinterpret_cast<const entry*>(table) + c * o_pad + col0) + chunk, 16);
+                       reinterpret_cast<const uint4*>(reinterpret_cast<const int*>(table) + c * o_pad + col0) + chunk, 16);
         }
     }
     __syncthreads();
 
-    const int a_word = threadIdx.x % KSTEP;
     // Window word q: (row offset, column offset, word offset from the origin, channel word); past the
     // window (CONV_MMA_PAST, 0, 0, -1), a row offset no origin brings inside the image.
     auto load_stage = [&](int slot, int kt, const int4 tap) {
@@ -270,10 +284,9 @@ __device__ __forceinline__ void conv_mma_body(
 #pragma unroll
     for (int i = 0; i < MT; ++i) pop_a[i][0] = pop_a[i][1] = 0;
 
-    const int k_tiles = (int)((s.row_words + KSTEP - 1) / KSTEP);
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < k_tiles) load_stage(st, st, taps[st * KSTEP + a_word]);
+        if (st < k_tiles) load_stage(st, st, first_taps[st]);
         cp_async_commit();
     }
     int slot = 0;
@@ -306,8 +319,9 @@ __device__ __forceinline__ void conv_mma_body(
         }
         slot = slot == STAGES - 1 ? 0 : slot + 1;
     }
+    if (threadIdx.x < BM) row_class[threadIdx.x] = y_cls * s.x_classes + x_cls;  // 0 inside, and for pad modes +-1
     cp_async_wait<0>();
-    __syncthreads();  // the stage buffers are free
+    __syncthreads();  // the stage buffers are free, the row classes stored
 
     int* row_term = reinterpret_cast<int*>(smem);  // in the stage buffers: k - 2 popcount(row) for the BM rows
 #pragma unroll
@@ -327,7 +341,7 @@ __device__ __forceinline__ void conv_mma_body(
     // u = 4 acc + k - 2 popcount(row); the row's class picks its row of the table.
     const long long warp_col = col0 + wn * 64;
     int rterm[MT][2];
-    const entry* rtab[MT][2];  // the table's entry for the row's class at the thread's first column
+    const int* rtab[MT][2];  // the table's entry for the row's class at the thread's first column
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -345,10 +359,10 @@ __device__ __forceinline__ void conv_mma_body(
             for (int h = 0; h < 2; ++h)
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    const int4 b = *reinterpret_cast<const int4*>(rtab[i][h] + j * 8);  // columns 2 t, 2 t + 1
+                    const int2 b = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);  // columns 2 t, 2 t + 1
                     const int u0 = 4 * acc[i][j][2 * h] + rterm[i][h], u1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h];
-                    if (u0 >= b.x && u0 <= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8);
-                    if (u1 >= b.z && u1 <= b.w) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + 1);
+                    if (u0 >= b.x) bits[i][h][j / 4] |= 1u << (j % 4 * 8);
+                    if (u1 >= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + 1);
                 }
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -361,7 +375,7 @@ __device__ __forceinline__ void conv_mma_body(
                 hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
                 const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
                 if (t == 0 && row < s.m && warp_col < s.o)
-                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = ((u64)hi << 32) | lo;
+                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = (((u64)hi << 32) | lo) ^ flip;
             }
         return;
     } else {
@@ -394,7 +408,7 @@ __device__ __forceinline__ void conv_mma_body(
 // Launch: grid (ceil(m / CONV_MMA_BM), ceil(o / (64 * WARPS_N))), block
 // CONV_MMA_WARPS_M * WARPS_N * 32 threads, dynamic shared memory
 // CONV_MMA_STAGES * (CONV_MMA_BM + 64 * WARPS_N) * KSTEP * 8 + CONV_MMA_BM * 20 +
-// classes * 64 * WARPS_N * (PACK ? 8 : 4) bytes.  Every product term u = z + 2 popcount(weights)
+// classes * 64 * WARPS_N * 4 bytes.  Every product term u = z + 2 popcount(weights)
 // must fit in int32: 3 k < 2**31.  Every argument is 8 bytes (the loader fills one argument
 // block); out is int32 sums, or for the _pack kernels words; table is conv_class_table's, with
 // o_pad = gridDim.y * 64 * WARPS_N; taps holds ceil(row_words / KSTEP) * KSTEP entries.

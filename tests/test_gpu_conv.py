@@ -119,15 +119,15 @@ def test_groups_of_one_run_the_implicit_kernel_where_it_exists():
 
 def test_implicit_kernel_takes_tables_of_every_size():
     """The epilogue's table of border classes sizes the kernel's shared memory: the
-    same kernel runs layers of 1, 2 and 25 classes in any order, and a table past
-    the limit (7 x 7, "same": 49 classes of 128 columns) takes the explicit path."""
+    same kernel runs layers of 1, 2, 25 and 49 classes in any order, and a table past
+    the limit (11 x 11, "same": 121 classes of 128 columns) takes the explicit path."""
     import cupy
 
     cc = int(cupy.cuda.Device().compute_capability)
     rng = np.random.default_rng(11)
     for shape, w_shape, padding in [((2, 8, 8, 64), (3, 3, 64, 65), "valid"), ((1, 9, 9, 64), (5, 5, 64, 65), "same"),
                                     ((1, 1, 1, 1), (1, 2, 1, 65), "same"), ((1, 7, 7, 8), (7, 7, 8, 65), "same"),
-                                    ((2, 8, 8, 64), (3, 3, 64, 65), "valid")]:
+                                    ((1, 12, 12, 8), (11, 11, 8, 65), "same"), ((2, 8, 8, 64), (3, 3, 64, 65), "valid")]:
         _gpu_conv._implicit_plans.clear()
         x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
         want = conv_ref(x, w, padding=padding)
@@ -136,7 +136,7 @@ def test_implicit_kernel_takes_tables_of_every_size():
         threshold = rng.integers(-9, 10, size=w_shape[3]).astype(np.int32)
         fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, padding=padding)
         np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(fused)), threshold_ref(want, direction, threshold))
-        assert len(_gpu_conv._implicit_plans) == (0 if w_shape[0] == 7 or cc < 80 else 2), (shape, w_shape)
+        assert len(_gpu_conv._implicit_plans) == (0 if w_shape[0] == 11 or cc < 80 else 2), (shape, w_shape)
 
 
 @pytest.mark.parametrize("implicit", [True, False])
@@ -167,6 +167,36 @@ def test_every_gemm_kernel_takes_the_conv_rows(kernel, pad_value, implicit, monk
         threshold = rng.integers(-20, 21, size=w_shape[3]).astype(np.int32)
         fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, pad_value=pad_value, **kwargs)
         np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(fused)), threshold_ref(want, direction, threshold))
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+def test_fused_layer_at_the_int32_limits(pad_value, implicit, monkeypatch):
+    """Thresholds at and near the ends of int32 and around the sums, with every direction
+    (0 included): the fused words are those of direction * z - threshold >= 0 in int32 with
+    wrap-around, as numpy and the CPU op compute it, padding bits clear, on both paths and
+    at column counts that leave part of a word or block."""
+    import cupy
+
+    monkeypatch.setattr(_gpu_conv, "_IMPLICIT", implicit)
+    rng = np.random.default_rng(8)
+    top, bottom = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    for shape, w_shape in [((2, 9, 9, 64), (3, 3, 64, 70)), ((1, 12, 10, 130), (3, 3, 130, 129))]:
+        x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
+        o, k = w_shape[3], w_shape[0] * w_shape[1] * w_shape[2]
+        want = conv_ref(x, w, padding="same", pad_value=pad_value)
+        edges = np.array([top, top - 1, bottom, bottom + 1, k, k + 1, -k, -k - 1, 0, 1, -1], dtype=np.int64)
+        threshold = rng.choice(edges, size=o).astype(np.int32)
+        for direction in (np.ones(o, np.int8), -np.ones(o, np.int8), np.zeros(o, np.int8),
+                          rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=o)):
+            fused = binary_conv2d_threshold_pack(_device(x), _device(w), direction, threshold, padding="same",
+                                                 pad_value=pad_value)
+            with np.errstate(over="ignore"):
+                signs = np.where(direction.astype(np.int32) * want.astype(np.int32) - threshold >= 0, 1, -1)
+            np.testing.assert_array_equal(cupy.asnumpy(fused.words), pack_bits(signs, axis=3).words,
+                                          err_msg=f"{shape} {w_shape} directions {direction[:4]}")
+            cpu = binary_conv2d_threshold_pack(x, w, direction, threshold, padding="same", pad_value=pad_value)
+            np.testing.assert_array_equal(cupy.asnumpy(fused.words), cpu.words)
 
 
 def test_gpu_matches_the_cpu_op_on_a_resnet_layer():

@@ -21,7 +21,6 @@ padding; the fused layer runs the fused GEMM kernel on every row and redoes
 those border rows alone.
 """
 
-import math
 
 import numpy as np
 
@@ -199,7 +198,8 @@ def describe():
 
 
 #: The most shared memory that the implicit GEMM's table of border classes may take
-#: (48 KiB: 5 x 5 kernels with "same" padding take 25 KiB); more goes the explicit path.
+#: (48 KiB, 4 bytes per class and column: 5 x 5 kernels with "same" padding take 12.5 KiB);
+#: more goes the explicit path.
 _MAX_TABLE_BYTES = 48 * 1024
 
 
@@ -219,7 +219,7 @@ def _implicit(x_words, groups, geometry, cg, o, pad_value):
     h, w, kh, kw = geometry[0], geometry[1], geometry[4], geometry[5]
     if not (groups == 1 and max(h, w) < 2**29 and 3 * kh * kw * cg < 2**31 and _implicit_available()):
         return False
-    return _classes_of(geometry, pad_value) * _block_columns(o) * 8 <= _MAX_TABLE_BYTES
+    return _classes_of(geometry, pad_value) * _block_columns(o) * 4 <= _MAX_TABLE_BYTES
 
 
 def _block_columns(o):
@@ -256,7 +256,7 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     n_classes = _classes_of(geometry, pad_value)
     # stages, rows' origins, coordinates and classes, the block's columns of the table
     base = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20
-    smem = base + n_classes * bn * (8 if pack else 4)
+    smem = base + n_classes * bn * 4
     # The kernel's shared memory limit is set once, for the largest table any layer may have.
     function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""),
                              base + _MAX_TABLE_BYTES)
@@ -332,7 +332,7 @@ def _taps_in_padding(geometry):
 def _class_table(weights, geometry, pad_value, thresholds, prepared):
     """The implicit GEMM's epilogue table (conv_class_table in ``kernels/conv_mma.cu``) on the
     device: per border class and output channel, int32 terms, or with ``thresholds``
-    (direction, threshold, key) the fused layer's bounds.  Kept in ``prepared`` where given
+    (direction, threshold, key) the fused layer's bounds, then its flips (a bit per column).  Kept in ``prepared`` where given
     (per content of the thresholds: device thresholds, whose key is None, make it each call)."""
     cupy = gpu._cupy()
     w_rows, w_counts, tap_sums = weights[:3]
@@ -345,8 +345,8 @@ def _class_table(weights, geometry, pad_value, thresholds, prepared):
     classes = _classes_of(geometry, pad_value)
     bn = _block_columns(o)
     o_pad = -(-o // bn) * bn
-    shape = (classes, o_pad) if thresholds is None else (classes, o_pad, 2)
-    table = gpu._alloc(lambda: cupy.empty(shape, dtype=np.int32), 4 * math.prod(shape), "hold the convolution's table")
+    size = classes * o_pad + (0 if thresholds is None else o_pad // 32)  # int32 entries, then 64-bit words
+    table = gpu._alloc(lambda: cupy.empty(size, dtype=np.int32), 4 * size, "hold the convolution's table")
     fix = _border_fix(tap_sums, geometry, prepared) if pad_value == 0 else None
     # without thresholds the kernel reads neither: any int array stands in
     direction, threshold = (w_counts, w_counts) if thresholds is None else thresholds[:2]
