@@ -21,7 +21,6 @@ padding; the fused layer runs the fused GEMM kernel on every row and redoes
 those border rows alone.
 """
 
-
 import numpy as np
 
 from .._array import to_numpy
@@ -332,8 +331,9 @@ def _taps_in_padding(geometry):
 def _class_table(weights, geometry, pad_value, thresholds, prepared):
     """The implicit GEMM's epilogue table (conv_class_table in ``kernels/conv_mma.cu``) on the
     device: per border class and output channel, int32 terms, or with ``thresholds``
-    (direction, threshold, key) the fused layer's bounds, then its flips (a bit per column).  Kept in ``prepared`` where given
-    (per content of the thresholds: device thresholds, whose key is None, make it each call)."""
+    (direction, threshold, key) the fused layer's bounds, then its flips (a bit per column).
+    Kept in ``prepared`` where given (per content of the thresholds: device thresholds, whose
+    key is None, make it each call)."""
     cupy = gpu._cupy()
     w_rows, w_counts, tap_sums = weights[:3]
     o = w_rows.shape[0]
