@@ -6,6 +6,7 @@ that the CUDA sources share, so both folders are on the include path.
 
 No -march flag: the SIMD variants carry their own target attributes and are
 chosen at run time, so a wheel built here runs on any x86-64.
+-fno-math-errno lets the compiler vectorize sqrtf (no kernel reads errno).
 """
 
 import glob
@@ -19,9 +20,9 @@ if sys.platform == "win32":
     compile_args, link_args = ["/O2", "/openmp"], []
 elif sys.platform == "darwin":
     # Apple clang needs libomp from Homebrew; -Xpreprocessor passes -fopenmp to cpp only.
-    compile_args, link_args = ["-O3", "-Xpreprocessor", "-fopenmp"], ["-lomp"]
+    compile_args, link_args = ["-O3", "-fno-math-errno", "-Xpreprocessor", "-fopenmp"], ["-lomp"]
 else:
-    compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
+    compile_args, link_args = ["-O3", "-fno-math-errno", "-fopenmp"], ["-fopenmp"]
 
 CSRC = sorted(glob.glob("xnorcore/csrc/*.h")) + ["kernels/xnor_layout.h"]
 

@@ -244,6 +244,73 @@ def test_input_gradient_a_tap_at_a_time_equals_the_pixel_loop(kh, kw, stride, di
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def im2col_ref(x, kernel_hw, stride, dilation, pads):
+    """The patch matrix, one output pixel and tap at a time."""
+    n, h, wd, c = x.shape
+    kh, kw = kernel_hw
+    xpad = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    oh = (xpad.shape[1] - dilation * (kh - 1) - 1) // stride + 1
+    ow = (xpad.shape[2] - dilation * (kw - 1) - 1) // stride + 1
+    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    for y in range(oh):
+        for q in range(ow):
+            for i in range(kh):
+                for j in range(kw):
+                    cols[:, y, q, i, j] = xpad[:, y * stride + i * dilation, q * stride + j * dilation]
+    return cols.reshape(n * oh * ow, -1), oh, ow
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), wd=st.integers(1, 9), c=st.sampled_from([1, 2, 5, 16, 33]),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), stride=st.integers(1, 3), dilation=st.integers(1, 3),
+       pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+       contiguous=st.booleans(), seed=st.integers(0, 2**16))
+def test_float32_patch_kernels_equal_the_pixel_loops(n, h, wd, c, kh, kw, stride, dilation, pads, contiguous, seed):
+    # float32 numpy arrays take the CPU kernels of im2col and its adjoint; small
+    # integers keep every sum exact, so the results must be equal.
+    pads = ((pads[0], pads[1]), (pads[2], pads[3]))
+    if min(h + sum(pads[0]) - dilation * (kh - 1), wd + sum(pads[1]) - dilation * (kw - 1)) < 1:
+        return
+    rng = np.random.RandomState(seed)
+    x = rng.randint(-4, 5, (n, h, wd, c)).astype(np.float32)
+    if not contiguous:
+        x = np.asfortranarray(x)
+    want, oh, ow = im2col_ref(x, (kh, kw), stride, dilation, pads)
+    cols, got_oh, got_ow = im2col(x, (kh, kw), stride, dilation, pads)
+    assert (got_oh, got_ow) == (oh, ow) and cols.dtype == np.float32
+    np.testing.assert_array_equal(cols, want)
+    w = rng.randint(-3, 4, (cols.shape[1], 3)).astype(np.float32)
+    dz = rng.randint(-3, 4, (cols.shape[0], 3)).astype(np.float32)
+    got = input_gradient(dz, w, x.shape, (kh, kw), stride, dilation, pads, oh, ow)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, input_gradient_ref(dz, w, x.shape, (kh, kw), stride, dilation, pads, oh, ow))
+
+
+def test_conv_layer_keeps_its_patch_buffers_between_steps_only():
+    # The patch matrices of a training step are reused by the next step of the
+    # same shape, replaced when the batch size changes, and not pickled.
+    import pickle
+
+    rng = np.random.RandomState(5)
+    w = rng.randn(3, 3, 4, 6).astype(np.float32)
+    conv, fresh = _real_conv(w.copy()), _real_conv(w.copy())
+    for batch in (5, 5, 2, 5):
+        x = rng.randn(batch, 7, 6, 4).astype(np.float32)
+        dz = rng.randn(batch, 7, 6, 6).astype(np.float32)
+        z = conv.forward(x, training=True)
+        np.testing.assert_array_equal(z, fresh.forward(x, training=True))
+        np.testing.assert_array_equal(conv.backward(dz), fresh.backward(dz))
+        np.testing.assert_array_equal(conv.weight_grad, fresh.weight_grad)
+        fresh._workspace = None
+    assert conv._workspace["cols"].shape == (5 * 7 * 6, 36)
+    conv.forward(rng.randn(3, 7, 6, 4).astype(np.float32), training=False)
+    assert conv._workspace["cols"].shape == (5 * 7 * 6, 36)  # inference leaves it alone
+    from xnorcore.nn._network import clear_caches
+    clear_caches(conv)
+    assert conv._workspace is None
+    assert pickle.loads(pickle.dumps(conv)).weight.shape == w.shape
+
+
 @pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 5, 7, 2), (3, 3, 3, 1)])
 @pytest.mark.parametrize("size", [2, 3])
 def test_max_pool_forward_and_gradient(shape, size):

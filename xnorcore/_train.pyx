@@ -1,14 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""CPU kernels of the training loop (private): the Adam update and the 2x2
-max-pool of float32 NHWC activations, each one pass over memory where numpy
-needs several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path
+"""CPU kernels of the training loop (private): the Adam update, the 2x2
+max-pool of float32 NHWC activations and the patch matrix of a convolution
+(im2col) with its adjoint, each one pass over memory where numpy needs several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path
 keeps its array expressions); the functions here trust shapes and dtypes.
 """
 
 from cython.parallel cimport prange
 from libc.math cimport sqrtf
 from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memcpy, memset
 
 
 def adam_update(float[::1] p, const float[::1] g, float[::1] m, float[::1] v, float b1, float c1,
@@ -111,3 +112,77 @@ def maxpool_backward(const float[:, :, :, ::1] dy, const uint8_t[:, :, :, ::1] t
             for k in range(c):
                 value = src[k]
                 dst[k] = value if at[k] == here else 0
+
+
+cdef inline void copy_floats(float *dst, const float *src, int64_t n) noexcept nogil:
+    # A loop for the short runs of inputs with few channels (one call of memcpy
+    # costs more than copying three floats).
+    cdef int64_t k
+    if n >= 16:
+        memcpy(dst, src, n * sizeof(float))
+    else:
+        for k in range(n):
+            dst[k] = src[k]
+
+
+def im2col(const float[:, :, :, ::1] x, int kh, int kw, int stride, int dilation, int pad_top,
+           int pad_left, float[:, ::1] cols, int oh, int ow, int n_threads):
+    """The patches of NHWC ``x`` with zero padding into ``cols`` (``(N * OH * OW, KH * KW * C)``).
+
+    Row ``(b * OH + y) * OW + x`` holds, at column ``(i * KW + j) * C + c``, channel ``c``
+    of input pixel ``(y * stride - pad_top + i * dilation, x * stride - pad_left +
+    j * dilation)``, or 0 where that pixel lies in the padding.  Without dilation a kernel
+    row inside the image is one copy of ``KW * C`` floats.
+    """
+    cdef int64_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
+    cdef int64_t row, b, y, xx, i, j, iy, ix, first, last
+    cdef float *dst
+    cdef size_t run = kw * c * sizeof(float)
+    for row in prange(n * oh, nogil=True, schedule="static", num_threads=n_threads):
+        b = row // oh
+        y = row % oh
+        for xx in range(ow):
+            dst = &cols[row * ow + xx, 0]
+            for i in range(kh):
+                iy = y * stride - pad_top + i * dilation
+                ix = xx * stride - pad_left
+                if iy < 0 or iy >= h:
+                    memset(dst, 0, run)
+                elif dilation == 1 and ix >= 0 and ix + kw <= w:
+                    copy_floats(dst, &x[b, iy, ix, 0], kw * c)
+                else:
+                    for j in range(kw):
+                        if ix + j * dilation < 0 or ix + j * dilation >= w:
+                            memset(dst + j * c, 0, c * sizeof(float))
+                        else:
+                            copy_floats(dst + j * c, &x[b, iy, ix + j * dilation, 0], c)
+                dst = dst + kw * c
+
+
+def col2im(const float[:, ::1] cols, int kh, int kw, int stride, int dilation, int pad_top,
+           int pad_left, float[:, :, :, ::1] dx, int oh, int ow, int n_threads):
+    """The adjoint of :func:`im2col`: each entry of ``cols`` added onto the input pixel it came from.
+
+    ``dx`` (NHWC) is written whole; entries that came from the padding are dropped.
+    Threads split the images, so no two of them add onto the same pixel.
+    """
+    cdef int64_t n = dx.shape[0], h = dx.shape[1], w = dx.shape[2], c = dx.shape[3]
+    cdef int64_t b, y, xx, i, j, k, iy, ix
+    cdef const float *src
+    cdef float *dst
+    for b in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        memset(&dx[b, 0, 0, 0], 0, h * w * c * sizeof(float))
+        for y in range(oh):
+            for xx in range(ow):
+                src = &cols[(b * oh + y) * ow + xx, 0]
+                for i in range(kh):
+                    iy = y * stride - pad_top + i * dilation
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = xx * stride - pad_left + j * dilation
+                        if ix < 0 or ix >= w:
+                            continue
+                        dst = &dx[b, iy, ix, 0]
+                        for k in range(c):
+                            dst[k] += src[(i * kw + j) * c + k]
