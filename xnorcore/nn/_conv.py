@@ -7,14 +7,16 @@ every layer takes its array module from its arrays, so the same code trains on
 numpy and on cupy.
 
 A convolution is one matrix product over an im2col matrix: the
-``KH * KW`` shifted views of the (zero-padded) input are copied side by side,
-one strided slice per kernel tap, into an array of shape
-``(N, OH, OW, KH, KW, C)`` that reshapes for free to
-``(N * OH * OW, KH * KW * C)``, and is multiplied by the HWIO weights reshaped
-to ``(KH * KW * C, O)``.  The backward pass reuses that matrix for the weight
-gradient and scatters the input gradient back with the same taps
-(:func:`input_gradient`), adding one strided slice per tap.  Python loops run over the taps only, never
-over pixels, and all the arithmetic is one BLAS call per product.
+``KH * KW`` shifted views of the (zero-padded) input side by side, an array of
+shape ``(N, OH, OW, KH, KW, C)`` that reshapes for free to
+``(N * OH * OW, KH * KW * C)``, multiplied by the HWIO weights reshaped to
+``(KH * KW * C, O)``.  The backward pass reuses that matrix for the weight
+gradient and adds the input gradient's patches back onto the pixels
+(:func:`input_gradient`).  On float32 numpy arrays both copies are one pass of
+a CPU kernel (:mod:`xnorcore._train`) into buffers the layer keeps between
+training steps; other arrays (cupy) copy one strided view and add one strided
+slice per tap.  Python never loops over pixels, and all the arithmetic is one
+BLAS call per product.
 
 Zero padding is what a binary convolution with ``pad_value=0`` computes: with
 ``sign`` inputs and weights the float products here are integers, exactly those
