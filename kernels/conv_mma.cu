@@ -28,7 +28,8 @@
 // popcounts (and for the fused layer the thresholds) into one table per class
 // and output channel, which the block copies to shared memory.  Two epilogues:
 // int32 sums (N * OH * OW, O), u + table[class, o] with u = 4 popcount(a AND b)
-// + k - 2 popcount(a); or the fused layer, the bits of direction[o] * z -
+// + k - 2 popcount(a), staged a warp's 16 x 64 tile at a time in shared memory so that
+// each store writes two whole output rows in 16-byte vectors; or the fused layer, the bits of direction[o] * z -
 // threshold[o] >= 0 (in int32, see xnor_fused.h), tested as u >= table[class, o]
 // (one compare; the bits of some channels flipped a word at a time), packed along O into
 // (N * OH * OW, ceil(O / 64)) words.
@@ -56,6 +57,10 @@ static constexpr int CONV_MMA_STAGES = 3;
 // Blocks per multiprocessor asked of the compiler for one warp along O (half for two):
 // 16 warps a multiprocessor at 128 registers a thread.
 static constexpr int CONV_MMA_BLOCKS = 4;
+// Row pitch (ints) of the int32 epilogue's staging tiles, 16 x 64 per warp after the row terms:
+// 72 spreads both access patterns over all banks.  (BM + 4 * WARPS_N * 16 * 72) * 4 bytes fit in
+// the stage buffers of the int32 kernels (KSTEP 8).
+static constexpr int CONV_MMA_STAGE_LD = 72;
 // The origin of a row past the last pixel, and the row offset of a tap past the
 // window: no tap of the first and no row of the second reads an input word
 // (images have fewer than 2**29 rows and columns; the Python side checks).
@@ -378,6 +383,33 @@ __device__ __forceinline__ void conv_mma_body(
                     reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = (((u64)hi << 32) | lo) ^ flip;
             }
         return;
+    } else if (s.o % 4 == 0 && warp_col + 64 <= s.o) {
+        // The warp's 64 columns, whole rows of 16-byte vectors: each 16 x 64 tile goes through
+        // the warp's own slice of the free stage buffers (rows of 72 ints: neither the pair
+        // writes nor the vector reads conflict), then two output rows of 256 bytes a store.
+        static_assert((BM + WARPS_M * WARPS_N * 16 * CONV_MMA_STAGE_LD) * 4 <= STAGES * (BM + BN) * KSTEP * 8,
+                      "the staging tiles fit in the stage buffers");
+        int* stage = row_term + BM + warp * (16 * CONV_MMA_STAGE_LD);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
+                    *reinterpret_cast<int2*>(stage + (g + 8 * h) * CONV_MMA_STAGE_LD + j * 8 + 2 * t) =
+                        make_int2(4 * acc[i][j][2 * h] + rterm[i][h] + c2.x, 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y);
+                }
+            __syncwarp();
+#pragma unroll
+            for (int p = 0; p < 8; ++p) {
+                const int r = 2 * p + lane / 16;
+                const long long row = row0 + wm * WM + i * 16 + r;
+                const int4 v = *reinterpret_cast<const int4*>(stage + r * CONV_MMA_STAGE_LD + lane % 16 * 4);
+                if (row < s.m) *reinterpret_cast<int4*>(reinterpret_cast<int*>(out) + row * s.o + warp_col + lane % 16 * 4) = v;
+            }
+            __syncwarp();
+        }
     } else {
         const bool whole = s.o % 2 == 0 && warp_col + 64 <= s.o;  // the warp's 64 columns, in pairs
 #pragma unroll
