@@ -28,11 +28,12 @@
 // popcounts (and for the fused layer the thresholds) into one table per class
 // and output channel, which the block copies to shared memory.  Two epilogues:
 // int32 sums (N * OH * OW, O), u + table[class, o] with u = 4 popcount(a AND b)
-// + k - 2 popcount(a), staged a warp's 16 x 64 tile at a time in shared memory so that
-// each store writes two whole output rows in 16-byte vectors; or the fused layer, the bits of direction[o] * z -
-// threshold[o] >= 0 (in int32, see xnor_fused.h), tested as u >= table[class, o]
-// (one compare; the bits of some channels flipped a word at a time), packed along O into
-// (N * OH * OW, ceil(O / 64)) words.
+// + k - 2 popcount(a), staged a warp's 16 x 64 tile at a time in shared memory so
+// that each store writes two whole output rows in 16-byte vectors; or the fused
+// layer, the bits of direction[o] * z - threshold[o] >= 0 (in int32, see
+// xnor_fused.h), tested as u >= table[class, o] (one compare; the bits of some
+// channels flipped a word at a time), packed along O into (N * OH * OW,
+// ceil(O / 64)) words.
 //
 // Tiling: a block computes BM = 128 pixels x BN = 64 * WARPS_N channels with
 // CONV_MMA_WARPS_M x WARPS_N warps of 32 x 64 outputs each (2 x 8 m16n8k256

@@ -286,29 +286,50 @@ def test_float32_patch_kernels_equal_the_pixel_loops(n, h, wd, c, kh, kw, stride
     np.testing.assert_array_equal(got, input_gradient_ref(dz, w, x.shape, (kh, kw), stride, dilation, pads, oh, ow))
 
 
-def test_conv_layer_keeps_its_patch_buffers_between_steps_only():
+def test_conv_layer_reuses_its_patch_buffers_between_steps_only():
     # The patch matrices of a training step are reused by the next step of the
-    # same shape, replaced when the batch size changes, and not pickled.
+    # same shape, replaced when the batch size changes, kept out of copies and
+    # pickles of the layer, and freed by release_workspaces (the end of a fit).
+    import copy
     import pickle
+
+    from xnorcore.nn._conv import _WORKSPACES, release_workspaces
 
     rng = np.random.RandomState(5)
     w = rng.randn(3, 3, 4, 6).astype(np.float32)
     conv, fresh = _real_conv(w.copy()), _real_conv(w.copy())
+    buffers = []
     for batch in (5, 5, 2, 5):
         x = rng.randn(batch, 7, 6, 4).astype(np.float32)
         dz = rng.randn(batch, 7, 6, 6).astype(np.float32)
         z = conv.forward(x, training=True)
+        buffers.append(_WORKSPACES[conv]["cols"])
         np.testing.assert_array_equal(z, fresh.forward(x, training=True))
         np.testing.assert_array_equal(conv.backward(dz), fresh.backward(dz))
         np.testing.assert_array_equal(conv.weight_grad, fresh.weight_grad)
-        fresh._workspace = None
-    assert conv._workspace["cols"].shape == (5 * 7 * 6, 36)
+        _WORKSPACES.pop(fresh)
+    assert buffers[1] is buffers[0] and buffers[2] is not buffers[1]
+    assert buffers[3].shape == (5 * 7 * 6, 36) and set(_WORKSPACES[conv]) == {"cols", "dcols"}
     conv.forward(rng.randn(3, 7, 6, 4).astype(np.float32), training=False)
-    assert conv._workspace["cols"].shape == (5 * 7 * 6, 36)  # inference leaves it alone
-    from xnorcore.nn._network import clear_caches
-    clear_caches(conv)
-    assert conv._workspace is None
-    assert pickle.loads(pickle.dumps(conv)).weight.shape == w.shape
+    assert _WORKSPACES[conv]["cols"] is buffers[3]  # inference leaves it alone
+    for twin in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        assert twin not in _WORKSPACES
+    release_workspaces()
+    assert conv not in _WORKSPACES
+
+
+def test_fit_frees_the_patch_buffers():
+    from xnorcore import BNNClassifier
+    from xnorcore.nn._conv import _WORKSPACES
+
+    rng = np.random.RandomState(0)
+    other = _real_conv(rng.randn(3, 3, 1, 2).astype(np.float32))
+    other.forward(rng.randn(2, 5, 5, 1).astype(np.float32), training=True)
+    assert other in _WORKSPACES
+    X, y = rng.rand(40, 36).astype(np.float32), np.arange(40) % 3
+    BNNClassifier((8,), image_shape=(6, 6, 1), conv_layers=(4, "pool"), max_iter=2, random_state=0,
+                  device="cpu").fit(X, y)
+    assert len(_WORKSPACES) == 0
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 5, 7, 2), (3, 3, 3, 1)])

@@ -2,8 +2,9 @@
 # cython: initializedcheck=False
 """CPU kernels of the training loop (private): the Adam update, the 2x2
 max-pool of float32 NHWC activations and the patch matrix of a convolution
-(im2col) with its adjoint, each one pass over memory where numpy needs several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path
-keeps its array expressions); the functions here trust shapes and dtypes.
+(im2col) with its adjoint, each one pass over memory where numpy needs
+several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
+its array expressions); the functions here trust shapes and dtypes.
 """
 
 from cython.parallel cimport prange
@@ -135,7 +136,7 @@ def im2col(const float[:, :, :, ::1] x, int kh, int kw, int stride, int dilation
     row inside the image is one copy of ``KW * C`` floats.
     """
     cdef int64_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
-    cdef int64_t row, b, y, xx, i, j, iy, ix, first, last
+    cdef int64_t row, b, y, xx, i, j, iy, ix
     cdef float *dst
     cdef size_t run = kw * c * sizeof(float)
     for row in prange(n * oh, nogil=True, schedule="static", num_threads=n_threads):

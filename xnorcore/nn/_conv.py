@@ -25,6 +25,7 @@ of :func:`xnorcore.binary_conv2d`.
 
 import math
 import numbers
+import weakref
 
 import numpy as np
 
@@ -85,22 +86,31 @@ def _tap_slices(i, j, oh, ow, stride, dilation):
             slice(c0, c0 + stride * (ow - 1) + 1, stride))
 
 
+#: Per layer, the float32 buffers of its training steps (see :func:`_workspace`).
+_WORKSPACES = weakref.WeakKeyDictionary()
+
+
 def _workspace(layer, key, shape):
-    """A float32 numpy array of ``shape`` that ``layer`` keeps from one training step to the next.
+    """A float32 numpy array of ``shape`` that ``layer`` reuses from one training step to the next.
 
     Fresh pages of a large array cost more than the copy into them (the patch
-    matrix of a 28 x 28 x 32 layer at batch 100 is 90 MB).  ``layer`` is None:
-    a new array.
+    matrix of a 28 x 28 x 32 layer at batch 100 is 90 MB).  The buffers live
+    outside the layer (a copy or pickle of it holds none) until
+    :func:`release_workspaces`.  ``layer`` is None: a new array.
     """
     if layer is None:
         return np.empty(shape, dtype=_F32)
-    spaces = getattr(layer, "_workspace", None)
-    if spaces is None:
-        spaces = layer._workspace = {}
+    spaces = _WORKSPACES.setdefault(layer, {})
     a = spaces.get(key)
     if a is None or a.shape != shape:
+        spaces.pop(key, None)  # (the old buffer goes before the new one is taken)
         a = spaces[key] = np.empty(shape, dtype=_F32)
     return a
+
+
+def release_workspaces():
+    """Free the buffers of every layer's training steps (the end of a fit)."""
+    _WORKSPACES.clear()
 
 
 def _host_float32(*arrays):

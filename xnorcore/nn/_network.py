@@ -28,7 +28,7 @@ _F32 = np.float32
 
 
 #: What a layer keeps of the last step for its backward pass (not part of the model).
-_CACHES = ("_cache", "_x", "_shape", "_workspace")
+_CACHES = ("_cache", "_x", "_shape")
 _GRADIENTS = ("weight_grad", "bias_grad", "gamma_grad", "beta_grad")
 
 

@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from .._array import get_array_module, to_numpy
 from . import _graph
 from ._augment import RandomShift
+from ._conv import release_workspaces
 from ._convnet import ConvNetwork
 from ._network import Network
 
@@ -231,6 +232,7 @@ def train(net, opt, X, y, history, *, epochs, batch_size, learning_rate_init, lr
             history.improving = epochs > 0 and no_improvement == 0
     finally:
         _graph.release(net)  # a trained network keeps no graph (nor device memory for one), even after an error
+        release_workspaces()  # nor the buffers of its CPU steps
     return best_net if best_net is not None else net
 
 
