@@ -13,8 +13,8 @@ shape ``(N, OH, OW, KH, KW, C)`` that reshapes for free to
 ``(KH * KW * C, O)``.  The backward pass reuses that matrix for the weight
 gradient and adds the input gradient's patches back onto the pixels
 (:func:`input_gradient`).  On float32 numpy arrays both copies are one pass of
-a CPU kernel (:mod:`xnorcore._train`) into buffers the layer keeps between
-training steps; other arrays (cupy) copy one strided view and add one strided
+a CPU kernel (:mod:`xnorcore._train`) into buffers reused from one training
+step to the next (:func:`_workspace`); other arrays (cupy) copy one strided view and add one strided
 slice per tap.  Python never loops over pixels, and all the arithmetic is one
 BLAS call per product.
 
