@@ -26,7 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpu_bench import back_to_back_ms, median_ms  # noqa: E402
 
-VARIANTS = ("coop", "ping")
+#: Schedules; "ping" stores its int32 sums through TMA where n % 4 == 0, "ping-direct"
+#: from the registers, as before TMA stores.
+VARIANTS = ("coop", "ping", "ping-direct")
+
+
+def use_variant(variant):
+    """Make ``variant`` of VARIANTS the schedule that plans pick; returns the schedule's name."""
+    from xnorcore._backends import gpu as _gpu
+
+    schedule, _, direct = variant.partition("-")
+    _gpu._WGMMA_VARIANT = schedule
+    _gpu._WGMMA_TMA_STORE = not direct
+    return schedule
 
 
 def banner():
@@ -73,7 +85,7 @@ def check(shapes=None):
         want = reference(a32, b32)
         pa, pb = pack_bits(a32, axis=1), pack_bits(b32, axis=0)
         for variant in VARIANTS:
-            _gpu._WGMMA_VARIANT = variant
+            use_variant(variant)
             cupy.full((m, n), -(2**31), dtype=np.int32)  # a freed block of sentinels where the result may land
             got = binary_matmul(pa, pb)
             cupy.cuda.Device().synchronize()
@@ -83,7 +95,7 @@ def check(shapes=None):
             if bad and m * n <= 64:
                 print("  got ", cupy.asnumpy(got).ravel()[:16], "\n  want", cupy.asnumpy(want).ravel()[:16])
     os.environ.pop(_gpu.KERNEL_ENV)
-    _gpu._WGMMA_VARIANT = default
+    use_variant(default)
     print(f"check: {failures} failures", flush=True)
     return failures
 
@@ -98,7 +110,7 @@ def wgmma_kernel(pa, pb, k, variant, function=None, stages=None, pack=False):
 
     a, b = _gpu._even_width(pa.words), _gpu._even_width(pb.words)
     m, n, width = a.shape[0], b.shape[0], a.shape[1]
-    _gpu._WGMMA_VARIANT = variant
+    variant = use_variant(variant if function is None else variant + "-direct")  # recompiled: the plain kernel
     plan = _gpu._wgmma_plan(m, n, width, k, pack=pack, variant=variant)
     if function is not None:
         prefix = variant.upper()
@@ -141,9 +153,10 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
         for variant in VARIANTS:
             launch, _ = wgmma_kernel(pa, pb, k, variant)
             res[f"wgmma {variant} kernel"] = back_to_back_ms(launch)
-            launch, _ = wgmma_kernel(pa, pb, k, variant, pack=True)
-            res[f"wgmma {variant} fused layer kernel"] = back_to_back_ms(launch)
-        _gpu._WGMMA_VARIANT = default
+            if variant != "ping-direct":  # (the same fused kernel as ping)
+                launch, _ = wgmma_kernel(pa, pb, k, variant, pack=True)
+                res[f"wgmma {variant} fused layer kernel"] = back_to_back_ms(launch)
+        use_variant(default)
         ones, zeros = cupy.ones(n, dtype=np.int8), cupy.zeros(n, dtype=np.int32)
         layer = lambda: _gpu.xnor_gemm_threshold_pack(pa.words, pb.words, k, ones, zeros)  # noqa: E731
         res["fused layer per call"] = median_ms(layer, min_repeat=30, max_repeat=30)
@@ -158,12 +171,12 @@ def time_sizes(sizes, layer=(1024, 4096, 4096)):
                 else:
                     os.environ.pop(_gpu.KERNEL_ENV, None)
                 for variant in VARIANTS if forced == "wgmma" else (default,):
-                    _gpu._WGMMA_VARIANT = variant
+                    use_variant(variant)
                     name = f"binary_matmul {forced or 'auto'}{' ' + variant if forced == 'wgmma' else ''}"
                     res[f"{name} per call r{r}"] = median_ms(lambda: binary_matmul(pa, pb), min_repeat=30, max_repeat=30)
                     res[f"{name} queued r{r}"] = back_to_back_ms(lambda: binary_matmul(pa, pb))
             os.environ.pop(_gpu.KERNEL_ENV, None)
-        _gpu._WGMMA_VARIANT = default
+        use_variant(default)
         for name, ms in res.items():
             rows.append((f"{m}x{k}x{n}", name, ms, ops / ms / 1e9))
             print(f"| {m}x{k}x{n} | {name} | {ms * 1e3:.1f} us | {ops / ms / 1e9:.0f} TOPS |", flush=True)

@@ -22,7 +22,9 @@
 //   the next tile.
 // - PINGPONG (128 x 128 tiles): the warpgroups take alternate tiles of the
 //   block's sequence.  The ring is filled in tile order, so one warpgroup's
-//   main loop runs while the other stores its finished tile.
+//   main loop runs while the other stores its finished tile.  Where the rows of
+//   the result are whole 16-byte units (n % 4 == 0), xnor_gemm_wgmma_ping_tma
+//   stores the sums through TMA instead (TMA_STORE below), with one stage fewer.
 // The loader uses PINGPONG; COOPERATIVE stays for comparison (both are tested).
 // Inner tiles store without per-element bounds tests: the bounds-tested path
 // compiles to a branch per element and made the epilogue the bottleneck.
@@ -50,6 +52,8 @@ static constexpr int WG_STAGE_WORDS = 16;   // uint64 words of K per stage and r
 static constexpr int WG_ROW_BYTES = 128;    // bytes per row and stage: one swizzle span
 static constexpr int WG_THREADS = 288;      // two consumer warpgroups and one producer warp
 static constexpr int WG_GROUP_M = 8;        // tile rows per rasterization group
+static constexpr int WG_STAGING_BYTES = 32768;  // TMA-store staging per warpgroup: 64 rows x 128 int32
+static constexpr int WG_STORE_BOX_ROWS = 64;    // rows of a TMA store box of 128 bytes (32 int32) a row
 
 __device__ __forceinline__ u32 smem_u32(const void* p)
 {
@@ -88,6 +92,39 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int w
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
         " [%0], [%1, {%2, %3}], [%4];\n"
         :: "r"(dst), "l"(map), "r"(word), "r"(row), "r"(bar) : "memory");
+}
+
+// TMA store of a (box columns x box rows) box from shared memory, in the bulk group of the issuing thread.
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, u32 src, int col, int row)
+{
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+                 :: "l"(map), "r"(col), "r"(row), "r"(src) : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit()
+{
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// Until the issuing thread's bulk stores have read their shared memory (READ), or have completed.
+template <bool READ>
+__device__ __forceinline__ void bulk_wait_all()
+{
+    if (READ)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    else
+        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// Barrier `id` among the `threads` threads (whole warps) that name it.
+__device__ __forceinline__ void named_barrier(int id, int threads)
+{
+    asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void st_shared_v2(u32 addr, int x, int y)
+{
+    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" :: "r"(addr), "r"(x), "r"(y) : "memory");
 }
 
 // wgmma shared-memory descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
@@ -176,11 +213,17 @@ __device__ __forceinline__ void tile_coords(int tile, int tiles_m, int tiles_n, 
 // for (lo, hi) = bounds[j], packed along n in the layout of xnor_layout.h; bounds
 // holds a whole number of tiles of columns, and those past n never pass
 // (pack.cu's column_bounds makes them from a threshold and direction per column).
-template <int BM, int BN, int STAGES, bool PINGPONG, bool PACK>
+// TMA_STORE (PINGPONG int32 only): each warpgroup writes its sums into its own
+// 32 KB of shared memory, one m64 block at a time (four boxes of 64 rows x 32 int32
+// columns in the 128-byte swizzle), and one thread stores them to out through
+// map_c, the (n, m) int32 tensor map of out; the store proceeds while the
+// warpgroup goes on to its next tile, and TMA clips it at the edges of out.
+template <int BM, int BN, int STAGES, bool PINGPONG, bool PACK, bool TMA_STORE = false>
 __device__ __forceinline__ void xnor_gemm_wgmma_body(
     const TensorMap& map_a, const TensorMap& map_b, const int* __restrict__ counts, int* __restrict__ out,
     long long m, long long n, long long n_words, long long k,
-    const int2* __restrict__ bounds, u64* __restrict__ out_words, long long out_w)
+    const int2* __restrict__ bounds, u64* __restrict__ out_words, long long out_w,
+    const TensorMap* map_c = nullptr)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // Built for another target (the CPU-side compile test builds every file for
@@ -193,10 +236,13 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
     constexpr int ACC = BN / 2;
     constexpr int CONSUMER_WARPS = PINGPONG ? 4 : 8;  // arrivals that free a stage
     static_assert(MT >= 1 && ACC * MT <= 128, "tile too large for the accumulators");
+    static_assert(!TMA_STORE || (PINGPONG && !PACK && BN == 128), "TMA stores: int32 ping tiles of 128 columns");
+    constexpr int STAGING_BYTES = TMA_STORE ? WG_STAGING_BYTES : 0;  // per consumer warpgroup
 
     extern __shared__ unsigned char smem_raw[];
     const u32 base = (smem_u32(smem_raw) + 1023) & ~1023u;
-    const u32 full0 = base + STAGES * STAGE_BYTES;  // STAGES full barriers, STAGES empty ones, 2 order ones
+    const u32 staging0 = base + STAGES * STAGE_BYTES;  // 1024-byte aligned, as the swizzle needs
+    const u32 full0 = staging0 + 2 * STAGING_BYTES + (TMA_STORE ? 2 * BN * 4 : 0);  // STAGES full barriers, STAGES empty ones, 2 order ones
     const u32 empty0 = full0 + 8 * STAGES;
     const u32 order0 = empty0 + 8 * STAGES;
 
@@ -301,6 +347,52 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
         const int* pb = counts + m;
         const long long row0 = (long long)tm * BM + (a_off / WG_ROW_BYTES);
         const long long col0 = (long long)tn * BN + 2 * t;
+        if constexpr (TMA_STORE) {
+            // Row r of an m64 block, column c of the tile: box c / 32, 16-byte chunk (c % 32) / 4
+            // of the box's row r, swizzled to chunk ^ (r % 8) = chunk ^ g.  Rows and columns past
+            // m and n read clamped popcounts; TMA does not store them.
+            // The tile's column terms -2 pb go to shared memory first, one per thread (read from
+            // there, the 32 a thread needs take no registers across the loads' latency).
+            const u32 staging = staging0 + wg * STAGING_BYTES;
+            const u32 col_terms = staging0 + 2 * STAGING_BYTES + wg * BN * 4;
+            {
+                const long long col = (long long)tn * BN + threadIdx.x % 128;
+                asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(col_terms + 4 * (threadIdx.x % 128)),
+                             "r"(col < n ? -2 * __ldg(pb + col) : 0) : "memory");
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                if (wq == 0 && lane == 0) bulk_wait_all<true>();  // the previous block's stores have read it
+                named_barrier(1 + wg, 128);  // (i = 0: also the column terms written)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = 16 * wq + g + 8 * h;
+                    const long long row = row0 + 64 * i + r;
+                    const int base_v = (int)k - 2 * __ldg(counts + min(row, m - 1));
+                    const u32 row_addr = staging + r * WG_ROW_BYTES + 8 * (t % 2);
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+                        int c0, c1;
+                        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(c0), "=r"(c1)
+                                     : "r"(col_terms + 4 * (8 * j + 2 * t)));
+                        const int v0 = base_v + c0 + 4 * acc[i][4 * j + 2 * h];
+                        const int v1 = base_v + c1 + 4 * acc[i][4 * j + 2 * h + 1];
+                        const int chunk = 2 * (j % 4) + t / 2;
+                        st_shared_v2(row_addr + (j / 4) * (64 * WG_ROW_BYTES) + ((chunk ^ g) << 4), v0, v1);
+                    }
+                }
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to TMA
+                named_barrier(1 + wg, 128);
+                if (wq == 0 && lane == 0) {
+#pragma unroll
+                    for (int q = 0; q < BN / 32; ++q)  // boxes of 32 columns
+                        tma_store_2d(map_c, staging + q * (WG_STORE_BOX_ROWS * WG_ROW_BYTES), tn * BN + 32 * q,
+                                     (int)(row0 + 64 * i));
+                    bulk_commit();
+                }
+            }
+            continue;
+        }
         if (PACK) {
             // The 64 columns of a word are spread over the four lanes of a quad
             // (8 groups of 8 columns, 2 per lane): each lane sets its bits, an OR
@@ -399,6 +491,7 @@ __device__ __forceinline__ void xnor_gemm_wgmma_body(
             }
         }
     }
+    if (TMA_STORE && wq == 0 && lane == 0) bulk_wait_all<false>();  // the block's stores are done
 #endif
 }
 
@@ -435,3 +528,17 @@ static constexpr int PING_BM = 128;
 static constexpr int PING_BN = 128;
 static constexpr int PING_STAGES = 6;
 XNORCORE_GEMM_WGMMA(xnor_gemm_wgmma_ping, xnor_gemm_wgmma_ping_pack, PING, true)
+
+// Ping with the int32 sums stored by TMA (TMA_STORE above): out has a whole number of
+// 16-byte rows (n % 4 == 0), map_c describes it as (n, m) int32 with (32, 64) boxes and
+// 128-byte swizzle; dynamic shared memory 1024 + PING_TMA_STAGES * ((BM + BN) * 128 + 16)
+// + 16 + 2 * (WG_STAGING_BYTES + 512) bytes (one stage fewer than ping, for the staging).
+static constexpr int PING_TMA_STAGES = 5;
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+xnor_gemm_wgmma_ping_tma(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,
+                         const __grid_constant__ TensorMap map_c, const int* __restrict__ counts,
+                         int* __restrict__ out, long long m, long long n, long long n_words, long long k)
+{
+    xnor_gemm_wgmma_body<PING_BM, PING_BN, PING_TMA_STAGES, true, false, true>(
+        map_a, map_b, counts, out, m, n, n_words, k, nullptr, nullptr, 0, &map_c);
+}

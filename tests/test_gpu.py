@@ -184,18 +184,21 @@ class TestGPU:
             got = binary_matmul(cupy.asarray(a), cupy.asarray(b))
             np.testing.assert_array_equal(cupy.asnumpy(got), _reference(a, b), err_msg=f"{variant} {(m, k, n)}")
 
-    @pytest.mark.parametrize("schedule", ["coop", "ping"])
+    @pytest.mark.parametrize("schedule", ["coop", "ping", "ping-direct"])
     def test_wgmma_tiles_and_k_tails(self, schedule, monkeypatch):
         """Each wgmma schedule at every K tail of its 1024-bit stages and across tile edges,
         with more tiles than multiprocessors so that each block runs several, and odd numbers
-        of tile rows and columns."""
+        of tile rows and columns.  Ping stores through TMA where n % 4 == 0 (most shapes
+        here), directly elsewhere; "ping-direct" stores directly everywhere."""
         import cupy
 
         reason = _kernel_runs_here("wgmma")
         if reason:
             pytest.skip(reason)
         monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
+        schedule, _, direct = schedule.partition("-")
         monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", schedule)
+        monkeypatch.setattr(_gpu, "_WGMMA_TMA_STORE", not direct)
         rs = cupy.random.RandomState(13)
         shapes = [(1, 1, 1), (128, 1024, 256), (129, 1025, 257), (64, 960, 1), (1, 3073, 300),
                   (255, 4097, 511), (3000, 2111, 2900), (2900, 2111, 3000), (5000, 130, 4100), (300, 1025, 130)]

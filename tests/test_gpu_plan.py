@@ -142,12 +142,13 @@ def test_compile_options():
     assert "-arch=sm_90a" in _gpu._compile_options("xnor_gemm_wgmma")
 
 
-@pytest.mark.parametrize("variant", ["coop", "ping"])
-def test_wgmma_shared_memory_fits_sm90(variant):
-    bm, bn, smem = _gpu._wgmma_shape(variant)
+@pytest.mark.parametrize(("variant", "store"), [("coop", False), ("ping", False), ("ping", True)])
+def test_wgmma_shared_memory_fits_sm90(variant, store):
+    bm, bn, smem = _gpu._wgmma_shape(variant, store)
     assert (bm, bn) == {"coop": (128, 256), "ping": (128, 128)}[variant]
-    stages = _gpu._constant("xnor_gemm_wgmma", f"{variant.upper()}_STAGES")
-    assert smem >= 1024 + stages * (bm + bn) * 128  # the ring alone, aligned
+    stages = _gpu._constant("xnor_gemm_wgmma", f"{variant.upper()}_{'TMA_' if store else ''}STAGES")
+    # the ring, aligned, and for TMA stores each warpgroup's staging: an m64 block of int32 sums
+    assert smem >= 1024 + stages * (bm + bn) * 128 + (2 * 64 * bn * 4 if store else 0)
     assert smem <= SM90_MAX_DYNAMIC_SMEM
 
 
@@ -156,9 +157,12 @@ def test_hopper_plans(fake_cupy):
     width = 8192 // 64
     plan = _gpu._plan(8192, 8192, width, 8192)
     assert plan.variant == "wgmma"
-    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}" == "xnor_gemm_wgmma_ping"
+    # ping, storing through TMA: the result's rows are whole 16-byte units
+    assert plan.function.name == f"xnor_gemm_wgmma_{_gpu._WGMMA_VARIANT}_tma" == "xnor_gemm_wgmma_ping_tma"
     assert plan.function.module.options == _gpu._compile_options("xnor_gemm_wgmma")
-    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("ping")[2]
+    assert plan.function.max_dynamic_shared_size_bytes == plan.smem == _gpu._wgmma_shape("ping", True)[2]
+    direct = _gpu._plan(8192, 8190, width, 8192)  # rows of 8190 int32: not whole 16-byte units
+    assert (direct.function.name, direct.smem) == ("xnor_gemm_wgmma_ping", _gpu._wgmma_shape("ping")[2])
     assert plan.grid == 132  # persistent: one block per multiprocessor
     assert _gpu._plan(8192, 8192, width, 8192) is plan  # cached
     assert _gpu._plan(4096, 4096, 64, 4096).variant == "wgmma"  # 4096**3 == 2**36
@@ -192,7 +196,10 @@ def test_the_schedule_is_part_of_the_plan(fake_cupy, monkeypatch):
     ping = _gpu._plan(8192, 8192, 128, 8192)
     monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "coop")
     coop = _gpu._plan(8192, 8192, 128, 8192)
-    assert (ping.function.name, coop.function.name) == ("xnor_gemm_wgmma_ping", "xnor_gemm_wgmma_coop")
+    assert (ping.function.name, coop.function.name) == ("xnor_gemm_wgmma_ping_tma", "xnor_gemm_wgmma_coop")
+    monkeypatch.setattr(_gpu, "_WGMMA_TMA_STORE", False)
+    monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", "ping")
+    assert _gpu._plan(8192, 8192, 128, 8192).function.name == "xnor_gemm_wgmma_ping"
     assert (coop.bm, coop.bn) == (128, 256)
 
 
@@ -212,16 +219,19 @@ def _params(launch_args):
     return ctypes.cast(params, ctypes.POINTER(ctypes.c_void_p))
 
 
-@pytest.mark.parametrize("variant", ["coop", "ping"])
-def test_wgmma_launch_arguments(fake_cupy, fake_encode, monkeypatch, variant):
-    """The argument block matches the kernel's signature: two 128-byte tensor maps by value,
-    then counts, out, m, n, n_words and k, each 8 bytes; the maps describe each operand."""
+@pytest.mark.parametrize(("variant", "store"), [("coop", False), ("ping", False), ("ping", True)])
+def test_wgmma_launch_arguments(fake_cupy, fake_encode, monkeypatch, variant, store):
+    """The argument block matches the kernel's signature: two 128-byte tensor maps by value
+    (three with TMA stores, the result's last), then counts, out, m, n, n_words and k, each
+    8 bytes; the maps describe each operand, and the result as int32."""
     monkeypatch.setenv(_gpu.KERNEL_ENV, "wgmma")
     monkeypatch.setattr(_gpu, "_WGMMA_VARIANT", variant)
+    monkeypatch.setattr(_gpu, "_WGMMA_TMA_STORE", store)
     m, n, k = 1000, 3000, 2000
     width = 32  # n_words(2000) rounded up to even
     plan = _gpu._plan(m, n, width, k)
-    bm, bn, smem = _gpu._wgmma_shape(variant)
+    assert plan.function.name == f"xnor_gemm_wgmma_{variant}" + ("_tma" if store else "")
+    bm, bn, smem = _gpu._wgmma_shape(variant, store)
     grid = min(-(-m // bm) * -(-n // bn), fake_cupy.sms)
     a, b, counts, out = _FakeArray(1 << 20), _FakeArray(1 << 24), _FakeArray(1 << 28), _FakeArray(1 << 30)
     plan(a, b, counts, out)
@@ -230,17 +240,23 @@ def test_wgmma_launch_arguments(fake_cupy, fake_encode, monkeypatch, variant):
     assert args[1:9] == (grid, 1, 1, _gpu._constant("xnor_gemm_wgmma", "WG_THREADS"), 1, 1, smem, 4242)
     assert args[10] == 0
     params = _params(args)
-    for i, operand in enumerate((a, b)):
+    maps = (a, b, out) if store else (a, b)
+    for i, operand in enumerate(maps):
         words = (ctypes.c_uint64 * 16).from_address(params[i])
         assert list(words) == [operand.data.ptr + j for j in range(16)]
-    scalars = [ctypes.c_uint64.from_address(params[2 + i]).value for i in range(6)]
+    scalars = [ctypes.c_uint64.from_address(params[len(maps) + i]).value for i in range(6)]
     assert scalars == [counts.data.ptr, out.data.ptr, m, n, width, k]
     stage_words = _gpu._constant("xnor_gemm_wgmma", "WG_STAGE_WORDS")
-    assert [call["ptr"] for call in fake_encode] == [a.data.ptr, b.data.ptr]
+    assert [call["ptr"] for call in fake_encode] == [operand.data.ptr for operand in maps]
     for call, rows, box_rows in zip(fake_encode, (m, n), (bm, bn)):
         assert call["rank"] == 2 and call["dims"] == (width, rows) and call["strides"] == (8 * width,)
         assert call["box"] == (stage_words, box_rows) and call["unit"] == (1, 1)
         assert (call["dtype"], call["swizzle"], call["l2"], call["fill"]) == (4, 3, 3, 0)  # uint64, 128B, 256B, zeros
+    if store:  # the (m, n) int32 result in boxes of 64 rows of 32 sums (128 bytes, the swizzle span)
+        call = fake_encode[2]
+        assert call["rank"] == 2 and call["dims"] == (n, m) and call["strides"] == (4 * n,)
+        assert call["box"] == (32, 64) and call["unit"] == (1, 1)
+        assert (call["dtype"], call["swizzle"], call["l2"], call["fill"]) == (3, 3, 3, 0)  # int32
 
 
 def test_tensor_maps_are_kept_per_address(fake_cupy, fake_encode):
@@ -248,10 +264,13 @@ def test_tensor_maps_are_kept_per_address(fake_cupy, fake_encode):
     a, b, counts, out = _FakeArray(1 << 20), _FakeArray(1 << 24), _FakeArray(1 << 28), _FakeArray(1 << 30)
     plan(a, b, counts, out)
     plan(a, b, counts, out)
-    assert len(fake_encode) == 2
+    assert len(fake_encode) == 3  # a, b and (TMA stores) the result
     plan(_FakeArray(1 << 32), b, counts, out)
-    assert len(fake_encode) == 3
+    assert len(fake_encode) == 4
     assert ctypes.c_uint64.from_address(_params(fake_cupy.launches[-1])[0]).value == 1 << 32
+    plan(a, b, counts, _FakeArray(1 << 34))  # a new result: a new map for it alone
+    assert len(fake_encode) == 5
+    assert ctypes.c_uint64.from_address(_params(fake_cupy.launches[-1])[2]).value == 1 << 34
 
 
 def test_tensor_map_failure_names_the_shape(fake_cupy, monkeypatch):
@@ -269,7 +288,7 @@ def test_hopper_fused_layer_plans(fake_cupy):
     assert (narrow.function.name, narrow.bn) == ("xnor_gemm_wgmma_ping_pack", 128)
     assert _gpu._plan(64, 64, 2, 100, pack=True).function.name == "xnor_gemm_wgmma_ping_pack"
     assert _gpu._plan(8192, 8192, 128, 8192, pack=True) is wide  # cached apart from the int32 plan
-    assert _gpu._plan(8192, 8192, 128, 8192).function.name == "xnor_gemm_wgmma_ping"
+    assert _gpu._plan(8192, 8192, 128, 8192).function.name == "xnor_gemm_wgmma_ping_tma"
 
 
 def test_fused_layer_falls_back_off_hopper(fake_cupy, monkeypatch):

@@ -14,7 +14,8 @@ Three GEMM kernels exist:
     compute capability 9.0 alone (its code is built for ``sm_90a``, which no
     other architecture runs): a persistent kernel fed by TMA copies through a
     shared-memory ring, row popcounts from the same small kernel as ``mma``'s
-    large tiles.  Products below ``_WGMMA_MIN_MACS`` go to ``mma``, which is
+    large tiles; int32 sums stored by TMA where the result's rows are whole
+    16-byte units (``_WGMMA_TMA_STORE``).  Products below ``_WGMMA_MIN_MACS`` go to ``mma``, which is
     as fast or faster there (host time and launches dominate).
 ``mma``
     Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
@@ -588,7 +589,11 @@ _WGMMA_PACK_VARIANT = None
 #: faster (benchmarks/RESULTS.md).
 _WGMMA_MIN_MACS = 2**36
 
-_CU_TENSOR_MAP = {"uint64": 4, "swizzle_128b": 3, "l2_256b": 3}
+_CU_TENSOR_MAP = {"int32": 3, "uint64": 4, "swizzle_128b": 3, "l2_256b": 3}
+#: Whether ping stores its int32 sums through TMA (``xnor_gemm_wgmma_ping_tma``) where
+#: the rows of the result are whole 16-byte units (n % 4 == 0): the warpgroup goes on
+#: to its next tile while the copy engine writes the last one (benchmarks/RESULTS.md).
+_WGMMA_TMA_STORE = True
 _tensor_map_encode = None
 _tensor_maps = {}  # (device address, rows, words per row, box rows) -> 128 bytes
 _MAX_TENSOR_MAPS = 256
@@ -610,23 +615,26 @@ def _encode_function():
     return _tensor_map_encode
 
 
-def _tensor_map(ptr, rows, width, box_rows):
-    """The TMA tensor map of ``rows`` x ``width`` uint64 words at ``ptr``: (16, box_rows) boxes,
-    128-byte swizzle, zeros outside.  Kept per address and shape (encoding is host time)."""
-    key = (ptr, rows, width, box_rows)
+def _tensor_map(ptr, rows, width, box_rows, dtype="uint64"):
+    """The TMA tensor map of ``rows`` x ``width`` elements at ``ptr``: uint64 words in
+    (16, box_rows) boxes, or int32 sums in (32, box_rows) boxes; 128-byte swizzle (a box
+    row is 128 bytes), zeros outside.  Kept per address and shape (encoding is host time)."""
+    key = (ptr, rows, width, box_rows, dtype)
     data = _tensor_maps.get(key)
     if data is None:
+        size = 8 if dtype == "uint64" else 4
         out = (ctypes.c_uint64 * 16)()
         dims = (ctypes.c_uint64 * 2)(width, rows)
-        strides = (ctypes.c_uint64 * 1)(8 * width)
-        box = (ctypes.c_uint32 * 2)(_constant("xnor_gemm_wgmma", "WG_STAGE_WORDS"), box_rows)
+        strides = (ctypes.c_uint64 * 1)(size * width)
+        box = (ctypes.c_uint32 * 2)(_constant("xnor_gemm_wgmma", "WG_ROW_BYTES") // size, box_rows)
         unit = (ctypes.c_uint32 * 2)(1, 1)
         status = _encode_function()(
-            out, _CU_TENSOR_MAP["uint64"], 2, ptr, dims, strides, box, unit,
+            out, _CU_TENSOR_MAP[dtype], 2, ptr, dims, strides, box, unit,
             0, _CU_TENSOR_MAP["swizzle_128b"], _CU_TENSOR_MAP["l2_256b"], 0,
         )
         if status != 0:
-            raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {status} for {rows} x {width} words")
+            what = "words" if dtype == "uint64" else f"{dtype} sums"
+            raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {status} for {rows} x {width} {what}")
         if len(_tensor_maps) >= _MAX_TENSOR_MAPS:
             _tensor_maps.clear()
         data = _tensor_maps[key] = bytes(out)
@@ -639,19 +647,20 @@ class _WgmmaLaunch:
     ``pack`` it is the fused layer's kernel, whose output is words and which reads
     the column bounds after the kernel's usual arguments."""
 
-    __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "maps", "values", "params",
+    __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "store", "maps", "values", "params",
                  "params_address")
     variant = "wgmma"
 
-    def __init__(self, function, grid, smem, bm, bn, m, n, width, k, pack=False):
+    def __init__(self, function, grid, smem, bm, bn, m, n, width, k, pack=False, store=False):
         self.function, self.grid, self.smem = function, grid, smem
-        self.bm, self.bn, self.m, self.n, self.width = bm, bn, m, n, width
-        self.maps = ((ctypes.c_uint64 * 16)(), (ctypes.c_uint64 * 16)())
+        self.bm, self.bn, self.m, self.n, self.width, self.store = bm, bn, m, n, width, store
+        # the operands' tensor maps, and with ``store`` the result's (TMA stores)
+        self.maps = tuple((ctypes.c_uint64 * 16)() for _ in range(3 if store else 2))
         # counts, out, m, n, words, k (and for pack: bounds, words per output row)
         values = [0, 0, m, n, width, k] + ([0, n_words(n)] if pack else [])
         self.values = (ctypes.c_uint64 * len(values))(*values)
         base = ctypes.addressof(self.values)
-        pointers = [ctypes.addressof(self.maps[0]), ctypes.addressof(self.maps[1])]
+        pointers = [ctypes.addressof(tensor_map) for tensor_map in self.maps]
         pointers += [base + 8 * i for i in range(len(values))]
         self.params = (ctypes.c_void_p * len(pointers))(*pointers)
         self.params_address = ctypes.addressof(self.params)
@@ -659,9 +668,13 @@ class _WgmmaLaunch:
     def __call__(self, a_words, b_words, counts, out, bounds=None):
         map_a = _tensor_map(a_words.data.ptr, self.m, self.width, self.bm)
         map_b = _tensor_map(b_words.data.ptr, self.n, self.width, self.bn)
+        if self.store:
+            map_c = _tensor_map(out.data.ptr, self.m, self.n, _constant("xnor_gemm_wgmma", "WG_STORE_BOX_ROWS"), "int32")
         with _launch_lock:
             ctypes.memmove(self.maps[0], map_a, 128)
             ctypes.memmove(self.maps[1], map_b, 128)
+            if self.store:
+                ctypes.memmove(self.maps[2], map_c, 128)
             self.values[0] = counts.data.ptr
             self.values[1] = out.data.ptr
             if bounds is not None:
@@ -672,16 +685,19 @@ class _WgmmaLaunch:
             )
 
 
-def _wgmma_shape(variant):
+def _wgmma_shape(variant, store=False):
     """(BM, BN, dynamic shared memory in bytes) of wgmma schedule ``variant``: the stages, their
-    barriers and the slack that aligns the ring to the 1024 bytes of the 128-byte swizzle."""
+    barriers and the slack that aligns the ring to the 1024 bytes of the 128-byte swizzle;
+    with ``store`` (ping's TMA stores), its stages and each warpgroup's staging and column terms."""
     def const(name):
         return _constant("xnor_gemm_wgmma", f"{variant.upper()}_{name}")
 
     bm, bn = const("BM"), const("BN")
     row_bytes = _constant("xnor_gemm_wgmma", "WG_ROW_BYTES")
+    stages = const("TMA_STAGES") if store else const("STAGES")
+    staging = 2 * (_constant("xnor_gemm_wgmma", "WG_STAGING_BYTES") + 4 * bn) if store else 0
     # Per stage: the A and B rows and a full and an empty mbarrier; then the two order barriers.
-    return bm, bn, 1024 + const("STAGES") * ((bm + bn) * row_bytes + 16) + 16
+    return bm, bn, 1024 + stages * ((bm + bn) * row_bytes + 16) + 16 + staging
 
 
 def _wgmma_plan(m, n, width, k, pack=False, variant=None):
@@ -689,13 +705,14 @@ def _wgmma_plan(m, n, width, k, pack=False, variant=None):
     if variant is None and pack:
         variant = _WGMMA_PACK_VARIANT or ("coop" if n > _constant("xnor_gemm_wgmma", "PING_BN") else "ping")
     variant = variant or _WGMMA_VARIANT
-    bm, bn, smem = _wgmma_shape(variant)
+    store = _WGMMA_TMA_STORE and variant == "ping" and not pack and n % 4 == 0
+    bm, bn, smem = _wgmma_shape(variant, store)
     if max(m, n) + max(bm, bn) >= 2**31 or k >= 2**31:  # TMA coordinates and the kernel's tile indices are int32
         return None
-    name = f"xnor_gemm_wgmma_{variant}" + ("_pack" if pack else "")
+    name = f"xnor_gemm_wgmma_{variant}" + ("_pack" if pack else "_tma" if store else "")
     function = _function("xnor_gemm_wgmma", name, smem)
     tiles = -(-m // bm) * -(-n // bn)
-    return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k, pack)
+    return _WgmmaLaunch(function, min(tiles, _device()[1]), smem, bm, bn, m, n, width, k, pack, store)
 
 
 def _plan(m, n, width, k, pack=False):
@@ -710,7 +727,7 @@ def _plan(m, n, width, k, pack=False):
     cupy = _cupy()
     forced = os.environ.get(KERNEL_ENV)
     key = (cupy.cuda.runtime.getDevice(), forced, _FORCE_MMA_VARIANT, _WGMMA_VARIANT, _WGMMA_PACK_VARIANT,
-           m, n, width, k, pack)
+           _WGMMA_TMA_STORE, m, n, width, k, pack)
     if key in _plans:
         return _plans[key]
     kernel = _kernel_choice()
