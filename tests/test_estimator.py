@@ -327,6 +327,9 @@ def test_gpu_device_without_gpu_is_a_clear_error(digits):
         ({"hidden_layer_sizes": "big"}, "'hidden_layer_sizes' parameter of BNNClassifier must be an array-like"),
         ({"dropout": 1.0}, r"'dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),
         ({"input_dropout": -0.1}, r"'input_dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),
+        ({"label_smoothing": 1.0}, r"'label_smoothing' parameter of BNNClassifier must be a str among \{'auto'\} "
+                                   r"or a float in the range \[0.0, 1.0\)"),
+        ({"label_smoothing": "some"}, r"'label_smoothing' parameter of BNNClassifier must be a str among \{'auto'\}"),
         ({"batch_size": 0}, r"'batch_size' parameter of BNNClassifier must be an int in the range \[1, inf\). Got 0"),
         ({"max_iter": 2.5}, r"'max_iter' parameter of BNNClassifier must be a str among \{'auto'\} or an int in the "
                             r"range \[1, inf\)"),

@@ -122,6 +122,34 @@ def test_auto_max_iter_is_fewer_epochs_for_a_cnn(digits):
     assert len(mlp.loss_curve_) == AUTO_EPOCHS_MLP
 
 
+def test_auto_label_smoothing_smooths_a_cnn_only(digits):
+    from xnorcore.estimator import AUTO_LABEL_SMOOTHING_CNN, AUTO_LABEL_SMOOTHING_MLP
+
+    X, y = digits
+    assert BNNClassifier().label_smoothing == "auto"
+    assert (AUTO_LABEL_SMOOTHING_CNN, AUTO_LABEL_SMOOTHING_MLP) == (0.1, 0.0)
+    cnn = _cnn(max_iter=1).fit(X[:300], y[:300])
+    assert cnn.network_.label_smoothing == AUTO_LABEL_SMOOTHING_CNN
+    explicit = _cnn(max_iter=1, label_smoothing=AUTO_LABEL_SMOOTHING_CNN).fit(X[:300], y[:300])
+    np.testing.assert_array_equal(cnn.predict_proba(X[:50]), explicit.predict_proba(X[:50]))
+    plain = _cnn(max_iter=1, label_smoothing=0.0).fit(X[:300], y[:300])
+    assert plain.network_.label_smoothing == 0.0
+    # The same steps from the same start, against other targets: other weights.
+    assert plain.loss_curve_[0] != cnn.loss_curve_[0]
+    assert not np.array_equal(plain.predict_proba(X[:50]), cnn.predict_proba(X[:50]))
+    mlp = BNNClassifier((8,), max_iter=1, random_state=0, device="cpu").fit(X[:300], y[:300])
+    mlp0 = BNNClassifier((8,), max_iter=1, random_state=0, device="cpu", label_smoothing=0.0).fit(X[:300], y[:300])
+    assert mlp.network_.label_smoothing == AUTO_LABEL_SMOOTHING_MLP
+    np.testing.assert_array_equal(mlp.predict_proba(X[:50]), mlp0.predict_proba(X[:50]))
+
+
+def test_a_continued_network_trains_with_the_current_label_smoothing(digits):
+    X, y = digits
+    clf = _cnn(max_iter=1, label_smoothing=0.2).fit(X[:300], y[:300])
+    clf.set_params(label_smoothing=0.0).partial_fit(X[:300], y[:300])
+    assert clf.network_.label_smoothing == 0.0
+
+
 def test_input_dropout_leaves_a_cnn_alone(digits):
     X, y = digits
     a = _cnn(max_iter=1, input_dropout=0.0).fit(X[:300], y[:300])

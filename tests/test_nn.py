@@ -55,6 +55,38 @@ def test_softmax_cross_entropy_value_and_gradient():
     assert np.isfinite(log_softmax(big)).all()
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.05, 0.1, 0.5, 0.9])
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets(label_smoothing, weighted):
+    rng = np.random.RandomState(3)
+    n, k = 7, 5
+    logits = rng.randn(n, k)
+    y = rng.randint(0, k, n)
+    w = rng.uniform(0, 2, n) if weighted else None
+    wsum = None if w is None else float(w.sum())
+
+    def loss_of(z):
+        return softmax_cross_entropy(z, y, w, wsum, label_smoothing=label_smoothing)
+
+    loss, grad = loss_of(logits)
+    target = np.full((n, k), label_smoothing / k)
+    target[np.arange(n), y] += 1 - label_smoothing
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    per_sample = -(target * logp).sum(1)
+    weights = np.ones(n) if w is None else w
+    assert float(loss) == pytest.approx((weights * per_sample).sum() / weights.sum(), rel=1e-12)
+    # (rtol: the scale 1 / n or w / sum(w) is rounded to float32, as without smoothing)
+    np.testing.assert_allclose(grad, (np.exp(logp) - target) * (weights / weights.sum())[:, None], rtol=1e-6,
+                               atol=1e-15)
+    num = numeric_grad(lambda: float(loss_of(logits)[0]), logits, eps=1e-6)
+    np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
+    # No smoothing is the plain loss, bit for bit.
+    plain = softmax_cross_entropy(logits, y, w, wsum)
+    same = softmax_cross_entropy(logits, y, w, wsum, label_smoothing=0.0)
+    assert float(plain[0]) == float(same[0]) and np.array_equal(plain[1], same[1])
+
+
 def test_dense_real_gradients_match_finite_differences():
     rng = np.random.RandomState(1)
     x = rng.randn(6, 5)

@@ -519,6 +519,7 @@ class ConvNetwork:
         self.features.backward(self.head.backward(grad))
 
     train_step = Network.train_step
+    label_smoothing = Network.label_smoothing
 
     # -------------------------------------------------------------- inference
     def drop_training_state(self):

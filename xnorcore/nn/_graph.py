@@ -77,7 +77,7 @@ class _DrawnRandom:
 def _signature(net, opt, reg):
     """What a captured step depends on besides its buffers: the addresses of every array it
     updates in place and the constants it was captured with.  Where any changed (a network
-    moved, restored or continued with another dropout), the graph is captured again."""
+    moved, restored or continued with another dropout or label smoothing), the graph is captured again."""
     arrays = []
     for name, p, _, _ in net.params():
         arrays += [p, opt.m.get(name), opt.v.get(name)]
@@ -85,6 +85,7 @@ def _signature(net, opt, reg):
     for layer in net.layers():
         arrays += [getattr(layer, "running_mean", None), getattr(layer, "running_var", None)]
         flags.append((type(layer).__name__, getattr(layer, "dropout", None), getattr(layer, "xnor", None)))
+    flags.append(("label_smoothing", float(net.label_smoothing)))
     pointers = tuple(None if a is None else a.data.ptr for a in arrays)
     return pointers, tuple(flags), float(reg), (opt.beta1, opt.beta2, opt.eps)
 

@@ -18,7 +18,7 @@ def softmax(logits):
     return xp.exp(log_softmax(logits))
 
 
-def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None):
+def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None, label_smoothing=0.0):
     """Mean cross-entropy of integer labels ``y`` and its gradient.
 
     Parameters
@@ -31,6 +31,10 @@ def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None):
     weight_sum : float, optional
         ``sample_weight.sum()``, computed on the host (so that the device need
         not be waited for); must be positive.
+    label_smoothing : float in [0, 1), default=0.0
+        The target of a sample is ``1 - label_smoothing`` on its label plus
+        ``label_smoothing / n_classes`` on every class (Szegedy et al., 2016),
+        as ``label_smoothing`` in Keras' and PyTorch's cross-entropy losses.
 
     Returns
     -------
@@ -44,13 +48,20 @@ def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None):
     logp = log_softmax(logits)
     rows = xp.arange(n)
     grad = xp.exp(logp)
-    grad[rows, y] -= 1
+    if label_smoothing:
+        uniform = label_smoothing / logits.shape[1]
+        grad -= logp.dtype.type(uniform)
+        grad[rows, y] -= logp.dtype.type(1 - label_smoothing)
+        losses = -(1 - label_smoothing) * logp[rows, y] - uniform * logp.sum(axis=1)
+    else:
+        grad[rows, y] -= 1
+        losses = -logp[rows, y]
     if sample_weight is None:
-        loss = -logp[rows, y].mean()
+        loss = losses.mean()
         grad *= np.float32(1.0 / n)
     else:
         # Weights of ones give the unweighted loss and gradient bit for bit:
         # the same sum divided by the same count, the same scale 1 / n.
-        loss = -(logp[rows, y] * sample_weight).sum() / weight_sum
+        loss = (losses * sample_weight).sum() / weight_sum
         grad *= (sample_weight * np.float32(1.0 / weight_sum))[:, None]
     return loss, grad

@@ -197,6 +197,9 @@ class Network(BlockStack):
 
     #: The default for pickles that do not record it.
     conv_input = False
+    #: ``label_smoothing`` of the training loss (see :func:`softmax_cross_entropy`): how
+    #: training runs, not part of the network, set by the estimator before each fit.
+    label_smoothing = 0.0
 
     def __init__(self, n_features, n_outputs, hidden_layer_sizes, *, binary=True,
                  batch_norm=True, dropout=0.0, input_dropout=0.0, binarize_first=False, binarize_last=False,
@@ -305,7 +308,7 @@ class Network(BlockStack):
                 "it can predict but not train"
             )
         logits = self.forward(x, training=True, rng=rng)
-        loss, grad = softmax_cross_entropy(logits, y, sample_weight, weight_sum)
+        loss, grad = softmax_cross_entropy(logits, y, sample_weight, weight_sum, self.label_smoothing)
         self.backward(grad)
         params = self.params()
         if reg:
