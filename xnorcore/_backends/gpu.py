@@ -669,7 +669,8 @@ class _WgmmaLaunch:
         map_a = _tensor_map(a_words.data.ptr, self.m, self.width, self.bm)
         map_b = _tensor_map(b_words.data.ptr, self.n, self.width, self.bn)
         if self.store:
-            map_c = _tensor_map(out.data.ptr, self.m, self.n, _constant("xnor_gemm_wgmma", "WG_STORE_BOX_ROWS"), "int32")
+            box_rows = _constant("xnor_gemm_wgmma", "WG_STORE_BOX_ROWS")
+            map_c = _tensor_map(out.data.ptr, self.m, self.n, box_rows, "int32")
         with _launch_lock:
             ctypes.memmove(self.maps[0], map_a, 128)
             ctypes.memmove(self.maps[1], map_b, 128)
