@@ -410,3 +410,23 @@ def test_signed_sums_reject_bad_shapes():
         _cpu.signed_sums(words, 100, np.ones((100, 17)))
     with pytest.raises(ValueError, match="w must have k = 100 rows"):
         _cpu.signed_sums(words, 100, np.ones((99, 3)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 40), min_size=1, max_size=3), seed=st.integers(0, 2**31 - 1))
+def test_float32_signs_kernel_equals_the_array_expression(shape, seed):
+    """The training loop's signs on the CPU: +1 for x >= 0 (-0.0 too), -1 below and for NaN."""
+    from xnorcore.ops import _signs
+
+    rng = np.random.RandomState(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    special = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45], dtype=np.float32)
+    if x.size:
+        x.reshape(-1)[rng.randint(0, x.size, min(x.size, 8))] = special[: min(x.size, 8)]
+    got = _cpu.signs(x, np.float32)
+    want = _signs(x, np.float32)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(got, want)
+    if x.ndim == 2 and x.shape[1] > 1:  # a strided view and another dtype take the array path
+        np.testing.assert_array_equal(_cpu.signs(x[:, ::2], np.float32), _signs(x[:, ::2], np.float32))
+    np.testing.assert_array_equal(_cpu.signs(x.astype(np.float64), np.float64), _signs(x.astype(np.float64), np.float64))

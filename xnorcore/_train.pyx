@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""CPU kernels of the training loop (private): the Adam update, the 2x2
-max-pool of float32 NHWC activations and the patch matrix of a convolution
+"""CPU kernels of the training loop (private): the signs of float32 activations,
+the Adam update, the 2x2 max-pool of float32 NHWC activations and the patch matrix of a convolution
 (im2col) with its adjoint, each one pass over memory where numpy needs
 several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
 its array expressions); the functions here trust shapes and dtypes.
@@ -11,6 +11,14 @@ from cython.parallel cimport prange
 from libc.math cimport sqrtf
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy, memset
+
+
+def signs(const float[::1] x, float[::1] out, int n_threads):
+    """``out = +1.0`` where ``x >= 0`` (-0.0 included), ``-1.0`` elsewhere (NaN included):
+    :func:`xnorcore.ops._signs` of float32 in one pass instead of four."""
+    cdef int64_t i, n = x.shape[0]
+    for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        out[i] = 1.0 if x[i] >= 0 else -1.0
 
 
 def adam_update(float[::1] p, const float[::1] g, float[::1] m, float[::1] v, float b1, float c1,
