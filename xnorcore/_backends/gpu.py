@@ -15,8 +15,9 @@ Three GEMM kernels exist:
     other architecture runs): a persistent kernel fed by TMA copies through a
     shared-memory ring, row popcounts from the same small kernel as ``mma``'s
     large tiles; int32 sums stored by TMA where the result's rows are whole
-    16-byte units (``_WGMMA_TMA_STORE``).  Products below ``_WGMMA_MIN_MACS`` go to ``mma``, which is
-    as fast or faster there (host time and launches dominate).
+    16-byte units (``_WGMMA_TMA_STORE``).  Products below ``_WGMMA_MIN_MACS``
+    go to ``mma``, which is as fast or faster there (host time and launches
+    dominate).
 ``mma``
     Bit tensor cores (``mma.sync ... m16n8k256 ... .and.popc``), compute
     capability 8.0 and newer.  It needs the row popcounts of both operands:
@@ -595,7 +596,7 @@ _CU_TENSOR_MAP = {"int32": 3, "uint64": 4, "swizzle_128b": 3, "l2_256b": 3}
 #: to its next tile while the copy engine writes the last one (benchmarks/RESULTS.md).
 _WGMMA_TMA_STORE = True
 _tensor_map_encode = None
-_tensor_maps = {}  # (device address, rows, words per row, box rows) -> 128 bytes
+_tensor_maps = {}  # (device address, rows, elements per row, box rows, dtype) -> 128 bytes
 _MAX_TENSOR_MAPS = 256
 
 
@@ -647,13 +648,14 @@ class _WgmmaLaunch:
     ``pack`` it is the fused layer's kernel, whose output is words and which reads
     the column bounds after the kernel's usual arguments."""
 
-    __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "store", "maps", "values", "params",
-                 "params_address")
+    __slots__ = ("function", "grid", "smem", "bm", "bn", "m", "n", "width", "store", "store_rows", "maps", "values",
+                 "params", "params_address")
     variant = "wgmma"
 
     def __init__(self, function, grid, smem, bm, bn, m, n, width, k, pack=False, store=False):
         self.function, self.grid, self.smem = function, grid, smem
         self.bm, self.bn, self.m, self.n, self.width, self.store = bm, bn, m, n, width, store
+        self.store_rows = _constant("xnor_gemm_wgmma", "WG_STORE_BOX_ROWS") if store else 0  # rows of a store box
         # the operands' tensor maps, and with ``store`` the result's (TMA stores)
         self.maps = tuple((ctypes.c_uint64 * 16)() for _ in range(3 if store else 2))
         # counts, out, m, n, words, k (and for pack: bounds, words per output row)
@@ -669,8 +671,7 @@ class _WgmmaLaunch:
         map_a = _tensor_map(a_words.data.ptr, self.m, self.width, self.bm)
         map_b = _tensor_map(b_words.data.ptr, self.n, self.width, self.bn)
         if self.store:
-            box_rows = _constant("xnor_gemm_wgmma", "WG_STORE_BOX_ROWS")
-            map_c = _tensor_map(out.data.ptr, self.m, self.n, box_rows, "int32")
+            map_c = _tensor_map(out.data.ptr, self.m, self.n, self.store_rows, "int32")
         with _launch_lock:
             ctypes.memmove(self.maps[0], map_a, 128)
             ctypes.memmove(self.maps[1], map_b, 128)
