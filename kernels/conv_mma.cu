@@ -47,6 +47,10 @@
 //
 // Indices: element offsets are 64-bit; pixel coordinates, window words,
 // output channels and one image's words fit in int32 (the Python side checks).
+//
+// Two main loops share the set-up of the table and the epilogue: the gather
+// kernel above (conv_mma_*), and the halo kernel (conv_halo_*, int32 sums of
+// layers whose input rows and weights fit in shared memory; see conv_halo_body).
 
 #include "xnor_layout.h"
 #include "xnor_mma.h"
@@ -58,6 +62,8 @@ static constexpr int CONV_MMA_STAGES = 3;
 // Blocks per multiprocessor asked of the compiler for one warp along O (half for two):
 // 16 warps a multiprocessor at 128 registers a thread.
 static constexpr int CONV_MMA_BLOCKS = 4;
+// The same for the halo kernels, which keep no stage buffers in registers.
+static constexpr int CONV_HALO_BLOCKS = 4;
 // Row pitch (ints) of the int32 epilogue's staging tiles, 16 x 64 per warp after the row terms:
 // 72 spreads both access patterns over all banks.  (BM + 4 * WARPS_N * 16 * 72) * 4 bytes fit in
 // the stage buffers of the int32 kernels (KSTEP 8).
@@ -160,6 +166,150 @@ conv_class_table(const int* __restrict__ w_counts, const int* __restrict__ borde
     }
 }
 
+// The block's BN columns of the epilogue's table (conv_class_table), class by class, into tab
+// (cp.async: the caller waits).  o_pad = gridDim.y * BN.
+template <int BN, int THREADS>
+__device__ __forceinline__ void copy_table_columns(int* tab, const void* __restrict__ table, const int classes,
+                                                   const long long col0)
+{
+    constexpr int CHUNKS = BN * 4 / 16;  // 16-byte copies per class
+    const long long o_pad = (long long)gridDim.y * BN;
+    for (int idx = threadIdx.x; idx < classes * CHUNKS; idx += THREADS) {
+        const int c = idx / CHUNKS, chunk = idx % CHUNKS;
+        cp_async16(reinterpret_cast<uint4*>(tab + c * BN) + chunk,
+                   reinterpret_cast<const uint4*>(reinterpret_cast<const int*>(table) + c * o_pad + col0) + chunk, 16);
+    }
+}
+
+// The epilogue of both conv kernels: the accumulators of a block's BM x BN tile, the row
+// popcounts its warps counted, and each row's border class (row_class) give int32 sums or the
+// fused layer's words.  scratch: shared memory free for the row terms (BM ints) and, for int32
+// sums, the warps' staging tiles (WARPS_M * WARPS_N * 16 * CONV_MMA_STAGE_LD ints) after them;
+// the caller has synchronized the block after its last read of it.
+template <int WARPS_N, bool PACK, int MT>
+__device__ __forceinline__ void conv_mma_epilogue(int (&acc)[MT][8][4], const int (&pop_a)[MT][2], int* scratch,
+                                                  const int* row_class, const int* tab, const u64 flip, void* out,
+                                                  const ConvShape& s, const long long row0, const long long col0)
+{
+    constexpr int BM = CONV_MMA_BM;
+    constexpr int WARPS_M = CONV_MMA_WARPS_M;
+    constexpr int WM = BM / WARPS_M;
+    constexpr int BN = 64 * WARPS_N;
+    constexpr int NT = 8;
+    static_assert(WM / 16 == MT, "a warp's m-tiles");
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = warp / WARPS_N;
+    const int wn = warp % WARPS_N;
+    int* row_term = scratch;  // k - 2 popcount(row) for the BM rows
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+        if (i % WARPS_N != wn) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int c = pop_a[i][h];
+            c += __shfl_xor_sync(0xffffffffu, c, 1);
+            c += __shfl_xor_sync(0xffffffffu, c, 2);
+            if (t == 0) row_term[wm * WM + i * 16 + g + 8 * h] = (int)s.k - 2 * c;
+        }
+    }
+    __syncthreads();
+
+    // Accumulator r of tile (i, j): row g (+ 8 for r >= 2), column j * 8 + 2 t + r % 2 of the warp's 64.
+    // u = 4 acc + k - 2 popcount(row); the row's class picks its row of the table.
+    const long long warp_col = col0 + wn * 64;
+    int rterm[MT][2];
+    const int* rtab[MT][2];  // the table's entry for the row's class at the thread's first column
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int local = wm * WM + i * 16 + g + 8 * h;
+            rterm[i][h] = row_term[local];
+            rtab[i][h] = tab + row_class[local] * BN + wn * 64 + 2 * t;
+        }
+
+    if constexpr (PACK) {
+        unsigned bits[MT][2][2] = {};  // (tile, row half, columns 0-31 / 32-63), at positions j % 4 * 8 + e
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int2 b = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);  // columns 2 t, 2 t + 1
+                    const int u0 = 4 * acc[i][j][2 * h] + rterm[i][h], u1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h];
+                    if (u0 >= b.x) bits[i][h][j / 4] |= 1u << (j % 4 * 8);
+                    if (u1 >= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + 1);
+                }
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                unsigned lo = bits[i][h][0] << (2 * t), hi = bits[i][h][1] << (2 * t);
+                lo |= __shfl_xor_sync(0xffffffffu, lo, 1);
+                hi |= __shfl_xor_sync(0xffffffffu, hi, 1);
+                lo |= __shfl_xor_sync(0xffffffffu, lo, 2);
+                hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
+                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                if (t == 0 && row < s.m && warp_col < s.o)
+                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = (((u64)hi << 32) | lo) ^ flip;
+            }
+        return;
+    } else if (s.o % 4 == 0 && warp_col + 64 <= s.o) {
+        // The warp's 64 columns, whole rows of 16-byte vectors: each 16 x 64 tile goes through
+        // the warp's own slice of the scratch (rows of 72 ints: neither the pair
+        // writes nor the vector reads conflict), then two output rows of 256 bytes a store.
+        int* stage = row_term + BM + warp * (16 * CONV_MMA_STAGE_LD);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
+                    *reinterpret_cast<int2*>(stage + (g + 8 * h) * CONV_MMA_STAGE_LD + j * 8 + 2 * t) =
+                        make_int2(4 * acc[i][j][2 * h] + rterm[i][h] + c2.x, 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y);
+                }
+            __syncwarp();
+#pragma unroll
+            for (int p = 0; p < 8; ++p) {
+                const int r = 2 * p + lane / 16;
+                const long long row = row0 + wm * WM + i * 16 + r;
+                const int4 v = *reinterpret_cast<const int4*>(stage + r * CONV_MMA_STAGE_LD + lane % 16 * 4);
+                if (row < s.m) *reinterpret_cast<int4*>(reinterpret_cast<int*>(out) + row * s.o + warp_col + lane % 16 * 4) = v;
+            }
+            __syncwarp();
+        }
+    } else {
+        const bool whole = s.o % 2 == 0 && warp_col + 64 <= s.o;  // the warp's 64 columns, in pairs
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
+                if (row >= s.m) continue;
+                int* out_row = reinterpret_cast<int*>(out) + row * s.o + warp_col + 2 * t;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
+                    const int v0 = 4 * acc[i][j][2 * h] + rterm[i][h] + c2.x;
+                    const int v1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y;
+                    if (whole) {
+                        *reinterpret_cast<int2*>(out_row + j * 8) = make_int2(v0, v1);
+                    } else {
+                        // columns past the last channel, or an odd number of channels
+                        const long long col = warp_col + j * 8 + 2 * t;
+                        if (col < s.o) out_row[j * 8] = v0;
+                        if (col + 1 < s.o) out_row[j * 8 + 1] = v1;
+                    }
+                }
+            }
+    }
+}
+
 template <int KSTEP, int WARPS_N, bool PACK>
 __device__ __forceinline__ void conv_mma_body(
     const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,
@@ -179,6 +329,8 @@ __device__ __forceinline__ void conv_mma_body(
     constexpr int B_CHUNKS = BN * KSTEP / 2 / THREADS;  // 16-byte weight chunks a thread loads a stage
     static_assert(THREADS % KSTEP == 0 && BM % ROW_STEP == 0 && B_CHUNKS >= 1 && BN * KSTEP / 2 % THREADS == 0,
                   "tile loads must divide among threads");
+    static_assert(PACK || (BM + WARPS_M * WARPS_N * 16 * CONV_MMA_STAGE_LD) * 4 <= STAGES * (BM + BN) * KSTEP * 8,
+                  "the int32 epilogue's staging tiles fit in the stage buffers");
     typedef typename Fragment<KSTEP>::type frag;
 
     extern __shared__ uint4 smem[];
@@ -236,15 +388,7 @@ __device__ __forceinline__ void conv_mma_body(
         row_yx[threadIdx.x] = yx;
         row_origin[threadIdx.x] = origin;
     }
-    {
-        constexpr int CHUNKS = BN * 4 / 16;  // 16-byte copies per class
-        const long long o_pad = (long long)gridDim.y * BN;
-        for (int idx = threadIdx.x; idx < s.classes * CHUNKS; idx += THREADS) {
-            const int c = idx / CHUNKS, chunk = idx % CHUNKS;
-            cp_async16(reinterpret_cast<uint4*>(tab + c * BN) + chunk,
-                       reinterpret_cast<const uint4*>(reinterpret_cast<const int*>(table) + c * o_pad + col0) + chunk, 16);
-        }
-    }
+    copy_table_columns<BN, THREADS>(tab, table, s.classes, col0);
     __syncthreads();
 
     // Window word q: (row offset, column offset, word offset from the origin, channel word); past the
@@ -329,113 +473,183 @@ __device__ __forceinline__ void conv_mma_body(
     cp_async_wait<0>();
     __syncthreads();  // the stage buffers are free, the row classes stored
 
-    int* row_term = reinterpret_cast<int*>(smem);  // in the stage buffers: k - 2 popcount(row) for the BM rows
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-        if (i % WARPS_N != wn) continue;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int c = pop_a[i][h];
-            c += __shfl_xor_sync(0xffffffffu, c, 1);
-            c += __shfl_xor_sync(0xffffffffu, c, 2);
-            if (t == 0) row_term[wm * WM + i * 16 + g + 8 * h] = (int)s.k - 2 * c;
+    conv_mma_epilogue<WARPS_N, PACK, MT>(acc, pop_a, reinterpret_cast<int*>(smem), row_class, tab, flip, out, s, row0, col0);
+}
+
+// The halo kernel: the same tiles and int32 sums (for the fused layer the gather kernel measured as
+// fast or faster: benchmarks/RESULTS.md), for layers whose input rows fit in shared memory, in
+// persistent blocks.  A tile of BM pixels spans `lines` output rows (its first and last may be
+// partial); for each of them and each kernel row dy the block copies the input row under that
+// kernel row, oy * sh - pt + dy * dh, as one line of wp = (ow - 1) * sw + (kw - 1) * dw + 1
+// pixels starting at column -pl (the pad word where the row or column is in the padding).  Window
+// word q of pixel (line j, ox) is then at a sum of two offsets: ((j * KH) * wp + ox * sw) * CW for
+// the pixel and (dy * wp + dx * dw) * CW + q % CW for the word (tap_off, -1 past the window: a
+// zero word), so the main loop has no barrier, no bounds test and no gather.  A block loads its
+// BN weight rows (pitch rwp words, rwp % 8 == 4: a warp's B fragments spread over all banks) and
+// its table once, then takes the tiles blockIdx.x, + gridDim.x, ...: the lines of the next tile
+// are copied (a second buffer) while the block computes and stores the current one.  Shared
+// memory: the epilogue's scratch (`scratch` words), the weights, two buffers of halo_words
+// (lines * kh * wp * cw, rounded up to even) words, then tap_off, the pixel offsets and border
+// classes of both buffers, and the table.  KSTEP 4: each k step is one mma step.  The layer has
+// fewer than 2**31 - BM * gridDim.x output pixels.
+template <int WARPS_N>
+__device__ __forceinline__ void conv_halo_body(
+    const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,
+    const u64* __restrict__ pad, void* __restrict__ out, const int* __restrict__ y_class,
+    const int* __restrict__ x_class, const ConvShape s, const int lines, const int wp, const int rwp, const int scratch)
+{
+    constexpr int BM = CONV_MMA_BM;
+    constexpr int WARPS_M = CONV_MMA_WARPS_M;
+    constexpr int BN = 64 * WARPS_N;
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WARPS = WARPS_M * WARPS_N;
+    constexpr int WM = BM / WARPS_M;
+    constexpr int MT = WM / 16;
+    constexpr int NT = 8;
+
+    extern __shared__ uint4 smem[];
+    const int line_words = wp * s.cw;
+    const int halo_words = (lines * s.kh * line_words + 1) / 2 * 2;
+    u64* w_tile = reinterpret_cast<u64*>(smem) + scratch;  // BN rows of rwp words
+    u64* halos = w_tile + BN * rwp;  // two buffers of halo_words
+    int* tap_off = reinterpret_cast<int*>(halos + 2 * halo_words);  // rwp entries
+    int* pix_offs = tap_off + rwp;  // two buffers of BM entries
+    int* row_classes = pix_offs + 2 * BM;  // two buffers of BM: zero padding: the row's border class, 0 inside
+    int* tab = row_classes + 2 * BM;  // the block's columns of the epilogue's table, class by class
+
+    const long long col0 = (long long)blockIdx.y * BN;
+    const unsigned out_rows = (unsigned)(s.m / s.ow);  // N * OH
+    const unsigned tiles = (unsigned)((s.m + BM - 1) / BM);
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = warp / WARPS_N;
+    const int wn = warp % WARPS_N;
+    const int k_tiles = (int)((s.row_words + 3) / 4);
+    const int window = s.kh * s.kw * s.cw;
+
+    copy_table_columns<BN, THREADS>(tab, table, s.classes, col0);
+    // The weights: k_tiles * 4 words of each of the block's columns (zeros past row_words and o).
+    {
+        const int chunks = k_tiles * 2;  // 16-byte chunks a row
+        for (int idx = threadIdx.x; idx < BN * chunks; idx += THREADS) {
+            const int col = idx / chunks, word = idx % chunks * 2;
+            const bool ok = col0 + col < s.o && word < s.row_words;  // row_words is even
+            cp_async16(reinterpret_cast<uint4*>(w_tile + col * rwp + word),
+                       ok ? w_rows + (col0 + col) * s.row_words + word : w_rows, ok ? 16 : 0);
         }
     }
-    __syncthreads();
-
-    // Accumulator r of tile (i, j): row g (+ 8 for r >= 2), column j * 8 + 2 t + r % 2 of the warp's 64.
-    // u = 4 acc + k - 2 popcount(row); the row's class picks its row of the table.
-    const long long warp_col = col0 + wn * 64;
-    int rterm[MT][2];
-    const int* rtab[MT][2];  // the table's entry for the row's class at the thread's first column
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int local = wm * WM + i * 16 + g + 8 * h;
-            rterm[i][h] = row_term[local];
-            rtab[i][h] = tab + row_class[local] * BN + wn * 64 + 2 * t;
+    for (int q = threadIdx.x; q < rwp; q += THREADS) {
+        int off = -1;
+        if (q < window) {
+            const int tap = q / s.cw, dy = tap / s.kw, dx = tap - dy * s.kw;
+            off = (dy * wp + dx * s.dw) * s.cw + (q - tap * s.cw);
         }
+        tap_off[q] = off;
+    }
 
-    if constexpr (PACK) {
-        unsigned bits[MT][2][2] = {};  // (tile, row half, columns 0-31 / 32-63), at positions j % 4 * 8 + e
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const int2 b = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);  // columns 2 t, 2 t + 1
-                    const int u0 = 4 * acc[i][j][2 * h] + rterm[i][h], u1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h];
-                    if (u0 >= b.x) bits[i][h][j / 4] |= 1u << (j % 4 * 8);
-                    if (u1 >= b.y) bits[i][h][j / 4] |= 1u << (j % 4 * 8 + 1);
-                }
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                unsigned lo = bits[i][h][0] << (2 * t), hi = bits[i][h][1] << (2 * t);
-                lo |= __shfl_xor_sync(0xffffffffu, lo, 1);
-                hi |= __shfl_xor_sync(0xffffffffu, hi, 1);
-                lo |= __shfl_xor_sync(0xffffffffu, lo, 2);
-                hi |= __shfl_xor_sync(0xffffffffu, hi, 2);
-                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
-                if (t == 0 && row < s.m && warp_col < s.o)
-                    reinterpret_cast<u64*>(out)[row * s.out_words + warp_col / 64] = (((u64)hi << 32) | lo) ^ flip;
+    // Copies tile `tile`'s lines into buffer `buf` and writes its pixels' offsets; returns the
+    // border class of the thread's pixel (threads < BM), loaded now and stored by the caller.
+    // Pixel and row indices are 32-bit (m < 2**31: the Python side checks), as divisions by the
+    // layer's sizes are much of a tile's instructions.
+    auto load_tile = [&](const unsigned tile, const int buf) {
+        const unsigned row0 = tile * BM, line0 = row0 / (unsigned)s.ow;  // the output row of the tile's first pixel
+        u64* halo = halos + buf * halo_words;
+        for (int line = warp; line < lines * s.kh; line += WARPS) {  // a warp a line
+            const int j = line / s.kh, dy = line - j * s.kh;
+            const unsigned out_row = line0 + j;
+            unsigned b = 0;
+            int iy = -1;
+            if (out_row < out_rows) {
+                b = out_row / (unsigned)s.oh;
+                iy = (int)(out_row - b * (unsigned)s.oh) * s.sh - s.pt + dy * s.dh;
             }
-        return;
-    } else if (s.o % 4 == 0 && warp_col + 64 <= s.o) {
-        // The warp's 64 columns, whole rows of 16-byte vectors: each 16 x 64 tile goes through
-        // the warp's own slice of the free stage buffers (rows of 72 ints: neither the pair
-        // writes nor the vector reads conflict), then two output rows of 256 bytes a store.
-        static_assert((BM + WARPS_M * WARPS_N * 16 * CONV_MMA_STAGE_LD) * 4 <= STAGES * (BM + BN) * KSTEP * 8,
-                      "the staging tiles fit in the stage buffers");
-        int* stage = row_term + BM + warp * (16 * CONV_MMA_STAGE_LD);
+            const bool row_inside = (unsigned)iy < (unsigned)s.h;
+            const u64* src = x + (((long long)b * s.h + (row_inside ? iy : 0)) * s.w - s.pl) * s.cw;  // word e of the line
+            u64* dst = halo + line * line_words;
+            const int first = s.pl * s.cw, last = first + s.w * s.cw;  // the line's words inside the image
+            for (int e = lane; e < line_words; e += 32) {
+                if (row_inside && e >= first && e < last)
+                    cp_async8(dst + e, src + e, 8);
+                else if (s.pad_mode == 1 && out_row < out_rows)
+                    cp_async8(dst + e, pad + e % s.cw, 8);
+                else
+                    cp_async8(dst + e, x, 0);
+            }
+        }
+        int cls = 0;
+        if (threadIdx.x < BM) {
+            const unsigned row = row0 + threadIdx.x;
+            int off = 0;
+            if (row < s.m) {
+                const unsigned out_row = row / (unsigned)s.ow;
+                const int ox = (int)(row - out_row * (unsigned)s.ow);
+                off = ((int)(out_row - line0) * s.kh * wp + ox * s.sw) * s.cw;
+                if (s.pad_mode == 0) cls = y_class[out_row % (unsigned)s.oh] * s.x_classes + x_class[ox];
+            }
+            pix_offs[buf * BM + threadIdx.x] = off;
+        }
+        return cls;
+    };
+
+    unsigned tile = blockIdx.x;
+    int cls = load_tile(tile, 0);
+    cp_async_commit();
+    if (threadIdx.x < BM) row_classes[threadIdx.x] = cls;
+    for (int buf = 0; tile < tiles; tile += gridDim.x, buf ^= 1) {
+        const unsigned next = tile + gridDim.x;
+        cls = 0;
+        if (next < tiles) cls = load_tile(next, buf ^ 1);  // into the buffer the last tile read
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's lines (and, first, the weights and table) are in
+        __syncthreads();
+
+        int acc[MT][NT][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
+        int pop_a[MT][2];  // rows g and g + 8 of m-tile i, counted by the warps with i % WARPS_N == wn
+        int a_off[MT][2];
+        const int* pix_off = pix_offs + buf * BM;
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
-                    *reinterpret_cast<int2*>(stage + (g + 8 * h) * CONV_MMA_STAGE_LD + j * 8 + 2 * t) =
-                        make_int2(4 * acc[i][j][2 * h] + rterm[i][h] + c2.x, 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y);
-                }
-            __syncwarp();
-#pragma unroll
-            for (int p = 0; p < 8; ++p) {
-                const int r = 2 * p + lane / 16;
-                const long long row = row0 + wm * WM + i * 16 + r;
-                const int4 v = *reinterpret_cast<const int4*>(stage + r * CONV_MMA_STAGE_LD + lane % 16 * 4);
-                if (row < s.m) *reinterpret_cast<int4*>(reinterpret_cast<int*>(out) + row * s.o + warp_col + lane % 16 * 4) = v;
-            }
-            __syncwarp();
+            pop_a[i][0] = pop_a[i][1] = 0;
+            a_off[i][0] = pix_off[wm * WM + i * 16 + g];
+            a_off[i][1] = pix_off[wm * WM + i * 16 + g + 8];
         }
-    } else {
-        const bool whole = s.o % 2 == 0 && warp_col + 64 <= s.o;  // the warp's 64 columns, in pairs
+        const uint2* a_words = reinterpret_cast<const uint2*>(halos + buf * halo_words);
+        const uint2* b_words = reinterpret_cast<const uint2*>(w_tile) + (wn * 64 + g) * rwp + t;
+#pragma unroll 2
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            const int off = tap_off[kt * 4 + t];
+            uint2 lo[MT], hi[MT];
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const long long row = row0 + wm * WM + i * 16 + g + 8 * h;
-                if (row >= s.m) continue;
-                int* out_row = reinterpret_cast<int*>(out) + row * s.o + warp_col + 2 * t;
-#pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const int2 c2 = *reinterpret_cast<const int2*>(rtab[i][h] + j * 8);
-                    const int v0 = 4 * acc[i][j][2 * h] + rterm[i][h] + c2.x;
-                    const int v1 = 4 * acc[i][j][2 * h + 1] + rterm[i][h] + c2.y;
-                    if (whole) {
-                        *reinterpret_cast<int2*>(out_row + j * 8) = make_int2(v0, v1);
-                    } else {
-                        // columns past the last channel, or an odd number of channels
-                        const long long col = warp_col + j * 8 + 2 * t;
-                        if (col < s.o) out_row[j * 8] = v0;
-                        if (col + 1 < s.o) out_row[j * 8 + 1] = v1;
-                    }
+            for (int i = 0; i < MT; ++i) {
+                lo[i] = off >= 0 ? a_words[a_off[i][0] + off] : make_uint2(0, 0);
+                hi[i] = off >= 0 ? a_words[a_off[i][1] + off] : make_uint2(0, 0);
+                if (i % WARPS_N == wn) {
+                    pop_a[i][0] += popc_fragment(lo[i]);
+                    pop_a[i][1] += popc_fragment(hi[i]);
                 }
             }
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const uint2 b = b_words[j * 8 * rwp + kt * 4];
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_fragment(acc[i][j], lo[i], hi[i], b);
+            }
+        }
+        // The next tile's classes, loaded behind this tile's products; the epilogue's barrier orders
+        // them before their reads, and this tile's reads of the lines before the next copies.
+        if (threadIdx.x < BM) row_classes[(buf ^ 1) * BM + threadIdx.x] = cls;
+        conv_mma_epilogue<WARPS_N, false, MT>(acc, pop_a, reinterpret_cast<int*>(smem), row_classes + buf * BM, tab,
+                                              0, out, s, (long long)tile * BM, col0);
     }
+    cp_async_wait<0>();
 }
 
 // Launch: grid (ceil(m / CONV_MMA_BM), ceil(o / (64 * WARPS_N))), block
@@ -466,3 +680,29 @@ XNORCORE_CONV_MMA(conv_mma_k4_n1_pack, 4, 1, true)
 XNORCORE_CONV_MMA(conv_mma_k4_n2_pack, 4, 2, true)
 XNORCORE_CONV_MMA(conv_mma_k8_n1_pack, 8, 1, true)
 XNORCORE_CONV_MMA(conv_mma_k8_n2_pack, 8, 2, true)
+
+// Launch of the halo kernels: grid (blocks, ceil(o / (64 * WARPS_N))) for any number of blocks
+// up to ceil(m / CONV_MMA_BM), block as above; dynamic shared memory (scratch + 64 * WARPS_N *
+// rwp + 2 * halo_words) * 8 + (rwp + 4 * CONV_MMA_BM + classes * 64 * WARPS_N) * 4 bytes, where
+// scratch holds the epilogue's row terms (CONV_MMA_BM ints) and for int32 sums its staging tiles
+// (CONV_MMA_WARPS_M * WARPS_N * 16 * CONV_MMA_STAGE_LD ints), in words, and halo_words =
+// lines * kh * wp * cw rounded up to even.  Arguments as above without taps, then lines, wp,
+// rwp and scratch.
+#define XNORCORE_CONV_HALO(NAME, WARPS_N)                                                                      \
+    extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_HALO_BLOCKS / WARPS_N)   \
+    NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,             \
+         const u64* __restrict__ pad, void* __restrict__ out, const int* __restrict__ y_class,                   \
+         const int* __restrict__ x_class, long long m, long long o, long long row_words, long long k,            \
+         long long h, long long w, long long oh, long long ow, long long kh, long long kw, long long sh,         \
+         long long sw, long long dh, long long dw, long long pt, long long pl, long long cw, long long pad_mode, \
+         long long x_classes, long long classes, long long lines, long long wp, long long rwp, long long scratch) \
+    {                                                                                                          \
+        const ConvShape s = {m, o, row_words, k, (o + 63) / 64, (int)h, (int)w, (int)oh, (int)ow, (int)kh,     \
+                             (int)kw, (int)sh, (int)sw, (int)dh, (int)dw, (int)pt, (int)pl, (int)cw,            \
+                             (int)pad_mode, (int)x_classes, (int)classes};                                      \
+        conv_halo_body<WARPS_N>(x, w_rows, table, pad, out, y_class, x_class, s, (int)lines, (int)wp,           \
+                                (int)rwp, (int)scratch);                                                        \
+    }
+
+XNORCORE_CONV_HALO(conv_halo_n1, 1)
+XNORCORE_CONV_HALO(conv_halo_n2, 2)

@@ -82,11 +82,22 @@ def implicit_cases(draw):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
-@settings(max_examples=60, deadline=None)
-@given(implicit_cases(), st.booleans())
-def test_implicit_gemm_conv_is_exact_on_large_layers(case, pool):
-    """The one-launch kernel (int32 sums and fused layer) on layers that span
-    several thread blocks, against the numpy reference."""
+@settings(max_examples=80, deadline=None)
+@given(implicit_cases(), st.booleans(), st.sampled_from([False, None, 1, 3]))
+def test_implicit_gemm_conv_is_exact_on_large_layers(case, pool, halo):
+    """The one-launch kernels (int32 sums and fused layer) on layers that span
+    several thread blocks, against the numpy reference: the gather kernel (halo
+    False) for every layer, and the halo kernel where the layer fits it, in as many
+    persistent blocks as the device holds (None) or in 1 or 3, each taking many tiles."""
+    saved = _gpu_conv._HALO, _gpu_conv._HALO_BLOCKS
+    _gpu_conv._HALO, _gpu_conv._HALO_BLOCKS = halo is not False, halo or None
+    try:
+        _check_implicit_case(case, pool)
+    finally:
+        _gpu_conv._HALO, _gpu_conv._HALO_BLOCKS = saved
+
+
+def _check_implicit_case(case, pool):
     import cupy
 
     x, w = case_arrays(case)
@@ -113,6 +124,9 @@ def test_groups_of_one_run_the_implicit_kernel_where_it_exists():
     x, w = rng.standard_normal((2, 10, 10, 64)), rng.standard_normal((3, 3, 64, 8))
     binary_conv2d(_device(x), _device(w), padding="same")
     assert len(_gpu_conv._implicit_plans) == (1 if cc >= 80 else 0)
+    if cc >= 80:  # a small layer: its input lines and weights fit the halo kernel
+        (plan,) = _gpu_conv._implicit_plans.values()
+        assert plan[1] == ()  # the halo kernel reads no table of taps
     binary_conv2d(_device(x), _device(rng.standard_normal((3, 3, 32, 8))), padding="same", groups=2)
     assert len(_gpu_conv._implicit_plans) == (1 if cc >= 80 else 0)  # grouped: the explicit path
 

@@ -312,24 +312,50 @@ def test_border_classes_of_the_implicit_conv(n_out, size, k, stride, dilation, p
         assert sets[index[o]].tolist() == outside
 
 
+@pytest.mark.parametrize("halo", [False, True])
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("o", [64, 65])
-def test_implicit_conv_shared_memory_fits_one_block(pack, o, fake_cupy, monkeypatch):
-    """The implicit-GEMM conv asks for no more shared memory than a block may have,
-    and names a kernel that kernels/conv_mma.cu defines."""
+def test_implicit_conv_shared_memory_fits_one_block(halo, pack, o, fake_cupy, monkeypatch):
+    """The implicit-GEMM conv asks for no more shared memory than a block may have (nor
+    than the limit set on its kernel), names a kernel that kernels/conv_mma.cu defines,
+    and takes the halo kernel for int32 sums exactly where its lines and weights fit."""
     from xnorcore._backends import gpu_conv as _gpu_conv
 
     monkeypatch.setattr(_gpu_conv, "_implicit_plans", {})
     monkeypatch.setattr(_gpu_conv, "_classes", {})
+    monkeypatch.setattr(_gpu_conv, "_HALO", halo)
     monkeypatch.setattr(_gpu, "to_device", lambda a: a)
 
     source = _gpu._source("conv_mma")
-    for window_words in (1, 9, 63, 64, 200):
-        geometry = (8, 8, 8, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0)
-        launch = _gpu_conv._implicit_plan((2, 8, 8, 1, window_words), o, window_words + window_words % 2,
+    took_halo = set()
+    for window_words, ow in [(1, 8), (9, 8), (63, 8), (64, 8), (200, 8), (9, 1), (9, 100), (9, 20000)]:
+        geometry = (8, ow, 8, ow, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+        row_words = window_words + window_words % 2
+        launch = _gpu_conv._implicit_plan((2, 8, ow, 1, window_words), o, row_words,
                                           geometry, 64 * window_words, 0, pack)[0]
         assert launch.smem <= SM90_MAX_DYNAMIC_SMEM
-        assert f"XNORCORE_CONV_MMA({launch.function.name}," in source
+        name = launch.function.name
+        if name.startswith("conv_halo"):
+            took_halo.add((window_words, ow))
+            assert f"XNORCORE_CONV_HALO({name}," in source
+            lines, wp, rwp, scratch = launch.values[-4:]
+            bm, bn = _gpu_conv._mma_constant("BM"), _gpu_conv._block_columns(o)
+            assert rwp % 8 == 4 and rwp >= row_words and wp == ow
+            halo_words = -(-lines * wp * window_words // 2) * 2
+            assert (bn * rwp + 2 * halo_words) * 8 <= _gpu_conv._HALO_MAX_BYTES
+            assert launch.smem >= (scratch + bn * rwp + 2 * halo_words) * 8 + (rwp + 4 * bm) * 4
+            assert not pack and scratch * 8 >= bm * 4 + bn // 64 * 4 * 16 * 72 * 4  # row terms, staging
+            assert lines >= min(bm // ow + 1, 2 * 8)  # every output row of a tile
+            tiles = -(-2 * 8 * ow // bm)
+            assert 1 <= launch.grid[0] <= tiles and launch.grid[1] == -(-o // bn)
+        else:
+            assert f"XNORCORE_CONV_MMA({name}," in source
+        assert launch.smem <= _gpu._functions[(0, name)].max_dynamic_shared_size_bytes
+    if halo and not pack:  # small windows of narrow images fit; 200 words of 128 columns, or 20,000 pixels a line, do not
+        assert {(1, 8), (9, 8), (9, 1), (9, 100)} <= took_halo
+        assert not took_halo & {(200, 8), (9, 20000)}
+    else:
+        assert not took_halo
 
 
 @pytest.mark.parametrize(("forced", "cc", "implicit"), [("", 90, True), ("", 80, True), ("popc", 90, False),

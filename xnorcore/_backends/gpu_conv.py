@@ -3,10 +3,13 @@
 :mod:`xnorcore._backends.gpu` exports them, with the signatures of
 :mod:`xnorcore._backends.cpu_conv`.  On devices with bit tensor cores
 (compute capability 8.0 and later) a convolution with ``groups=1`` is one
-launch of ``kernels/conv_mma.cu``: the kernel gathers each output pixel's
-window words from the packed activations into shared memory itself, counts
-their popcounts, corrects the sums of the pixels whose window reaches a zero
-padding, and writes int32 sums or, for the fused layer, the packed signs.  Its
+launch of ``kernels/conv_mma.cu``: for int32 sums the halo kernel copies the
+input rows under a tile of pixels into shared memory once and reads every window
+from there (where they fit, ``_HALO_MAX_BYTES``); the gather kernel, for larger
+layers and for the fused layer, gathers each output pixel's window words stage
+by stage.  Both count the rows' popcounts, correct the sums of the pixels whose
+window reaches a zero padding, and write int32 sums or, for the fused layer, the
+packed signs.  Its
 epilogue reads one table per border class and output channel (``conv_class_table``:
 the weights' popcounts and zero-padding corrections, and the fused layer's
 thresholds), kept with a ConvWeights.  Grouped convolutions, kernels whose table
@@ -41,6 +44,15 @@ _MAX_PLANS = 1024
 
 #: Benchmarks set this to False to time the explicit path (GEMM rows, then a GEMM kernel).
 _IMPLICIT = True
+#: Benchmarks (and tests) set this to False to run every implicit GEMM as the gather kernel
+#: (the fused layer always does).
+_HALO = True
+#: The most shared memory that the halo kernel's two buffers of input lines and its weights
+#: may take; larger layers run the gather kernel.
+_HALO_MAX_BYTES = 64 * 1024
+#: Tests set this to run the halo kernel in so many persistent blocks at most, so that
+#: each block takes many tiles of pixels; None: as many as the device holds at once.
+_HALO_BLOCKS = None
 
 
 def _launch(name, items, args):
@@ -226,11 +238,53 @@ def _block_columns(o):
     return 64 if o <= 64 else 128
 
 
+def _mma_constant(name):
+    """``CONV_MMA_<name>`` of ``kernels/conv_mma.cu``."""
+    return gpu._constant("conv_mma", f"CONV_MMA_{name}")
+
+
+def _keep_plan(key, plan):
+    if len(_implicit_plans) >= _MAX_PLANS:
+        _implicit_plans.clear()
+    _implicit_plans[key] = plan
+    return plan
+
+
+def _halo_shape(n, oh, ow, kh, kw, sw, dw, cw, row_words, bn):
+    """((lines, wp, rwp, scratch), shared memory in bytes before the table) of the halo kernel
+    in ``kernels/conv_mma.cu`` for this layer, or None where its two buffers of input lines
+    and its weights would take more than ``_HALO_MAX_BYTES`` or the layer has 2**30 output
+    pixels or more: the output rows a tile of pixels may span, the pixels of a line, the
+    weight rows' pitch in words (4 mod 8) and the words of the epilogue's scratch (row terms
+    and staging tiles of int32 sums)."""
+    bm = _mma_constant("BM")
+    if n * oh * ow >= 2**30:  # its pixel indices are 32-bit
+        return None
+    lines = min((bm - 1) // ow + 2, n * oh)
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1
+    rwp = -(-row_words // 4) * 4
+    rwp += 4 if rwp % 8 == 0 else 0
+    halo_words = -(-lines * kh * wp * cw // 2) * 2
+    staging = _mma_constant("WARPS_M") * (bn // 64) * 16 * _mma_constant("STAGE_LD")  # ints
+    scratch = -(-(bm + staging) * 4 // 8)
+    if (bn * rwp + 2 * halo_words) * 8 > _HALO_MAX_BYTES:
+        return None
+    return (lines, wp, rwp, scratch), (scratch + bn * rwp + 2 * halo_words) * 8 + (rwp + 4 * bm) * 4
+
+
+def _resident_blocks(smem, warps_n):
+    """How many blocks of the halo kernel a multiprocessor holds at once: its registers
+    (CONV_HALO_BLOCKS of one warp along O) and its 228 KiB of shared memory."""
+    by_smem = (228 * 1024) // (smem + 1024)  # a block also takes 1 KiB reserved
+    return max(1, min(gpu._constant("conv_mma", "CONV_HALO_BLOCKS") // warps_n, by_smem))
+
+
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
-    """(launch, window taps (device), then the four items of :func:`_border_classes`) of the
-    implicit-GEMM kernel for this shape, cached per device."""
+    """(launch, its arrays after the output (window taps for the gather kernel, none for the
+    halo kernel), then the four items of :func:`_border_classes`) of the implicit-GEMM kernel
+    for this shape, cached per device."""
     cupy = gpu._cupy()
-    key = (cupy.cuda.runtime.getDevice(), x_shape, o, row_words, geometry, cg, pad_value, pack)
+    key = (cupy.cuda.runtime.getDevice(), x_shape, o, row_words, geometry, cg, pad_value, pack, _HALO, _HALO_BLOCKS)
     plan = _implicit_plans.get(key)
     if plan is not None:
         return plan
@@ -240,30 +294,41 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     if oh * ow >= 2**31 or h * w * cw >= 2**31 or window >= 2**31 - 8:
         raise ValueError(f"the GPU convolution takes images of at most 2**31 - 1 output pixels and words, got "
                          f"{oh} x {ow} output pixels, {h} x {w} x {cw} words and {window} words per window")
-    # Stages of 8 words (two mma steps), but of 4 for a fused layer of fewer than 64 words
-    # a window: the faster on the ResNet-18 layers (benchmarks/RESULTS.md).
-    kstep = 4 if pack and window < 64 else 8
     bn = _block_columns(o)
     warps_n = bn // 64
 
-    def const(name):
-        return gpu._constant("conv_mma", f"CONV_MMA_{name}")
-
-    bm = const("BM")
+    bm = _mma_constant("BM")
     classes = _border_classes(geometry)
     x_classes = classes[3].shape[0]
     n_classes = _classes_of(geometry, pad_value)
+    m = n * oh * ow
+    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value, x_classes,
+               n_classes)
+    grid, block = (-(-m // bm), -(-o // bn)), (_mma_constant("WARPS_M") * warps_n * 32,)
+    # The halo kernel for int32 sums where it fits; the fused layer measured as fast on the gather kernel.
+    halo = _halo_shape(n, oh, ow, kh, kw, sw, dw, cw, row_words, bn) if _HALO and not pack else None
+    if halo is not None:
+        smem = halo[1] + n_classes * bn * 4
+        # The kernel's shared memory limit is set once, for the largest layer it may take: lines and
+        # weights, the scratch and the small arrays (under 64 KiB), the table.
+        function = gpu._function("conv_mma", f"conv_halo_n{warps_n}",
+                                 _HALO_MAX_BYTES + 64 * 1024 + _MAX_TABLE_BYTES)
+        # Persistent blocks: as many as the device holds at once, each taking every so many tiles.
+        blocks = _resident_blocks(smem, warps_n) * gpu._device()[1] if _HALO_BLOCKS is None else _HALO_BLOCKS
+        grid = (min(grid[0], blocks), grid[1])
+        launch = gpu._GemmLaunch(function, grid, block, smem, "conv",
+                                 tuple(v & (2**64 - 1) for v in scalars + halo[0]), n_arrays=7)
+        return _keep_plan(key, (launch, ()) + classes)
+    # Stages of 8 words (two mma steps), but of 4 for a fused layer of fewer than 64 words
+    # a window: the faster on the ResNet-18 layers (benchmarks/RESULTS.md).
+    kstep = 4 if pack and window < 64 else 8
     # stages, rows' origins, coordinates and classes, the block's columns of the table
-    base = const("STAGES") * (bm + bn) * kstep * 8 + bm * 20
+    base = _mma_constant("STAGES") * (bm + bn) * kstep * 8 + bm * 20
     smem = base + n_classes * bn * 4
     # The kernel's shared memory limit is set once, for the largest table any layer may have.
     function = gpu._function("conv_mma", f"conv_mma_k{kstep}_n{warps_n}" + ("_pack" if pack else ""),
                              base + _MAX_TABLE_BYTES)
-    m = n * oh * ow
-    scalars = (m, o, row_words, kh * kw * cg, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, cw, pad_value, x_classes,
-               n_classes)
-    launch = gpu._GemmLaunch(function, (-(-m // bm), -(-o // bn)), (const("WARPS_M") * warps_n * 32,), smem, "conv",
-                             tuple(v & (2**64 - 1) for v in scalars), n_arrays=8)
+    launch = gpu._GemmLaunch(function, grid, block, smem, "conv", tuple(v & (2**64 - 1) for v in scalars), n_arrays=8)
     # Window word q is channel word q % cw of tap q // cw, at (row i * dh, column j * dw) of the window.
     q = np.arange(-(-row_words // kstep) * kstep)
     i, j = np.divmod(q // cw, kw)
@@ -272,11 +337,7 @@ def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
     if np.abs(taps).max() >= 2**31:
         raise ValueError(f"the GPU convolution takes windows spanning fewer than 2**31 words, got w.shape "
                          f"{kh} x {kw} with dilation {(dh, dw)} over {w} x {cw} words a row")
-    plan = (launch, gpu.to_device(taps.astype(np.int32))) + classes
-    if len(_implicit_plans) >= _MAX_PLANS:
-        _implicit_plans.clear()
-    _implicit_plans[key] = plan
-    return plan
+    return _keep_plan(key, (launch, (gpu.to_device(taps.astype(np.int32)),)) + classes)
 
 
 def _taps_outside(n_out, size, k, stride, dilation, pad):
@@ -372,7 +433,7 @@ def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None, p
     if m == 0 or o == 0:
         return cupy.zeros((m, o) if thresholds is None else (m, n_words(o)), dtype=np.int32 if thresholds is None else np.uint64)
     x = cupy.ascontiguousarray(x_words)
-    launch, taps, y_class, x_class = _implicit_plan(
+    launch, arrays, y_class, x_class = _implicit_plan(
         x.shape, o, w_rows.shape[1], geometry, cg, pad_value, thresholds is not None)[:4]
     table = _class_table(weights, geometry, pad_value, thresholds, prepared)
     if thresholds is None:
@@ -380,7 +441,7 @@ def _implicit_conv(x_words, weights, geometry, cg, pad_value, thresholds=None, p
     else:
         out = gpu._alloc(lambda: cupy.empty((m, n_words(o)), dtype=np.uint64), 8 * m * n_words(o),
                          "hold the layer's words")
-    launch(x, w_rows, table, pad, out, taps, y_class, x_class)
+    launch(x, w_rows, table, pad, out, *arrays, y_class, x_class)
     return out
 
 
