@@ -71,11 +71,13 @@ def main():
                         help="indices of the layers to time (default all)")
     parser.add_argument("--explicit", action="store_true",
                         help="time the explicit path (GEMM rows, then a GEMM kernel) instead of the implicit GEMM")
+    parser.add_argument("--gather", action="store_true",
+                        help="run every implicit GEMM as the gather kernel, not the halo kernel where it fits")
     args = parser.parse_args()
-    if args.explicit:
-        from xnorcore._backends import gpu_conv
+    from xnorcore._backends import gpu_conv
 
-        gpu_conv._IMPLICIT = False
+    gpu_conv._IMPLICIT = not args.explicit
+    gpu_conv._HALO = not args.gather
     try:
         import torch
     except ImportError:
@@ -84,7 +86,8 @@ def main():
                          capture_output=True, text=True).stdout.strip()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {smi}, CuPy {cupy.__version__}, "
           f"torch {getattr(torch, '__version__', 'absent')}, GEMM kernel {_gpu.config().get('kernel')}, "
-          f"{'explicit path' if args.explicit else 'implicit GEMM'}, batch {args.batch}")
+          f"{'explicit path' if args.explicit else 'implicit GEMM, gather kernel' if args.gather else 'implicit GEMM'}, "
+          f"batch {args.batch}")
     print("| layer | xnorcore int32 | xnorcore fused | cuDNN fp16 | int32 / fp16 | fused / fp16 | int32 device | "
           "fused device | device int32 / fp16 | device fused / fp16 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
