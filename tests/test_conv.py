@@ -530,12 +530,16 @@ W = np.ones((3, 3, 8, 4), dtype=np.float32)
         ((X, np.ones((6, 3, 8, 4))), {}, ValueError, r"the kernel is larger than the padded input: w.shape=\(6, 3, 8, 4\) .* x.shape=\(1, 5, 5, 8\)"),
         ((X, W), {"dilation": 3}, ValueError, r"the kernel is larger than the padded input: .* spans 7 x 7"),
         ((X, W), {"backend": "tpu"}, ValueError, r"backend must be one of \('auto', 'cpu', 'gpu'\), got backend='tpu'"),
-        ((X, W), {"stride": 0}, ValueError, r"stride must be a positive integer or a pair of them, got stride=0"),
-        ((X, W), {"stride": (1, 2, 3)}, ValueError, r"stride must be a positive integer or a pair"),
-        ((X, W), {"dilation": 1.5}, ValueError, r"dilation must be a positive integer or a pair of them, got dilation=1.5"),
+        ((X, W), {"stride": 0}, ValueError, r"stride must be a positive integer below 2\*\*31 or a pair of them, got stride=0"),
+        ((X, W), {"stride": (1, 2, 3)}, ValueError, r"stride must be a positive integer below 2\*\*31 or a pair"),
+        ((X, W), {"stride": 10**30}, ValueError, r"stride must be a positive integer below 2\*\*31 .* got stride=10{30}"),
+        ((X, W), {"dilation": 1.5}, ValueError, r"dilation must be a positive integer .* got dilation=1.5"),
+        ((X, W), {"dilation": (1, 2**31)}, ValueError, r"dilation must be a positive integer below 2\*\*31"),
         ((X, W), {"padding": "full"}, ValueError, r"padding must be 'valid', 'same', an int or \(\(top, bottom\), \(left, right\)\), got padding='full'"),
         ((X, W), {"padding": -1}, ValueError, r"padding must be .* got padding=-1"),
         ((X, W), {"padding": ((1, 2), 3)}, ValueError, r"padding must be .* got padding=\(\(1, 2\), 3\)"),
+        ((X, W), {"padding": 2**31}, ValueError, r"padding must be .* each below 2\*\*31, got padding=2147483648"),
+        ((X, W), {"padding": 2**31 - 1}, ValueError, r"the output would have 4294967297 x 4294967297 pixels an image"),
         ((X, W), {"pad_value": 2}, ValueError, r"pad_value must be 0, 1 or -1, got pad_value=2"),
         ((X, W), {"groups": 0}, ValueError, r"groups must be a positive integer, got groups=0"),
         ((X, W), {"n_threads": 0}, ValueError, r"n_threads must be None or a positive integer, got n_threads=0"),
@@ -685,3 +689,18 @@ def test_real_input_packed_in_the_conv_is_exact_and_checked_for_nan(variant, dty
             with pytest.raises(ValueError, match="x must not contain NaN"):
                 binary_conv2d_threshold_pack(bad, weights, direction[: weights.shape[3]],
                                              threshold[: weights.shape[3]], n_threads=n_threads)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same", 1])
+def test_an_empty_batch_gives_empty_outputs(padding):
+    """N = 0 images: outputs of shape (0, OH, OW, O), as numpy's operations give empty results."""
+    x, w = np.ones((0, 6, 5, 70), dtype=np.float32), np.ones((3, 3, 70, 4), dtype=np.float32)
+    want = conv_ref(np.ones((1, 6, 5, 70)), w, padding=padding).shape[1:]
+    for operand in (x, pack_bits(x, axis=3)):
+        z = binary_conv2d(operand, w, padding=padding)
+        assert z.shape == (0,) + want and z.dtype == np.int32
+        for pool in (False, True):
+            signs = binary_conv2d_threshold_pack(operand, w, np.ones(4, np.int8), np.zeros(4, np.int32),
+                                                 padding=padding, pool=pool)
+            spatial = (want[0] // 2, want[1] // 2) if pool else want[:2]
+            assert signs.shape == (0,) + spatial + (4,) and signs.words.shape == (0,) + spatial + (1,)

@@ -672,11 +672,15 @@ def _is_int(v):
     return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
+#: Strides, dilations and paddings are below this (the kernels' geometry is in C ints).
+_MAX_CONV_STEP = 2**31
+
+
 def _pair(value, name):
     """An int >= 1 or a pair of them, as a pair."""
     pair = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive integer or a pair of them, got {name}={value!r}")
+    if len(pair) != 2 or not all(_is_int(v) and 1 <= v < _MAX_CONV_STEP for v in pair):
+        raise ValueError(f"{name} must be a positive integer below 2**31 or a pair of them, got {name}={value!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -727,7 +731,7 @@ def _check_conv_geometry(x_shape, w_shape, stride, padding, dilation):
         rows = cols = padding
     else:
         def count(v):
-            if not _is_int(v) or v < 0:
+            if not _is_int(v) or not 0 <= v < _MAX_CONV_STEP:
                 raise ValueError
             return int(v)
 
@@ -740,7 +744,7 @@ def _check_conv_geometry(x_shape, w_shape, stride, padding, dilation):
         except (TypeError, ValueError):
             raise ValueError(
                 "padding must be 'valid', 'same', a non-negative int or ((top, bottom), (left, right)) "
-                f"of non-negative ints, got padding={padding!r}"
+                f"of non-negative ints, each below 2**31, got padding={padding!r}"
             ) from None
     pt, pb = _conv_padding(rows, h, kh, sh, dh)
     pl, pr = _conv_padding(cols, w, kw, sw, dw)
@@ -753,6 +757,11 @@ def _check_conv_geometry(x_shape, w_shape, stride, padding, dilation):
         )
     oh = (h + pt + pb - span_h) // sh + 1
     ow = (w + pl + pr - span_w) // sw + 1
+    if oh * ow >= 2**40:  # more output pixels an image than any memory holds
+        raise ValueError(
+            f"the output would have {oh} x {ow} pixels an image: x.shape={tuple(x_shape)} padded by "
+            f"{((pt, pb), (pl, pr))} with stride={(sh, sw)}"
+        )
     return (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr)
 
 
