@@ -885,6 +885,14 @@ def test_atomic_write_new_file(tmp_path):
     assert (tmp_path / "g").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_atomic_write_names_a_missing_folder(tmp_path):
+    target = tmp_path / "no" / "m.xnor"
+    with pytest.raises(FileNotFoundError, match=f"{target}: the folder {target.parent} does not exist"):
+        with atomic_write(target):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_refuses_non_regular_targets(tmp_path):
     os.mkfifo(tmp_path / "p")
     with pytest.raises(OSError, match="exists and is not a regular file"):

@@ -26,6 +26,8 @@ def atomic_write(path):
 
     Raises
     ------
+    FileNotFoundError
+        If the folder of ``path`` does not exist.
     OSError
         If ``path`` exists and is not a regular file (a device, a FIFO or a
         folder is never replaced), or the folder cannot be written.
@@ -37,6 +39,8 @@ def atomic_write(path):
         mode = None
     if mode is not None and not os.path.isfile(path):
         raise OSError(f"{path} exists and is not a regular file")
+    if not path.parent.is_dir():  # named here, not as the temporary file that mkstemp would name
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
