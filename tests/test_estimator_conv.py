@@ -214,3 +214,9 @@ def test_images_of_another_shape_are_rejected(fitted, digits):
         fitted.predict(X.reshape(-1, 4, 16, 1))
     with pytest.raises(ValueError, match=r"X holds images of shape \(4, 16, 1\), but image_shape"):
         _cnn().fit(X.reshape(-1, 4, 16, 1), y)
+
+
+@pytest.mark.parametrize("image_shape", [(0, 5, 1), (5, 5), (5, 5, 1.5), "28x28"])
+def test_recommended_conv_layers_names_a_bad_image_shape(image_shape):
+    with pytest.raises(ValueError, match=r"image_shape must be a tuple \(height, width, channels\) of positive ints"):
+        recommended_conv_layers(image_shape)

@@ -468,3 +468,34 @@ def test_train_releases_the_networks_step_graph(monkeypatch):
         train(net, opt, X, y, TrainingHistory(), epochs=2, batch_size=32, learning_rate_init=1e-2,
               lr_schedule="cosine", reg=0.0, shuffle=True, rng=np.random.RandomState(2))
     assert net not in _graph._steps
+
+
+_LOGITS = np.zeros((4, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((_LOGITS[0], np.zeros(3, int)), {}, r"logits must be a 2-D float array \(n_samples, n_classes\), got \(3,\)"),
+        ((_LOGITS.astype(int), np.zeros(4, int)), {}, r"logits must be a 2-D float array"),
+        ((_LOGITS, np.zeros(2, int)), {}, r"y must be an integer array of shape \(4,\), one class index per row"),
+        ((_LOGITS, np.zeros(4)), {}, r"y must be an integer array of shape \(4,\).* of float64"),
+        ((_LOGITS, np.array([0, 1, 2, 3])), {}, r"y must hold class indices in \[0, 3\), got values from 0 to 3"),
+        ((_LOGITS, np.array([0, -1, 2, 1])), {}, r"y must hold class indices in \[0, 3\), got values from -1 to 2"),
+        ((_LOGITS, np.zeros(4, int), np.ones(3, np.float32), 3.0), {}, r"sample_weight must have shape \(4,\), got \(3,\)"),
+        ((_LOGITS, np.zeros(4, int), np.ones(4, np.float32)), {}, r"weight_sum must be the positive sum of sample_weight"),
+        ((_LOGITS, np.zeros(4, int)), {"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\), got label_smoothing=1.0"),
+        ((_LOGITS, np.zeros(4, int)), {"label_smoothing": -0.1}, r"label_smoothing must be in \[0, 1\)"),
+    ],
+)
+def test_softmax_cross_entropy_bad_input_is_a_clear_error(args, kwargs, match):
+    """Out-of-range labels would index other rows' classes (or wrap around): a silent wrong loss."""
+    with pytest.raises(ValueError, match=match):
+        softmax_cross_entropy(*args, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
+def test_softmax_cross_entropy_needs_a_row_and_a_class(shape):
+    """The mean over no rows has no value (no division by zero inside)."""
+    with pytest.raises(ValueError, match=r"logits must have at least one row and one class, got shape"):
+        softmax_cross_entropy(np.zeros(shape, dtype=np.float32), np.zeros(shape[0], dtype=int))

@@ -716,8 +716,9 @@ def recommended_conv_layers(image_shape):
     and twice as many in each next one, as long as the pooled image keeps at
     least 4 pixels a side (three stages at most): ``(32, "pool", 64, "pool")``
     for 28x28 MNIST digits.  Images too small to pool get one convolution.
+    ``image_shape`` that is not 3 positive ints is a ValueError.
     """
-    h, w, _ = image_shape
+    h, w, _ = check_image_shape(image_shape)
     side = min(h, w)
     out = []
     channels = 32

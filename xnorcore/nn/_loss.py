@@ -36,6 +36,16 @@ def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None, label_
         ``label_smoothing / n_classes`` on every class (Szegedy et al., 2016),
         as ``label_smoothing`` in Keras' and PyTorch's cross-entropy losses.
 
+    Raises
+    ------
+    ValueError
+        Where ``logits`` is not a 2-D float array of one row and one class at
+        least, ``y`` does not hold one class index in ``[0, n_classes)`` per
+        row, ``sample_weight`` does not hold one weight per row, ``weight_sum``
+        is not positive or ``label_smoothing`` is not in [0, 1).  (Checking
+        ``y``'s values reads them: on cupy arrays that waits for the device;
+        training calls the loss unchecked.)
+
     Returns
     -------
     loss : 0-d array
@@ -43,6 +53,31 @@ def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None, label_
     grad : ndarray of shape (n_samples, n_classes)
         Gradient of ``loss`` with respect to ``logits``.
     """
+    xp = get_array_module(logits)
+    if getattr(logits, "ndim", None) != 2 or logits.dtype.kind != "f":
+        raise ValueError(f"logits must be a 2-D float array (n_samples, n_classes), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)} of {getattr(logits, 'dtype', None)}")
+    n, k = logits.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {logits.shape}")
+    if getattr(y, "shape", None) != (n,) or y.dtype.kind not in "iu":
+        raise ValueError(f"y must be an integer array of shape ({n},), one class index per row of logits, got "
+                         f"{getattr(y, 'shape', type(y).__name__)} of {getattr(y, 'dtype', None)}")
+    if not (0 <= int(y.min()) and int(y.max()) < k):
+        raise ValueError(f"y must hold class indices in [0, {k}), got values from {int(y.min())} to {int(y.max())}")
+    if sample_weight is not None:
+        if getattr(sample_weight, "shape", None) != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {getattr(sample_weight, 'shape', None)}")
+        if weight_sum is None or not weight_sum > 0:
+            raise ValueError(f"weight_sum must be the positive sum of sample_weight, got weight_sum={weight_sum!r}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got label_smoothing={label_smoothing!r}")
+    return cross_entropy(logits, y, sample_weight, weight_sum, label_smoothing)
+
+
+def cross_entropy(logits, y, sample_weight=None, weight_sum=None, label_smoothing=0.0):
+    """:func:`softmax_cross_entropy` without its checks, for the training loop
+    (whose labels were checked once, when they entered :meth:`fit`)."""
     xp = get_array_module(logits)
     n = logits.shape[0]
     logp = log_softmax(logits)

@@ -22,7 +22,7 @@ import numpy as np
 from .._array import get_array_module, is_cupy, to_module, to_numpy
 from ..ops import PackedBits, unpack_bits
 from ._layers import BatchNorm, Dense, ReLU, Sign
-from ._loss import softmax_cross_entropy
+from ._loss import cross_entropy
 
 _F32 = np.float32
 
@@ -308,7 +308,7 @@ class Network(BlockStack):
                 "it can predict but not train"
             )
         logits = self.forward(x, training=True, rng=rng)
-        loss, grad = softmax_cross_entropy(logits, y, sample_weight, weight_sum, self.label_smoothing)
+        loss, grad = cross_entropy(logits, y, sample_weight, weight_sum, self.label_smoothing)
         self.backward(grad)
         params = self.params()
         if reg:
