@@ -704,3 +704,14 @@ def test_an_empty_batch_gives_empty_outputs(padding):
                                                  padding=padding, pool=pool)
             spatial = (want[0] // 2, want[1] // 2) if pool else want[:2]
             assert signs.shape == (0,) + spatial + (4,) and signs.words.shape == (0,) + spatial + (1,)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_no_input_channels_give_the_signs_of_zero_sums(pool):
+    """C = 0: every sum is 0, so each output's sign is that of -threshold (direction 0 included)."""
+    direction, threshold = np.array([1, -1, 0, 1, -1]), np.array([0, 0, 0, 1, -1])
+    got = binary_conv2d_threshold_pack(np.ones((2, 4, 5, 0)), np.ones((3, 3, 0, 5)), direction, threshold,
+                                       padding="same", pool=pool)
+    z = np.zeros((2, 4, 5, 5), dtype=np.int64)
+    want = threshold_ref(z, direction, threshold)
+    np.testing.assert_array_equal(unpack_bits(got), pool_ref(want) if pool else want)

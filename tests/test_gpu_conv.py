@@ -312,3 +312,21 @@ def test_gpu_xnor_training_forward_equals_the_float_product(n, h, w, c, o, k, st
         graph.launch()
     stream.synchronize()
     np.testing.assert_array_equal(cupy.asnumpy(captured), cupy.asnumpy(out[0]))
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_gpu_empty_batch_and_no_channels(pool):
+    """N = 0 gives empty device outputs; C = 0 the signs of zero sums, on the device."""
+    import cupy
+
+    w = np.ones((3, 3, 70, 4), dtype=np.float32)
+    z = binary_conv2d(_device(np.ones((0, 6, 5, 70))), _device(w), padding="same")
+    assert isinstance(z, cupy.ndarray) and z.shape == (0, 6, 5, 4)
+    signs = binary_conv2d_threshold_pack(_device(np.ones((0, 6, 5, 70))), _device(w), np.ones(4, np.int8),
+                                         np.zeros(4, np.int32), padding="same", pool=pool)
+    assert isinstance(signs.words, cupy.ndarray) and signs.shape == ((0, 3, 2, 4) if pool else (0, 6, 5, 4))
+    direction, threshold = np.array([1, -1, 0, 1]), np.array([0, 0, 0, 1])
+    got = binary_conv2d_threshold_pack(_device(np.ones((2, 4, 5, 0))), _device(np.ones((3, 3, 0, 4))), direction,
+                                       threshold, padding="same", pool=pool)
+    want = threshold_ref(np.zeros((2, 4, 5, 4), dtype=np.int64), direction, threshold)
+    np.testing.assert_array_equal(cupy.asnumpy(unpack_bits(got)), pool_ref(want) if pool else want)

@@ -1023,7 +1023,7 @@ def binary_conv2d(x, w, *, stride=1, padding="valid", dilation=1, groups=1, pad_
         x, w, stride, padding, dilation, groups, pad_value, n_threads, backend
     )
     n, o = x_words.shape[0], w_words.shape[2]
-    if cg == 0:
+    if cg == 0 or n == 0:  # no channels: sums of nothing; no images: nothing to compute
         return get_array_module(x_words).zeros((n, geometry[2], geometry[3], o), dtype=np.int32)
     return backend.conv2d(x_words, w_words, geometry, int(groups), cg, pad_value, n_threads, prepared)
 
@@ -1119,14 +1119,17 @@ def binary_conv2d_threshold_pack(x, w, direction, threshold, *, pool=False, stri
     direction, threshold = _conv_thresholds(direction, threshold, o)
     oh, ow = geometry[2], geometry[3]
     shape = (n, oh // 2, ow // 2, o) if pool else (n, oh, ow, o)
+    xp = get_array_module(x_words)
+    if n == 0:
+        return PackedBits._trusted(xp.zeros(shape[:3] + (n_words(o),), dtype=np.uint64), shape, 3)
     if cg == 0:
-        z = get_array_module(x_words).zeros((n, oh, ow, o), dtype=np.int32)
+        z = xp.zeros((n, oh, ow, o), dtype=np.int32)
         words = backend.threshold_pack(
             z.reshape(-1, o), direction, threshold
         ).reshape(n, oh, ow, n_words(o))
-        if pool:
+        if pool:  # every sum is 0: each window's four signs are the same
             words = words[:, : 2 * shape[1] : 2, : 2 * shape[2] : 2]
-        return PackedBits._trusted(np.ascontiguousarray(words), shape, 3)
+        return PackedBits._trusted(xp.ascontiguousarray(words), shape, 3)
     words = backend.conv2d_threshold_pack(
         x_words, w_words, geometry, int(groups), cg, pad_value, direction, threshold, bool(pool), n_threads,
         prepared,
