@@ -53,7 +53,6 @@ def softmax_cross_entropy(logits, y, sample_weight=None, weight_sum=None, label_
     grad : ndarray of shape (n_samples, n_classes)
         Gradient of ``loss`` with respect to ``logits``.
     """
-    xp = get_array_module(logits)
     if getattr(logits, "ndim", None) != 2 or logits.dtype.kind != "f":
         raise ValueError(f"logits must be a 2-D float array (n_samples, n_classes), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)} of {getattr(logits, 'dtype', None)}")
