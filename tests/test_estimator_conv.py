@@ -193,6 +193,7 @@ def test_rows_without_image_shape_are_one_pixel_high_images(digits):
     (dict(conv_layers=(8, "max")), "conv_layers items must be"),
     (dict(conv_layers=((8, (3, 3, 3)),)), "conv_layers items must be"),
     (dict(conv_layers=(True,)), "conv_layers items must be"),
+    (dict(conv_layers=([8, 3, 3],)), r"conv_layers items must be .* got \(8, 3, 3\)"),
     (dict(conv_layers=(8, "pool", "pool", "pool", "pool")), r"pools an 1x1 image"),
 ])
 def test_bad_conv_configuration_names_the_parameter(digits, params, match):
@@ -220,3 +221,9 @@ def test_images_of_another_shape_are_rejected(fitted, digits):
 def test_recommended_conv_layers_names_a_bad_image_shape(image_shape):
     with pytest.raises(ValueError, match=r"image_shape must be a tuple \(height, width, channels\) of positive ints"):
         recommended_conv_layers(image_shape)
+
+
+def test_conv_layers_items_may_be_lists():
+    """As a JSON or YAML configuration gives them: the same network as with tuples."""
+    assert normalize_conv_layers([[8, 5], "pool", [16, [3, 5]], 4]) == normalize_conv_layers(
+        ((8, 5), "pool", (16, (3, 5)), 4))

@@ -52,7 +52,7 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
     ``c`` output channels, then batch norm and sign), ``"pool"`` (2x2 max-pool
     with stride 2: of the sums, before batch norm and sign, when it follows a
     convolution) or a tuple ``(c, k)`` with ``k`` an int or ``(kh, kw)``:
-    the convolution with that kernel size.
+    the convolution with that kernel size (lists for tuples too, as JSON gives them).
 
     Raises
     ------
@@ -68,6 +68,8 @@ def normalize_conv_layers(conv_layers, name="conv_layers"):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
     for item in conv_layers:
+        if isinstance(item, list):  # as JSON and YAML configurations give tuples
+            item = tuple(tuple(v) if isinstance(v, list) else v for v in item)
         # (the normalized items themselves are accepted too)
         if isinstance(item, tuple) and item == ("pool",):
             item = "pool"
