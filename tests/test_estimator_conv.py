@@ -227,3 +227,12 @@ def test_conv_layers_items_may_be_lists():
     """As a JSON or YAML configuration gives them: the same network as with tuples."""
     assert normalize_conv_layers([[8, 5], "pool", [16, [3, 5]], 4]) == normalize_conv_layers(
         ((8, 5), "pool", (16, (3, 5)), 4))
+
+
+@pytest.mark.parametrize("conv_layers", [("pool",), ("pool", "pool"), ("pool", 8)])
+def test_pools_on_the_pixels_predict_as_the_float_path(digits, conv_layers):
+    """Pools before any convolution pool the pixels; the packed path takes the signs that the
+    float path's first dense layer reads (a network of pools alone once failed to predict)."""
+    X, y = digits
+    clf = _cnn(conv_layers=conv_layers, max_iter=2).fit(X, y)
+    np.testing.assert_array_equal(clf._logits(X), clf._logits(X, packed=False))

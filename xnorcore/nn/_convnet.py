@@ -309,6 +309,8 @@ class ConvFeatures(BlockStack):
                 words = backend_for(z).threshold_pack(z, item.direction, item.threshold)
                 h = PackedBits(words.reshape(n, oh, ow, -1), (n, oh, ow, o), 3)
             item.activation = h
+        if not isinstance(h, PackedBits):  # pools alone, on the pixels: the head reads their signs
+            h = pack_bits(h, axis=3)
         return flatten_packed(h)
 
     def drop_training_state(self):
