@@ -59,11 +59,9 @@
 static constexpr int CONV_MMA_BM = 128;
 static constexpr int CONV_MMA_WARPS_M = 4;
 static constexpr int CONV_MMA_STAGES = 3;
-// Blocks per multiprocessor asked of the compiler for one warp along O (half for two):
-// 16 warps a multiprocessor at 128 registers a thread.
+// Blocks per multiprocessor asked of the compiler for one warp along O (half for two), by both
+// kernels: 16 warps a multiprocessor at 128 registers a thread (6 made the halo kernel spill).
 static constexpr int CONV_MMA_BLOCKS = 4;
-// The same for the halo kernels, which keep no stage buffers in registers.
-static constexpr int CONV_HALO_BLOCKS = 4;
 // Row pitch (ints) of the int32 epilogue's staging tiles, 16 x 64 per warp after the row terms:
 // 72 spreads both access patterns over all banks.  (BM + 4 * WARPS_N * 16 * 72) * 4 bytes fit in
 // the stage buffers of the int32 kernels (KSTEP 8).
@@ -491,7 +489,7 @@ __device__ __forceinline__ void conv_mma_body(
 // memory: the epilogue's scratch (`scratch` words), the weights, two buffers of halo_words
 // (lines * kh * wp * cw, rounded up to even) words, then tap_off, the pixel offsets and border
 // classes of both buffers, and the table.  KSTEP 4: each k step is one mma step.  The layer has
-// fewer than 2**31 - BM * gridDim.x output pixels.
+// fewer than 2**30 output pixels.
 template <int WARPS_N>
 __device__ __forceinline__ void conv_halo_body(
     const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,
@@ -551,7 +549,7 @@ __device__ __forceinline__ void conv_halo_body(
 
     // Copies tile `tile`'s lines into buffer `buf` and writes its pixels' offsets; returns the
     // border class of the thread's pixel (threads < BM), loaded now and stored by the caller.
-    // Pixel and row indices are 32-bit (m < 2**31: the Python side checks), as divisions by the
+    // Pixel and row indices are 32-bit (m < 2**30: the Python side checks), as divisions by the
     // layer's sizes are much of a tile's instructions.
     auto load_tile = [&](const unsigned tile, const int buf) {
         const unsigned row0 = tile * BM, line0 = row0 / (unsigned)s.ow;  // the output row of the tile's first pixel
@@ -689,7 +687,7 @@ XNORCORE_CONV_MMA(conv_mma_k8_n2_pack, 8, 2, true)
 // lines * kh * wp * cw rounded up to even.  Arguments as above without taps, then lines, wp,
 // rwp and scratch.
 #define XNORCORE_CONV_HALO(NAME, WARPS_N)                                                                      \
-    extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_HALO_BLOCKS / WARPS_N)   \
+    extern "C" __global__ void __launch_bounds__(CONV_MMA_WARPS_M * WARPS_N * 32, CONV_MMA_BLOCKS / WARPS_N)    \
     NAME(const u64* __restrict__ x, const u64* __restrict__ w_rows, const void* __restrict__ table,             \
          const u64* __restrict__ pad, void* __restrict__ out, const int* __restrict__ y_class,                   \
          const int* __restrict__ x_class, long long m, long long o, long long row_words, long long k,            \

@@ -81,7 +81,7 @@ def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None):
         if prepared is not None:
             prepared[key] = weights
     panels, corr, pad = weights
-    x = x_words.reshape(x_words.shape[:3] + (int(np.prod(x_words.shape[3:])),))  # (N, H, W, words); N may be 0
+    x = x_words.reshape(x_words.shape[:3] + (-1,))
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     c_geometry = (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, kh * kw * cg)

@@ -274,9 +274,9 @@ def _halo_shape(n, oh, ow, kh, kw, sw, dw, cw, row_words, bn):
 
 def _resident_blocks(smem, warps_n):
     """How many blocks of the halo kernel a multiprocessor holds at once: its registers
-    (CONV_HALO_BLOCKS of one warp along O) and its 228 KiB of shared memory."""
+    (CONV_MMA_BLOCKS of one warp along O) and its 228 KiB of shared memory."""
     by_smem = (228 * 1024) // (smem + 1024)  # a block also takes 1 KiB reserved
-    return max(1, min(gpu._constant("conv_mma", "CONV_HALO_BLOCKS") // warps_n, by_smem))
+    return max(1, min(_mma_constant("BLOCKS") // warps_n, by_smem))
 
 
 def _implicit_plan(x_shape, o, row_words, geometry, cg, pad_value, pack):
