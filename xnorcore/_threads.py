@@ -7,10 +7,13 @@ count such as ``10**6`` (or ``OMP_NUM_THREADS=100000``) exhausts the stacks of
 the process and crashes it, while more threads than CPUs cannot go faster.
 """
 
+import contextlib
+import contextvars
 import numbers
 import os
 
-__all__ = ["MIN_THREAD_WORK_NS", "available_cpus", "check_n_threads", "kernel_threads", "work_threads"]
+__all__ = ["MIN_THREAD_WORK_NS", "available_cpus", "check_n_threads", "kernel_threads", "training_thread_count",
+           "training_threads", "work_threads"]
 
 #: A kernel called with ``n_threads=None`` runs on more than one thread only
 #: when each thread gets at least this much work (nanoseconds on one core, as
@@ -77,3 +80,22 @@ def work_threads(n_threads, work_ns=None):
     if n_threads is None and work_ns is not None:
         return max(1, min(limit, int(work_ns // MIN_THREAD_WORK_NS)))
     return limit
+
+
+_training_threads = contextvars.ContextVar("xnorcore_training_threads", default=1)
+
+
+def training_threads():
+    """The thread count of the CPU kernels inside a training step: 1, unless
+    :func:`training_thread_count` set another for the fit that runs it."""
+    return _training_threads.get()
+
+
+@contextlib.contextmanager
+def training_thread_count(n):
+    """Within this context (of this thread), training steps run their CPU kernels on ``n`` threads."""
+    token = _training_threads.set(kernel_threads(n))
+    try:
+        yield
+    finally:
+        _training_threads.reset(token)

@@ -3,7 +3,7 @@
 """CPU kernels of the training loop (private): the signs of float32 activations,
 the Adam update, the 2x2 max-pool of float32 NHWC activations and the patch matrix of a convolution
 (im2col) with its adjoint, each one pass over memory where numpy needs
-several.  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
+several; and the bfloat16 products of the backward pass (``csrc/bf16_gemm.h``).  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
 its array expressions); the functions here trust shapes and dtypes.
 """
 
@@ -11,6 +11,34 @@ from cython.parallel cimport prange
 from libc.math cimport sqrtf
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy, memset
+
+
+cdef extern from "bf16_gemm.h" nogil:
+    int xnor_bf16_supported()
+    int xnor_bf16_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                       const float *b, int64_t brs, int64_t bcs, float *c, int64_t ldc, int n_threads)
+
+
+def bf16_supported():
+    """Whether this CPU runs :func:`bf16_matmul` (AVX512-BF16, its state saved by the OS)."""
+    return bool(xnor_bf16_supported())
+
+
+def bf16_matmul(const float[:, :] a, const float[:, :] b, float[:, ::1] out, int n_threads):
+    """``out = a @ b`` in float32 from operands rounded to bfloat16 (``csrc/bf16_gemm.h``).
+
+    ``a`` and ``b`` may be any strided views (a transpose costs no copy).  Returns 0,
+    -1 where the CPU lacks AVX512-BF16, -2 where a buffer could not be allocated.
+    """
+    cdef int64_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    cdef int status
+    cdef const float *pa = &a[0, 0] if m > 0 and k > 0 else NULL
+    cdef const float *pb = &b[0, 0] if k > 0 and n > 0 else NULL
+    with nogil:
+        status = xnor_bf16_gemm(m, n, k, pa, a.strides[0] // 4, a.strides[1] // 4,
+                                pb, b.strides[0] // 4, b.strides[1] // 4, &out[0, 0] if m > 0 and n > 0 else NULL,
+                                out.strides[0] // 4, n_threads)
+    return status
 
 
 def signs(const float[::1] x, float[::1] out, int n_threads):

@@ -65,6 +65,20 @@ Operations
     a transposed C-contiguous array).  The GPU calls cuBLAS itself for float32,
     so that a training step can be captured into a CUDA graph (CuPy's own
     products refuse capture; :mod:`xnorcore.nn._graph`).
+``bf16_matmul(a, b, out=None, n_threads=1) -> float32 (M, N)``
+    ``a @ b`` of float32 2-D arrays (any strides) from operands rounded to
+    bfloat16 (nearest even), the sums float32: the backward products of
+    training that have a +-1 operand, which bfloat16 holds exactly.  ``out``:
+    a C-contiguous (M, N) float32 array to write.  None where the backend has
+    none (the GPU).
+``prefers_bf16_backward``
+    Whether ``BNNClassifier(backward_dtype="auto")`` takes ``bf16_matmul``:
+    where the device computes it natively (AVX512-BF16), twice as fast as
+    float32.
+``training_context(bf16_backward)``
+    A context manager for a fit: the CPU's sets the threads of BLAS and of the
+    kernels of a training step (``xnorcore._threads.training_threads``) for
+    float32 or bfloat16 backward products.
 ``xnor_gemm(a_words, b_words, k, n_threads) -> int32 (M, N)``
     ``a_words`` (M, W) and ``b_words`` (N, W), ``W = ceil(k / 64)``; the result
     is ``k - 2 popcount(a ^ b)``.

@@ -16,6 +16,19 @@ def threshold_pack(z, direction, threshold):
     return pack_bits(z, axis=1).words
 
 
+def round_bf16(x):
+    """Float32 ``x`` rounded to bfloat16, as float32: to nearest, ties to even; zeros and
+    subnormals to the zero of their sign, infinities and NaN kept (as AVX512-BF16 rounds)."""
+    xp = get_array_module(x)
+    u = xp.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    exponent = u & np.uint32(0x7F800000)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+    rounded = xp.where(exponent == 0, u & np.uint32(0x80000000), rounded)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = xp.where(nan, (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000), rounded)
+    return rounded.view(np.float32)
+
+
 def real_layer(words, k, w, rows=1024):
     """``unpack(words) @ w`` in float64, unpacking blocks of rows that stay in cache.
 

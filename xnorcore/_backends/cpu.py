@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _bitpack, _train
 from ..ops import _signs
-from .._threads import MIN_THREAD_WORK_NS, kernel_threads, work_threads
+from .._threads import MIN_THREAD_WORK_NS, kernel_threads, training_thread_count, training_threads, work_threads
 from . import _common
 from . import cpu_conv as _cpu_conv
 
@@ -167,11 +167,11 @@ def pack_cols(x, n_threads=None):
 
 def signs(x, dtype):
     """``sign(x)`` as ``dtype``; see :mod:`xnorcore._backends`.  Float32 arrays take one pass
-    of a kernel (on one thread, as the training loop's other copies) instead of four."""
+    of a kernel (on the training step's threads, as the training loop's other copies) instead of four."""
     if x.dtype != np.float32 or np.dtype(dtype) != np.float32 or not x.flags.c_contiguous:
         return _signs(x, dtype)
     out = np.empty_like(x)
-    _train.signs(x.reshape(-1), out.reshape(-1), 1)
+    _train.signs(x.reshape(-1), out.reshape(-1), training_threads())
     return out
 
 #: No fused batch norm: the layers' array operations are as fast here.
@@ -202,6 +202,43 @@ def sign_pack_cols(w, n_threads=None):
 def matmul(a, b):
     """``a @ b`` of training's products (BLAS through numpy); see :mod:`xnorcore._backends`."""
     return a @ b
+
+
+#: Whether this CPU has the bfloat16 products of :func:`bf16_matmul` (AVX512-BF16),
+#: which do twice the float32 multiply-adds a cycle (benchmarks/RESULTS.md).
+has_bf16 = _train.bf16_supported()
+
+#: ``BNNClassifier(backward_dtype="auto")`` takes bfloat16 products where they are fast.
+prefers_bf16_backward = has_bf16
+
+
+def _padded_tiles(m, n):
+    """The elements of C that the bfloat16 kernel's 8 x 48 tiles cover."""
+    return -(-m // 8) * 8 * (-(-n // 48) * 48)
+
+
+def bf16_matmul(a, b, out=None, n_threads=1):
+    """``a @ b`` in float32 from bfloat16 operands; see :mod:`xnorcore._backends`.
+
+    The AVX512-BF16 kernel where the CPU has it (computing ``(b.T @ a.T).T``,
+    a transposed array, where its tiles fit that way round a tenth better, unless
+    ``out`` is given), else both
+    operands rounded by array operations and multiplied by BLAS.
+    """
+    if not has_bf16:
+        return np.matmul(_common.round_bf16(a), _common.round_bf16(b), out=out)
+    a, b = (x if x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0 else x.copy() for x in (a, b))
+    m, n = a.shape[0], b.shape[1]
+    if out is None and _padded_tiles(n, m) < 0.9 * _padded_tiles(m, n):
+        result = np.empty((n, m), dtype=np.float32)
+        status = _train.bf16_matmul(b.T, a.T, result, n_threads)
+        result = result.T
+    else:
+        result = np.empty((m, n), dtype=np.float32) if out is None else out
+        status = _train.bf16_matmul(a, b, result, n_threads)
+    if status == -2:
+        raise MemoryError("bf16_matmul could not allocate its packing buffers")
+    return result
 
 
 def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
@@ -314,6 +351,23 @@ def real_layer(words, k, w):
 
 
 _blas_controller = None
+
+
+@contextlib.contextmanager
+def training_context(bf16_backward):
+    """The threads of a fit; see :mod:`xnorcore._backends`.
+
+    With float32 products OpenBLAS takes every core for them, and the kernels
+    of a step run on one thread: OpenBLAS's threads spin for a while after each
+    of its calls, and a kernel's second thread would wait for their core.  With
+    bfloat16 backward products the large products are the kernel's, so the
+    kernels take every core and BLAS (the real first and last layers) one.
+    """
+    if not bf16_backward:
+        yield
+        return
+    with _one_blas_thread(), training_thread_count(None):
+        yield
 
 
 def _one_blas_thread():

@@ -451,6 +451,16 @@ def adam_update(p, g, m, v, b1, b2, eps, step, clip, n_threads=None):
            p, m, v)
 
 
+#: No bfloat16 products on the GPU (``BNNClassifier(backward_dtype="bfloat16")`` is refused there).
+bf16_matmul = None
+prefers_bf16_backward = False
+
+
+def training_context(bf16_backward):
+    """Nothing to set for a fit on the GPU; see :mod:`xnorcore._backends`."""
+    return contextlib.nullcontext()
+
+
 def matmul(a, b):
     """``a @ b`` of training's 2-D products: float32 on cuBLAS directly (:mod:`._cublas`: CuPy's
     products cannot be captured into a CUDA graph), anything else through cupy; see :mod:`xnorcore._backends`."""

@@ -31,8 +31,9 @@ import numpy as np
 
 from .. import _train
 from .._backends import backend_for
+from .._threads import training_threads
 from ..ops import _conv_geometry, binary_conv2d, get_array_module, pack_bits
-from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer, matmul
+from ._layers import BatchNorm, ParameterFreeLayer, WeightLayer, matmul, sign_matmul
 
 _F32 = np.float32
 
@@ -140,9 +141,9 @@ def im2col(x, kernel_hw, stride, dilation, pads, layer=None):
     if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
         return xp.ascontiguousarray(x).reshape(n * h * w, c), h, w
     if _host_float32(x):
-        # One thread, as for the XNOR products of training (Dense.forward).
+        # The threads of a training step (Dense.forward).
         cols = _workspace(layer, "cols", (n * oh * ow, kh * kw * c))
-        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow, 1)
+        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow, training_threads())
         return cols, oh, ow
     if any(pads[0] + pads[1]):
         xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
@@ -163,32 +164,38 @@ def im2col(x, kernel_hw, stride, dilation, pads, layer=None):
     return cols.reshape(n * oh * ow, kh * kw * c), oh, ow
 
 
-def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow, layer=None):
+def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow, layer=None, bf16=False):
     """The gradient of a convolution with respect to its input, the adjoint of :func:`im2col` applied to ``dz @ w.T``.
 
     ``dz`` is ``(N * OH * OW, O)``, ``w`` the ``(KH * KW * C, O)`` weights.
     float32 numpy arrays: the patch matrix ``dz @ w.T`` (in ``layer``'s
     workspace), then one pass of a CPU kernel adding it onto the input pixels.
     Other arrays a tap at a time: each tap's ``dz @ w_tap.T`` comes out
-    contiguous and adds onto the padded input as whole rows.
+    contiguous and adds onto the padded input as whole rows.  ``bf16``: the
+    products from bfloat16 operands (:func:`~xnorcore.nn._layers.sign_matmul`;
+    ``w`` holds +-1).
     """
     xp = get_array_module(dz)
     n, h, w_in, c = x_shape
     kh, kw = kernel_hw
     (pt, pb), (pl, pr) = pads
     if kh == kw == 1 and stride == 1 and not any(pads[0] + pads[1]):
-        return matmul(dz, w.T).reshape(n, h, w_in, c)
+        return sign_matmul(dz, w.T, bf16).reshape(n, h, w_in, c)
     if _host_float32(dz, w):
-        dcols = np.matmul(dz, w.T, out=_workspace(layer, "dcols", (dz.shape[0], w.shape[0])))
+        dcols = _workspace(layer, "dcols", (dz.shape[0], w.shape[0]))
+        if bf16:
+            backend_for(dz).bf16_matmul(dz, w.T, out=dcols, n_threads=training_threads())
+        else:
+            np.matmul(dz, w.T, out=dcols)
         dx = np.empty(x_shape, dtype=_F32)
-        _train.col2im(dcols, kh, kw, stride, dilation, pt, pl, dx, oh, ow, 1)
+        _train.col2im(dcols, kh, kw, stride, dilation, pt, pl, dx, oh, ow, training_threads())
         return dx
     taps = w.reshape(kh, kw, c, -1)
     dxpad = xp.zeros((n, h + pt + pb, w_in + pl + pr, c), dtype=dz.dtype)
     for i in range(kh):
         for j in range(kw):
             rows, columns = _tap_slices(i, j, oh, ow, stride, dilation)
-            dxpad[:, rows, columns, :] += matmul(dz, taps[i, j].T).reshape(n, oh, ow, c)
+            dxpad[:, rows, columns, :] += sign_matmul(dz, taps[i, j].T, bf16).reshape(n, oh, ow, c)
     if any(pads[0] + pads[1]):
         return xp.ascontiguousarray(dxpad[:, pt:pt + h, pl:pl + w_in])
     return dxpad
@@ -285,7 +292,7 @@ class Conv2D(WeightLayer):
             if not (int_sums and self.bias is None):
                 z = z.astype(x.dtype)
         elif self.uses_xnor:
-            # The integer product, on one thread as Dense.forward explains.
+            # The integer product, on one thread (as the training steps around it, Dense.forward).
             wp = pack_bits(self.weight, axis=2, n_threads=1) if self.weight is not None else self.weight_packed
             z = binary_conv2d(x, wp, stride=self.stride, padding=pads, dilation=self.dilation,
                               n_threads=1).astype(x.dtype)
@@ -306,18 +313,19 @@ class Conv2D(WeightLayer):
         activation, never NaN, and the latent weights are checked by the loss, so nothing
         waits for the device (the GPU can capture the step as a CUDA graph).  sign(W) comes
         out of the packing along C (the columns of a (C, KH * KW * O) matrix) as floats too,
-        for the backward pass.  One CPU thread, as Dense.forward explains.
+        for the backward pass.  The training step's CPU threads, as Dense.forward explains.
         """
         kh, kw, c, o = self.shape
         backend = backend_for(x)
         xp = get_array_module(x)
+        threads = training_threads()
         signs, w_words = backend.sign_pack_cols(
-            xp.ascontiguousarray(self.weight.transpose(2, 0, 1, 3)).reshape(c, kh * kw * o), 1)
+            xp.ascontiguousarray(self.weight.transpose(2, 0, 1, 3)).reshape(c, kh * kw * o), threads)
         w = signs.reshape(c, kh, kw, o).transpose(1, 2, 0, 3).astype(x.dtype, copy=False).reshape(kh * kw * c, o)
         cw = w_words.shape[1]
-        x_words = backend.pack_signs(xp.ascontiguousarray(x).reshape(-1, c), 1).reshape(*x.shape[:3], 1, cw)
+        x_words = backend.pack_signs(xp.ascontiguousarray(x).reshape(-1, c), threads).reshape(*x.shape[:3], 1, cw)
         geometry = _conv_geometry(x.shape, self.shape, self.stride, pads, self.dilation)
-        return w, backend.conv2d(x_words, w_words.reshape(kh, kw, o, cw), geometry, 1, c, 0, 1)
+        return w, backend.conv2d(x_words, w_words.reshape(kh, kw, o, cw), geometry, 1, c, 0, threads)
 
     def backward(self, dz):
         cols, w, x_shape, pads, oh, ow = self._cache
@@ -329,14 +337,20 @@ class Conv2D(WeightLayer):
         # identically one: the optimizer keeps latent weights in [-1, 1].
         # BLAS is several times faster on the product with the narrower
         # matrix as its result's rows (a first layer has few columns).
-        if cols.shape[1] < o:
+        bf16 = getattr(self, "bf16_backward", False)  # (absent from networks pickled before it)
+        xp = get_array_module(dz)
+        if bf16 and self.binary_input:
+            # (the kernel turns the product round itself where that fits its tiles better)
+            self.weight_grad = xp.ascontiguousarray(sign_matmul(cols.T, dz2, True)).reshape(kh, kw, c, o)
+        elif cols.shape[1] < o:
             # (C order, as the optimizer's fused kernel takes it)
-            self.weight_grad = get_array_module(dz).ascontiguousarray(matmul(dz2.T, cols).T).reshape(kh, kw, c, o)
+            self.weight_grad = xp.ascontiguousarray(matmul(dz2.T, cols).T).reshape(kh, kw, c, o)
         else:
             self.weight_grad = matmul(cols.T, dz2).reshape(kh, kw, c, o)
         if not self.need_input_grad:
             return None
-        return input_gradient(dz2, w, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow, self)
+        return input_gradient(dz2, w, x_shape, (kh, kw), self.stride, self.dilation, pads, oh, ow, self,
+                              bf16=bf16 and self.binary_weights)
 
 
 class ChannelBatchNorm(BatchNorm):
@@ -437,11 +451,11 @@ class MaxPool2D:
             x = x.astype(np.float32)  # (for the kernel below; float32 represents them exactly)
         if xp is np and x.dtype == np.float32 and x.flags.c_contiguous and self.size <= 16:
             # One pass, which also notes the tap that the gradient goes to (a
-            # uint8: windows of up to 16 x 16).  One thread, as for the XNOR
-            # products of training (Dense.forward).
+            # uint8: windows of up to 16 x 16), on the training step's threads
+            # (Dense.forward).
             out = np.empty((n, oh, ow, c), dtype=np.float32)
             taps = np.empty((n, oh, ow, c), dtype=np.uint8)
-            _train.maxpool_forward(x, self.size, out, taps, 1)
+            _train.maxpool_forward(x, self.size, out, taps, training_threads() if training else 1)
             if training:
                 self._cache = (x.shape, taps)
             return out
@@ -456,7 +470,7 @@ class MaxPool2D:
         x, out = self._cache
         if isinstance(x, tuple):  # the CPU kernel's taps
             dx = np.empty(x, dtype=np.float32)
-            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, 1)
+            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, training_threads())
             return dx
         xp = get_array_module(x)
         oh, ow = out.shape[1:3]

@@ -35,7 +35,7 @@ from ..ops import PackedBits, binary_conv2d_threshold_pack, n_words, pack_bits, 
 from ._conv import ChannelBatchNorm, Conv2D, Flatten, MaxPool2D, glorot_conv_weight, im2col
 from ._inference import (PackedModel, blocked_logits, check_format, first_difference, fold_threshold, format_header,
                          run_layers)
-from ._layers import ReLU, Sign
+from ._layers import ReLU, Sign, set_backward_dtype
 from ._network import Block, BlockStack, Network, clear_caches
 
 __all__ = ["ConvBlock", "ConvFeatures", "ConvNetwork", "PackedConvModel", "check_image_shape", "check_same_conv",
@@ -506,6 +506,10 @@ class ConvNetwork:
 
     def layers(self):
         return self.features.layers() + self.head.layers()
+
+    def set_backward_dtype(self, dtype):
+        """As :meth:`Network.set_backward_dtype`, for the conv layers and the dense ones."""
+        set_backward_dtype(self.layers(), dtype)
 
     def params(self):
         return self.features.params() + self.head.params()

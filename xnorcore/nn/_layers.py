@@ -13,6 +13,7 @@ and cancelling it elsewhere.
 import numpy as np
 
 from .._array import get_array_module
+from .._threads import training_threads
 from .._backends import backend_for
 from ..ops import binary_matmul, pack_bits, unpack_bits
 
@@ -32,6 +33,37 @@ def binarize(x):
 def matmul(a, b):
     """``a @ b`` of a training step's float products, on the arrays' backend (a CUDA graph can capture the GPU's)."""
     return backend_for(a, b).matmul(a, b)
+
+
+def sign_matmul(a, b, bf16):
+    """``a @ b`` of a backward product with a +-1 operand (the signs of activations or of weights).
+
+    Where ``bf16`` (see :meth:`Network.set_backward_dtype`), both operands are
+    rounded to bfloat16, which holds the +-1 (and the zeros of dropout and
+    padding) exactly: only the gradient loses precision, to 8 significant bits.
+    """
+    if bf16:
+        return backend_for(a, b).bf16_matmul(a, b, n_threads=training_threads())
+    return matmul(a, b)
+
+
+def set_backward_dtype(layers, dtype):
+    """Sets how the weight layers among ``layers`` compute their backward products with a +-1 operand.
+
+    ``dtype`` is ``"float32"`` or ``"bfloat16"`` (:func:`sign_matmul`); the
+    latter needs a backend with ``bf16_matmul`` (the CPU's), else ValueError.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"backward_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    weight_layers = [layer for layer in layers if isinstance(layer, WeightLayer)]
+    bf16 = dtype == "bfloat16"
+    for layer in weight_layers:
+        array = layer.weight if layer.weight is not None else layer.weight_packed
+        if bf16 and backend_for(array).bf16_matmul is None:
+            raise ValueError(f"backward_dtype='bfloat16' needs a network on the CPU: the "
+                             f"{backend_for(array).NAME} backend has no bfloat16 products")
+    for layer in weight_layers:
+        layer.bf16_backward = bf16
 
 
 def ste_mask(x):
@@ -58,6 +90,7 @@ class WeightLayer:
         self.binary_weights = binary_weights
         self.binary_input = binary_input
         self.need_input_grad = need_input_grad
+        self.bf16_backward = False
         self.weight_grad = None
         self.bias_grad = None
         self.weight_packed = None
@@ -154,21 +187,22 @@ class Dense(WeightLayer):
             # The backend's kernels straight away: x holds +-1 (and the zeros of
             # dropout), never NaN, and the latent weights are checked by the loss,
             # so nothing waits for a NaN flag.  sign(W) comes out of the packing
-            # as floats too, for the backward pass.  One CPU thread: minibatch
-            # products are small, and OpenMP threads spinning between calls would
-            # fight OpenBLAS's threads for the cores during the float GEMMs
-            # around them (benchmarks/RESULTS.md).
+            # as floats too, for the backward pass.  The CPU threads of the fit
+            # (one where OpenBLAS has the cores for float32 products: OpenMP
+            # threads would fight its spinning threads for them; see the CPU
+            # backend's training_context and benchmarks/RESULTS.md).
             backend = backend_for(x)
-            w, w_words = backend.sign_pack_cols(self.weight, 1)
+            threads = training_threads()
+            w, w_words = backend.sign_pack_cols(self.weight, threads)
             k = x.shape[1]
             if x_words is None or mask is not None:
-                x_words = backend.pack_signs(get_array_module(x).ascontiguousarray(x), 1)
-            z = backend.xnor_gemm(x_words, w_words, k, 1)
+                x_words = backend.pack_signs(get_array_module(x).ascontiguousarray(x), threads)
+            z = backend.xnor_gemm(x_words, w_words, k, threads)
             if mask is not None:
                 # x holds -1, 0, +1.  With s = sign(x) (0 -> +1) and
                 # t = -sign(-x) (0 -> -1), x = (s + t) / 2, and both s and t
                 # are +-1 vectors.
-                z -= backend.xnor_gemm(backend.pack_signs(-x, 1), w_words, k, 1)
+                z -= backend.xnor_gemm(backend.pack_signs(-x, threads), w_words, k, threads)
                 z //= 2
             if not (int_sums and mask is None and self.bias is None):
                 z = z.astype(x.dtype if x.dtype.kind == "f" else _F32)
@@ -201,12 +235,14 @@ class Dense(WeightLayer):
         # For binary weights the straight-through estimator would cancel the
         # gradient where |W| > 1, but the optimizer clips latent weights to
         # [-1, 1] after every step, so that mask is identically one.
-        self.weight_grad = matmul(x.T, dz)
+        bf16 = getattr(self, "bf16_backward", False)  # (absent from networks pickled before it)
+        # (C order, as the optimizer's fused kernel takes it)
+        self.weight_grad = get_array_module(dz).ascontiguousarray(sign_matmul(x.T, dz, bf16 and self.binary_input))
         if not self.need_input_grad:
             return None
         if w is None:
             w = self.effective_weight()
-        dx = matmul(dz, w.T)
+        dx = sign_matmul(dz, w.T, bf16 and self.binary_weights)
         if mask is not None:
             dx *= mask
         return dx
@@ -336,7 +372,7 @@ class Sign(ParameterFreeLayer):
     def forward_packed(self, x):
         """The forward pass of a training step, and the words of its output along rows."""
         self._x = x
-        return backend_for(x).sign_pack_rows(x, 1)
+        return backend_for(x).sign_pack_rows(x, training_threads())
 
     def backward(self, dy):
         return backend_for(dy, self._x).ste_grad(dy, self._x)

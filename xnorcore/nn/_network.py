@@ -21,7 +21,7 @@ import numpy as np
 
 from .._array import get_array_module, is_cupy, to_module, to_numpy
 from ..ops import PackedBits, unpack_bits
-from ._layers import BatchNorm, Dense, ReLU, Sign
+from ._layers import BatchNorm, Dense, ReLU, Sign, set_backward_dtype
 from ._loss import cross_entropy
 
 _F32 = np.float32
@@ -259,6 +259,11 @@ class Network(BlockStack):
 
     def layers(self):
         return [layer for block in self.blocks for layer in block.layers()]
+
+    def set_backward_dtype(self, dtype):
+        """``"float32"`` or ``"bfloat16"``: the backward products with a +-1 operand
+        (:func:`~xnorcore.nn._layers.sign_matmul`); bfloat16 only on the CPU."""
+        set_backward_dtype(self.layers(), dtype)
 
     # ---------------------------------------------------------------- training
     def forward(self, x, training=False, rng=None):

@@ -4,6 +4,7 @@ import numpy as np
 
 from .._array import get_array_module, to_module, to_numpy
 from .._backends import backend_for
+from .._threads import training_threads
 
 
 def _fused(*arrays):
@@ -90,11 +91,10 @@ class Adam:
         for name, p, g, clip in params:
             m, v = self.m[name], self.v[name]
             if _fused(p, g, m, v):
-                # One pass over memory (one kernel on the GPU) instead of ten; on
-                # one CPU thread: OpenBLAS's threads still spin after the products
-                # of the step, and a second thread would wait for a core (as
-                # Dense.forward explains).
-                backend_for(p).adam_update(p, g, m, v, self.beta1, self.beta2, self.eps, step, clip, 1)
+                # One pass over memory (one kernel on the GPU) instead of ten, on
+                # the training step's CPU threads (as Dense.forward explains).
+                backend_for(p).adam_update(p, g, m, v, self.beta1, self.beta2, self.eps, step, clip,
+                                          training_threads())
                 continue
             if step_size is not None:
                 raise ValueError(f"step_size needs float32 C-contiguous parameters and gradients; {name} is not")

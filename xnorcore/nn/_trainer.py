@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .._array import get_array_module, to_numpy
+from .._backends import backend_for
 from . import _graph
 from ._augment import RandomShift
 from ._conv import release_workspaces
@@ -267,8 +268,11 @@ def train_standardized(net, opt, X, y, history, *, mean, scale, batch_size, rng,
     augment = None
     if shift is not None and shift[1] > 0:
         augment = RandomShift(shift[0], shift[1], xp.asarray(mean), scale)
-    return train(net, opt, xp.asarray((X_fit - mean) / scale), xp.asarray(y_fit), history, batch_size=batch_size,
-                 rng=rng, validation=validation, sample_weight=w_fit, augment=augment, **kwargs)
+    X_fit = xp.asarray((X_fit - mean) / scale)
+    bf16 = any(getattr(layer, "bf16_backward", False) for layer in net.layers())
+    with backend_for(X_fit).training_context(bf16):
+        return train(net, opt, X_fit, xp.asarray(y_fit), history, batch_size=batch_size,
+                     rng=rng, validation=validation, sample_weight=w_fit, augment=augment, **kwargs)
 
 
 def build_network(n_features, n_outputs, hidden_layer_sizes, image_shape=None, conv_layers=(), *,
