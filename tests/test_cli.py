@@ -175,8 +175,8 @@ def test_train_conv_digits_names_its_run_folder(tmp_path):
                     "--eval_every_n", "2", "--log_dir", logs)
     assert proc.returncode == 0, proc.stderr
     check_train_output(proc.stdout, 4, 2)
-    # Digits are 8x8: the recommended CNN is one 32-channel convolution and a pool.
-    assert (logs / "bin" / "matmul" / "conv_32-pool" / "hid_16" / "bs_50" / "0.0" / "1").is_dir()
+    # Digits are 8x8: the recommended CNN is one 64-channel 5x5 convolution and a pool.
+    assert (logs / "bin" / "matmul" / "conv_64k5x5-pool" / "hid_16" / "bs_50" / "0.0" / "1").is_dir()
 
 
 def test_train_random_shift_flag(tmp_path):
@@ -487,7 +487,7 @@ def test_save_and_restore_a_cnn(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     acc = float(lines[0].split()[-1])
     clf = load_model(model)
-    assert clf.network_.conv_layers == (("conv", 32, (3, 3)), ("pool",))  # recommended for 8x8 digits
+    assert clf.network_.conv_layers == (("conv", 64, (5, 5)), ("pool",))  # recommended for 8x8 digits
     assert clf.image_shape_ == (8, 8, 1) and clf.optimizer_ is not None and len(clf.loss_curve_) == 3
 
     # --max_steps 0 only evaluates the restored CNN: the same accuracy.

@@ -96,9 +96,9 @@ def test_auto_picks_the_recommended_cnn(digits):
     X, y = digits
     clf = _cnn(conv_layers="auto", max_iter=1).fit(X, y)
     assert clf.network_.conv_layers == normalize_conv_layers(recommended_conv_layers((8, 8, 1)))
-    assert recommended_conv_layers((28, 28, 1)) == (32, "pool", 64, "pool")
-    assert recommended_conv_layers((32, 32, 3)) == (32, "pool", 64, "pool", 128, "pool")
-    assert recommended_conv_layers((3, 3, 1)) == (32,)
+    assert recommended_conv_layers((28, 28, 1)) == ((64, 5), "pool", (128, 5), "pool")
+    assert recommended_conv_layers((32, 32, 3)) == ((64, 5), "pool", (128, 5), "pool", (256, 5), "pool")
+    assert recommended_conv_layers((3, 3, 1)) == ((64, 5),)
 
 
 def test_real_valued_cnn_trains_on_the_float_path(digits):
@@ -155,7 +155,10 @@ def test_input_dropout_leaves_a_cnn_alone(digits):
     a = _cnn(max_iter=1, input_dropout=0.0).fit(X[:300], y[:300])
     b = _cnn(max_iter=1, input_dropout=0.9).fit(X[:300], y[:300])
     np.testing.assert_array_equal(a.predict_proba(X[:50]), b.predict_proba(X[:50]))
-    assert all(blk.dense.dropout == 0.0 for blk in b.network_.head.blocks)
+    # The dense layers after the conv ones take dropout="auto"'s 0.2 for a CNN, whatever input_dropout says.
+    assert all(blk.dense.dropout == 0.2 for blk in b.network_.head.blocks)
+    c = _cnn(max_iter=1, dropout=0.0).fit(X[:300], y[:300])
+    assert all(blk.dense.dropout == 0.0 for blk in c.network_.head.blocks)
 
 
 def test_partial_fit_and_warm_start_with_conv_layers(digits):

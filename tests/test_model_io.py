@@ -809,7 +809,7 @@ def test_cnn_file_layout(cnn, cnn_packed, cnn_saved):
     assert meta["model_kind"] == "cnn" and meta["training_state"] is False
     assert meta["architecture"] == {
         "image_shape": [8, 8, 1], "conv_layers": [["conv", 4, [3, 3]], ["pool"], ["conv", 8, [3, 2]]],
-        "n_outputs": 10, "hidden_layer_sizes": [16], "binary": True, "batch_norm": True, "dropout": 0.0,
+        "n_outputs": 10, "hidden_layer_sizes": [16], "binary": True, "batch_norm": True, "dropout": 0.2,
         "binarize_last": False,
     }
     arrays = meta["arrays"]

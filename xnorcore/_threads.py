@@ -85,9 +85,17 @@ def work_threads(n_threads, work_ns=None):
 _training_threads = contextvars.ContextVar("xnorcore_training_threads", default=1)
 
 
-def training_threads():
-    """The thread count of the CPU kernels inside a training step: 1, unless
-    :func:`training_thread_count` set another for the fit that runs it."""
+#: A kernel of a training step runs on one thread below this many elements
+#: (about a millisecond of work), for the reason of MIN_THREAD_WORK_NS.
+MIN_TRAINING_THREAD_ELEMENTS = 1 << 20
+
+
+def training_threads(elements=None):
+    """The thread count of a CPU kernel inside a training step over ``elements`` values:
+    1, unless :func:`training_thread_count` set another for the fit that runs it and
+    the kernel has at least :data:`MIN_TRAINING_THREAD_ELEMENTS` of them."""
+    if elements is not None and elements < MIN_TRAINING_THREAD_ELEMENTS:
+        return 1
     return _training_threads.get()
 
 

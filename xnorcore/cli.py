@@ -174,7 +174,7 @@ def build_parser():
     _add(tr, "--batch_norm", action="store_true", help="batch-normalize activations")
     _add(tr, "--conv", action="store_true",
          help="a CNN: the recommended conv layers for the image size (conv_layers='auto', "
-         "for 28x28 digits 3x3 convolutions of 32 and 64 channels, each with a 2x2 max-pool) "
+         "for 28x28 digits 5x5 convolutions of 64 and 128 channels, each with a 2x2 max-pool) "
          "before the hidden layers; the images must be square with one channel")
     _add(tr, "--random_shift", type=_nonnegative_int, default=None, metavar="PIXELS",
          help="move each training image by up to PIXELS pixels along each axis (random_shift; "

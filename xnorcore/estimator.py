@@ -31,7 +31,11 @@ __all__ = ["BNNClassifier"]
 #: Epochs of ``max_iter="auto"`` for an MLP and a CNN, chosen on MNIST within
 #: the time of a 2-core CPU (benchmarks/RESULTS.md).
 AUTO_EPOCHS_MLP = 30
-AUTO_EPOCHS_CNN = 20
+AUTO_EPOCHS_CNN = 10
+#: ``dropout="auto"`` for an MLP (whose input_dropout regularizes it) and a CNN,
+#: chosen with the recommended CNN on MNIST (benchmarks/RESULTS.md).
+AUTO_DROPOUT_MLP = 0.0
+AUTO_DROPOUT_CNN = 0.2
 #: ``label_smoothing="auto"`` for an MLP and a CNN: on MNIST, 0.1 raised the
 #: recommended CNN's test accuracy at each of six seeds (benchmarks/RESULTS.md).
 AUTO_LABEL_SMOOTHING_MLP = 0.0
@@ -73,8 +77,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         ``kh x kw``) kernel.  The first convolution reads the real-valued
         pixels and has real weights; later ones have binary weights.
         ``"auto"`` is the recommended CNN for the image size, see
-        :func:`xnorcore.nn.recommended_conv_layers` (``(32, "pool", 64,
-        "pool")`` for 28x28 images).  The flattened output of the last one
+        :func:`xnorcore.nn.recommended_conv_layers` (``((64, 5), "pool",
+        (128, 5), "pool")`` for 28x28 images).  The flattened output of the last one
         feeds the ``hidden_layer_sizes`` dense layers, which are then all
         binary (``binarize_first`` does not apply).
     random_shift : int or "auto", default="auto"
@@ -126,16 +130,18 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         ``batch_size=1`` (or a single training sample) raises ValueError, and
         a last batch of one sample in an epoch joins the batch before it.
     max_iter : int or "auto", default="auto"
-        Number of epochs of :meth:`fit`.  ``"auto"``: 30 for an MLP and 20
+        Number of epochs of :meth:`fit`.  ``"auto"``: 30 for an MLP and 10
         with ``conv_layers``: on MNIST the binary MLP still gains from 20 to
-        30 epochs, and the recommended CNN loses at 15 what it gains in time
-        (``benchmarks/RESULTS.md``).
+        30 epochs, and the recommended CNN (with dropout) is as accurate after
+        10 epochs as after 15 (``benchmarks/RESULTS.md``).
     reg : float, default=0.0
         L1 penalty on all weights.
-    dropout : float, default=0.0
-        Dropout probability on the input of every layer after the first.  A
-        continued network (``warm_start``, :meth:`partial_fit`) trains with
-        the current value.
+    dropout : float in [0, 1) or "auto", default="auto"
+        Dropout probability on the input of every layer after the first.
+        ``"auto"``: 0.2 with ``conv_layers`` (the recommended CNN was chosen
+        on MNIST with it), 0 for an MLP, which ``input_dropout`` regularizes
+        instead.  A continued network (``warm_start``,
+        :meth:`partial_fit`) trains with the current value.
     input_dropout : float, default=0.2
         Dropout probability on the input features of the first dense layer
         (BinaryNet's input dropout), which regularizes a binary MLP most;
@@ -253,7 +259,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "reg": [Interval(Real, 0, np.inf, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "dropout": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="left")],
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "label_smoothing": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
@@ -285,7 +291,7 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         batch_size=200,
         max_iter="auto",
         reg=0.0,
-        dropout=0.0,
+        dropout="auto",
         input_dropout=0.2,
         label_smoothing="auto",
         early_stopping=False,
@@ -342,6 +348,12 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
         if self.label_smoothing == "auto":
             return AUTO_LABEL_SMOOTHING_CNN if conv_layers else AUTO_LABEL_SMOOTHING_MLP
         return float(self.label_smoothing)
+
+    def _dropout(self, conv_layers):
+        """``dropout``, or what ``"auto"`` picks for this network."""
+        if self.dropout == "auto":
+            return AUTO_DROPOUT_CNN if conv_layers else AUTO_DROPOUT_MLP
+        return float(self.dropout)
 
     def _max_iter(self, conv_layers):
         """The epochs of :meth:`fit`: ``max_iter``, or what ``"auto"`` picks for this network."""
@@ -416,7 +428,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 rng = self._random_state if incremental else check_random_state(self.random_state)
                 mean, scale = self.input_mean_, self.input_scale_
                 net, opt, checkpoint = resume_training(self.network_, self.optimizer_, xp, rng=rng,
-                                                       dropout=self.dropout, input_dropout=self.input_dropout,
+                                                       dropout=self._dropout(conv_layers),
+                                                       input_dropout=self.input_dropout,
                                                        in_place=incremental)
                 history = TrainingHistory(self.loss_curve_, self.n_iter_, self.t_)
             else:
@@ -424,7 +437,8 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
                 mean, scale = input_stats(X, sample_weight)
                 net = build_network(
                     X.shape[1], len(all_classes), sizes, image_shape, conv_layers, binary=self.binary,
-                    batch_norm=self.batch_norm, dropout=self.dropout, input_dropout=self.input_dropout,
+                    batch_norm=self.batch_norm, dropout=self._dropout(conv_layers),
+                    input_dropout=self.input_dropout,
                     binarize_first=self.binarize_first,
                     binarize_last=self.binarize_last, xnor=xnor, random_state=rng, xp=xp,
                 )

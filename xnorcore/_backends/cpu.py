@@ -171,7 +171,7 @@ def signs(x, dtype):
     if x.dtype != np.float32 or np.dtype(dtype) != np.float32 or not x.flags.c_contiguous:
         return _signs(x, dtype)
     out = np.empty_like(x)
-    _train.signs(x.reshape(-1), out.reshape(-1), training_threads())
+    _train.signs(x.reshape(-1), out.reshape(-1), training_threads(x.size))
     return out
 
 #: No fused batch norm: the layers' array operations are as fast here.

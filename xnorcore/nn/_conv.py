@@ -143,7 +143,7 @@ def im2col(x, kernel_hw, stride, dilation, pads, layer=None):
     if _host_float32(x):
         # The threads of a training step (Dense.forward).
         cols = _workspace(layer, "cols", (n * oh * ow, kh * kw * c))
-        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow, training_threads())
+        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow, training_threads(cols.size))
         return cols, oh, ow
     if any(pads[0] + pads[1]):
         xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
@@ -184,11 +184,11 @@ def input_gradient(dz, w, x_shape, kernel_hw, stride, dilation, pads, oh, ow, la
     if _host_float32(dz, w):
         dcols = _workspace(layer, "dcols", (dz.shape[0], w.shape[0]))
         if bf16:
-            backend_for(dz).bf16_matmul(dz, w.T, out=dcols, n_threads=training_threads())
+            backend_for(dz).bf16_matmul(dz, w.T, out=dcols, n_threads=training_threads(dz.size * w.shape[0] // 64))
         else:
             np.matmul(dz, w.T, out=dcols)
         dx = np.empty(x_shape, dtype=_F32)
-        _train.col2im(dcols, kh, kw, stride, dilation, pt, pl, dx, oh, ow, training_threads())
+        _train.col2im(dcols, kh, kw, stride, dilation, pt, pl, dx, oh, ow, training_threads(dcols.size))
         return dx
     taps = w.reshape(kh, kw, c, -1)
     dxpad = xp.zeros((n, h + pt + pb, w_in + pl + pr, c), dtype=dz.dtype)
@@ -318,7 +318,7 @@ class Conv2D(WeightLayer):
         kh, kw, c, o = self.shape
         backend = backend_for(x)
         xp = get_array_module(x)
-        threads = training_threads()
+        threads = training_threads(x.size * kh * kw)
         signs, w_words = backend.sign_pack_cols(
             xp.ascontiguousarray(self.weight.transpose(2, 0, 1, 3)).reshape(c, kh * kw * o), threads)
         w = signs.reshape(c, kh, kw, o).transpose(1, 2, 0, 3).astype(x.dtype, copy=False).reshape(kh * kw * c, o)
@@ -455,7 +455,7 @@ class MaxPool2D:
             # (Dense.forward).
             out = np.empty((n, oh, ow, c), dtype=np.float32)
             taps = np.empty((n, oh, ow, c), dtype=np.uint8)
-            _train.maxpool_forward(x, self.size, out, taps, training_threads() if training else 1)
+            _train.maxpool_forward(x, self.size, out, taps, training_threads(x.size) if training else 1)
             if training:
                 self._cache = (x.shape, taps)
             return out
@@ -470,7 +470,7 @@ class MaxPool2D:
         x, out = self._cache
         if isinstance(x, tuple):  # the CPU kernel's taps
             dx = np.empty(x, dtype=np.float32)
-            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, training_threads())
+            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, training_threads(dx.size))
             return dx
         xp = get_array_module(x)
         oh, ow = out.shape[1:3]

@@ -43,7 +43,7 @@ def sign_matmul(a, b, bf16):
     padding) exactly: only the gradient loses precision, to 8 significant bits.
     """
     if bf16:
-        return backend_for(a, b).bf16_matmul(a, b, n_threads=training_threads())
+        return backend_for(a, b).bf16_matmul(a, b, n_threads=training_threads(a.shape[0] * a.shape[1] * b.shape[1] // 64))
     return matmul(a, b)
 
 
@@ -192,7 +192,7 @@ class Dense(WeightLayer):
             # threads would fight its spinning threads for them; see the CPU
             # backend's training_context and benchmarks/RESULTS.md).
             backend = backend_for(x)
-            threads = training_threads()
+            threads = training_threads(x.size * self.weight.shape[1] // 64)
             w, w_words = backend.sign_pack_cols(self.weight, threads)
             k = x.shape[1]
             if x_words is None or mask is not None:
@@ -372,7 +372,7 @@ class Sign(ParameterFreeLayer):
     def forward_packed(self, x):
         """The forward pass of a training step, and the words of its output along rows."""
         self._x = x
-        return backend_for(x).sign_pack_rows(x, training_threads())
+        return backend_for(x).sign_pack_rows(x, training_threads(x.size))
 
     def backward(self, dy):
         return backend_for(dy, self._x).ste_grad(dy, self._x)

@@ -94,7 +94,7 @@ class Adam:
                 # One pass over memory (one kernel on the GPU) instead of ten, on
                 # the training step's CPU threads (as Dense.forward explains).
                 backend_for(p).adam_update(p, g, m, v, self.beta1, self.beta2, self.eps, step, clip,
-                                          training_threads())
+                                          training_threads(p.size))
                 continue
             if step_size is not None:
                 raise ValueError(f"step_size needs float32 C-contiguous parameters and gradients; {name} is not")
