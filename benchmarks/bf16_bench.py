@@ -17,12 +17,16 @@ import argparse
 import datetime
 import json
 import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from xnorcore import _train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conv_bench import _best  # noqa: E402
 
 PRODUCTS = {
     # name: (m, k, n, transpose a) of a @ b, where a is (k, m).T when transposed
@@ -31,16 +35,6 @@ PRODUCTS = {
     "dense 6272->1024 weight grad": (6272, 100, 1024, True),
     "dense 6272->1024 input grad": (100, 1024, 6272, False),
 }
-
-
-def _best(f, repeat):
-    f()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main():

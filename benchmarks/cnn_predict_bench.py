@@ -3,9 +3,9 @@
     python benchmarks/cnn_predict_bench.py [DATA_DIR] [--model PATH] [--rounds R] [--threads T]
 
 The network is BNNClassifier's recommended CNN for 28x28 digits
-(``conv_layers="auto"``: conv 32 -> pool -> bn -> sign -> conv 32x64 binary ->
-pool -> bn -> sign, then ``hidden_layer_sizes=(512,)`` binary and a real
-output layer).  Timing does not depend on the weights, so without ``--model``
+(``conv_layers="auto"``: 5x5 conv 64 -> pool -> bn -> sign -> 5x5 conv 64x128
+binary -> pool -> bn -> sign, then ``hidden_layer_sizes=(512,)`` binary and a
+real output layer).  Timing does not depend on the weights, so without ``--model``
 (a pickled fitted BNNClassifier of that shape) it is fitted for one epoch on
 2,000 training images.  Each round times in turn ``predict`` of the 10,000
 test images (on packed bits; the first block, convolution, pool and

@@ -325,7 +325,8 @@ def test_gpu_device_without_gpu_is_a_clear_error(digits):
     [
         ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes must be a tuple of positive integers"),
         ({"hidden_layer_sizes": "big"}, "'hidden_layer_sizes' parameter of BNNClassifier must be an array-like"),
-        ({"dropout": 1.0}, r"'dropout' parameter of BNNClassifier must be a str among \{'auto'\} or a float in the range \[0.0, 1.0\)"),
+        ({"dropout": 1.0},
+         r"'dropout' parameter of BNNClassifier must be a str among \{'auto'\} or a float in the range \[0.0, 1.0\)"),
         ({"dropout": "half"}, r"'dropout' parameter of BNNClassifier must be a str among \{'auto'\}"),
         ({"backward_dtype": "float16"}, r"'backward_dtype' parameter of BNNClassifier must be a str among"),
         ({"input_dropout": -0.1}, r"'input_dropout' parameter of BNNClassifier must be a float in the range \[0.0, 1.0\)"),

@@ -3,7 +3,8 @@
 """CPU kernels of the training loop (private): the signs of float32 activations,
 the Adam update, the 2x2 max-pool of float32 NHWC activations and the patch matrix of a convolution
 (im2col) with its adjoint, each one pass over memory where numpy needs
-several; and the bfloat16 products of the backward pass (``csrc/bf16_gemm.h``).  :mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
+several; and the bfloat16 products of the backward pass (``csrc/bf16_gemm.h``).
+:mod:`xnorcore.nn` calls them on numpy arrays (the cupy path keeps
 its array expressions); the functions here trust shapes and dtypes.
 """
 

@@ -143,7 +143,8 @@ def im2col(x, kernel_hw, stride, dilation, pads, layer=None):
     if _host_float32(x):
         # The threads of a training step (Dense.forward).
         cols = _workspace(layer, "cols", (n * oh * ow, kh * kw * c))
-        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow, training_threads(cols.size))
+        _train.im2col(np.ascontiguousarray(x), kh, kw, stride, dilation, pt, pl, cols, oh, ow,
+                      training_threads(cols.size))
         return cols, oh, ow
     if any(pads[0] + pads[1]):
         xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
@@ -470,7 +471,8 @@ class MaxPool2D:
         x, out = self._cache
         if isinstance(x, tuple):  # the CPU kernel's taps
             dx = np.empty(x, dtype=np.float32)
-            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx, training_threads(dx.size))
+            _train.maxpool_backward(np.ascontiguousarray(dy, dtype=np.float32), out, self.size, dx,
+                                    training_threads(dx.size))
             return dx
         xp = get_array_module(x)
         oh, ow = out.shape[1:3]

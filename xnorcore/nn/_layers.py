@@ -43,7 +43,8 @@ def sign_matmul(a, b, bf16):
     padding) exactly: only the gradient loses precision, to 8 significant bits.
     """
     if bf16:
-        return backend_for(a, b).bf16_matmul(a, b, n_threads=training_threads(a.shape[0] * a.shape[1] * b.shape[1] // 64))
+        threads = training_threads(a.shape[0] * a.shape[1] * b.shape[1] // 64)
+        return backend_for(a, b).bf16_matmul(a, b, n_threads=threads)
     return matmul(a, b)
 
 
