@@ -219,3 +219,14 @@ def test_training_context_sets_the_step_threads():
         assert training_threads() == kernel_threads(None)
         assert all(n == 1 for n in blas_threads())
     assert training_threads() == 1 and blas_threads() == before
+
+
+def test_real_networks_keep_float32_products():
+    # binary=False has no +-1 operand: no layer takes bfloat16, so the fit keeps BLAS on every core.
+    net = build_network(20, 3, (32,), binary=False, random_state=np.random.RandomState(0))
+    net.set_backward_dtype("bfloat16")
+    assert not any(getattr(layer, "bf16_backward", False) for layer in net.layers())
+    net = build_network(20, 3, (32,), binary=True, random_state=np.random.RandomState(0))
+    net.set_backward_dtype("bfloat16")
+    flags = [layer.bf16_backward for layer in net.layers() if hasattr(layer, "bf16_backward")]
+    assert flags[0] is False and all(flags[1:])  # the first layer reads real inputs with real weights

@@ -418,9 +418,6 @@ class BNNClassifier(ClassifierMixin, BaseEstimator):
             backward_dtype = self.backward_dtype
             if backward_dtype == "auto":
                 backward_dtype = "bfloat16" if backend.prefers_bf16_backward else "float32"
-            elif backward_dtype == "bfloat16" and backend.bf16_matmul is None:
-                raise ValueError(f"backward_dtype='bfloat16' needs device='cpu': the {backend.NAME} "
-                                 "backend computes float32 products only")
 
             exponent = getattr(self, "input_exponent_", 0) if resume else input_exponent(X)
             X = model_input(X, exponent)

@@ -221,9 +221,9 @@ def bf16_matmul(a, b, out=None, n_threads=1):
     """``a @ b`` in float32 from bfloat16 operands; see :mod:`xnorcore._backends`.
 
     The AVX512-BF16 kernel where the CPU has it (computing ``(b.T @ a.T).T``,
-    a transposed array, where its tiles fit that way round a tenth better, unless
-    ``out`` is given), else both
-    operands rounded by array operations and multiplied by BLAS.
+    a transposed array, where its tiles fit that way round a tenth better,
+    unless ``out`` is given), else both operands rounded by array operations
+    and multiplied by BLAS.
     """
     if not has_bf16:
         return np.matmul(_common.round_bf16(a), _common.round_bf16(b), out=out)

@@ -64,7 +64,8 @@ def set_backward_dtype(layers, dtype):
             raise ValueError(f"backward_dtype='bfloat16' needs a network on the CPU: the "
                              f"{backend_for(array).NAME} backend has no bfloat16 products")
     for layer in weight_layers:
-        layer.bf16_backward = bf16
+        # (a real layer on real inputs has no +-1 operand: its products stay float32)
+        layer.bf16_backward = bf16 and (layer.binary_input or layer.binary_weights)
 
 
 def ste_mask(x):
