@@ -151,69 +151,79 @@ XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int
     __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;                                  \
     __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero
 
-/* The 64-bit counts of a 4 x 8 tile, written as k - 2 s (first) or minus 2 s. */
+/* The low 32 bits of the 64-bit lanes of lo and then of hi: the counts of 8 columns. */
+__attribute__((always_inline)) XNOR_AVX2_ATTR static inline __m256i xnor_avx2_cols(__m256i lo, __m256i hi)
+{
+    __m256i mixed = _mm256_blend_epi32(lo, _mm256_slli_epi64(hi, 32), 0xAA);
+    return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+/* Row r of a tile from the counts of its 8 columns (t0: columns 0-3, t1: 4-7):
+ * c = k - 2 t on the first K block, c - 2 t after it, ncols columns stored. */
+__attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_store_row(
+    __m256i t0, __m256i t1, int32_t *c, int ncols, __m256i base, __m256i keep, int first)
+{
+    __m256i twice = _mm256_slli_epi32(xnor_avx2_cols(t0, t1), 1);
+    if (ncols == XNOR_AVX2_NR) {
+        __m256i from = first ? base : _mm256_loadu_si256((const __m256i *)c);
+        _mm256_storeu_si256((__m256i *)c, _mm256_sub_epi32(from, twice));
+    } else {
+        __m256i from = first ? base : _mm256_maskload_epi32(c, keep);
+        _mm256_maskstore_epi32(c, keep, _mm256_sub_epi32(from, twice));
+    }
+}
+
+/* The 64-bit counts of a 4 x 8 tile, written as k - 2 s (first) or minus 2 s
+ * for the first mr rows and ncols columns. */
 __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_store(
     __m256i t00, __m256i t01, __m256i t10, __m256i t11, __m256i t20, __m256i t21, __m256i t30,
     __m256i t31, int32_t *c, int64_t ldc, int mr, int ncols, int64_t k, int first)
 {
-    uint64_t s[XNOR_AVX2_MR][XNOR_AVX2_NR];
-    _mm256_storeu_si256((__m256i *)&s[0][0], t00);
-    _mm256_storeu_si256((__m256i *)&s[0][4], t01);
-    _mm256_storeu_si256((__m256i *)&s[1][0], t10);
-    _mm256_storeu_si256((__m256i *)&s[1][4], t11);
-    _mm256_storeu_si256((__m256i *)&s[2][0], t20);
-    _mm256_storeu_si256((__m256i *)&s[2][4], t21);
-    _mm256_storeu_si256((__m256i *)&s[3][0], t30);
-    _mm256_storeu_si256((__m256i *)&s[3][4], t31);
-    xnor_store_tile(&s[0][0], XNOR_AVX2_NR, c, ldc, mr, ncols, k, first);
+    const __m256i base = _mm256_set1_epi32((int32_t)k);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    xnor_avx2_store_row(t00, t01, c, ncols, base, keep, first);
+    if (mr > 1)
+        xnor_avx2_store_row(t10, t11, c + ldc, ncols, base, keep, first);
+    if (mr > 2)
+        xnor_avx2_store_row(t20, t21, c + 2 * ldc, ncols, base, keep, first);
+    if (mr > 3)
+        xnor_avx2_store_row(t30, t31, c + 3 * ldc, ncols, base, keep, first);
 }
 
-XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
-                                             int64_t nw, int32_t *c, int64_t ldc, int mr,
-                                             int ncols, int64_t k, int first)
+/* Byte counters s into the 64-bit counts t (kept in memory: the tile loops
+ * need every vector register), then cleared.  Called once per 31 words. */
+__attribute__((noinline)) XNOR_AVX2_ATTR static void xnor_avx2_flush(
+    __m256i *t, __m256i s00, __m256i s01, __m256i s10, __m256i s11, __m256i s20, __m256i s21,
+    __m256i s30, __m256i s31)
 {
-    XNOR_AVX2_TILE_START();
-    const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
-    for (int64_t w0 = 0; w0 < nw; w0 += 31) {
-        int64_t w1 = nw - w0 < 31 ? nw : w0 + 31;
-        __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
-        __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
-        for (int64_t w = w0; w < w1; w++) {
-            __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + w * XNOR_AVX2_NR));
-            __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + w * XNOR_AVX2_NR + 4));
-            XNOR_AVX2_ROW(a0, s00, s01);
-            XNOR_AVX2_ROW(a1, s10, s11);
-            XNOR_AVX2_ROW(a2, s20, s21);
-            XNOR_AVX2_ROW(a3, s30, s31);
-        }
-        t00 = _mm256_add_epi64(t00, _mm256_sad_epu8(s00, zero));
-        t01 = _mm256_add_epi64(t01, _mm256_sad_epu8(s01, zero));
-        t10 = _mm256_add_epi64(t10, _mm256_sad_epu8(s10, zero));
-        t11 = _mm256_add_epi64(t11, _mm256_sad_epu8(s11, zero));
-        t20 = _mm256_add_epi64(t20, _mm256_sad_epu8(s20, zero));
-        t21 = _mm256_add_epi64(t21, _mm256_sad_epu8(s21, zero));
-        t30 = _mm256_add_epi64(t30, _mm256_sad_epu8(s30, zero));
-        t31 = _mm256_add_epi64(t31, _mm256_sad_epu8(s31, zero));
-    }
-    xnor_avx2_store(t00, t01, t10, t11, t20, t21, t30, t31, c, ldc, mr, ncols, k, first);
+    const __m256i zero = _mm256_setzero_si256();
+    t[0] = _mm256_add_epi64(t[0], _mm256_sad_epu8(s00, zero));
+    t[1] = _mm256_add_epi64(t[1], _mm256_sad_epu8(s01, zero));
+    t[2] = _mm256_add_epi64(t[2], _mm256_sad_epu8(s10, zero));
+    t[3] = _mm256_add_epi64(t[3], _mm256_sad_epu8(s11, zero));
+    t[4] = _mm256_add_epi64(t[4], _mm256_sad_epu8(s20, zero));
+    t[5] = _mm256_add_epi64(t[5], _mm256_sad_epu8(s21, zero));
+    t[6] = _mm256_add_epi64(t[6], _mm256_sad_epu8(s30, zero));
+    t[7] = _mm256_add_epi64(t[7], _mm256_sad_epu8(s31, zero));
 }
 
-/* The convolution tile: the 4 x 8 tile above over an indirection buffer of
- * `taps` segments, segment t of row r at a[4 t + r].  The byte counters are
- * flushed every 31 words, across segment boundaries. */
-XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int taps,
-                                                  const uint64_t *panel, int64_t nw, int32_t *c,
-                                                  int64_t ldc, int mr, int ncols, int64_t k)
+/* The tile over `segments` runs of nw words: run i of row r at a[4 i + r]
+ * and the panel's words in order, B read as b[w * 8 + jj] across runs.  The
+ * GEMM passes one run, the convolution one per tap. */
+__attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
+    const uint64_t *const *a, int64_t segments, const uint64_t *panel, int64_t nw, int32_t *c,
+    int64_t ldc, int mr, int ncols, int64_t k, int first)
 {
     XNOR_AVX2_TILE_START();
+    (void)t00; (void)t01; (void)t10; (void)t11; (void)t20; (void)t21; (void)t30; (void)t31;
     __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
     __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
-    int pending = 0;
-#define XNOR_SAD(t, s) t = _mm256_add_epi64(t, _mm256_sad_epu8(s, zero)), s = zero
+    __m256i t[8];
+    int flushed = 0;
+    int64_t left = 31; /* words until the byte counters could overflow */
     const uint64_t *b = panel;
-    for (int tap = 0; tap < taps; tap++) {
-        const uint64_t *a0 = a[4 * tap], *a1 = a[4 * tap + 1];
-        const uint64_t *a2 = a[4 * tap + 2], *a3 = a[4 * tap + 3];
+    for (const uint64_t *const *at = a, *const *end = a + 4 * segments; at != end; at += 4) {
+        const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
         for (int64_t w = 0; w < nw; w++, b += XNOR_AVX2_NR) {
             __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
             __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
@@ -221,21 +231,49 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
             XNOR_AVX2_ROW(a1, s10, s11);
             XNOR_AVX2_ROW(a2, s20, s21);
             XNOR_AVX2_ROW(a3, s30, s31);
-            if (++pending == 31) {
-                XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
-                XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
-                pending = 0;
+            if (--left == 0) {
+                if (!flushed) {
+                    for (int i = 0; i < 8; i++)
+                        t[i] = zero;
+                    flushed = 1;
+                }
+                xnor_avx2_flush(t, s00, s01, s10, s11, s20, s21, s30, s31);
+                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = zero;
+                left = 31;
             }
         }
     }
-    XNOR_SAD(t00, s00); XNOR_SAD(t01, s01); XNOR_SAD(t10, s10); XNOR_SAD(t11, s11);
-    XNOR_SAD(t20, s20); XNOR_SAD(t21, s21); XNOR_SAD(t30, s30); XNOR_SAD(t31, s31);
-#undef XNOR_SAD
+    __m256i u00 = _mm256_sad_epu8(s00, zero), u01 = _mm256_sad_epu8(s01, zero);
+    __m256i u10 = _mm256_sad_epu8(s10, zero), u11 = _mm256_sad_epu8(s11, zero);
+    __m256i u20 = _mm256_sad_epu8(s20, zero), u21 = _mm256_sad_epu8(s21, zero);
+    __m256i u30 = _mm256_sad_epu8(s30, zero), u31 = _mm256_sad_epu8(s31, zero);
+    if (flushed) {
+        u00 = _mm256_add_epi64(u00, t[0]); u01 = _mm256_add_epi64(u01, t[1]);
+        u10 = _mm256_add_epi64(u10, t[2]); u11 = _mm256_add_epi64(u11, t[3]);
+        u20 = _mm256_add_epi64(u20, t[4]); u21 = _mm256_add_epi64(u21, t[5]);
+        u30 = _mm256_add_epi64(u30, t[6]); u31 = _mm256_add_epi64(u31, t[7]);
+    }
+    xnor_avx2_store(u00, u01, u10, u11, u20, u21, u30, u31, c, ldc, mr, ncols, k, first);
+}
+
+XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
+                                             int64_t nw, int32_t *c, int64_t ldc, int mr,
+                                             int ncols, int64_t k, int first)
+{
+    xnor_avx2_tile(a, 1, panel, nw, c, ldc, mr, ncols, k, first);
+}
+
+/* The convolution tile: the 4 x 8 tile above over an indirection buffer of
+ * `taps` segments, segment t of row r at a[4 t + r]. */
+XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int taps,
+                                                  const uint64_t *panel, int64_t nw, int32_t *c,
+                                                  int64_t ldc, int mr, int ncols, int64_t k)
+{
+    xnor_avx2_tile(a, taps, panel, nw, c, ldc, mr, ncols, k, 1);
+}
 #undef XNOR_AVX2_ROW
 #undef XNOR_NIB
 #undef XNOR_AVX2_TILE_START
-    xnor_avx2_store(t00, t01, t10, t11, t20, t21, t30, t31, c, ldc, mr, ncols, k, 1);
-}
 
 /* Whole words with 8-lane vectors, the last partial word as the scalar variant. */
 XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8_t *direction,
