@@ -1,6 +1,6 @@
 /* The "avx2" variant (x86-64 with AVX2 and POPCNT): sign packing with vector
- * compares and movemask, the 4 x 8 GEMM micro-kernel, and the real-valued
- * layers on 32-byte vectors. */
+ * compares and movemask, the 4 x 8 GEMM and conv micro-kernels (the conv
+ * one on split words), and the real-valued layers on 32-byte vectors. */
 #ifndef XNORCORE_CSRC_AVX2_H
 #define XNORCORE_CSRC_AVX2_H
 
@@ -126,7 +126,8 @@ XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int
 #define XNOR_AVX2_NR 8
 
 /* One 4-bit-table popcount step, and one row of A against two vectors of B
- * (both tiles below). */
+ * (the tile below); the same row on split words, the masks and shifts done
+ * ahead (xnor_split_words). */
 #define XNOR_NIB(acc, v)                                                                     \
     do {                                                                                     \
         __m256i lo_ = _mm256_and_si256((v), low4);                                           \
@@ -140,16 +141,18 @@ XNOR_AVX2_ATTR static int xnor_pack_cols_band_avx2(int dtype, const void *x, int
         XNOR_NIB(s0, _mm256_xor_si256(x_, b0));                                              \
         XNOR_NIB(s1, _mm256_xor_si256(x_, b1));                                              \
     } while (0)
-
-/* The constants of the nibble popcount and the 64-bit counts t of a tile
- * (both tiles below). */
-#define XNOR_AVX2_TILE_START()                                                               \
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, \
-                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);           \
-    const __m256i low4 = _mm256_set1_epi8(0x0F);                                             \
-    const __m256i zero = _mm256_setzero_si256();                                             \
-    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero;                                  \
-    __m256i t20 = zero, t21 = zero, t30 = zero, t31 = zero
+#define XNOR_AVX2_SPLIT_ROW(ar, s0, s1)                                                      \
+    do {                                                                                     \
+        __m256i lo_ = _mm256_set1_epi64x((long long)ar[w]);                                  \
+        __m256i hi_ = _mm256_set1_epi64x((long long)ar[w + 1]);                              \
+        const __m256i *bv_ = (const __m256i *)b;                                             \
+        s0 = _mm256_add_epi8(s0, _mm256_add_epi8(                                            \
+            _mm256_shuffle_epi8(lut, _mm256_xor_si256(lo_, _mm256_loadu_si256(bv_))),        \
+            _mm256_shuffle_epi8(lut, _mm256_xor_si256(hi_, _mm256_loadu_si256(bv_ + 2)))));  \
+        s1 = _mm256_add_epi8(s1, _mm256_add_epi8(                                            \
+            _mm256_shuffle_epi8(lut, _mm256_xor_si256(lo_, _mm256_loadu_si256(bv_ + 1))),    \
+            _mm256_shuffle_epi8(lut, _mm256_xor_si256(hi_, _mm256_loadu_si256(bv_ + 3)))));  \
+    } while (0)
 
 /* The low 32 bits of the 64-bit lanes of lo and then of hi: the counts of 8 columns. */
 __attribute__((always_inline)) XNOR_AVX2_ATTR static inline __m256i xnor_avx2_cols(__m256i lo, __m256i hi)
@@ -208,14 +211,17 @@ __attribute__((noinline)) XNOR_AVX2_ATTR static void xnor_avx2_flush(
 }
 
 /* The tile over `segments` runs of nw words: run i of row r at a[4 i + r]
- * and the panel's words in order, B read as b[w * 8 + jj] across runs.  The
- * GEMM passes one run, the convolution one per tap. */
+ * and the panel's words in order, B read as b[w * 8 + jj] across runs (split:
+ * pairs of split words, 16 panel words a pair).  The GEMM passes one run,
+ * the convolution one per tap. */
 __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
     const uint64_t *const *a, int64_t segments, const uint64_t *panel, int64_t nw, int32_t *c,
-    int64_t ldc, int mr, int ncols, int64_t k, int first)
+    int64_t ldc, int mr, int ncols, int64_t k, int first, const int split)
 {
-    XNOR_AVX2_TILE_START();
-    (void)t00; (void)t01; (void)t10; (void)t11; (void)t20; (void)t21; (void)t30; (void)t31;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
     __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
     __m256i s20 = zero, s21 = zero, s30 = zero, s31 = zero;
     __m256i t[8];
@@ -224,13 +230,20 @@ __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
     const uint64_t *b = panel;
     for (const uint64_t *const *at = a, *const *end = a + 4 * segments; at != end; at += 4) {
         const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
-        for (int64_t w = 0; w < nw; w++, b += XNOR_AVX2_NR) {
-            __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
-            __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
-            XNOR_AVX2_ROW(a0, s00, s01);
-            XNOR_AVX2_ROW(a1, s10, s11);
-            XNOR_AVX2_ROW(a2, s20, s21);
-            XNOR_AVX2_ROW(a3, s30, s31);
+        for (int64_t w = 0; w < nw; w += 1 + split, b += XNOR_AVX2_NR * (1 + split)) {
+            if (split) {
+                XNOR_AVX2_SPLIT_ROW(a0, s00, s01);
+                XNOR_AVX2_SPLIT_ROW(a1, s10, s11);
+                XNOR_AVX2_SPLIT_ROW(a2, s20, s21);
+                XNOR_AVX2_SPLIT_ROW(a3, s30, s31);
+            } else {
+                __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
+                __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
+                XNOR_AVX2_ROW(a0, s00, s01);
+                XNOR_AVX2_ROW(a1, s10, s11);
+                XNOR_AVX2_ROW(a2, s20, s21);
+                XNOR_AVX2_ROW(a3, s30, s31);
+            }
             if (--left == 0) {
                 if (!flushed) {
                     for (int i = 0; i < 8; i++)
@@ -260,20 +273,25 @@ XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uin
                                              int64_t nw, int32_t *c, int64_t ldc, int mr,
                                              int ncols, int64_t k, int first)
 {
-    xnor_avx2_tile(a, 1, panel, nw, c, ldc, mr, ncols, k, first);
+    xnor_avx2_tile(a, 1, panel, nw, c, ldc, mr, ncols, k, first, 0);
 }
 
 /* The convolution tile: the 4 x 8 tile above over an indirection buffer of
- * `taps` segments, segment t of row r at a[4 t + r]. */
+ * `taps` segments, segment t of row r at a[4 t + r], on split words
+ * (xnor_split_words; nw even): words 2 w and 2 w + 1 of a segment are the
+ * low and high nibbles of its word w, and the panel holds 16 words for each
+ * word w, columns 0-3 and 4-7 of the low nibbles, then of the high ones.
+ * The XOR of split words is the split of the XOR, so the table lookups need
+ * no masks or shifts: 6 vector operations per 4 words instead of 8. */
 XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int taps,
                                                   const uint64_t *panel, int64_t nw, int32_t *c,
                                                   int64_t ldc, int mr, int ncols, int64_t k)
 {
-    xnor_avx2_tile(a, taps, panel, nw, c, ldc, mr, ncols, k, 1);
+    xnor_avx2_tile(a, taps, panel, nw, c, ldc, mr, ncols, k, 1, 1);
 }
 #undef XNOR_AVX2_ROW
+#undef XNOR_AVX2_SPLIT_ROW
 #undef XNOR_NIB
-#undef XNOR_AVX2_TILE_START
 
 /* Whole words with 8-lane vectors, the last partial word as the scalar variant. */
 XNOR_AVX2_ATTR static void xnor_threshold_pack_avx2(const int32_t *z, const int8_t *direction,

@@ -114,7 +114,23 @@ typedef struct {
     int real_pool_width;
     /* conv_ukernel with the threshold in the tile (NULL: sums, then threshold_pack) */
     xnor_conv_bits_fn conv_bits;
+    /* 1 where conv_ukernel reads split words (xnor_split_words): the input,
+     * the padding block and the panels in that form, twice the words */
+    int conv_split;
 } xnor_kernels;
+
+/* The split form of n words: out[2 i] holds the low nibble of each byte of
+ * in[i], out[2 i + 1] the high nibble, each as the low 4 bits of its byte.
+ * The split of a ^ b is the XOR of the splits, and the popcount of a word is
+ * the sum of its two halves' nibble counts. */
+static inline void xnor_split_words(const uint64_t *in, int64_t n, uint64_t *out)
+{
+    const uint64_t low = 0x0F0F0F0F0F0F0F0FULL;
+    for (int64_t i = 0; i < n; i++) {
+        out[2 * i] = in[i] & low;
+        out[2 * i + 1] = (in[i] >> 4) & low;
+    }
+}
 
 static inline size_t xnor_itemsize(int dtype)
 {
