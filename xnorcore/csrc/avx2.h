@@ -228,14 +228,34 @@ __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
     int flushed = 0;
     int64_t left = 31; /* words until the byte counters could overflow */
     const uint64_t *b = panel;
+#define XNOR_AVX2_SPLIT_STEP()                                                               \
+    do {                                                                                     \
+        XNOR_AVX2_SPLIT_ROW(a0, s00, s01);                                                   \
+        XNOR_AVX2_SPLIT_ROW(a1, s10, s11);                                                   \
+        XNOR_AVX2_SPLIT_ROW(a2, s20, s21);                                                   \
+        XNOR_AVX2_SPLIT_ROW(a3, s30, s31);                                                   \
+    } while (0)
+    if (split && segments * (nw / 2) <= 31) {
+        /* At most 31 words (C / groups up to 192 at 3x3): no flush, no count;
+         * and one word a segment (up to 64) without the inner loop. */
+        for (const uint64_t *const *at = a, *const *end = a + 4 * segments; at != end; at += 4) {
+            const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
+            if (nw == 2) {
+                const int64_t w = 0;
+                XNOR_AVX2_SPLIT_STEP();
+                b += 2 * XNOR_AVX2_NR;
+            } else {
+                for (int64_t w = 0; w < nw; w += 2, b += 2 * XNOR_AVX2_NR)
+                    XNOR_AVX2_SPLIT_STEP();
+            }
+        }
+        segments = 0;
+    }
     for (const uint64_t *const *at = a, *const *end = a + 4 * segments; at != end; at += 4) {
         const uint64_t *a0 = at[0], *a1 = at[1], *a2 = at[2], *a3 = at[3];
         for (int64_t w = 0; w < nw; w += 1 + split, b += XNOR_AVX2_NR * (1 + split)) {
             if (split) {
-                XNOR_AVX2_SPLIT_ROW(a0, s00, s01);
-                XNOR_AVX2_SPLIT_ROW(a1, s10, s11);
-                XNOR_AVX2_SPLIT_ROW(a2, s20, s21);
-                XNOR_AVX2_SPLIT_ROW(a3, s30, s31);
+                XNOR_AVX2_SPLIT_STEP();
             } else {
                 __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
                 __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 4));
@@ -291,6 +311,7 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
 }
 #undef XNOR_AVX2_ROW
 #undef XNOR_AVX2_SPLIT_ROW
+#undef XNOR_AVX2_SPLIT_STEP
 #undef XNOR_NIB
 
 /* Whole words with 8-lane vectors, the last partial word as the scalar variant. */
