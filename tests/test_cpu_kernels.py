@@ -165,6 +165,26 @@ def test_pack_padding_is_zero_every_variant(variant):
         assert int(words[0, -1]) == (1 << (length % 64 or 64)) - 1
 
 
+@pytest.mark.parametrize("shape", [(0,), (1,), (5, 3), (2, 70000), (3, 0, 2)])
+def test_split_words_nibbles_and_popcounts(rng, shape):
+    words = rng.integers(0, 2**63, size=shape, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    split = _bitpack.split_words(words, n_threads=2)
+    assert split.shape == shape[:-1] + (2 * shape[-1],) and split.dtype == np.uint64
+    low, high = split[..., 0::2], split[..., 1::2]
+    nibbles = np.uint64(0x0F0F0F0F0F0F0F0F)
+    np.testing.assert_array_equal(low, words & nibbles)
+    np.testing.assert_array_equal(high, (words >> np.uint64(4)) & nibbles)
+    np.testing.assert_array_equal(low | (high << np.uint64(4)), words)
+    # XOR and popcount commute with the split: what the split tiles rely on.
+    def popcount(v):
+        return np.unpackbits(v[..., None].view(np.uint8), axis=-1).sum(axis=-1, dtype=np.int64)
+
+    other = rng.integers(0, 2**63, size=shape, dtype=np.uint64)
+    counts = popcount(words ^ other)
+    halves = popcount(split ^ _bitpack.split_words(other))
+    np.testing.assert_array_equal(halves[..., 0::2] + halves[..., 1::2], counts)
+
+
 def test_large_product_every_variant(variant, rng):
     # Large enough for several work items per thread and full micro-tiles.
     a = random_matrix(rng, (300, 1000))

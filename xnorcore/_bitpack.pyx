@@ -51,8 +51,10 @@ cdef extern from "dispatch.h" nogil:
         xnor_signed_sums_fn signed_sums
         void (*threshold_pack)(const int32_t *z, const int8_t *direction,
                                const int32_t *threshold, int64_t n, uint64_t *out) noexcept nogil
+        int conv_split
 
     const xnor_kernels xnor_variants[]
+    void xnor_split_words(const uint64_t *words, int64_t n, uint64_t *out)
     int xnor_cpu_has(int v)
     void xnor_pack_panel(const uint64_t *b, int64_t n, int64_t n_words, int nr, int64_t p,
                          uint64_t *panels)
@@ -210,6 +212,32 @@ def _check_words(a_words, b_words, int64_t k):
             f"a_words and b_words must both have ceil(k / 64) = {n_words} words per row, "
             f"got a_words.shape={tuple(a_words.shape)}, b_words.shape={tuple(b_words.shape)}, k={k}"
         )
+
+
+def splits_words(int variant):
+    """Whether dispatch-table row ``variant``'s conv tile reads split words (:func:`split_words`)."""
+    return bool(xnor_variants[variant].conv_split)
+
+
+def split_words(words, n_threads=None):
+    """The split form of uint64 ``words`` along the last axis: twice the words.
+
+    Word i of a row becomes words 2 i (the low nibble of each of its bytes) and
+    2 i + 1 (the high nibble, shifted down): the conv operands of a variant
+    whose tile counts nibbles without masks (``xnor_split_words`` in ``common.h``).
+    """
+    cdef cnp.ndarray arr = np.ascontiguousarray(words, dtype=np.uint64)
+    shape = list(np.shape(arr))
+    shape.append(2 * shape.pop())
+    out = np.empty(shape, dtype=np.uint64)
+    cdef int64_t n = arr.size, chunk = 16384, c0
+    cdef const uint64_t *src = <const uint64_t *>cnp.PyArray_DATA(arr)
+    cdef uint64_t *dst = <uint64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    # Row after row, the split of the whole array is that of its flat words.
+    cdef int nt = _threads(n_threads) if n >= 65536 else 1
+    for c0 in prange(0, n, chunk, nogil=True, schedule="static", num_threads=nt):
+        xnor_split_words(src + c0, min(chunk, n - c0), dst + 2 * c0)
+    return out
 
 
 def _b_panels(const uint64_t[:, ::1] b, int nr, int nt):

@@ -41,11 +41,8 @@ cdef extern from "dispatch.h" nogil:
                           const float *bias, float *z) noexcept nogil
         int real_pool_width
         void *conv_bits
-        int conv_split
 
     const xnor_kernels xnor_variants[]
-
-    void xnor_split_words(const uint64_t *words, int64_t n, uint64_t *out)
 
     ctypedef struct xnor_conv_geom:
         int64_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, xs, cwg, og, o, ppg, k
@@ -81,9 +78,7 @@ def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint c
     Group g's output channels ``[g O / groups, (g + 1) O / groups)`` go into
     ``ceil(O / groups / nr)`` panels, the groups one after the other; panel p
     holds ``panel[t][w][jj] = w[t, p nr + jj, w]`` (zero past the group's
-    channels), the GEMM's panel layout with K running over (tap, word); for a
-    variant whose tile reads split words (``conv_split``), each run of nr
-    words in its split form (the nr low-nibble words, then the nr high).  With
+    channels), the GEMM's panel layout with K running over (tap, word).  With
     ``corrections``, also returns corr (taps, O) int32, ``2 popcount(w[t, o])
     - cg``: the sum of the weight signs of tap t, which turns the -1 read at a
     padded tap into a zero contribution.  Otherwise corr is None.
@@ -108,8 +103,6 @@ def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint c
                     for j in range(min(nr, og - p * nr)):
                         for wd in range(cwg):
                             dst[(t * cwg + wd) * nr + j] = w[t, col + j, wd]
-    if xnor_variants[variant].conv_split:
-        panels_arr = _split_panels(panels_arr, nr)
     if not corrections:
         return panels_arr, None
     corr_arr = np.empty((taps, o), dtype=np.int32)
@@ -123,43 +116,6 @@ def conv_weights(const uint64_t[:, :, ::1] w, int64_t groups, int64_t cg, bint c
                     count = count + _popcount64(w[t, col, wd])
                 corr[t, col] = <int32_t>(2 * count - cg)
     return panels_arr, corr_arr
-
-
-def _split_panels(const uint64_t[::1] panels, int nr):
-    # Each run of nr panel words (one word of K for nr columns) becomes the nr
-    # low-nibble words of its split form, then the nr high-nibble words.
-    cdef int64_t runs = panels.shape[0] // nr, run
-    cdef int j
-    out = np.empty(2 * panels.shape[0], dtype=np.uint64)
-    cdef uint64_t[::1] view = out
-    cdef uint64_t pair[2]
-    with nogil:
-        for run in range(runs):
-            for j in range(nr):
-                xnor_split_words(&panels[run * nr + j], 1, pair)
-                view[2 * run * nr + j] = pair[0]
-                view[(2 * run + 1) * nr + j] = pair[1]
-    return out
-
-
-def _split_input(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pad, int n_threads):
-    # (x, pad) in the split form (xnor_split_words) of a conv_split kernel:
-    # twice the words per pixel and in the padding block.
-    cdef int64_t rows = x.shape[0] * x.shape[1], per_row = x.shape[2] * x.shape[3], r
-    split = np.empty((x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3]), dtype=np.uint64)
-    split_pad = np.empty(2 * pad.shape[0], dtype=np.uint64)
-    cdef uint64_t[:, :, :, ::1] out = split
-    cdef uint64_t[::1] out_pad = split_pad
-    xnor_split_words(&pad[0], pad.shape[0], &out_pad[0])
-    if rows == 0 or per_row == 0:
-        return split, split_pad
-    # Small inputs are not worth waking the thread team.
-    cdef int nt = n_threads if rows * per_row >= 65536 else 1
-    cdef const uint64_t *src = &x[0, 0, 0, 0]
-    cdef uint64_t *dst = &out[0, 0, 0, 0]
-    for r in prange(rows, nogil=True, schedule="static", num_threads=nt):
-        xnor_split_words(src + r * per_row, per_row, dst + 2 * r * per_row)
-    return split, split_pad
 
 
 cdef inline int _popcount64(uint64_t v) noexcept nogil:
@@ -205,13 +161,11 @@ def conv2d(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, corr,
 
     x (N, H, W, xs) words: input; panels, corr: from :func:`conv_weights` (corr None
     without padding); pad (cwg,) words: what a padded tap reads.  For a
-    variant whose tile reads split words (``conv_split``) x and pad are split
-    here, the panels by :func:`conv_weights`.
+    variant whose tiles read split words (``split_words``) all three come
+    split, and so twice the words.
     Work items are blocks of output pixels of one image times blocks of panels.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
-    if kern.conv_split:
-        x, pad = _split_input(x, pad, n_threads)
     cdef xnor_conv_geom g = _geom(geometry, x.shape[3], pad.shape[0], o, groups, kern.nr)
     cdef int64_t n = x.shape[0], pixels = g.oh * g.ow
     result = np.empty((n, g.oh, g.ow, o), dtype=np.int32)
@@ -321,8 +275,6 @@ def conv2d_threshold_pack(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] pa
     live only in a per-thread buffer and are thresholded from there.
     """
     cdef const xnor_kernels *kern = &xnor_variants[variant]
-    if kern.conv_split:
-        x, pad = _split_input(x, pad, n_threads)
     cdef xnor_conv_geom g = _geom(geometry, x.shape[3], pad.shape[0], o, groups, kern.nr)
     cdef int64_t n = x.shape[0], pixels = g.oh * g.ow
     cdef int64_t ow_words = (o + 63) // 64

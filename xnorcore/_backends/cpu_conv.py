@@ -51,20 +51,23 @@ def _weights(w_words, groups, cg, pad_value, corrections, variant):
     """(panels, corr or None, pad block): what the kernels read of the weights."""
     kh, kw, o, cwg = w_words.shape
     w3 = np.ascontiguousarray(w_words).reshape(kh * kw, o, cwg)
-    panels, corr = _conv.conv_weights(w3, groups, cg, corrections, variant)
     pad = np.zeros(max(cwg, 1), dtype=np.uint64)
     if pad_value == 1:
         # +1 padding: the cg valid bits set, the padding bits clear as in any word.
         bits = np.zeros(64 * pad.shape[0], dtype=np.uint8)
         bits[:cg] = 1
         pad = np.packbits(bits, bitorder="little").view(np.uint64).copy()
+    if _bitpack.splits_words(variant):
+        # Split words have the popcounts of the words: the corrections hold.
+        w3, pad = _bitpack.split_words(w3), _bitpack.split_words(pad)
+    panels, corr = _conv.conv_weights(w3, groups, cg, corrections, variant)
     for a in (panels, corr, pad):
         if a is not None:
             a.flags.writeable = False
     return panels, corr, pad
 
 
-def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None):
+def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None, n_threads=None):
     """Kernel operands: (x (N, H, W, xs), panels, corr or None, pad, geometry for C, variant).
 
     ``prepared``: None, or a ConvWeights' dict (always the same words), where
@@ -82,7 +85,9 @@ def _operands(x_words, w_words, geometry, groups, cg, pad_value, prepared=None):
             prepared[key] = weights
     panels, corr, pad = weights
     x = x_words.reshape(x_words.shape[:3] + (-1,))
-    if not x.flags.c_contiguous:
+    if _bitpack.splits_words(variant):
+        x = _bitpack.split_words(x, n_threads)
+    elif not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     c_geometry = (h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, kh * kw * cg)
     return x, panels, corr, pad, c_geometry, variant
@@ -96,7 +101,7 @@ def _conv_threads(n_threads, x, w_words, c_geometry):
 
 def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, prepared=None):
     x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value,
-                                                          prepared)
+                                                          prepared, n_threads)
     return _conv.conv2d(x, panels, corr, pad, c_geometry, w_words.shape[2], groups, variant,
                         _conv_threads(n_threads, x, w_words, c_geometry))
 
@@ -104,7 +109,7 @@ def conv2d(x_words, w_words, geometry, groups, cg, pad_value, n_threads=None, pr
 def conv2d_threshold_pack(x_words, w_words, geometry, groups, cg, pad_value, direction, threshold,
                           pool=False, n_threads=None, prepared=None):
     x, panels, corr, pad, c_geometry, variant = _operands(x_words, w_words, geometry, groups, cg, pad_value,
-                                                          prepared)
+                                                          prepared, n_threads)
     return _conv.conv2d_threshold_pack(
         x, panels, corr, pad, c_geometry, w_words.shape[2], groups,
         np.ascontiguousarray(direction, dtype=np.int8), np.ascontiguousarray(threshold, dtype=np.int32),

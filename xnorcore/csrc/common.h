@@ -115,7 +115,7 @@ typedef struct {
     /* conv_ukernel with the threshold in the tile (NULL: sums, then threshold_pack) */
     xnor_conv_bits_fn conv_bits;
     /* 1 where conv_ukernel reads split words (xnor_split_words): the input,
-     * the padding block and the panels in that form, twice the words */
+     * the padding block and the weight panels in that form, twice the words */
     int conv_split;
 } xnor_kernels;
 
