@@ -210,13 +210,14 @@ __attribute__((noinline)) XNOR_AVX2_ATTR static void xnor_avx2_flush(
     t[7] = _mm256_add_epi64(t[7], _mm256_sad_epu8(s31, zero));
 }
 
-/* The tile over `segments` runs of nw words: run i of row r at a[4 i + r]
- * and the panel's words in order, B read as b[w * 8 + jj] across runs (split:
- * pairs of split words, 16 panel words a pair).  The GEMM passes one run,
- * the convolution one per tap. */
-__attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
-    const uint64_t *const *a, int64_t segments, const uint64_t *panel, int64_t nw, int32_t *c,
-    int64_t ldc, int mr, int ncols, int64_t k, int first, const int split)
+/* The 64-bit counts u[2 r], u[2 r + 1] (columns 0-3, 4-7 of row r) of a tile
+ * over `segments` runs of nw words: run i of row r at a[4 i + r] and the
+ * panel's words in order, B read as b[w * 8 + jj] across runs (split: pairs
+ * of split words, 16 panel words a pair).  The GEMM passes one run, the
+ * convolution one per tap. */
+__attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_counts(
+    const uint64_t *const *a, int64_t segments, const uint64_t *panel, int64_t nw,
+    const int split, __m256i *u)
 {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                          2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -276,24 +277,22 @@ __attribute__((always_inline)) XNOR_AVX2_ATTR static inline void xnor_avx2_tile(
             }
         }
     }
-    __m256i u00 = _mm256_sad_epu8(s00, zero), u01 = _mm256_sad_epu8(s01, zero);
-    __m256i u10 = _mm256_sad_epu8(s10, zero), u11 = _mm256_sad_epu8(s11, zero);
-    __m256i u20 = _mm256_sad_epu8(s20, zero), u21 = _mm256_sad_epu8(s21, zero);
-    __m256i u30 = _mm256_sad_epu8(s30, zero), u31 = _mm256_sad_epu8(s31, zero);
-    if (flushed) {
-        u00 = _mm256_add_epi64(u00, t[0]); u01 = _mm256_add_epi64(u01, t[1]);
-        u10 = _mm256_add_epi64(u10, t[2]); u11 = _mm256_add_epi64(u11, t[3]);
-        u20 = _mm256_add_epi64(u20, t[4]); u21 = _mm256_add_epi64(u21, t[5]);
-        u30 = _mm256_add_epi64(u30, t[6]); u31 = _mm256_add_epi64(u31, t[7]);
-    }
-    xnor_avx2_store(u00, u01, u10, u11, u20, u21, u30, u31, c, ldc, mr, ncols, k, first);
+    u[0] = _mm256_sad_epu8(s00, zero), u[1] = _mm256_sad_epu8(s01, zero);
+    u[2] = _mm256_sad_epu8(s10, zero), u[3] = _mm256_sad_epu8(s11, zero);
+    u[4] = _mm256_sad_epu8(s20, zero), u[5] = _mm256_sad_epu8(s21, zero);
+    u[6] = _mm256_sad_epu8(s30, zero), u[7] = _mm256_sad_epu8(s31, zero);
+    if (flushed)
+        for (int i = 0; i < 8; i++)
+            u[i] = _mm256_add_epi64(u[i], t[i]);
 }
 
 XNOR_AVX2_ATTR static void xnor_ukernel_avx2(const uint64_t *const *a, const uint64_t *panel,
                                              int64_t nw, int32_t *c, int64_t ldc, int mr,
                                              int ncols, int64_t k, int first)
 {
-    xnor_avx2_tile(a, 1, panel, nw, c, ldc, mr, ncols, k, first, 0);
+    __m256i u[8];
+    xnor_avx2_counts(a, 1, panel, nw, 0, u);
+    xnor_avx2_store(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], c, ldc, mr, ncols, k, first);
 }
 
 /* The convolution tile: the 4 x 8 tile above over an indirection buffer of
@@ -307,7 +306,39 @@ XNOR_AVX2_ATTR static void xnor_conv_ukernel_avx2(const uint64_t *const *a, int 
                                                   const uint64_t *panel, int64_t nw, int32_t *c,
                                                   int64_t ldc, int mr, int ncols, int64_t k)
 {
-    xnor_avx2_tile(a, taps, panel, nw, c, ldc, mr, ncols, k, 1, 1);
+    __m256i u[8];
+    xnor_avx2_counts(a, taps, panel, nw, 1, u);
+    xnor_avx2_store(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], c, ldc, mr, ncols, k, 1);
+}
+
+/* The same tile with the threshold compared in registers (as the avx512
+ * variant's conv_bits): bit col + jj of row r of the words bits (row stride
+ * ldb) is or-ed with that of count > half[r][col + jj], flipped where bit jj
+ * of flip is set.  No sum is stored. */
+XNOR_AVX2_ATTR static void xnor_conv_bits_avx2(const uint64_t *const *a, int taps,
+                                               const uint64_t *panel, int64_t nw, uint64_t *bits,
+                                               int64_t ldb, int mr, int ncols,
+                                               const int64_t *const *half, int64_t col,
+                                               uint32_t flip)
+{
+    __m256i u[8];
+    xnor_avx2_counts(a, taps, panel, nw, 1, u);
+    const uint64_t keep = ncols >= XNOR_AVX2_NR ? 0xFF : (1u << ncols) - 1;
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i lo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(ncols), lane);
+    const __m256i hi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(ncols - 4), lane);
+    const int shift = (int)(col & 63);
+    for (int r = 0; r < mr; r++) {
+        const long long *h = (const long long *)(half[r] + col);
+        __m256i h0 = _mm256_maskload_epi64(h, lo), h1 = _mm256_maskload_epi64(h + 4, hi);
+        uint64_t m = (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(u[2 * r], h0)))
+                     | (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(u[2 * r + 1], h1))) << 4;
+        m = (m ^ flip) & keep;
+        uint64_t *dst = bits + r * ldb + (col >> 6);
+        dst[0] |= m << shift;
+        if (shift + ncols > 64)
+            dst[1] |= m >> (64 - shift);
+    }
 }
 #undef XNOR_AVX2_ROW
 #undef XNOR_AVX2_SPLIT_ROW
