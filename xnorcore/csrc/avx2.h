@@ -1,6 +1,7 @@
 /* The "avx2" variant (x86-64 with AVX2 and POPCNT): sign packing with vector
  * compares and movemask, the 4 x 8 GEMM and conv micro-kernels (the conv
- * one on split words), and the real-valued layers on 32-byte vectors. */
+ * ones, int32 sums and the fused threshold, on split words), and the
+ * real-valued layers on 32-byte vectors. */
 #ifndef XNORCORE_CSRC_AVX2_H
 #define XNORCORE_CSRC_AVX2_H
 
