@@ -227,14 +227,25 @@ def split_words(words, n_threads=None):
     whose tile counts nibbles without masks (``xnor_split_words`` in ``common.h``).
     """
     cdef cnp.ndarray arr = np.ascontiguousarray(words, dtype=np.uint64)
-    shape = list(np.shape(arr))
-    shape.append(2 * shape.pop())
-    out = np.empty(shape, dtype=np.uint64)
+    cdef int nd = arr.ndim
+    if nd < 1 or nd > 64:
+        raise ValueError(f"words must have 1 to 64 dimensions, got {nd}")
+    # The result made in C: this runs on every conv call of the variant.
+    cdef cnp.npy_intp dims[64]
+    cdef int d
+    for d in range(nd):
+        dims[d] = arr.shape[d]
+    dims[nd - 1] *= 2
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_UINT64, 0)
     cdef int64_t n = arr.size, chunk = 16384, c0
     cdef const uint64_t *src = <const uint64_t *>cnp.PyArray_DATA(arr)
-    cdef uint64_t *dst = <uint64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef uint64_t *dst = <uint64_t *>cnp.PyArray_DATA(out)
     # Row after row, the split of the whole array is that of its flat words.
-    cdef int nt = _threads(n_threads) if n >= 65536 else 1
+    if n < 65536:  # not worth waking the thread team
+        with nogil:
+            xnor_split_words(src, n, dst)
+        return out
+    cdef int nt = _threads(n_threads)
     for c0 in prange(0, n, chunk, nogil=True, schedule="static", num_threads=nt):
         xnor_split_words(src + c0, min(chunk, n - c0), dst + 2 * c0)
     return out
